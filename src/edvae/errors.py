@@ -1,0 +1,21 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad argument, config, file or checkpoint) raises
+:class:`EdvaeError` with one sentence that says what was wrong and how to fix it. It is a
+``ValueError``, so library users can catch it as one; the command line prints its message on
+one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = ["EdvaeError", "require"]
+
+
+class EdvaeError(ValueError):
+    """A problem with the user's input, described in one actionable sentence."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`EdvaeError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise EdvaeError(message)
