@@ -8,7 +8,7 @@ one line and exits with code 2.
 
 from __future__ import annotations
 
-__all__ = ["EdvaeError", "require"]
+__all__ = ["EdvaeError", "TrainingError", "require"]
 
 
 class EdvaeError(ValueError):
@@ -19,3 +19,7 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`EdvaeError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise EdvaeError(message)
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on (e.g. a non-finite loss); the last good checkpoint is kept."""

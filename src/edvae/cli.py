@@ -1,0 +1,175 @@
+"""The ``edvae`` command line.
+
+Every user mistake ends in one line on stderr and exit code 2 (``--debug`` shows the
+traceback); a training run that cannot go on ends with exit code 1 and keeps its last good
+checkpoint; a run stopped by Ctrl-C or SIGTERM saves a checkpoint and says how to resume.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from edvae.errors import EdvaeError, TrainingError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Entropy-Decomposed VAEs: train, evaluate and compare VAEs term by term.",
+)
+
+_STATE = {"debug": False}
+_SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one-line messages with the documented exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (EdvaeError, TrainingError) as err:
+            if _STATE["debug"]:
+                raise
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2 if isinstance(err, EdvaeError) else 1) from None
+
+    return wrapper
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False) -> None:
+    _STATE["debug"] = debug
+
+
+def _raw_config(config: Optional[Path], overrides: list[str], prior: str | None, data: Path | None) -> dict[str, Any]:
+    from edvae.config import apply_overrides, load_config
+
+    raw = load_config(config) if config is not None else {}
+    extra = list(overrides)
+    if prior is not None:
+        extra.append(f"model.prior={json.dumps(prior)}")
+    if data is not None:
+        extra += ["data.name=\"file\"", f"data.path={json.dumps(str(data))}"]
+    return apply_overrides(raw, extra)
+
+
+@app.command()
+@_friendly
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="TOML run config (see configs/); optional with --resume.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder for checkpoint and logs.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config key: --set train.epochs=10 (repeatable).")] = [],
+    prior: Annotated[Optional[str], typer.Option("--prior", help="Prior name, 'true', or samples:PATH (.npy/.pt/.csv).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Train on your own data file (.npy/.npz/.csv/idx).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its checkpoint.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
+    devices: Annotated[Optional[int], typer.Option("--devices", min=1, help="Processes (CPU) or GPUs per node.")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", min=1, help="Number of machines.")] = None,
+) -> None:
+    """Train one model (traditional VAE or ED-VAE) and write its checkpoint and logs."""
+    from edvae.config import RunConfig, validate_config
+    from edvae.train import train as run_training
+
+    overrides = list(set_)
+    if devices is not None:
+        overrides.append(f"train.devices={devices}")
+    if num_nodes is not None:
+        overrides.append(f"train.num_nodes={num_nodes}")
+    if resume is not None:
+        if out is not None and out.resolve() != resume.resolve():
+            raise EdvaeError("--resume continues in its own folder; drop --out or give the same folder")
+        if config is not None or prior is not None or data is not None:
+            raise EdvaeError("--resume takes the config stored in the checkpoint; pass only --set train.* overrides")
+        if any(not o.startswith("train.") for o in overrides):
+            raise EdvaeError("on --resume only train.* settings may change (e.g. --set train.epochs=100)")
+        from edvae.checkpoint import load_checkpoint
+
+        stored = load_checkpoint(resume)["config"]
+        from edvae.config import apply_overrides
+
+        cfg: RunConfig = validate_config(apply_overrides(stored, overrides), source=str(resume))
+        run_dir = resume
+    else:
+        if out is None:
+            raise EdvaeError("missing --out DIR: the folder where the run's checkpoint and logs go")
+        if config is None and prior is None and data is None and not overrides:
+            raise EdvaeError("give a CONFIG file (e.g. configs/edvae-complex.toml) or --set overrides")
+        cfg = validate_config(_raw_config(config, overrides, prior, data), source=str(config or "--set"))
+        run_dir = out
+    result = run_training(cfg, run_dir, resume=resume is not None, overwrite=overwrite)
+    if result.stopped_by is not None:
+        typer.echo(
+            f"stopped by {result.stopped_by} at step {result.step}; checkpoint saved in {run_dir}. "
+            f"Resume with: edvae train --resume {run_dir}",
+            err=True,
+        )
+        raise typer.Exit(_SIGNAL_EXIT.get(result.stopped_by, 0))
+    val = result.last_validation
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in val.items() if k in ("loss", "elbo_mc", "elbo", "reconstruction"))
+    typer.echo(f"trained {result.step} steps in {result.train_seconds:.1f} s; validation: {summary}; run folder: {run_dir}")
+
+
+@app.command()
+@_friendly
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'edvae train'.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    iwae_samples: Annotated[Optional[int], typer.Option("--iwae-samples", min=1, help="Importance samples per example.")] = None,
+    split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
+) -> None:
+    """Evaluate a trained model with the same metrics as every other (ELBO, IWAE, MI, ...)."""
+    from edvae.checkpoint import load_checkpoint
+    from edvae.config import EvalConfig
+    from edvae.evaluate import evaluate_run
+
+    if split not in ("test", "val"):
+        raise EdvaeError(f"--split must be 'test' or 'val', got '{split}'")
+    stored = EvalConfig.model_validate(load_checkpoint(run_dir)["config"]["eval"])
+    eval_config = stored.model_copy(update={"iwae_samples": iwae_samples}) if iwae_samples else stored
+    metrics = evaluate_run(run_dir, config=eval_config, split=split)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+    else:
+        width = max(len(k) for k in metrics)
+        for name, value in metrics.items():
+            typer.echo(f"{name:<{width}}  {value:.6g}")
+
+
+@app.command()
+@_friendly
+def reproduce(
+    out: Annotated[Path, typer.Option("--out", help="Folder for runs, results.json/.csv/.md and figures.")],
+    study: Annotated[str, typer.Option("--study", help="Which study to run.")] = "paper",
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer epochs and 2 seeds (a few minutes).")] = False,
+    seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Seeds per model.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Runs trained in parallel.")] = 2,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Retrain runs already in --out.")] = False,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key of every run's config (repeatable).")] = [],
+) -> None:
+    """Run a study (default: the paper's) end to end and write its report."""
+    from edvae.config import apply_overrides
+    from edvae.experiments import get_study, run_study
+
+    overrides = apply_overrides({}, list(set_)) if set_ else None
+    chosen = get_study(study, quick=quick, seeds=seeds, overrides=overrides)
+    result = run_study(chosen, out, workers=workers, overwrite=overwrite)
+    typer.echo(f"{len(result['records'])} runs; report: {out / 'results.md'}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

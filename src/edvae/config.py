@@ -1,0 +1,200 @@
+"""Typed run configuration.
+
+A run is described by one :class:`RunConfig`: the data, the model (networks, likelihood,
+prior), the objective (traditional ELBO or the ED objective with its weights and estimators),
+training and evaluation. Configs are TOML files (see ``configs/``) or Python objects; unknown
+keys, wrong types and out-of-range values are refused with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edvae.errors import EdvaeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "validate_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Which data set, and its options (passed to :func:`edvae.data.load_dataset`)."""
+
+    name: str = "gaussian"
+    path: str | None = None
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    """Networks, likelihood and prior.
+
+    ``prior`` is a name from :func:`edvae.priors.names`, ``"true"`` (the data set's own
+    generating prior, synthetic data only) or ``"samples:PATH"`` (a density estimated from a
+    file of prior samples).
+    """
+
+    network: Literal["mlp", "conv"] = "mlp"
+    latent_dim: int = Field(2, ge=1, le=4096)
+    hidden: list[int] = Field(default_factory=lambda: [128, 128])
+    likelihood: Literal["auto", "gaussian", "bernoulli"] = "auto"
+    learn_scale: bool = True
+    prior: str = "normal"
+    prior_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> "ModelConfig":
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
+        return self
+
+
+class ObjectiveConfig(_Strict):
+    """The training objective.
+
+    ``kind="elbo"``: reconstruction - KL(q(z|x) || p(z)), the KL analytic where registered
+    (``kl="auto"``), or Monte Carlo (``kl="mc"``).
+    ``kind="ed"``: -R + w_mi I - w_ent H[q(z)] + w_ce H[q(z), p(z)] with the chosen estimators;
+    unit weights with one shared estimator give the negative Monte-Carlo ELBO.
+    """
+
+    kind: Literal["elbo", "ed"] = "elbo"
+    kl: Literal["auto", "analytic", "mc"] = "auto"
+    mi_weight: float = 1.0
+    entropy_weight: float = 1.0
+    cross_entropy_weight: float = 1.0
+    mi_estimator: Literal["mss", "mws", "batch", "infonce"] = "mss"
+    entropy_estimator: Literal["mss", "mws", "batch"] = "mss"
+
+
+class TrainConfig(_Strict):
+    """Optimisation, checkpoints, logging and devices."""
+
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    seed: int = 0
+    grad_clip: float | None = Field(None, gt=0)
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: at the end of each epoch")
+    log_every: int = Field(20, ge=1)
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
+    threads: int = Field(0, ge=0, description="torch threads per process; 0 leaves torch's default")
+    progress: bool = True
+
+
+class EvalConfig(_Strict):
+    """Evaluation settings (the same for every model)."""
+
+    iwae_samples: int = Field(1000, ge=1)
+    batch_size: int = Field(100, ge=1)
+    seed: int = 0
+    true_ll: bool = True
+
+
+class RunConfig(_Strict):
+    """Everything that defines a run."""
+
+    name: str = "run"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        parent = first["loc"][:-1]
+        section = _section(parent)
+        valid = ", ".join(sorted(section.model_fields)) if section else ""
+        return f"{source}: unknown config key '{key}'; valid keys here: {valid}"
+    got = first.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{source}: invalid value for '{key}': {first['msg']}{got_text}"
+
+
+def _section(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a :class:`RunConfig` from a plain dict, or raise :class:`EdvaeError` (one line)."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise EdvaeError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into a plain dict (validated later, after overrides)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdvaeError(f"config file {path} does not exist; presets live in configs/ (e.g. configs/edvae-complex.toml)")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise EdvaeError(f"config file {path} is not valid TOML: {err}") from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as JSON/TOML, else taken as strings)."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides or []:
+        if "=" not in item:
+            raise EdvaeError(f"--set expects key=value (e.g. train.epochs=10), got '{item}'")
+        key, _, value = item.partition("=")
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise EdvaeError(f"--set {key}: '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value.strip())
+    return out

@@ -1,0 +1,746 @@
+r"""Estimators of the aggregate posterior and of the terms of the ED-VAE decomposition.
+
+The encoder is a diagonal Gaussian, q(z|x_j) = N(mu_j, diag exp(logvar_j)), and the aggregate
+posterior over a data set of N examples is q(z) = (1/N) sum_n q(z|x_n). Every estimator here
+reduces the matrix of pairwise log-densities
+
+    L[i, j] = log q(z_i | x_j) = -1/2 sum_d [ (z_id - mu_jd)^2 exp(-logvar_jd) + logvar_jd + log 2 pi ]
+
+(summed over the latent dimensions *before* any logsumexp) with a logsumexp over the columns j:
+
+    log q_hat(z_i) = logsumexp_j ( log W[i, j] + L[i, j] ).
+
+Methods (``METHODS``), for a minibatch of B posteriors out of N (``dataset_size``):
+
+* ``"mss"``, minibatch stratified sampling (Chen et al., 2018), M = B - 1: in every row i,
+  W[i, i] = 1/N, W[i, k(i)] = (N - M)/(N M) for k(i) = (i + 1) mod B, and W[i, j] = 1/M for
+  the remaining B - 2 columns (i and k(i) are global indices, see ``row_offset``). Each row
+  sums to 1, so log q(z_i|x_i) - log q_hat(z_i) <= log N.
+* ``"mws"``, minibatch weighted sampling: W[i, j] = 1/(N B) (rows sum to 1/N; kept for
+  comparison with published numbers).
+* ``"batch"``, the batch as the data set: W[i, j] = 1/B. The resulting mutual information is
+  InfoNCE with the encoder as critic and never exceeds log B.
+* ``"full"``, evaluation: the columns are *all* N posteriors and W[i, j] = 1/N.
+
+Distributed training: ``z`` holds the R rows of this process, ``mu`` and ``logvar`` the B
+columns of the global batch, and ``z[i]`` was drawn from column ``i + row_offset``. Every
+per-row value then equals the corresponding row of a single-process computation on the whole
+global batch.
+
+Memory and numerics: the (R, B, D) tensor of differences is never formed, nor the (R, B)
+matrix. L is one matrix product of features, [z^2, z, 1] (R, 2D+1) times
+[-prec/2, mu prec, c] (B, 2D+1)^T with prec = exp(-logvar) and
+c_j = -1/2 sum_d (mu_jd^2 prec_jd + logvar_jd + log 2 pi), computed in float64 (the expanded
+square cancels; float64 keeps that error near 1e-16 * z^2 prec) into ONE reused workspace of at
+most ``2**21`` entries (16 MiB), block of rows by block of columns; column blocks are merged
+with ``logaddexp``. A custom backward recomputes each block (G = softmax weights times the
+incoming gradient; grad rows = G columns, grad columns = G^T rows), so only the (R,) result and
+the features are kept for backward and the extra memory is O(workspace) with or without
+autograd. Gradients are first order (no double backward). Log-variances are used as given: the
+encoder clamps them (``edvae.networks.LOGVAR_RANGE``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.distributions import Distribution, Independent, Normal
+
+from edvae.errors import EdvaeError
+
+__all__ = [
+    "METHODS",
+    "KL_METHODS",
+    "BilinearCritic",
+    "Decomposition",
+    "MLPCritic",
+    "PriorLike",
+    "dataset_decomposition",
+    "decompose",
+    "infonce",
+    "kl_divergence",
+    "log_aggregate_posterior",
+    "log_posterior",
+    "mss_log_weights",
+    "posterior_entropy",
+    "resolve_prior",
+]
+
+METHODS: tuple[str, ...] = ("mss", "mws", "batch", "full")
+KL_METHODS: tuple[str, ...] = ("auto", "analytic", "mc")
+
+PriorLike = Union[Distribution, nn.Module, Callable[[], Distribution]]
+"""A ``Distribution`` with ``event_shape == (D,)``, or a module/callable returning one."""
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_BLOCK_ENTRIES = 1 << 21  # entries of one (rows, columns) block: 16 MiB in float64
+_MAX_BLOCK_COLUMNS = 1 << 14
+_ACC = torch.float64  # accumulation dtype of every log-density matrix
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _check_matrix(name: str, tensor: object) -> None:
+    if not isinstance(tensor, Tensor) or tensor.dim() != 2 or 0 in tensor.shape:
+        shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+        raise EdvaeError(
+            f"{name} must be a non-empty 2-D tensor of shape (batch, latent_dim), got {shape}; "
+            "flatten the latent code to (batch, latent_dim)."
+        )
+
+
+def _check_finite(validate: bool, **tensors: Tensor) -> None:
+    """Raise if any tensor holds NaN or Inf: one host synchronisation for all of them."""
+    if not validate:
+        return
+    flags = torch.stack([torch.isfinite(t).all() for t in tensors.values()])
+    if bool(flags.all()):
+        return
+    bad = [name for name, ok in zip(tensors, flags.tolist()) if not ok]
+    raise EdvaeError(
+        f"{' and '.join(bad)} {'contains' if len(bad) == 1 else 'contain'} NaN or Inf "
+        "values; check the encoder for diverging "
+        "outputs (lower the learning rate or clamp the log-variance)."
+    )
+
+
+def _check_posterior(mu: Tensor, logvar: Tensor) -> None:
+    _check_matrix("mu", mu)
+    _check_matrix("logvar", logvar)
+    if mu.shape != logvar.shape:
+        raise EdvaeError(
+            f"logvar has shape {tuple(logvar.shape)} but mu has shape {tuple(mu.shape)}; "
+            "pass the mean and log-variance of the same encoder output."
+        )
+
+
+def _check_inputs(z: Tensor, mu: Tensor, logvar: Tensor, validate: bool) -> None:
+    _check_matrix("z", z)
+    _check_posterior(mu, logvar)
+    if z.shape[1] != mu.shape[1]:
+        raise EdvaeError(
+            f"z has latent dimension {z.shape[1]} but mu has {mu.shape[1]}; "
+            "pass samples and posterior parameters of the same latent space."
+        )
+    _check_finite(validate, z=z, mu=mu, logvar=logvar)
+
+
+def _check_rows(rows: int, columns: int, row_offset: int) -> None:
+    if not (isinstance(row_offset, int) and 0 <= row_offset <= columns - rows):
+        raise EdvaeError(
+            f"row_offset={row_offset!r} does not fit {rows} rows of z into the {columns} columns "
+            f"of mu; z[i] must be drawn from column i + row_offset, so use "
+            f"0 <= row_offset <= {columns - rows}."
+        )
+
+
+def _check_dataset_size(dataset_size: Optional[int], batch_size: int, method: str) -> int:
+    if dataset_size is None:
+        raise EdvaeError(
+            f"method={method!r} needs dataset_size, the number N of training examples; pass "
+            "dataset_size=len(train_set) (it is never guessed from the batch size)."
+        )
+    if not isinstance(dataset_size, int) or dataset_size < batch_size:
+        raise EdvaeError(
+            f"dataset_size={dataset_size!r} is smaller than the batch size {batch_size}; pass "
+            "the number of training examples N >= batch size."
+        )
+    return dataset_size
+
+
+def _own_rows(mu: Tensor, logvar: Tensor, rows: int, row_offset: int) -> tuple[Tensor, Tensor]:
+    """Posterior parameters of the rows: columns row_offset .. row_offset + rows - 1."""
+    _check_rows(rows, mu.shape[0], row_offset)
+    return mu[row_offset : row_offset + rows], logvar[row_offset : row_offset + rows]
+
+
+def _result_dtype(*tensors: Tensor) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for tensor in tensors[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+# --------------------------------------------------------------------------------------------
+# priors
+
+
+def resolve_prior(prior: PriorLike, dim: Optional[int] = None) -> Distribution:
+    """The prior distribution p(z) behind ``prior``.
+
+    ``prior`` is a ``torch.distributions.Distribution`` or, following zuko's lazy-distribution
+    convention, an ``nn.Module`` (or any callable without ``log_prob``) whose call returns one.
+    With ``dim`` given, the event shape must be ``(dim,)``.
+    """
+    dist = prior
+    if isinstance(prior, nn.Module) or not hasattr(prior, "log_prob"):
+        if not callable(prior):
+            raise EdvaeError(
+                f"prior must be a torch Distribution or a module returning one, got "
+                f"{type(prior).__name__}; wrap it with edvae.priors.as_prior."
+            )
+        dist = prior()
+    if not hasattr(dist, "log_prob") or not hasattr(dist, "event_shape"):
+        raise EdvaeError(
+            f"prior returned {type(dist).__name__}, not a torch Distribution; make its "
+            "forward() return a torch.distributions.Distribution."
+        )
+    if dim is not None and tuple(dist.event_shape) != (dim,):
+        raise EdvaeError(
+            f"prior has event_shape {tuple(dist.event_shape)} but mu and z have latent "
+            f"dimension D={dim}; use a prior over R^{dim} (wrap per-dimension distributions "
+            "in torch.distributions.Independent(..., 1))."
+        )
+    return dist
+
+
+def _factorised_log_prob(prior: Distribution, z: Tensor) -> Optional[Tensor]:
+    """(R, D) per-dimension log p_d(z_d) when the prior is a product over dimensions."""
+    if not isinstance(prior, Independent) or prior.reinterpreted_batch_ndims != 1:
+        return None
+    return prior.base_dist.log_prob(z)
+
+
+# --------------------------------------------------------------------------------------------
+# posterior densities
+
+
+def log_posterior(
+    z: Tensor, mu: Tensor, logvar: Tensor, *, row_offset: int = 0, validate: bool = True
+) -> Tensor:
+    r"""Log-density of each row under its own posterior, shape (R,).
+
+    log q(z_i | x_{i+o}) = -1/2 sum_d [ (z_id - mu_{i+o,d})^2 / sigma^2_{i+o,d}
+                                         + log sigma^2_{i+o,d} + log 2 pi ],  o = row_offset.
+    """
+    _check_inputs(z, mu, logvar, validate)
+    mu_r, logvar_r = _own_rows(mu, logvar, z.shape[0], row_offset)
+    return _log_normal_diag(z, mu_r, logvar_r)
+
+
+def _log_normal_diag(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    return -0.5 * ((z - mu).square() * torch.exp(-logvar) + logvar + _LOG_2PI).sum(-1)
+
+
+def posterior_entropy(logvar: Tensor) -> Tensor:
+    r"""Analytic entropy of each diagonal Gaussian posterior, shape (B,).
+
+    H[q(z|x_j)] = sum_d 1/2 log(2 pi e sigma^2_jd).
+    """
+    return 0.5 * (logvar + (_LOG_2PI + 1.0)).sum(-1)
+
+
+def kl_divergence(
+    mu: Tensor,
+    logvar: Tensor,
+    prior: PriorLike,
+    z: Optional[Tensor] = None,
+    *,
+    method: str = "auto",
+    validate: bool = True,
+) -> Tensor:
+    r"""KL(q(z|x_j) || p(z)) for every posterior, shape (B,).
+
+    ``method="analytic"`` uses the closed form registered in ``torch.distributions`` for
+    (Independent(Normal), prior) and raises if there is none; ``"mc"`` uses the Monte Carlo
+    estimate log q(z_j|x_j) - log p(z_j) at ``z`` (drawn with ``rsample`` when ``z`` is None),
+    averaged over samples when ``z`` has shape (S, B, D); ``"auto"`` is analytic where
+    registered and Monte Carlo otherwise.
+    """
+    if method not in KL_METHODS:
+        raise EdvaeError(f"method={method!r} is unknown; use one of {', '.join(KL_METHODS)}.")
+    _check_posterior(mu, logvar)
+    if z is not None and (not isinstance(z, Tensor) or z.shape[-2:] != mu.shape or z.dim() > 3):
+        shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+        raise EdvaeError(
+            f"z has shape {shape} but mu has shape {tuple(mu.shape)}; pass one sample per "
+            "posterior, (B, D), or S of them, (S, B, D)."
+        )
+    if z is None:
+        _check_finite(validate, mu=mu, logvar=logvar)
+    else:
+        _check_finite(validate, z=z, mu=mu, logvar=logvar)
+    p = resolve_prior(prior, mu.shape[1])
+    q = Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
+    if method != "mc":
+        try:
+            return torch.distributions.kl_divergence(q, p).expand(mu.shape[0])
+        except NotImplementedError:
+            if method == "analytic":
+                raise EdvaeError(
+                    f"method='analytic' but torch.distributions registers no KL between a "
+                    f"diagonal Gaussian and {type(p).__name__}; use method='auto' or 'mc'."
+                ) from None
+    if z is None:
+        z = q.rsample()
+    kl = _log_normal_diag(z, mu, logvar) - p.log_prob(z)
+    return kl.mean(0) if z.dim() == 3 else kl
+
+
+# --------------------------------------------------------------------------------------------
+# weights of the methods
+
+
+class _Plan(NamedTuple):
+    r"""log W[i, j] = ``log_base``, except log W[i, (g + shift) mod B] = ``value`` for each
+    (shift, value) in ``overrides``, with g = i + ``row_offset`` the global row index."""
+
+    log_base: float
+    overrides: tuple[tuple[int, float], ...] = ()
+    row_offset: int = 0
+
+
+def _check_mss(batch_size: int, dataset_size: Optional[int]) -> int:
+    if batch_size < 2:
+        raise EdvaeError(
+            f"batch size {batch_size} (rows of mu) is too small for method='mss', which needs "
+            "the sample itself plus at least one other; use a batch size of at least 2."
+        )
+    return _check_dataset_size(dataset_size, batch_size, "mss")
+
+
+def _plan(
+    method: str, rows: int, batch_size: int, dataset_size: Optional[int], row_offset: int
+) -> _Plan:
+    """The weights of ``method`` for ``rows`` rows against ``batch_size`` columns."""
+    if method not in METHODS:
+        raise EdvaeError(f"method={method!r} is unknown; use one of {', '.join(METHODS)}.")
+    if method == "full":
+        if dataset_size is not None and dataset_size != batch_size:
+            raise EdvaeError(
+                f"dataset_size={dataset_size!r} but method='full' treats the {batch_size} "
+                "columns of mu as the whole data set; pass all N posteriors or omit dataset_size."
+            )
+        return _Plan(-math.log(batch_size))
+    _check_rows(rows, batch_size, row_offset)
+    if method == "batch":
+        return _Plan(-math.log(batch_size))
+    if method == "mws":
+        n = _check_dataset_size(dataset_size, batch_size, method)
+        return _Plan(-math.log(n) - math.log(batch_size))
+    n, m = _check_mss(batch_size, dataset_size), batch_size - 1
+    self_weight = -math.log(n)  # W[i, i] = 1/N
+    stratum_weight = math.log(n - m) - math.log(n) - math.log(m)  # W[i, k(i)] = (N-M)/(NM)
+    return _Plan(-math.log(m), ((0, self_weight), (1, stratum_weight)), row_offset)
+
+
+def _apply_overrides(block: Tensor, plan: _Plan, row_start: int, column_start: int,
+                     batch_size: int) -> None:
+    """Turn log_base into the override values in a block holding ``... + log_base``."""
+    n_rows, n_columns = block.shape
+    local = torch.arange(n_rows, device=block.device)
+    rows = local + (row_start + plan.row_offset)
+    for shift, value in plan.overrides:
+        column = (rows + shift) % batch_size - column_start
+        inside = (column >= 0) & (column < n_columns)  # no boolean indexing: no host sync
+        delta = inside.to(block.dtype) * (value - plan.log_base)
+        block.index_put_((local, column.clamp(0, n_columns - 1)), delta, accumulate=True)
+
+
+def mss_log_weights(
+    batch_size: int,
+    dataset_size: int,
+    *,
+    row_offset: int = 0,
+    rows: Optional[int] = None,
+    device: Optional[torch.device] = None,
+) -> Tensor:
+    r"""Log-weights log W of minibatch stratified sampling, shape (rows, batch_size), float64.
+
+    With M = B - 1 and global row index g = i + row_offset: W[i, g] = 1/N,
+    W[i, (g + 1) mod B] = (N - M)/(N M), and 1/M in the other B - 2 columns; each row sums
+    to 1. ``rows`` defaults to ``batch_size - row_offset``. Built by the same code that
+    ``log_aggregate_posterior(method="mss")`` applies to each block of L.
+    """
+    rows = batch_size - row_offset if rows is None else rows
+    plan = _plan("mss", rows, batch_size, dataset_size, row_offset)
+    weights = torch.full((rows, batch_size), plan.log_base, dtype=_ACC, device=device)
+    _apply_overrides(weights, plan, 0, 0, batch_size)
+    return weights
+
+
+# --------------------------------------------------------------------------------------------
+# the one core routine: L[i, j] = log q(z_i | x_j) in blocks, reduced by a weighted logsumexp
+
+
+def _row_features(z: Tensor) -> Tensor:
+    """[z^2, z, 1], shape (R, 2D+1), in the accumulation dtype."""
+    z = z.to(_ACC)
+    return torch.cat([z.square(), z, torch.ones_like(z[:, :1])], dim=1)
+
+
+def _column_features(mu: Tensor, logvar: Tensor) -> Tensor:
+    """[-prec/2, mu prec, c], shape (B, 2D+1), so that L = rows @ columns.T."""
+    mu, logvar = mu.to(_ACC), logvar.to(_ACC)
+    prec = torch.exp(-logvar)
+    const = -0.5 * ((mu.square() * prec + logvar).sum(1, keepdim=True) + mu.shape[1] * _LOG_2PI)
+    return torch.cat([-0.5 * prec, mu * prec, const], dim=1)
+
+
+def _log_weighted_blocks(
+    rows: Tensor, columns: Tensor, plan: _Plan, chunk_rows: int, chunk_columns: int
+) -> Iterator[tuple[slice, slice, Tensor]]:
+    """Yield (row slice, column slice, block) with block = rows @ columns.T + log W.
+
+    Every block is a view of ONE reused workspace of chunk_rows * chunk_columns entries, valid
+    until the next iteration (callers may overwrite it).
+    """
+    n_rows, n_columns = rows.shape[0], columns.shape[0]
+    workspace = rows.new_empty(min(chunk_rows, n_rows) * min(chunk_columns, n_columns))
+    for r0 in range(0, n_rows, chunk_rows):
+        a = rows[r0 : r0 + chunk_rows]
+        for c0 in range(0, n_columns, chunk_columns):
+            b = columns[c0 : c0 + chunk_columns]
+            block = workspace[: a.shape[0] * b.shape[0]].view(a.shape[0], b.shape[0])
+            torch.mm(a, b.T, out=block)
+            block.add_(plan.log_base)
+            _apply_overrides(block, plan, r0, c0, n_columns)
+            yield slice(r0, r0 + a.shape[0]), slice(c0, c0 + b.shape[0]), block
+
+
+def _consume_logsumexp(block: Tensor) -> Tensor:
+    """logsumexp over dim 1, overwriting ``block`` (no second block-sized allocation)."""
+    top = block.amax(dim=1)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return block.sub_(top[:, None]).exp_().sum(dim=1).log_().add_(top)
+
+
+class _WeightedLogSumExp(torch.autograd.Function):
+    r"""y_i = logsumexp_j (a_i . b_j + log W[i, j]) for features a (R, K), b (B, K).
+
+    Backward, with G[i, j] = g_i exp(a_i . b_j + log W[i, j] - y_i): grad_a = G b and
+    grad_b = G^T a, recomputed block by block, so only a, b and y are kept for backward.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, rows: Tensor, columns: Tensor, plan: _Plan, chunk_rows: int,
+        chunk_columns: int,
+    ) -> Tensor:
+        out = rows.new_full((rows.shape[0],), -math.inf)
+        for row_slice, _, block in _log_weighted_blocks(
+            rows, columns, plan, chunk_rows, chunk_columns
+        ):
+            out[row_slice] = torch.logaddexp(out[row_slice], _consume_logsumexp(block))
+        ctx.save_for_backward(rows, columns, out)
+        ctx.blocking = (plan, chunk_rows, chunk_columns)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
+        rows, columns, out = ctx.saved_tensors
+        want_rows, want_columns = ctx.needs_input_grad[:2]
+        grad_rows = torch.zeros_like(rows) if want_rows else None
+        grad_columns = torch.zeros_like(columns) if want_columns else None
+        for row_slice, column_slice, block in _log_weighted_blocks(rows, columns, *ctx.blocking):
+            weights = block.sub_(out[row_slice, None]).exp_().mul_(grad[row_slice, None])
+            if grad_rows is not None:
+                grad_rows[row_slice].addmm_(weights, columns[column_slice])
+            if grad_columns is not None:
+                grad_columns[column_slice].addmm_(weights.T, rows[row_slice])
+        return grad_rows, grad_columns, None, None, None
+
+
+def _log_q(
+    z: Tensor, mu: Tensor, logvar: Tensor, plan: _Plan, chunk_size: Optional[int]
+) -> Tensor:
+    """log q_hat(z_i) = logsumexp_j (log W[i, j] + log q(z_i | x_j)), shape (R,), float64."""
+    chunk_columns = min(mu.shape[0], _MAX_BLOCK_COLUMNS)
+    if chunk_size is None:
+        chunk_size = max(1, _BLOCK_ENTRIES // chunk_columns)
+    elif not isinstance(chunk_size, int) or chunk_size < 1:
+        raise EdvaeError(f"chunk_size={chunk_size!r} must be a positive integer or None.")
+    rows, columns = _row_features(z), _column_features(mu, logvar)
+    return _WeightedLogSumExp.apply(rows, columns, plan, chunk_size, chunk_columns)
+
+
+def _log_q_marginals(
+    z: Tensor, mu: Tensor, logvar: Tensor, plan: _Plan, chunk_size: Optional[int]
+) -> Tensor:
+    """log q_hat_d(z_id) for every dimension, each with its own logsumexp, shape (R, D)."""
+    return torch.stack(
+        [
+            _log_q(z[:, d : d + 1], mu[:, d : d + 1], logvar[:, d : d + 1], plan, chunk_size)
+            for d in range(z.shape[1])
+        ],
+        dim=1,
+    )
+
+
+def log_aggregate_posterior(
+    z: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    *,
+    dataset_size: Optional[int] = None,
+    method: str = "mss",
+    chunk_size: Optional[int] = None,
+    row_offset: int = 0,
+    validate: bool = True,
+) -> Tensor:
+    r"""Estimate log q(z_i) of the aggregate posterior at every row of ``z``, shape (R,).
+
+    log q_hat(z_i) = logsumexp_j ( log W[i, j] + log q(z_i | x_j) ) with W set by ``method``
+    (module docstring): ``"mss"`` (needs ``dataset_size`` N >= B >= 2), ``"mws"`` (needs N),
+    ``"batch"`` (W = 1/B) or ``"full"`` (the columns are all N posteriors, W = 1/N, ``z`` any
+    query points and ``row_offset`` ignored).
+
+    Args:
+        z: (R, D) rows; ``z[i]`` drawn from q(z | x_{i + row_offset}) except for ``"full"``.
+        mu, logvar: (B, D) posterior parameters of the columns.
+        dataset_size: N, the number of training examples.
+        chunk_size: rows per block (default: blocks of at most 2**21 entries).
+        row_offset: global batch index of row 0 (distributed training).
+        validate: check for NaN/Inf (one host synchronisation); shapes are always checked.
+
+    Differentiable in ``z``, ``mu`` and ``logvar``. Returned in the inputs' dtype, computed in
+    float64.
+    """
+    _check_inputs(z, mu, logvar, validate)
+    plan = _plan(method, z.shape[0], mu.shape[0], dataset_size, row_offset)
+    return _log_q(z, mu, logvar, plan, chunk_size).to(_result_dtype(z, mu, logvar))
+
+
+# --------------------------------------------------------------------------------------------
+# the decomposition
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    r"""The ED-VAE decomposition of a batch (0-d tensors are means over rows), in nats.
+
+    * ``mi``                = mean_i [ log q(z_i|x_i) - log q_hat(z_i) ]  (mutual information)
+    * ``entropy``           = -mean_i log q_hat(z_i)                      (H[q(z)])
+    * ``cross_entropy``     = -mean_i log p(z_i)                          (H[q(z), p(z)])
+    * ``marginal_kl``       = cross_entropy - entropy                     (KL(q(z) || p(z)))
+    * ``kl``                = mean_i KL(q(z|x_i) || p(z))  (analytic where registered)
+    * ``posterior_entropy`` = mean_i sum_d 1/2 log(2 pi e sigma_id^2)
+    * ``total_correlation`` = mean_i [ log q_hat(z_i) - sum_d log q_hat_d(z_id) ], each
+      marginal q_hat_d with its own logsumexp and the same weights (None if not computed)
+    * ``dimwise_kl`` (D,)   = mean_i [ log q_hat_d(z_id) - log p_d(z_id) ] when the prior is a
+      product over dimensions (``Independent``), else None.
+
+    Identities: ``entropy - mi = -mean_i log q(z_i|x_i)``, a Monte Carlo estimate of
+    ``posterior_entropy``; ``marginal_kl = total_correlation + dimwise_kl.sum()`` for a
+    factorised prior.
+    """
+
+    mi: Tensor
+    entropy: Tensor
+    cross_entropy: Tensor
+    marginal_kl: Tensor
+    kl: Tensor
+    posterior_entropy: Tensor
+    total_correlation: Optional[Tensor] = None
+    dimwise_kl: Optional[Tensor] = None
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain floats; ``dimwise_kl`` becomes ``dimwise_kl_0``, ``dimwise_kl_1``, ..."""
+        out: dict[str, float] = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                continue
+            if value.dim() == 0:
+                out[field.name] = float(value)
+            else:
+                out.update({f"{field.name}_{d}": float(v) for d, v in enumerate(value.tolist())})
+        return out
+
+
+def _decompose(
+    z: Tensor,
+    mu_rows: Tensor,
+    logvar_rows: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    prior: Distribution,
+    plan: _Plan,
+    chunk_size: Optional[int],
+    per_dimension: bool,
+) -> Decomposition:
+    """Shared by ``decompose`` and ``dataset_decomposition``; rows own (mu_rows, logvar_rows)."""
+    dtype = _result_dtype(z, mu, logvar)
+    log_q = _log_q(z, mu, logvar, plan, chunk_size)
+    log_post = _log_normal_diag(z.to(_ACC), mu_rows.to(_ACC), logvar_rows.to(_ACC))
+    log_p = prior.log_prob(z).to(_ACC)
+    mi = (log_post - log_q).mean()
+    entropy = -log_q.mean()
+    cross_entropy = -log_p.mean()
+    total_correlation = dimwise_kl = None
+    if per_dimension:
+        log_q_d = _log_q_marginals(z, mu, logvar, plan, chunk_size)
+        total_correlation = (log_q - log_q_d.sum(1)).mean().to(dtype)
+        log_p_d = _factorised_log_prob(prior, z)
+        if log_p_d is not None:
+            dimwise_kl = (log_q_d - log_p_d.to(_ACC)).mean(0).to(dtype)
+    kl = kl_divergence(mu_rows, logvar_rows, prior, z, validate=False).mean()
+    return Decomposition(
+        mi=mi.to(dtype),
+        entropy=entropy.to(dtype),
+        cross_entropy=cross_entropy.to(dtype),
+        marginal_kl=(cross_entropy - entropy).to(dtype),
+        kl=kl.to(dtype),
+        posterior_entropy=posterior_entropy(logvar_rows).mean().to(dtype),
+        total_correlation=total_correlation,
+        dimwise_kl=dimwise_kl,
+    )
+
+
+def decompose(
+    z: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    prior: PriorLike,
+    *,
+    dataset_size: Optional[int] = None,
+    method: str = "mss",
+    row_offset: int = 0,
+    chunk_size: Optional[int] = None,
+    per_dimension: bool = True,
+    validate: bool = True,
+) -> Decomposition:
+    r"""The ED-VAE decomposition of a minibatch (see :class:`Decomposition`).
+
+    mean_i ELBO_MC(x_i) = R - mi + entropy - cross_entropy  holds exactly for every ``method``,
+    because one estimate log q_hat(z_i) (``log_aggregate_posterior``) enters both ``mi`` and
+    ``entropy``. ``z[i]`` must be drawn from column ``i + row_offset`` of ``mu``/``logvar``,
+    also for ``method="full"``. ``per_dimension=False`` skips the D per-dimension logsumexps
+    behind ``total_correlation`` and ``dimwise_kl``.
+    """
+    _check_inputs(z, mu, logvar, validate)
+    p = resolve_prior(prior, mu.shape[1])
+    mu_rows, logvar_rows = _own_rows(mu, logvar, z.shape[0], row_offset)
+    plan = _plan(method, z.shape[0], mu.shape[0], dataset_size, row_offset)
+    return _decompose(z, mu_rows, logvar_rows, mu, logvar, p, plan, chunk_size, per_dimension)
+
+
+@torch.no_grad()
+def dataset_decomposition(
+    mu: Tensor,
+    logvar: Tensor,
+    prior: PriorLike,
+    *,
+    num_queries: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    chunk_size: Optional[int] = None,
+    per_dimension: bool = False,
+    validate: bool = True,
+) -> Decomposition:
+    r"""The decomposition under the full data set, for evaluation (no gradients).
+
+    ``mu``, ``logvar`` (N, D) are the posteriors of ALL N examples. S query indices s are the
+    whole set (``num_queries`` None or >= N) or a random subset drawn with ``generator``;
+    z_s ~ q(z|x_s) (also drawn with ``generator``) and
+
+        log q(z_s) = logsumexp_n log q(z_s | x_n) - log N
+
+    over all N posteriors, in blocks, so time is O(S N D) and extra memory O(block).
+    ``per_dimension=True`` adds ``total_correlation``/``dimwise_kl`` at D times the cost.
+    """
+    _check_posterior(mu, logvar)
+    _check_finite(validate, mu=mu, logvar=logvar)
+    p = resolve_prior(prior, mu.shape[1])
+    n = mu.shape[0]
+    if num_queries is not None and (not isinstance(num_queries, int) or num_queries < 1):
+        raise EdvaeError(f"num_queries={num_queries!r} must be a positive integer or None.")
+    if num_queries is None or num_queries >= n:
+        index = torch.arange(n, device=mu.device)
+    else:
+        index = torch.randperm(n, generator=generator, device=mu.device)[:num_queries]
+    mu_rows, logvar_rows = mu[index], logvar[index]
+    noise = torch.randn(
+        mu_rows.shape, generator=generator, dtype=mu_rows.dtype, device=mu_rows.device
+    )
+    z = mu_rows + torch.exp(0.5 * logvar_rows) * noise
+    plan = _plan("full", z.shape[0], n, None, 0)
+    return _decompose(z, mu_rows, logvar_rows, mu, logvar, p, plan, chunk_size, per_dimension)
+
+
+# --------------------------------------------------------------------------------------------
+# InfoNCE
+
+
+class BilinearCritic(nn.Module):
+    r"""Bilinear critic f(x_j, z_i) = z_i^T W mu_j, scores of shape (R, B).
+
+    ``W`` (D, D) starts at the identity. Call as ``critic(z, mu)`` with rows ``z`` (R, D) and
+    columns ``mu`` (B, D).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(dim))
+
+    def forward(self, z: Tensor, mu: Tensor) -> Tensor:
+        return z @ self.weight @ mu.T
+
+
+class MLPCritic(nn.Module):
+    r"""Separable MLP critic f(x_j, z_i) = g(z_i)^T h(mu_j) / sqrt(k), scores (R, B).
+
+    g and h are two-layer MLPs R^D -> R^k (``embedding`` = k). Separable critics cost one
+    (R, k) x (k, B) product instead of a network evaluation per pair.
+    """
+
+    def __init__(self, dim: int, hidden: int = 128, embedding: int = 32) -> None:
+        super().__init__()
+        self.rows = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding))
+        self.columns = nn.Sequential(
+            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding)
+        )
+        self.scale = embedding**-0.5
+
+    def forward(self, z: Tensor, mu: Tensor) -> Tensor:
+        return self.scale * self.rows(z) @ self.columns(mu).T
+
+
+def infonce(
+    z: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    *,
+    critic: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    row_offset: int = 0,
+    chunk_size: Optional[int] = None,
+    validate: bool = True,
+) -> Tensor:
+    r"""InfoNCE lower bound on I(x; z), a 0-d tensor that never exceeds log B.
+
+        I_NCE = mean_i [ f(x_{i+o}, z_i) - logsumexp_j f(x_j, z_i) + log B ],  o = row_offset.
+
+    By default the critic is the encoder itself, f(x_j, z_i) = log q(z_i | x_j); the bound then
+    equals the mutual information of ``decompose(..., method="batch")``. A learned ``critic``
+    (e.g. :class:`BilinearCritic`, :class:`MLPCritic`) is called as ``critic(z, mu)`` and must
+    return (R, B) scores; it sees the column means only.
+    """
+    _check_inputs(z, mu, logvar, validate)
+    n_rows, batch_size = z.shape[0], mu.shape[0]
+    mu_rows, logvar_rows = _own_rows(mu, logvar, n_rows, row_offset)
+    dtype = _result_dtype(z, mu, logvar)
+    if critic is None:
+        plan = _plan("batch", n_rows, batch_size, None, row_offset)
+        log_q = _log_q(z, mu, logvar, plan, chunk_size)
+        log_post = _log_normal_diag(z.to(_ACC), mu_rows.to(_ACC), logvar_rows.to(_ACC))
+        return (log_post - log_q).mean().to(dtype)
+    scores = critic(z, mu)
+    if not isinstance(scores, Tensor) or scores.shape != (n_rows, batch_size):
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise EdvaeError(
+            f"critic returned {shape} but must return scores of shape (R, B) = "
+            f"({n_rows}, {batch_size}) for rows z and columns mu."
+        )
+    scores = scores.to(_ACC)
+    index = torch.arange(n_rows, device=scores.device)
+    positive = scores[index, index + row_offset]
+    bound = (positive - torch.logsumexp(scores, dim=1)).mean() + math.log(batch_size)
+    return bound.to(dtype)

@@ -1,0 +1,24 @@
+"""Studies: the paper's experiment and the ones beyond it, by name.
+
+``get_study(name, quick=..., seeds=...)`` builds a :class:`~edvae.experiments.runner.Study`;
+:func:`~edvae.experiments.runner.run_study` runs it and writes the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from edvae.errors import EdvaeError
+from edvae.experiments.paper import paper_study
+from edvae.experiments.runner import RunSpec, Study, run_study
+
+__all__ = ["STUDIES", "get_study", "run_study", "Study", "RunSpec"]
+
+STUDIES: dict[str, Callable[..., Study]] = {"paper": paper_study}
+
+
+def get_study(name: str, **kwargs) -> Study:
+    """The study registered under ``name``."""
+    if name not in STUDIES:
+        raise EdvaeError(f"unknown study '{name}'; choose one of: {', '.join(STUDIES)}")
+    return STUDIES[name](**kwargs)

@@ -1,0 +1,138 @@
+"""Running a study: train and evaluate every run, then write the report.
+
+A :class:`Study` is a list of :class:`RunSpec` (data set label, model label, seed, config).
+Each run trains in its own folder ``OUT/runs/<dataset>-<model>-s<seed>`` and is evaluated with
+the same :func:`edvae.evaluate.evaluate_model`; a run whose folder already holds a completed
+checkpoint and its evaluation is reused, so an interrupted study resumes where it stopped.
+Runs go to ``workers`` processes, one torch thread each (results do not depend on the number
+of workers).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edvae.config import RunConfig
+from edvae.errors import EdvaeError
+
+__all__ = ["RunSpec", "Study", "run_study", "run_one"]
+
+EVALUATION_NAME = "evaluation.json"
+LATENTS_NAME = "latents.pt"
+
+
+@dataclass
+class RunSpec:
+    """One run of a study."""
+
+    dataset: str
+    model: str
+    seed: int
+    config: RunConfig
+
+    @property
+    def folder(self) -> str:
+        return f"{self.dataset}-{self.model}-s{self.seed}"
+
+
+@dataclass
+class Study:
+    """A named list of runs and how to read them."""
+
+    name: str
+    title: str
+    description: str
+    runs: list[RunSpec]
+    metrics: list[str] = field(default_factory=lambda: ["mse", "kl", "elbo", "iwae", "ll_gap", "mi", "marginal_kl", "prior_swd", "active_units", "train_seconds"])
+    notes: list[str] = field(default_factory=list)
+
+
+def _save_latents(run_dir: Path, spec: RunSpec) -> None:
+    """Aggregate-posterior samples and the prior's log-density on a grid, for the figures."""
+    from edvae.evaluate import load_run
+
+    model, _, _, data = load_run(run_dir)
+    with torch.inference_mode():
+        gen = torch.Generator().manual_seed(spec.seed)
+        mu, logvar = model.encode(data.test)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+        payload: dict[str, Any] = {"z": z, "labels": getattr(data, "test_labels", None)}
+        if z.shape[1] == 2:
+            lim = float(max(4.0, z.abs().quantile(0.99).item() * 1.1))
+            ticks = torch.linspace(-lim, lim, 160)
+            grid = torch.cartesian_prod(ticks, ticks)
+            payload["grid"] = ticks
+            payload["prior_log_density"] = model.prior_distribution().log_prob(grid).view(160, 160)
+    torch.save(payload, run_dir / LATENTS_NAME)
+
+
+def run_one(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Train and evaluate one run (reusing a finished one); returns its record."""
+    from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from edvae.evaluate import evaluate_run
+    from edvae.train import train
+
+    run_dir = Path(out_dir) / "runs" / spec.folder
+    evaluation = run_dir / EVALUATION_NAME
+    done = evaluation.exists() and (run_dir / CHECKPOINT_NAME).exists() and not overwrite
+    if done:
+        state = load_checkpoint(run_dir)
+        done = state.get("completed", False) and state["config"] == spec.config.model_dump()
+    if not done:
+        resume = (run_dir / CHECKPOINT_NAME).exists() and not overwrite
+        if resume and load_checkpoint(run_dir)["config"] != spec.config.model_dump():
+            resume, overwrite = False, True
+        train(spec.config, run_dir, resume=resume, overwrite=overwrite and not resume)
+        metrics = evaluate_run(run_dir)
+        _save_latents(run_dir, spec)
+        evaluation.write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics = json.loads(evaluation.read_text())
+    return {"dataset": spec.dataset, "model": spec.model, "seed": spec.seed, "metrics": metrics, "run_dir": str(run_dir)}
+
+
+def _worker(args: tuple[RunSpec, str, bool]) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    return run_one(*args)
+
+
+def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run every run of ``study`` and write the report into ``out_dir``; returns results.json's content."""
+    from edvae.report import write_report
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdvaeError(f"--out {out_dir} is a file; choose a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for spec in study.runs:
+        spec.config = spec.config.model_copy(update={"train": spec.config.train.model_copy(update={"progress": False, "threads": 1})})
+    jobs = [(spec, str(out_dir), overwrite) for spec in study.runs]
+    records: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"study {study.name}", unit="run")
+    if workers <= 1:
+        for job in jobs:
+            records.append(_worker(job))
+            if bar is not None:
+                bar.update(1)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for record in pool.map(_worker, jobs):
+                records.append(record)
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return write_report(study, records, out_dir, wall_seconds=time.perf_counter() - started)

@@ -1,0 +1,133 @@
+"""The VAE module: encoder, decoder, likelihood and prior in one ``nn.Module``.
+
+The model only computes; the objective (:mod:`edvae.objectives`) decides how the pieces are
+combined. ``forward(x, eps)`` draws z = mu + sigma * eps by reparameterisation and returns
+everything an objective needs in one :class:`ModelOutput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from edvae import priors
+from edvae.errors import EdvaeError
+from edvae.networks import (
+    BernoulliLikelihood,
+    ConvDecoder,
+    ConvEncoder,
+    GaussianLikelihood,
+    MLPDecoder,
+    MLPEncoder,
+)
+
+if TYPE_CHECKING:
+    from edvae.config import ModelConfig
+    from edvae.data import DataSplits
+
+__all__ = ["ModelOutput", "VAE", "build_model", "resolve_likelihood"]
+
+
+@dataclass
+class ModelOutput:
+    """One forward pass: posterior parameters, the sampled code and log p(x|z) per example."""
+
+    mu: Tensor
+    logvar: Tensor
+    z: Tensor
+    log_px: Tensor
+    x_params: Tensor
+
+
+class VAE(nn.Module):
+    """A VAE with a diagonal Gaussian encoder q(z|x), decoder p(x|z) and any prior p(z).
+
+    ``prior`` is a module whose ``forward()`` returns a ``torch.distributions.Distribution``
+    with ``event_shape == (latent_dim,)`` (see :mod:`edvae.priors`).
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: nn.Module, prior: nn.Module, latent_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.prior = prior
+        self.latent_dim = latent_dim
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior parameters ``(mu, logvar)``, each ``(B, D)``."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Likelihood parameters for codes ``z`` (means, or logits for Bernoulli)."""
+        return self.decoder(z)
+
+    def prior_distribution(self) -> Distribution:
+        """The prior p(z) as a distribution."""
+        return self.prior()
+
+    def forward(self, x: Tensor, eps: Tensor | None = None) -> ModelOutput:
+        """Encode, sample z = mu + exp(logvar / 2) * eps, decode and score log p(x|z)."""
+        mu, logvar = self.encoder(x)
+        if eps is None:
+            eps = torch.randn_like(mu)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        x_params = self.decoder(z)
+        return ModelOutput(mu, logvar, z, self.likelihood.log_prob(x, x_params), x_params)
+
+
+def resolve_likelihood(config: "ModelConfig", data: "DataSplits") -> str:
+    """The likelihood to use: the configured one, or the data set's own for ``"auto"``."""
+    return data.likelihood if config.likelihood == "auto" else config.likelihood
+
+
+def _build_prior(config: "ModelConfig", data: "DataSplits", encoder: nn.Module) -> nn.Module:
+    dim = config.latent_dim
+    name = config.prior
+    options = dict(config.prior_options)
+    if name == "true":
+        if data.ground_truth is None:
+            raise EdvaeError(
+                f"model.prior='true' needs synthetic data with a known prior, but data set '{data.name}' has none; "
+                f"choose one of: {', '.join(priors.names())}"
+            )
+        prior = priors.as_prior(data.ground_truth.prior)
+    elif name.startswith("samples:"):
+        samples = priors.load_samples(name.partition(":")[2], dim=dim)
+        prior = priors.from_samples(samples, **options)
+    elif name == "vamp":
+        options.setdefault("n_components", 50)
+        if "init" not in options:
+            gen = torch.Generator().manual_seed(0)
+            idx = torch.randperm(data.train.shape[0], generator=gen)[: options["n_components"]]
+            options["init"] = data.train[idx].clone()
+        prior = priors.make("vamp", dim, encoder=encoder, input_shape=tuple(data.x_shape), **options)
+    else:
+        prior = priors.make(name, dim, **options)
+    prior_dim = priors.event_dim(prior)
+    if prior_dim != dim:
+        raise EdvaeError(f"model.prior '{name}' is {prior_dim}-dimensional but model.latent_dim is {dim}; make them agree")
+    return prior
+
+
+def build_model(config: "ModelConfig", data: "DataSplits") -> VAE:
+    """Build the VAE a :class:`~edvae.config.ModelConfig` describes, for data shaped like ``data``."""
+    x_shape = tuple(data.x_shape)
+    if config.network == "mlp":
+        encoder: nn.Module = MLPEncoder(x_shape, config.latent_dim, config.hidden)
+        decoder: nn.Module = MLPDecoder(x_shape, config.latent_dim, list(reversed(config.hidden)))
+    else:
+        encoder = ConvEncoder(x_shape, config.latent_dim)
+        decoder = ConvDecoder(x_shape, config.latent_dim)
+    kind = resolve_likelihood(config, data)
+    likelihood: nn.Module
+    if kind == "gaussian":
+        likelihood = GaussianLikelihood(x_shape, learn_scale=config.learn_scale)
+    else:
+        likelihood = BernoulliLikelihood()
+    prior = _build_prior(config, data, encoder)
+    return VAE(encoder, decoder, likelihood, prior, config.latent_dim)

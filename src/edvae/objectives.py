@@ -1,0 +1,191 @@
+r"""Training objectives: the ELBO and the ED-VAE objective, each a loss plus named terms.
+
+Both take tensors, not models: ``log_px`` (R,) = log p(x_i | z_i) for this process's rows,
+``z`` (R, D) with ``z[i]`` drawn from q(z | x_{i+row_offset}), and the posterior parameters
+``mu``, ``logvar`` (B, D) of the (global) batch; ``prior`` is a ``Distribution`` over R^D or a
+module returning one. All quantities are batch means in nats.
+
+Averaged over the data, the ELBO splits into (Hoffman & Johnson, 2016)
+
+    mean_n ELBO(x_n) = R - I_q(x; z) + H[q(z)] - H[q(z), p(z)],
+
+and the ED-VAE loss weights the three latent terms separately:
+
+    L = -R + w_mi I_hat - w_ent H_hat[q(z)] + w_ce CE_hat.
+
+With unit weights and one shared estimate of log q(z), L is exactly the negative Monte Carlo
+ELBO, whatever the estimator. With any weight != 1 the objective is NOT an ELBO (not a bound
+on log p(x)); evaluate such models with the standard ELBO.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+from torch import Tensor
+
+from edvae.errors import EdvaeError
+from edvae.estimators import (
+    KL_METHODS,
+    PriorLike,
+    infonce,
+    kl_divergence,
+    log_aggregate_posterior,
+    log_posterior,
+    posterior_entropy,
+    resolve_prior,
+)
+
+__all__ = ["ENTROPY_ESTIMATORS", "MI_ESTIMATORS", "Objective", "ed_elbo", "elbo"]
+
+MI_ESTIMATORS: tuple[str, ...] = ("mss", "mws", "batch", "infonce")
+ENTROPY_ESTIMATORS: tuple[str, ...] = ("mss", "mws", "batch")
+
+
+class Objective(NamedTuple):
+    """``loss``: 0-d tensor to minimise; ``terms``: detached 0-d tensors for logging."""
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise EdvaeError(f"{name}={value!r} is unknown; use one of {', '.join(choices)}.")
+
+
+def _check_log_px(log_px: Tensor, z: Tensor) -> None:
+    if not isinstance(log_px, Tensor) or log_px.dim() != 1 or log_px.shape[0] != z.shape[0]:
+        shape = tuple(log_px.shape) if isinstance(log_px, Tensor) else type(log_px).__name__
+        raise EdvaeError(
+            f"log_px has shape {shape} but must be ({z.shape[0]},), one log p(x_i|z_i) per row "
+            "of z; sum the log-likelihood over the data dimensions first."
+        )
+
+
+def _detached(**terms: Tensor) -> dict[str, Tensor]:
+    return {name: value.detach() for name, value in terms.items()}
+
+
+def elbo(
+    log_px: Tensor,
+    z: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    prior: PriorLike,
+    *,
+    kl: str = "auto",
+    row_offset: int = 0,
+    validate: bool = True,
+) -> Objective:
+    r"""The evidence lower bound, as a loss.
+
+        ELBO = mean_i log p(x_i | z_i) - mean_i KL(q(z | x_i) || p(z)),   loss = -ELBO.
+
+    ``kl``: ``"analytic"`` (closed form registered in ``torch.distributions``, error if none),
+    ``"mc"`` (log q(z_i|x_i) - log p(z_i) at the given ``z``) or ``"auto"`` (analytic where
+    registered, else Monte Carlo). Rows own columns ``row_offset ..`` of ``mu``/``logvar``.
+    Terms: ``reconstruction``, ``kl``, ``elbo``, ``loss``.
+    """
+    _check_choice("kl", kl, KL_METHODS)
+    log_q_own = log_posterior(z, mu, logvar, row_offset=row_offset, validate=validate)
+    _check_log_px(log_px, z)
+    p = resolve_prior(prior, z.shape[1])
+    if kl == "mc":
+        kl_values = log_q_own - p.log_prob(z)
+    else:  # "auto" falls back to the same Monte Carlo estimate at z
+        rows = slice(row_offset, row_offset + z.shape[0])
+        kl_values = kl_divergence(mu[rows], logvar[rows], p, z, method=kl, validate=False)
+    reconstruction = log_px.mean()
+    kl_mean = kl_values.mean()
+    value = reconstruction - kl_mean
+    return Objective(
+        -value, _detached(reconstruction=reconstruction, kl=kl_mean, elbo=value, loss=-value)
+    )
+
+
+def ed_elbo(
+    log_px: Tensor,
+    z: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    prior: PriorLike,
+    *,
+    dataset_size: int,
+    mi_weight: float = 1.0,
+    entropy_weight: float = 1.0,
+    cross_entropy_weight: float = 1.0,
+    mi_estimator: str = "mss",
+    entropy_estimator: str = "mss",
+    critic: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    row_offset: int = 0,
+    chunk_size: Optional[int] = None,
+    validate: bool = True,
+) -> Objective:
+    r"""The ED-VAE objective, a loss to minimise:
+
+        L = -R + w_mi I_hat - w_ent H_hat[q(z)] + w_ce CE_hat,
+
+    R = mean_i log p(x_i|z_i), I_hat = mean_i [log q(z_i|x_i) - log q_hat(z_i)],
+    H_hat = -mean_i log q_hat(z_i), CE_hat = -mean_i log p(z_i), with log q_hat from
+    ``edvae.estimators.log_aggregate_posterior`` (``entropy_estimator``) and N = ``dataset_size``.
+    When ``mi_estimator == entropy_estimator`` ONE estimate of log q_hat serves both terms, so at
+    unit weights L = -(R - mean_i [log q(z_i|x_i) - log p(z_i)]), the negative Monte Carlo ELBO,
+    up to rounding. ``mi_estimator="infonce"`` uses :func:`edvae.estimators.infonce` (with
+    ``critic`` if given; a negative ``mi_weight`` then maximises it). Any weight != 1 makes L
+    something other than an ELBO: evaluate models with :func:`elbo`.
+
+    Terms: ``reconstruction``, ``mi``, ``entropy``, ``cross_entropy``, ``marginal_kl``,
+    ``posterior_entropy`` (analytic, mean over rows), ``elbo_mc`` (the batch's Monte Carlo
+    ELBO), ``loss``. ``validate=False`` skips the NaN/Inf check (a host synchronisation).
+    """
+    _check_choice("mi_estimator", mi_estimator, MI_ESTIMATORS)
+    _check_choice("entropy_estimator", entropy_estimator, ENTROPY_ESTIMATORS)
+    if critic is not None and mi_estimator != "infonce":
+        raise EdvaeError(
+            f"critic is only used by mi_estimator='infonce', not {mi_estimator!r}; drop the "
+            "critic or set mi_estimator='infonce'."
+        )
+    shared = dict(dataset_size=dataset_size, row_offset=row_offset, chunk_size=chunk_size)
+    log_q = log_aggregate_posterior(  # also validates z, mu, logvar and row_offset
+        z, mu, logvar, method=entropy_estimator, validate=validate, **shared
+    )
+    p = resolve_prior(prior, z.shape[1])
+    _check_log_px(log_px, z)
+    log_q_own = log_posterior(z, mu, logvar, row_offset=row_offset, validate=False)
+    if mi_estimator == entropy_estimator:
+        mi = (log_q_own - log_q).mean()
+    elif mi_estimator == "infonce":
+        mi = infonce(
+            z, mu, logvar, critic=critic, row_offset=row_offset, chunk_size=chunk_size,
+            validate=False,
+        )
+    else:
+        log_q_mi = log_aggregate_posterior(
+            z, mu, logvar, method=mi_estimator, validate=False, **shared
+        )
+        mi = (log_q_own - log_q_mi).mean()
+    log_p = p.log_prob(z)
+    reconstruction = log_px.mean()
+    entropy = -log_q.mean()
+    cross_entropy = -log_p.mean()
+    loss = (
+        -reconstruction
+        + mi_weight * mi
+        - entropy_weight * entropy
+        + cross_entropy_weight * cross_entropy
+    )
+    rows = slice(row_offset, row_offset + z.shape[0])
+    return Objective(
+        loss,
+        _detached(
+            reconstruction=reconstruction,
+            mi=mi,
+            entropy=entropy,
+            cross_entropy=cross_entropy,
+            marginal_kl=cross_entropy - entropy,
+            posterior_entropy=posterior_entropy(logvar[rows]).mean(),
+            elbo_mc=reconstruction - (log_q_own - log_p).mean(),
+            loss=loss,
+        ),
+    )

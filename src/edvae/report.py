@@ -1,0 +1,207 @@
+"""Reports: results.json, results.csv, results.md and figures for a study.
+
+The summary gives, per data set and model, the mean and the sample standard deviation over
+seeds of every metric. In the Markdown table the best mean of each column is in bold, "best"
+meaning higher for log-likelihoods, ELBO, mutual information and probe accuracy, lower for
+errors, divergences and times.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from edvae import __version__
+
+if TYPE_CHECKING:
+    from edvae.experiments.runner import Study
+
+__all__ = ["BETTER", "summarise", "write_report", "markdown_table"]
+
+#: Which way is better for the metrics that have a direction (others are descriptive).
+BETTER: dict[str, str] = {
+    **dict.fromkeys(["elbo", "iwae", "reconstruction", "probe_accuracy"], "max"),
+    **dict.fromkeys(["mse", "kl", "ll_gap", "marginal_kl", "prior_swd", "nll", "bpd", "train_seconds"], "min"),
+}
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """``summary[dataset][model][metric] = {"mean", "std", "n"}`` over seeds (sample std)."""
+    groups: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+    for rec in records:
+        groups[(rec["dataset"], rec["model"])].append(rec["metrics"])
+    summary: dict[str, dict[str, dict[str, dict[str, float]]]] = defaultdict(dict)
+    for (dataset, model), rows in groups.items():
+        stats = {}
+        for metric in rows[0]:
+            values = torch.tensor([r[metric] for r in rows if metric in r], dtype=torch.float64)
+            std = float(values.std()) if len(values) > 1 else 0.0
+            stats[metric] = {"mean": float(values.mean()), "std": std, "n": len(values)}
+        summary[dataset][model] = stats
+    return dict(summary)
+
+
+def _fmt(mean: float, std: float) -> str:
+    scale = max(abs(mean), 1e-12)
+    digits = 2 if scale >= 10 else 3 if scale >= 1 else 4
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, Any], metrics: list[str]) -> str:
+    """The paper-style table: one block per data set, mean ± std, best mean in bold."""
+    lines = []
+    for dataset, models in summary.items():
+        shown = [m for m in metrics if any(m in s for s in models.values())]
+        lines.append(f"**{dataset}**\n")
+        lines.append("| model | " + " | ".join(shown) + " |")
+        lines.append("|---|" + "---|" * len(shown))
+        best: dict[str, float] = {}
+        for m in shown:
+            if m in BETTER:
+                means = [s[m]["mean"] for s in models.values() if m in s]
+                best[m] = max(means) if BETTER[m] == "max" else min(means)
+        for model, stats in models.items():
+            cells = []
+            for m in shown:
+                if m not in stats:
+                    cells.append("–")
+                    continue
+                text = _fmt(stats[m]["mean"], stats[m]["std"])
+                cells.append(f"**{text}**" if m in best and math.isclose(stats[m]["mean"], best[m]) else text)
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _environment() -> dict[str, Any]:
+    return {
+        "edvae": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def write_report(study: "Study", records: list[dict[str, Any]], out_dir: str | Path, *, wall_seconds: float | None = None) -> dict[str, Any]:
+    """Write results.json, results.csv, results.md and figures/ into ``out_dir``."""
+    out_dir = Path(out_dir)
+    summary = summarise(records)
+    clean = [{k: r[k] for k in ("dataset", "model", "seed", "metrics")} for r in records]
+    result = {
+        "study": study.name,
+        "title": study.title,
+        "description": study.description,
+        "records": clean,
+        "summary": summary,
+        "environment": _environment(),
+    }
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    metric_names = sorted({m for r in clean for m in r["metrics"]})
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "model", "seed", *metric_names])
+        for r in clean:
+            writer.writerow([r["dataset"], r["model"], r["seed"], *(r["metrics"].get(m, "") for m in metric_names)])
+    figures = _figures(study, records, summary, out_dir / "figures")
+    seeds = sorted({r["seed"] for r in clean})
+    md = [
+        f"# {study.title}",
+        "",
+        study.description,
+        "",
+        f"Mean ± standard deviation over {len(seeds)} seed(s); best mean per column in bold "
+        "(higher is better for elbo, iwae, probe_accuracy; lower for mse, kl, ll_gap, marginal_kl, prior_swd, time). "
+        "All values in nats per example except mse (per element) and times (seconds).",
+        "",
+        markdown_table(summary, study.metrics),
+    ]
+    md += [f"- {note}" for note in study.notes]
+    if figures:
+        md += ["", "## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures]
+    if wall_seconds is not None:
+        md += ["", f"Wall time of the study: {wall_seconds:.0f} s."]
+    (out_dir / "results.md").write_text("\n".join(md) + "\n")
+    return result
+
+
+def _figures(study: "Study", records: list[dict[str, Any]], summary: dict[str, Any], fig_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    first_seed = min(r["seed"] for r in records)
+    shown = [r for r in records if r["seed"] == first_seed]
+    datasets = list(dict.fromkeys(r["dataset"] for r in shown))
+    models = list(dict.fromkeys(r["model"] for r in shown))
+
+    # Aggregate posterior over the prior density.
+    fig, axes = plt.subplots(len(datasets), len(models), figsize=(3.2 * len(models), 3.2 * len(datasets)), squeeze=False)
+    for r in shown:
+        ax = axes[datasets.index(r["dataset"])][models.index(r["model"])]
+        path = Path(r["run_dir"]) / "latents.pt"
+        if path.exists():
+            lat = torch.load(path, weights_only=True)
+            if "grid" in lat:
+                t = lat["grid"].numpy()
+                ax.contourf(t, t, lat["prior_log_density"].exp().T.numpy(), levels=20, cmap="Blues")
+            z = lat["z"].numpy()
+            labels = lat.get("labels")
+            ax.scatter(z[:, 0], z[:, 1], s=2, alpha=0.5, c=None if labels is None else labels.numpy(), cmap="tab10" if labels is not None else None, color="darkred" if labels is None else None)
+        ax.set_title(f"{r['dataset']} / {r['model']}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Aggregate posterior samples (points) over the model's prior density (shading)")
+    fig.tight_layout()
+    written.append(fig_dir / "aggregate_posterior.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    # Training curves of every logged term.
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for r in shown:
+        path = Path(r["run_dir"]) / "metrics.jsonl"
+        if not path.exists():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        val = [row for row in rows if row["split"] == "val"]
+        ax = axes[0][datasets.index(r["dataset"])]
+        key = "elbo_mc" if "elbo_mc" in val[0] else "elbo"
+        ax.plot([row["epoch"] for row in val], [row[key] for row in val], label=r["model"])
+        ax.set_title(f"{r['dataset']}: validation ELBO (one-sample MC) per epoch", fontsize=9)
+        ax.set_xlabel("epoch")
+    for ax in axes[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(fig_dir / "training_curves.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    # The decomposition per model as bars.
+    terms = ["reconstruction", "mi", "marginal_kl", "kl"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for di, dataset in enumerate(datasets):
+        ax = axes[0][di]
+        width = 0.8 / len(terms)
+        names = [m for m in models if m in summary.get(dataset, {})]
+        for ti, term in enumerate(terms):
+            vals = [summary[dataset][m].get(term, {}).get("mean", float("nan")) for m in names]
+            ax.bar([i + ti * width for i in range(len(names))], vals, width, label=term)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, fontsize=8)
+        ax.set_title(f"{dataset}: ELBO = reconstruction - MI - KL(q(z)||p(z))", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(fig_dir / "decomposition.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written

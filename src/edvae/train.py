@@ -1,0 +1,476 @@
+"""The training loop.
+
+One loop serves every model and objective, on one process or many (Lightning Fabric: DDP with
+gloo on CPU, nccl on GPUs). What it guarantees:
+
+* **Same footing.** Every variant sees the same data order, the same reparameterisation noise
+  and the same optimiser; only the objective differs.
+* **Global batch.** Each epoch is a seeded permutation cut into global batches of
+  ``batch_size`` (the last incomplete batch is dropped); process r takes rows
+  ``[r*R, (r+1)*R)`` of each, R = batch_size / world_size. Noise is drawn for the whole global
+  batch from one seeded generator and sliced, so a run on W processes sees exactly the batches
+  and noise of a run on one. The ED estimators gather (mu, logvar) across processes
+  (:mod:`edvae.distributed`), so the aggregate posterior is that of the global batch.
+* **No lost work.** Checkpoints are atomic (:mod:`edvae.checkpoint`) and hold model, prior,
+  optimiser, scheduler, every RNG state, the position in the epoch and the log position.
+  SIGINT/SIGTERM save a checkpoint at the next step boundary. A non-finite loss or gradient
+  stops the run (or skips the step) and leaves the last good checkpoint in place.
+* **Exact resume.** On CPU a run stopped anywhere and resumed ends bit-for-bit equal to an
+  uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from edvae import __version__
+from edvae.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint
+from edvae.config import ObjectiveConfig, RunConfig
+from edvae.data import DataSplits, load_dataset
+from edvae.distributed import gather_columns
+from edvae.errors import EdvaeError, TrainingError
+from edvae.model import VAE, ModelOutput, build_model
+from edvae.objectives import Objective, ed_elbo, elbo
+
+__all__ = ["TrainResult", "train", "make_objective", "load_data", "METRICS_NAME"]
+
+METRICS_NAME = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+MAX_CONSECUTIVE_SKIPS = 50
+
+
+@dataclass
+class TrainResult:
+    """What a call to :func:`train` did."""
+
+    run_dir: Path
+    step: int
+    epoch: int
+    train_seconds: float
+    completed: bool
+    stopped_by: str | None = None
+    skipped_steps: int = 0
+    last_validation: dict[str, float] = field(default_factory=dict)
+
+
+ObjectiveFn = Callable[[ModelOutput, Any, Tensor, Tensor, int], Objective]
+
+
+def make_objective(config: ObjectiveConfig, dataset_size: int) -> ObjectiveFn:
+    """The objective of a config as ``fn(output, prior, mu_cols, logvar_cols, row_offset)``."""
+    if config.kind == "elbo":
+
+        def objective(out: ModelOutput, prior: Any, mu: Tensor, logvar: Tensor, offset: int) -> Objective:
+            return elbo(out.log_px, out.z, out.mu, out.logvar, prior, kl=config.kl)
+
+    else:
+
+        def objective(out: ModelOutput, prior: Any, mu: Tensor, logvar: Tensor, offset: int) -> Objective:
+            return ed_elbo(
+                out.log_px, out.z, mu, logvar, prior,
+                dataset_size=dataset_size,
+                mi_weight=config.mi_weight,
+                entropy_weight=config.entropy_weight,
+                cross_entropy_weight=config.cross_entropy_weight,
+                mi_estimator=config.mi_estimator,
+                entropy_estimator=config.entropy_estimator,
+                row_offset=offset,
+            )
+
+    return objective
+
+
+def load_data(config: RunConfig) -> DataSplits:
+    """The data set a run config names."""
+    return load_dataset(config.data.name, seed=config.data.seed, path=config.data.path, **config.data.options)
+
+
+# ----------------------------------------------------------------------------- set-up helpers
+
+
+def _make_fabric(config: RunConfig):
+    from lightning_fabric import Fabric
+
+    devices, num_nodes = config.train.devices, config.train.num_nodes
+    if "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_WORLD_SIZE" in os.environ:
+        devices = int(os.environ["LOCAL_WORLD_SIZE"])
+        num_nodes = int(os.environ["WORLD_SIZE"]) // devices
+    distributed = devices * num_nodes > 1
+    fabric = Fabric(
+        accelerator=config.train.accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy="ddp" if distributed else "auto",
+        plugins=[AtomicCheckpointIO()],
+    )
+    fabric.launch()
+    return fabric
+
+
+def _rng_state(noise: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": random.getstate(),
+        "noise": noise.get_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], noise: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    noise.set_state(state["noise"])
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM handler that asks the loop to stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if resume:
+        if not checkpoint.is_file():
+            raise EdvaeError(f"cannot resume: {run_dir} holds no {CHECKPOINT_NAME}; start a new run with --out instead")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise EdvaeError(f"--out {run_dir} is a file, not a folder; choose another output folder")
+    holds_run = checkpoint.exists() or (run_dir / METRICS_NAME).exists()
+    if holds_run and not overwrite:
+        raise EdvaeError(f"{run_dir} already holds a run; pass --overwrite to replace it, --resume to continue it, or choose another --out")
+    if holds_run:
+        for name in (CHECKPOINT_NAME, METRICS_NAME, "config.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _truncate_lines(path: Path, keep: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)[:keep]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, path)
+
+
+class _Logger:
+    """Rank-0 logging of named scalars to JSONL and TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool, purge_step: int | None, keep_lines: int | None) -> None:
+        self.enabled = enabled
+        self.path = run_dir / METRICS_NAME
+        self.lines = 0
+        self.writer = None
+        if not enabled:
+            return
+        if keep_lines is not None:
+            _truncate_lines(self.path, keep_lines)
+        self.lines = len(self.path.read_text().splitlines()) if self.path.exists() else 0
+        self._file = open(self.path, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=purge_step)
+        except ImportError:  # pragma: no cover - tensorboard is a dependency
+            self.writer = None
+
+    def log(self, split: str, step: int, epoch: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"split": split, "step": step, "epoch": epoch, **values}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        self.lines += 1
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(f"{split}/{name}", value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self.writer is not None:
+                self.writer.close()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _step_terms_names(objective: ObjectiveFn, model: VAE, x: Tensor, eps: Tensor) -> list[str]:
+    with torch.no_grad():
+        out = model(x, eps)
+        return list(objective(out, model.prior_distribution(), out.mu, out.logvar, 0).terms)
+
+
+@torch.inference_mode()
+def _validate(model: VAE, objective: ObjectiveFn, x_val: Tensor, batch_size: int, fabric, seed: int, epoch: int) -> dict[str, float]:
+    """Mean objective terms and MC ELBO over the validation split, reduced across processes."""
+    model.eval()
+    world, rank = fabric.world_size, fabric.global_rank
+    gen = torch.Generator().manual_seed(seed * 7919 + epoch)
+    n = x_val.shape[0]
+    sums: Tensor | None = None
+    names: list[str] = []
+    count = 0
+    prior = model.prior_distribution()
+    per_rank = batch_size // world
+    for start in range(0, n - batch_size + 1, batch_size):
+        eps_all = torch.randn((batch_size, model.latent_dim), generator=gen)
+        rows = slice(start + rank * per_rank, start + (rank + 1) * per_rank)
+        x = x_val[rows]
+        out = model(x, eps_all[rank * per_rank:(rank + 1) * per_rank].to(x.device))
+        mu, logvar, offset = gather_columns(out.mu, out.logvar)
+        obj = objective(out, prior, mu, logvar, offset)
+        names = list(obj.terms)
+        values = torch.stack([obj.terms[k].float() for k in names]) * per_rank
+        sums = values if sums is None else sums + values
+        count += per_rank
+    model.train()
+    if sums is None:
+        return {}
+    if world > 1:
+        sums = fabric.all_reduce(sums, reduce_op="sum")
+        count *= world
+    return {k: float(v) / count for k, v in zip(names, sums.tolist())}
+
+
+def train(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data: DataSplits | None = None,
+    stop_at_step: int | None = None,
+) -> TrainResult:
+    """Train the model a config describes, writing checkpoints and logs into ``run_dir``.
+
+    ``resume=True`` continues from ``run_dir/checkpoint.pt`` (the config stored there wins for
+    everything but ``train.epochs``). ``stop_at_step`` stops gracefully after that many steps,
+    exactly as a SIGTERM would (for tests and time-boxed runs).
+    """
+    run_dir = Path(run_dir)
+    _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    saved: dict[str, Any] | None = load_checkpoint(run_dir) if resume else None
+    if saved is not None:
+        stored = RunConfig.model_validate(saved["config"])
+        config = stored.model_copy(update={"train": stored.train.model_copy(update={"epochs": config.train.epochs})}) if config is not None else stored
+    tc = config.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+
+    fabric = _make_fabric(config)
+    world, rank = fabric.world_size, fabric.global_rank
+    if tc.batch_size % world:
+        raise EdvaeError(f"train.batch_size={tc.batch_size} must be divisible by the number of processes ({world})")
+    fabric.seed_everything(tc.seed, verbose=False)
+    data = data if data is not None else load_data(config)
+    x_train = fabric.to_device(data.train)
+    x_val = fabric.to_device(data.val)
+    n_train = x_train.shape[0]
+    batches_per_epoch = n_train // tc.batch_size
+    if batches_per_epoch < 1:
+        raise EdvaeError(f"train.batch_size={tc.batch_size} exceeds the {n_train} training examples; lower it")
+
+    model = build_model(config.model, data).to(fabric.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    total_steps = tc.epochs * batches_per_epoch
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        if tc.lr_schedule == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    )
+    wrapped = world > 1 or fabric.device.type != "cpu"
+    step_model = fabric.setup(model, optimizer)[0] if wrapped else model
+    objective = make_objective(config.objective, n_train)
+    noise = torch.Generator().manual_seed(tc.seed)
+    per_rank = tc.batch_size // world
+    latent_dim = config.model.latent_dim
+    dynamic = getattr(data, "binarize", "none") == "dynamic"
+
+    step = epoch = batch_start = skipped = 0
+    train_seconds = 0.0
+    accum: Tensor | None = None
+    accum_count = 0
+    last_val: dict[str, float] = {}
+    keep_lines = None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"], noise)
+        step, epoch, batch_start = saved["step"], saved["epoch"], saved["batch_in_epoch"]
+        train_seconds, skipped = saved["train_seconds"], saved["skipped_steps"]
+        accum, accum_count = saved["accum"], saved["accum_count"]
+        last_val, keep_lines = saved["last_validation"], saved["log_lines"]
+
+    logger = _Logger(run_dir, fabric.is_global_zero, purge_step=step + 1 if saved else None, keep_lines=keep_lines)
+    if fabric.is_global_zero:
+        (run_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+    names = _step_terms_names(objective, model, x_train[:per_rank], torch.zeros(per_rank, latent_dim, device=fabric.device))
+
+    def save(completed: bool = False) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "version": __version__,
+            "config": config.model_dump(),
+            "model": model,
+            "optimizer": optimizer,
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(noise),
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "train_seconds": train_seconds,
+            "skipped_steps": skipped,
+            "accum": accum,
+            "accum_count": accum_count,
+            "last_validation": last_val,
+            "log_lines": logger.lines,
+            "completed": completed,
+            "world_size": world,
+        }
+        fabric.save(run_dir / CHECKPOINT_NAME, state)
+
+    progress = None
+    if tc.progress and fabric.is_global_zero:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=step, desc=config.name, unit="step", leave=False, dynamic_ncols=True)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = tc.grad_clip
+    stopped_by: str | None = None
+    batch_in_epoch = batch_start
+    consecutive_skips = 0
+    with _StopFlag() as stop_flag:
+        tick = time.perf_counter()
+        while epoch < tc.epochs and stopped_by is None:
+            perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)).to(fabric.device)
+            for batch_in_epoch in range(batch_start, batches_per_epoch):
+                idx = perm[batch_in_epoch * tc.batch_size:(batch_in_epoch + 1) * tc.batch_size]
+                rows = slice(rank * per_rank, (rank + 1) * per_rank)
+                x = x_train[idx] if world == 1 else x_train[idx[rows]]
+                if dynamic:
+                    u = torch.rand((tc.batch_size, *x.shape[1:]), generator=noise)[rows].to(fabric.device)
+                    x = (u < x).to(x.dtype)
+                eps = torch.randn((tc.batch_size, latent_dim), generator=noise)
+                eps = (eps if world == 1 else eps[rows]).to(fabric.device)
+
+                out = step_model(x, eps)
+                mu, logvar, offset = gather_columns(out.mu, out.logvar)
+                obj = objective(out, model.prior_distribution(), mu, logvar, offset)
+                optimizer.zero_grad(set_to_none=True)
+                if wrapped:
+                    fabric.backward(obj.loss)
+                else:
+                    obj.loss.backward()
+                grads = [p.grad for p in params if p.grad is not None]
+                if clip is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                else:
+                    norm = torch.nn.utils.get_total_norm(grads)
+                bad = ~(torch.isfinite(obj.loss) & torch.isfinite(norm))
+                flags = torch.stack([bad.float(), torch.tensor(float(stop_flag.signal_name is not None))])
+                if world > 1:
+                    flags = fabric.all_reduce(flags, reduce_op="sum")
+                nonfinite, signalled = flags.tolist()
+                step += 1
+                if nonfinite:
+                    culprit = next((k for k, v in obj.terms.items() if not torch.isfinite(v)), None)
+                    what = f"the objective term '{culprit}'" if culprit else "the gradient"
+                    where = f"at step {step} (epoch {epoch + 1})"
+                    if tc.on_nonfinite == "stop":
+                        if progress is not None:
+                            progress.close()
+                        logger.close()
+                        raise TrainingError(
+                            f"{what} became non-finite {where}; the last good checkpoint in {run_dir} is kept. "
+                            "Lower train.lr, set train.grad_clip, or set train.on_nonfinite=skip"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    consecutive_skips += 1
+                    if consecutive_skips > MAX_CONSECUTIVE_SKIPS:
+                        raise TrainingError(f"{what} was non-finite for {consecutive_skips} steps in a row {where}; giving up")
+                else:
+                    consecutive_skips = 0
+                    optimizer.step()
+                    scheduler.step()
+                    values = torch.stack([obj.terms[k].detach().float() for k in names])
+                    accum = values if accum is None else accum + values
+                    accum_count += 1
+
+                if step % tc.log_every == 0 and accum is not None:
+                    mean = accum / max(accum_count, 1)
+                    if world > 1:
+                        mean = fabric.all_reduce(mean, reduce_op="mean")
+                    logged = dict(zip(names, mean.tolist()))
+                    logger.log("train", step, epoch + 1, logged)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{logged.get('loss', float('nan')):.3f}", refresh=False)
+                        progress.update(tc.log_every)
+                    accum, accum_count = None, 0
+
+                if signalled or (stop_at_step is not None and step >= stop_at_step):
+                    stopped_by = stop_flag.signal_name or "stop_at_step"
+                    batch_in_epoch += 1
+                    break
+                if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+                    train_seconds += time.perf_counter() - tick
+                    tick = time.perf_counter()
+                    batch_in_epoch += 1
+                    save()
+                    batch_in_epoch -= 1
+            else:
+                last_val = _validate(model, objective, x_val, tc.batch_size, fabric, tc.seed, epoch)
+                logger.log("val", step, epoch + 1, last_val)
+                epoch += 1
+                batch_start = batch_in_epoch = 0
+                train_seconds += time.perf_counter() - tick
+                tick = time.perf_counter()
+                save(completed=epoch >= tc.epochs)
+                continue
+            train_seconds += time.perf_counter() - tick
+            tick = time.perf_counter()
+            save()
+    if progress is not None:
+        progress.close()
+    logger.close()
+    return TrainResult(run_dir, step, epoch, train_seconds, stopped_by is None, stopped_by, skipped, last_val)

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny configurations that train in a second or two."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(1)
+
+
+def tiny_raw(**sections: Any) -> dict[str, Any]:
+    """A raw run config small enough for unit tests, with section overrides merged in."""
+    from edvae.experiments.variants import merge
+
+    base = {
+        "name": "tiny",
+        "data": {"name": "complex", "options": {"n_train": 512, "n_val": 256, "n_test": 256}},
+        "model": {"latent_dim": 2, "hidden": [32, 32], "prior": "true"},
+        "objective": {"kind": "ed"},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 3e-3, "progress": False, "log_every": 2},
+        "eval": {"iwae_samples": 50},
+    }
+    return merge(base, sections)
+
+
+@pytest.fixture
+def tiny_config():
+    from edvae.config import validate_config
+
+    def make(**sections: Any):
+        return validate_config(tiny_raw(**sections))
+
+    return make
