@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import distributions as D
 from torch import nn
@@ -148,10 +148,12 @@ def test_grid_matches_the_linear_gaussian_closed_form(latent_dim):
     assert (estimate - exact).abs().max().item() < 1e-3
 
 
-@settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 10_000), noise_std=st.floats(0.03, 1.5))
-def test_grid_matches_closed_form_for_random_linear_maps_and_noise(seed, noise_std):
-    truth, linear = _linear_truth(2, 8, noise_std, seed=seed)
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), noise_std=st.floats(0.01, 3.0), latent_dim=st.sampled_from([1, 2]))
+@example(seed=0, noise_std=1.0, latent_dim=2)  # broad posterior reaching the edge of the first grid
+@example(seed=2, noise_std=0.03, latent_dim=1)  # posterior between points: two half-grids agree by accident
+def test_grid_matches_closed_form_for_random_linear_maps_and_noise(seed, noise_std, latent_dim):
+    truth, linear = _linear_truth(latent_dim, 8, noise_std, seed=seed)
     x, _ = truth.sample(20, seed=seed)
     assert (truth.true_log_likelihood(x) - _closed_form(linear, noise_std, x)).abs().max().item() < 1e-3
 
@@ -174,7 +176,7 @@ def test_grid_agrees_with_independent_importance_sampling(prior):
     importance = truth.true_log_likelihood(x, method="importance", num_samples=20_000, seed=1)
     assert (grid - importance).abs().max().item() < 0.05
     # and the grid has converged: a much finer grid changes nothing
-    finer = truth.true_log_likelihood(x, grid_size=192, levels=(96, 128), tol=1e-6)
+    finer = truth.true_log_likelihood(x, grid_size=192, levels=(96, 144), tol=1e-6)
     assert (grid - finer).abs().max().item() < 1e-3
 
 
@@ -193,7 +195,7 @@ def test_whole_test_set_is_fast_and_finite(ring):
     ll = ring.ground_truth.true_log_likelihood(ring.test)
     elapsed = time.perf_counter() - start
     assert ll.shape == (2_000,) and torch.isfinite(ll).all()
-    assert elapsed < 30  # about 2-4 s on two shared cores
+    assert elapsed < 60  # about 3-4 s of CPU; generous for busy shared machines
     # the true density beats a single Gaussian fitted to the data by a clear margin
     fitted = D.MultivariateNormal(ring.train.double().mean(0), covariance_matrix=torch.cov(ring.train.double().T))
     assert ll.mean() > fitted.log_prob(ring.test.double()).mean() + 5

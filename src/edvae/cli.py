@@ -107,6 +107,10 @@ def train(
         cfg = validate_config(_raw_config(config, overrides, prior, data), source=str(config or "--set"))
         run_dir = out
     result = run_training(cfg, run_dir, resume=resume is not None, overwrite=overwrite)
+    from edvae.distributed import is_main_process
+
+    if not is_main_process():
+        return  # under DDP, global rank 0 reports for every process
     if result.stopped_by is not None:
         typer.echo(
             f"stopped by {result.stopped_by} at step {result.step}; checkpoint saved in {run_dir}. "

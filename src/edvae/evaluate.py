@@ -34,7 +34,7 @@ from edvae.data import DataSplits
 from edvae.estimators import dataset_decomposition, kl_divergence, log_posterior
 from edvae.model import VAE, build_model
 
-__all__ = ["evaluate_model", "evaluate_run", "load_run", "sliced_wasserstein", "active_units"]
+__all__ = ["evaluate_model", "evaluate_run", "load_run", "mean_true_log_likelihood", "sliced_wasserstein", "active_units"]
 
 #: Importance samples times examples held in memory at once during evaluation.
 _SAMPLES_PER_CHUNK = 100_000
@@ -81,8 +81,13 @@ def evaluate_model(
     config: EvalConfig | None = None,
     *,
     split: str = "test",
+    true_ll: float | None = None,
 ) -> dict[str, float]:
-    """Every metric of the module docstring for ``model`` on ``data``'s ``split``."""
+    """Every metric of the module docstring for ``model`` on ``data``'s ``split``.
+
+    ``true_ll`` may pass a precomputed mean log p_true(x) of the split (it depends only on the
+    data, so a study computes it once per data set).
+    """
     config = config or EvalConfig()
     model.eval()
     gen = torch.Generator().manual_seed(config.seed)
@@ -130,11 +135,16 @@ def evaluate_model(
         metrics["bpd"] = metrics["nll"] / (math.prod(data.x_shape) * math.log(2))
     truth = getattr(data, "ground_truth", None)
     if truth is not None and config.true_ll:
-        metrics["true_ll"] = float(truth.true_log_likelihood(x_all).double().mean())
+        metrics["true_ll"] = true_ll if true_ll is not None else mean_true_log_likelihood(data, split)
         metrics["ll_gap"] = metrics["true_ll"] - metrics["iwae"]
     if labels is not None and getattr(data, "train_labels", None) is not None:
         metrics["probe_accuracy"] = _probe_accuracy(model, data, x_all, labels)
     return metrics
+
+
+def mean_true_log_likelihood(data: DataSplits, split: str = "test") -> float:
+    """mean_n log p_true(x_n) over a split of synthetic data (exact up to quadrature)."""
+    return float(data.ground_truth.true_log_likelihood(getattr(data, split)).double().mean())
 
 
 def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, RunConfig, dict[str, Any], DataSplits]:
@@ -150,9 +160,16 @@ def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, 
     return model, config, state, data
 
 
-def evaluate_run(run_dir: str | Path, *, config: EvalConfig | None = None, data: DataSplits | None = None, split: str = "test") -> dict[str, float]:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    config: EvalConfig | None = None,
+    data: DataSplits | None = None,
+    split: str = "test",
+    true_ll: float | None = None,
+) -> dict[str, float]:
     """Evaluate the model saved in ``run_dir``; adds ``train_seconds`` from its checkpoint."""
     model, run_config, state, data = load_run(run_dir, data)
-    metrics = evaluate_model(model, data, config or run_config.eval, split=split)
+    metrics = evaluate_model(model, data, config or run_config.eval, split=split, true_ll=true_ll)
     metrics["train_seconds"] = float(state["train_seconds"])
     return metrics

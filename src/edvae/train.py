@@ -46,11 +46,12 @@ from edvae.errors import EdvaeError, TrainingError
 from edvae.model import VAE, ModelOutput, build_model
 from edvae.objectives import Objective, ed_elbo, elbo
 
-__all__ = ["TrainResult", "train", "make_objective", "load_data", "METRICS_NAME"]
+__all__ = ["TrainResult", "train", "make_objective", "load_data", "epoch_order", "shard_rows", "rank_indices", "METRICS_NAME"]
 
 METRICS_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 MAX_CONSECUTIVE_SKIPS = 50
+_PLACEMENT = ("devices", "num_nodes", "accelerator", "threads", "progress")  # may change on resume
 
 
 @dataclass
@@ -119,6 +120,31 @@ def _make_fabric(config: RunConfig):
     )
     fabric.launch()
     return fabric
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The seeded permutation of the n training examples that epoch ``epoch`` visits (int64, (n,)).
+
+    Global batch k of the epoch is ``order[k*B:(k+1)*B]``; the last n mod B examples are dropped.
+    """
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def shard_rows(batch_size: int, world: int, rank: int) -> slice:
+    """Rows ``[rank*R, (rank+1)*R)``, R = batch_size / world, of a global batch: process ``rank``'s shard."""
+    per_rank = batch_size // world
+    return slice(rank * per_rank, (rank + 1) * per_rank)
+
+
+def rank_indices(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> Tensor:
+    """The training examples process ``rank`` of ``world`` sees in an epoch, shape (n // B, R).
+
+    Row k is its shard of global batch k. Over the ranks the shards are disjoint and cover the
+    first (n // B) * B examples of :func:`epoch_order`: no example is seen twice in an epoch.
+    """
+    order = epoch_order(n, seed, epoch)
+    batches = n // batch_size
+    return order[: batches * batch_size].view(batches, batch_size)[:, shard_rows(batch_size, world, rank)]
 
 
 def _rng_state(noise: torch.Generator) -> dict[str, Any]:
@@ -282,7 +308,9 @@ def train(
     """Train the model a config describes, writing checkpoints and logs into ``run_dir``.
 
     ``resume=True`` continues from ``run_dir/checkpoint.pt`` (the config stored there wins for
-    everything but ``train.epochs``). ``stop_at_step`` stops gracefully after that many steps,
+    everything but ``train.epochs`` and where the run executes: ``train.devices``,
+    ``num_nodes``, ``accelerator``, ``threads``, ``progress``; a run may resume on another
+    number of processes, it sees the same global batches and noise). ``stop_at_step`` stops gracefully after that many steps,
     exactly as a SIGTERM would (for tests and time-boxed runs).
     """
     run_dir = Path(run_dir)
@@ -290,7 +318,8 @@ def train(
     saved: dict[str, Any] | None = load_checkpoint(run_dir) if resume else None
     if saved is not None:
         stored = RunConfig.model_validate(saved["config"])
-        config = stored.model_copy(update={"train": stored.train.model_copy(update={"epochs": config.train.epochs})}) if config is not None else stored
+        where = {k: getattr(config.train, k) for k in ("epochs", *_PLACEMENT)} if config is not None else {}
+        config = stored.model_copy(update={"train": stored.train.model_copy(update=where)})
     tc = config.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -359,7 +388,7 @@ def train(
             "batch_in_epoch": batch_in_epoch,
             "train_seconds": train_seconds,
             "skipped_steps": skipped,
-            "accum": accum,
+            "accum": fabric.all_reduce(accum.clone(), reduce_op="mean") if world > 1 and accum is not None else accum,
             "accum_count": accum_count,
             "last_validation": last_val,
             "log_lines": logger.lines,
@@ -382,10 +411,10 @@ def train(
     with _StopFlag() as stop_flag:
         tick = time.perf_counter()
         while epoch < tc.epochs and stopped_by is None:
-            perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)).to(fabric.device)
+            perm = epoch_order(n_train, tc.seed, epoch).to(fabric.device)
             for batch_in_epoch in range(batch_start, batches_per_epoch):
                 idx = perm[batch_in_epoch * tc.batch_size:(batch_in_epoch + 1) * tc.batch_size]
-                rows = slice(rank * per_rank, (rank + 1) * per_rank)
+                rows = shard_rows(tc.batch_size, world, rank)
                 x = x_train[idx] if world == 1 else x_train[idx[rows]]
                 if dynamic:
                     u = torch.rand((tc.batch_size, *x.shape[1:]), generator=noise)[rows].to(fabric.device)

@@ -30,14 +30,25 @@ MODELS = ["vae-std", "vae-true", "edvae", "edvae-paper"]
 QUICK: dict[str, Any] = {"train": {"epochs": 15}, "eval": {"iwae_samples": 200}}
 
 
-def build_runs(base: dict[str, Any], datasets: dict[str, dict[str, Any]], models: dict[str, dict[str, Any]] | list[str], seeds: int) -> list[RunSpec]:
-    """Every (data set, model, seed) combination as a validated run."""
+def build_runs(
+    base: dict[str, Any],
+    datasets: dict[str, dict[str, Any]],
+    models: dict[str, dict[str, Any]] | list[str],
+    seeds: int,
+    overrides: dict[str, Any] | None = None,
+) -> list[RunSpec]:
+    """Every (data set, model, seed) combination as a validated run.
+
+    Config layers, later ones winning: ``base`` < data set < model variant < ``overrides``
+    (the user's ``--set``), so a user's override applies to every run.
+    """
     model_overrides = models if isinstance(models, dict) else {m: None for m in models}
     runs = []
     for dataset, data_overrides in datasets.items():
         for model, override in model_overrides.items():
             raw = merge(base, data_overrides)
             raw = apply_variant(raw, model) if override is None else merge(raw, override)
+            raw = merge(raw, overrides or {})
             for seed in range(seeds):
                 cfg = validate_config(merge(raw, {"name": f"{dataset}-{model}-s{seed}", "train": {"seed": seed}}), source=f"study run {dataset}/{model}")
                 runs.append(RunSpec(dataset, model, seed, cfg))
@@ -48,15 +59,14 @@ def paper_study(*, quick: bool = False, seeds: int | None = None, overrides: dic
     """The main study; ``quick`` uses fewer epochs and importance samples, and 2 seeds."""
     seeds = seeds if seeds is not None else (2 if quick else 5)
     base = merge(BASE, QUICK) if quick else BASE
-    base = merge(base, overrides or {})
     return Study(
         name="paper",
         title="Traditional VAE vs ED-VAE on synthetic data with known ground truth",
         description=(
             "Data: x = g(z) + N(0, 0.1^2 I), 16-D, from a 2-D latent with a Gaussian prior ('gaussian') "
             "or an 8-mode ring ('complex'); 10000 train / 2000 test. All models share networks "
-            f"({base['model']['hidden']}), optimiser and budget ({base['train']['epochs']} epochs); "
+            f"({base['model']['hidden']}), optimiser and budget ({merge(base, overrides or {})['train']['epochs']} epochs); "
             "every model is evaluated on the test split with the same ELBO and IWAE estimators."
         ),
-        runs=build_runs(base, DATASETS, MODELS, seeds),
+        runs=build_runs(base, DATASETS, MODELS, seeds, overrides),
     )

@@ -10,6 +10,7 @@ of workers).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import time
@@ -23,7 +24,7 @@ import torch
 from edvae.config import RunConfig
 from edvae.errors import EdvaeError
 
-__all__ = ["RunSpec", "Study", "run_study", "run_one"]
+__all__ = ["RunSpec", "Study", "run_study", "run_one", "preflight"]
 
 EVALUATION_NAME = "evaluation.json"
 LATENTS_NAME = "latents.pt"
@@ -74,6 +75,26 @@ def _save_latents(run_dir: Path, spec: RunSpec) -> None:
     torch.save(payload, run_dir / LATENTS_NAME)
 
 
+def _cached_true_ll(spec: RunSpec, out_dir: Path) -> float | None:
+    """mean log p_true(x) of the test split, computed once per data config and cached on disk."""
+    from edvae.checkpoint import save_atomic
+    from edvae.evaluate import mean_true_log_likelihood
+    from edvae.train import load_data
+
+    if not spec.config.eval.true_ll:
+        return None
+    key = hashlib.sha256(json.dumps(spec.config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+    path = out_dir / "cache" / f"true_ll-{key}.pt"
+    if path.exists():
+        return float(torch.load(path, weights_only=True)["true_ll"])
+    data = load_data(spec.config)
+    if data.ground_truth is None:
+        return None
+    value = mean_true_log_likelihood(data)
+    save_atomic({"true_ll": value, "data": spec.config.data.model_dump()}, path)
+    return value
+
+
 def run_one(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Train and evaluate one run (reusing a finished one); returns its record."""
     from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -91,7 +112,7 @@ def run_one(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> dict
         if resume and load_checkpoint(run_dir)["config"] != spec.config.model_dump():
             resume, overwrite = False, True
         train(spec.config, run_dir, resume=resume, overwrite=overwrite and not resume)
-        metrics = evaluate_run(run_dir)
+        metrics = evaluate_run(run_dir, true_ll=_cached_true_ll(spec, Path(out_dir)))
         _save_latents(run_dir, spec)
         evaluation.write_text(json.dumps(metrics, indent=2) + "\n")
     metrics = json.loads(evaluation.read_text())
@@ -103,6 +124,25 @@ def _worker(args: tuple[RunSpec, str, bool]) -> dict[str, Any]:
     return run_one(*args)
 
 
+def preflight(study: Study) -> None:
+    """Build the data and model of every distinct run config once, so that a bad data set,
+    prior or network setting fails before any training starts."""
+    from edvae.model import build_model
+    from edvae.train import load_data
+
+    datasets: dict[str, Any] = {}
+    seen: set[str] = set()
+    for spec in study.runs:
+        data_key = json.dumps(spec.config.data.model_dump(), sort_keys=True)
+        key = data_key + json.dumps(spec.config.model.model_dump(), sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        if data_key not in datasets:
+            datasets[data_key] = load_data(spec.config)
+        build_model(spec.config.model, datasets[data_key])
+
+
 def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run every run of ``study`` and write the report into ``out_dir``; returns results.json's content."""
     from edvae.report import write_report
@@ -112,6 +152,7 @@ def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite:
         raise EdvaeError(f"--out {out_dir} is a file; choose a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    preflight(study)
     for spec in study.runs:
         spec.config = spec.config.model_copy(update={"train": spec.config.train.model_copy(update={"progress": False, "threads": 1})})
     jobs = [(spec, str(out_dir), overwrite) for spec in study.runs]

@@ -1,0 +1,90 @@
+"""The main job end to end on a tiny configuration: schema and sanity of the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from edvae.errors import EdvaeError
+from edvae.experiments import get_study
+from edvae.experiments.paper import MODELS
+
+TINY = [
+    "data.options.n_train=512",
+    "data.options.n_val=256",
+    "data.options.n_test=256",
+    "model.hidden=[32,32]",
+    "train.epochs=3",
+    "train.batch_size=64",
+    "eval.iwae_samples=64",
+]
+
+
+def _reproduce(out, *extra):
+    cmd = [sys.executable, "-m", "edvae.cli", "reproduce", "--quick", "--seeds", "1", "--workers", "1", "--out", str(out)]
+    for item in TINY:
+        cmd += ["--set", item]
+    return subprocess.run(cmd + list(extra), capture_output=True, text=True, timeout=300)
+
+
+def test_reproduce_writes_a_sane_report(tmp_path):
+    done = _reproduce(tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["dataset"], r["model"]) for r in result["records"]} == {(d, m) for d in ("gaussian", "complex") for m in MODELS}
+    required = {"mse", "kl", "elbo", "iwae", "true_ll", "ll_gap", "mi", "entropy", "cross_entropy", "marginal_kl",
+                "active_units", "prior_swd", "train_seconds"}
+    log_n = math.log(256)
+    for record in result["records"]:
+        m = record["metrics"]
+        assert required <= m.keys()
+        assert all(math.isfinite(v) for v in m.values())
+        assert m["kl"] >= 0
+        # The full-data-set estimate is unbiased, so a collapsed posterior (I = 0) can read a hair below 0.
+        assert -0.02 <= m["mi"] <= log_n + 1e-6
+        assert m["ll_gap"] >= -0.1  # no model beats the true likelihood
+        assert m["true_ll"] - m["ll_gap"] == pytest.approx(m["iwae"])
+    mean_gap = sum(r["metrics"]["iwae"] - r["metrics"]["elbo"] for r in result["records"]) / len(result["records"])
+    assert mean_gap >= 0
+    summary = result["summary"]
+    assert set(summary) == {"gaussian", "complex"}
+    assert set(summary["complex"]["edvae"]["elbo"]) >= {"mean", "std"}
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 8
+    table = (tmp_path / "results.md").read_text()
+    assert "| edvae-paper |" in table and "**" in table
+    for figure in ("aggregate_posterior.png", "training_curves.png", "decomposition.png"):
+        assert (tmp_path / "figures" / figure).stat().st_size > 1000
+
+    # Run again: finished runs are reused, not retrained, and the records are unchanged.
+    again = _reproduce(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "results.json").read_text())["records"] == result["records"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--study", "nope"], "unknown study 'nope'; choose one of"),
+        (["--set", "train.epochs=-1"], "train.epochs"),
+        (["--set", "train.epoch=3"], "unknown config key 'train.epoch'"),
+        (["--set", "model.prior=nonsense"], "nonsense"),
+        (["--set", "data.name=nonsense"], "nonsense"),
+    ],
+)
+def test_bad_study_input_is_one_clear_line(tmp_path, args, message):
+    done = _reproduce(tmp_path, *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_study_raises():
+    with pytest.raises(EdvaeError, match="paper"):
+        get_study("nope")
