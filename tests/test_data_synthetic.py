@@ -67,8 +67,8 @@ def test_deterministic_for_a_seed_and_same_process_across_seeds(gaussian):
     other = load_dataset("gaussian", seed=1, n_train=100)
     assert not torch.equal(gaussian.test, other.test)
     # g belongs to the data-set definition, not to the seed
-    for p, q in zip(gaussian.ground_truth.generator.state_dict().values(), other.ground_truth.generator.state_dict().values()):
-        assert torch.equal(p, q)
+    mine, theirs = gaussian.ground_truth.generator.state_dict(), other.ground_truth.generator.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     # the splits use independent streams: a smaller train set leaves the test set alone
     smaller = load_dataset("gaussian", seed=0, n_train=500)
     assert torch.equal(smaller.test, gaussian.test) and smaller.train.shape == (500, 16)
@@ -82,6 +82,8 @@ def test_data_follow_the_generative_process(gaussian, ring):
         assert residual.mean().abs() < 0.01
         assert residual.std().item() == pytest.approx(truth.noise_std, rel=0.02)
     z = gaussian.ground_truth.latents["train"]
+    noise = (gaussian.train - gaussian.ground_truth.generator(z)).flatten()[: z.numel()]
+    assert torch.corrcoef(torch.stack([noise, z.flatten()]))[0, 1].abs() < 0.05  # noise and latents independent
     assert z.mean(0).abs().max() < 0.05
     assert torch.allclose(torch.cov(z.T), torch.eye(2), atol=0.05)
     # mog_ring: the latents lie on the ring of radius 2 and carry their component as a label

@@ -22,13 +22,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+# Light imports only: the spawned workers import this module (the trainer, with Lightning, is
+# imported inside the tests that need it).
 from edvae import priors
-from edvae.config import load_config, validate_config
 from edvae.distributed import gather_columns, world_size
 from edvae.model import VAE
 from edvae.networks import GaussianLikelihood, MLPDecoder, MLPEncoder
 from edvae.objectives import ed_elbo
-from edvae.train import epoch_order, rank_indices, shard_rows, train
 
 WORLD = 2
 BATCH = 16
@@ -41,6 +41,7 @@ CASES = [
     ("mog_ring", "mss", "mss", 0.5, 2.0),
     ("mixture", "batch", "mss", 2.0, 0.5),
     ("vamp", "mws", "mws", 0.0, 1.5),
+    ("normal", "infonce", "batch", 0.5, 2.0),
 ]
 
 _RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE",
@@ -73,7 +74,7 @@ def _step(case: tuple, rank: int, world: int) -> dict[str, dict[str, torch.Tenso
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(BATCH, X_DIM, generator=gen)
     eps = torch.randn(BATCH, LATENT, generator=gen)
-    rows = shard_rows(BATCH, world, rank)
+    rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)  # as edvae.train.shard_rows
     step_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     out = step_model(x[rows], eps[rows])
     mu, logvar, offset = gather_columns(out.mu, out.logvar)
@@ -111,7 +112,7 @@ def spawned(tmp_path_factory) -> list[list[dict]]:
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_terms_and_gradients_of_two_processes_equal_one_process(spawned, index):
     single = _step(CASES[index], rank=0, world=1)
     errors = {}
@@ -135,6 +136,8 @@ def test_terms_and_gradients_of_two_processes_equal_one_process(spawned, index):
 
 @pytest.mark.parametrize("n, batch_size, world", [(512, 64, 2), (1000, 96, 4), (10, 3, 3), (7, 2, 1)])
 def test_each_epoch_splits_the_global_batches_across_processes_without_overlap(n, batch_size, world):
+    from edvae.train import epoch_order, rank_indices
+
     for epoch in (0, 1):
         shards = [rank_indices(n, batch_size, 0, epoch, rank, world) for rank in range(world)]
         per_rank = batch_size // world
@@ -145,6 +148,17 @@ def test_each_epoch_splits_the_global_batches_across_processes_without_overlap(n
         assert torch.equal(seen.sort().values, used.sort().values)  # exactly the global batches
         # global batch k is the concatenation of the ranks' k-th shards, in rank order
         assert torch.equal(torch.cat(shards, dim=1).reshape(-1), used)
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused_before_any_process_starts(tmp_path):
+    from edvae.config import validate_config
+    from edvae.errors import EdvaeError
+    from edvae.train import train
+
+    config = validate_config(json.loads('{"train": {"batch_size": 64, "devices": 3}}'))
+    with pytest.raises(EdvaeError, match="batch_size=64 must be divisible by the number of processes"):
+        train(config, tmp_path / "run")
+    assert not dist.is_initialized()
 
 
 # ----------------------------------------------------------------------------- (b) end to end
@@ -201,6 +215,9 @@ def test_two_process_training_and_resume_match_one_process(tmp_path):
     """``edvae train --devices 2`` for one epoch, then ``--resume --devices 2`` to two epochs,
     ends where one process ends: same logs (validation reduced across processes), same
     parameters, same ``edvae evaluate`` metrics."""
+    from edvae.config import load_config, validate_config
+    from edvae.train import train
+
     config_path = tmp_path / "tiny.toml"
     config_path.write_text(TINY_TOML)
     one, two = tmp_path / "one", tmp_path / "two"
@@ -226,6 +243,7 @@ def test_two_process_training_and_resume_match_one_process(tmp_path):
 
     metrics_one, metrics_two = _evaluate(one), _evaluate(two)
     assert metrics_two.keys() == metrics_one.keys()
-    worst_eval = max(abs(metrics_two[k] - v) / max(1.0, abs(v)) for k, v in metrics_one.items())
+    unseeded = ("prior_swd", "train_seconds")  # prior samples drawn from the global RNG; wall time
+    worst_eval = max(abs(metrics_two[k] - v) / max(1.0, abs(v)) for k, v in metrics_one.items() if k not in unseeded)
     assert worst_eval < 1e-4, (metrics_one, metrics_two)
     print(f"\n1 vs 2 processes: max relative difference of logged terms {worst_log:.2e}, of evaluation metrics {worst_eval:.2e}")

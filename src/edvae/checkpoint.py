@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +65,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise EdvaeError(f"no checkpoint at {path}; pass a run folder written by 'edvae train'")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's pickle-protocol warning on foreign files
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # random bytes make the unpickler fail in any way (IndexError, KeyError, ...)
         raise EdvaeError(
-            f"{path} is truncated, corrupt or not a safe edvae checkpoint ({reason[:160]}); "
+            f"{path} is truncated, corrupt or not a safe edvae checkpoint ({_load_failure(err)}); "
             "re-run training or point to another run folder"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise EdvaeError(f"{path} is not an edvae checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    missing = [key for key in _REQUIRED_KEYS if key not in state]
+    if missing or not isinstance(state["config"], dict):
+        raise EdvaeError(f"{path} is a damaged edvae checkpoint (missing or invalid: {', '.join(missing) or 'config'}); re-run training")
     return state
+
+
+#: Entries every edvae checkpoint has (a file with the marker but without them is refused).
+_REQUIRED_KEYS = ("config", "model", "step", "epoch", "completed")
+
+
+def _load_failure(err: Exception) -> str:
+    """One short clause saying why ``torch.load(weights_only=True)`` refused or failed."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) and "weights_only" in text:
+        detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+        detail = f": {detail[:120].rstrip('.')}" if detail else ""
+        return f"it holds Python objects other than tensors and plain values{detail}; refused, as loading it could run code"
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first[:160]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -42,6 +42,20 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2 if isinstance(err, EdvaeError) else 1) from None
+        except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as err:
+            if _STATE["debug"]:
+                raise
+            typer.echo(f"error: {err.strerror or err}: {err.filename}; check the path", err=True)
+            raise typer.Exit(2) from None
+        except Exception as err:  # a pydantic ValidationError that escaped validate_config
+            from pydantic import ValidationError
+
+            if _STATE["debug"] or not isinstance(err, ValidationError):
+                raise
+            from edvae.config import _format_validation_error
+
+            typer.echo(f"error: {_format_validation_error(err, 'config')}", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -121,6 +135,21 @@ def train(
     val = result.last_validation
     summary = ", ".join(f"{k}={v:.4g}" for k, v in val.items() if k in ("loss", "elbo_mc", "elbo", "reconstruction"))
     typer.echo(f"trained {result.step} steps in {result.train_seconds:.1f} s; validation: {summary}; run folder: {run_dir}")
+    _echo_prior_fit(run_dir)
+
+
+def _echo_prior_fit(run_dir: Path) -> None:
+    """One line on the prior fitted before training (a flow fitted to samples), if any."""
+    from edvae.train import PRIOR_FIT_NAME
+
+    path = run_dir / PRIOR_FIT_NAME
+    if path.is_file():
+        fit = json.loads(path.read_text())
+        typer.echo(
+            f"prior: flow fitted to {fit['n_train']} samples in {fit['steps']} steps; mean log-likelihood "
+            f"{fit['train_log_likelihood']:.4g} nats (train), {fit['heldout_log_likelihood']:.4g} nats "
+            f"({fit['n_heldout']} held-out samples); see {path}"
+        )
 
 
 @app.command()
@@ -133,12 +162,12 @@ def evaluate(
 ) -> None:
     """Evaluate a trained model with the same metrics as every other (ELBO, IWAE, MI, ...)."""
     from edvae.checkpoint import load_checkpoint
-    from edvae.config import EvalConfig
+    from edvae.config import validate_config
     from edvae.evaluate import evaluate_run
 
     if split not in ("test", "val"):
         raise EdvaeError(f"--split must be 'test' or 'val', got '{split}'")
-    stored = EvalConfig.model_validate(load_checkpoint(run_dir)["config"]["eval"])
+    stored = validate_config(load_checkpoint(run_dir)["config"], source=f"the config stored in {run_dir}").eval
     eval_config = stored.model_copy(update={"iwae_samples": iwae_samples}) if iwae_samples else stored
     metrics = evaluate_run(run_dir, config=eval_config, split=split)
     if as_json:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edvae.errors import EdvaeError
 
@@ -36,7 +36,17 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse ``true``/``false`` where a number goes (pydantic would read them as 1/0)."""
+        annotation = cls.model_fields[info.field_name].annotation
+        kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
+        if isinstance(value, bool) and kinds and kinds <= {int, float}:
+            raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class DataConfig(_Strict):
@@ -44,8 +54,12 @@ class DataConfig(_Strict):
 
     name: str = "gaussian"
     path: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+#: Largest hidden-layer width accepted (wider layers do not fit in memory anyway).
+MAX_WIDTH = 65536
 
 
 class ModelConfig(_Strict):
@@ -66,8 +80,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _positive_widths(self) -> "ModelConfig":
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
+        if any(not 1 <= h <= MAX_WIDTH for h in self.hidden):
+            raise ValueError(f"hidden widths must be integers from 1 to {MAX_WIDTH}, got {self.hidden}")
         return self
 
 
@@ -94,9 +108,9 @@ class TrainConfig(_Strict):
 
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(256, ge=2)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, le=1e6)
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     grad_clip: float | None = Field(None, gt=0)
     on_nonfinite: Literal["stop", "skip"] = "stop"
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: at the end of each epoch")
@@ -104,7 +118,7 @@ class TrainConfig(_Strict):
     devices: int = Field(1, ge=1)
     num_nodes: int = Field(1, ge=1)
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
-    threads: int = Field(0, ge=0, description="torch threads per process; 0 leaves torch's default")
+    threads: int = Field(0, ge=0, le=1024, description="torch threads per process; 0 leaves torch's default")
     progress: bool = True
 
 
@@ -113,7 +127,7 @@ class EvalConfig(_Strict):
 
     iwae_samples: int = Field(1000, ge=1)
     batch_size: int = Field(100, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     true_ll: bool = True
 
 

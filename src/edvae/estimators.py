@@ -332,17 +332,33 @@ def _plan(
     return _Plan(-math.log(m), ((0, self_weight), (1, stratum_weight)), row_offset)
 
 
+def _diagonal_runs(
+    shift: int, row_offset: int, row_start: int, column_start: int, n_rows: int,
+    n_columns: int, batch_size: int,
+) -> Iterator[tuple[slice, slice]]:
+    """(local rows, local columns) of the entries (g, (g + shift) mod B) in a block.
+
+    Local row i of the block at (row_start, column_start) is global row g = i + row_start +
+    row_offset; its entry sits in global column (g + shift) mod B, i.e. local column i + k with
+    k = s - column_start, s = (row_start + row_offset + shift) mod B, while i + s < B, and
+    i + k - B after the wrap (i + s < 2B because rows <= B). So the entries lie on at most two
+    diagonals of the block: entry m of a run is (rows.start + m, columns.start + m).
+    """
+    k = (row_start + row_offset + shift) % batch_size - column_start
+    for offset in (k, k - batch_size):
+        first_row, first_column = max(0, -offset), max(0, offset)
+        length = min(n_rows - first_row, n_columns - first_column)
+        if length > 0:
+            yield slice(first_row, first_row + length), slice(first_column, first_column + length)
+
+
 def _apply_overrides(block: Tensor, plan: _Plan, row_start: int, column_start: int,
                      batch_size: int) -> None:
     """Turn log_base into the override values in a block holding ``... + log_base``."""
-    n_rows, n_columns = block.shape
-    local = torch.arange(n_rows, device=block.device)
-    rows = local + (row_start + plan.row_offset)
     for shift, value in plan.overrides:
-        column = (rows + shift) % batch_size - column_start
-        inside = (column >= 0) & (column < n_columns)  # no boolean indexing: no host sync
-        delta = inside.to(block.dtype) * (value - plan.log_base)
-        block.index_put_((local, column.clamp(0, n_columns - 1)), delta, accumulate=True)
+        for rows, columns in _diagonal_runs(shift, plan.row_offset, row_start, column_start,
+                                            *block.shape, batch_size):
+            block[rows, columns].diagonal().add_(value - plan.log_base)
 
 
 def mss_log_weights(
@@ -385,13 +401,13 @@ def _column_features(mu: Tensor, logvar: Tensor) -> Tensor:
     return torch.cat([-0.5 * prec, mu * prec, const], dim=1)
 
 
-def _log_weighted_blocks(
-    rows: Tensor, columns: Tensor, plan: _Plan, chunk_rows: int, chunk_columns: int
-) -> Iterator[tuple[slice, slice, Tensor]]:
-    """Yield (row slice, column slice, block) with block = rows @ columns.T + log W.
+def _product_blocks(
+    rows: Tensor, columns: Tensor, chunk_rows: int, chunk_columns: int
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Yield (r0, c0, block) with block = rows[r0:] @ columns[c0:].T, block by block.
 
-    Every block is a view of ONE reused workspace of chunk_rows * chunk_columns entries, valid
-    until the next iteration (callers may overwrite it).
+    Every block is a view of ONE reused workspace of chunk_rows * chunk_columns entries (the
+    first block is the largest), valid until the next iteration (callers may overwrite it).
     """
     n_rows, n_columns = rows.shape[0], columns.shape[0]
     workspace = rows.new_empty(min(chunk_rows, n_rows) * min(chunk_columns, n_columns))
@@ -401,66 +417,178 @@ def _log_weighted_blocks(
             b = columns[c0 : c0 + chunk_columns]
             block = workspace[: a.shape[0] * b.shape[0]].view(a.shape[0], b.shape[0])
             torch.mm(a, b.T, out=block)
-            block.add_(plan.log_base)
-            _apply_overrides(block, plan, r0, c0, n_columns)
-            yield slice(r0, r0 + a.shape[0]), slice(c0, c0 + b.shape[0]), block
+            yield r0, c0, block
 
 
-def _consume_logsumexp(block: Tensor) -> Tensor:
-    """logsumexp over dim 1, overwriting ``block`` (no second block-sized allocation)."""
-    top = block.amax(dim=1)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    return block.sub_(top[:, None]).exp_().sum(dim=1).log_().add_(top)
+class _Corrections(NamedTuple):
+    r"""How the plans differ from the first: W_k = r_k W_0 everywhere except on the diagonals of
+    ``entries`` (plan k, shift, c) where W_k = (r_k + c) W_0."""
+
+    ratios: tuple[float, ...]
+    entries: tuple[tuple[int, int, float], ...]
+
+
+def _corrections(plans: tuple[_Plan, ...]) -> _Corrections:
+    """r_k = w_k / w_0 for the base weights, and c = W_k / W_0 - r_k on every shift where plan
+    0 or plan k overrides its base weight (the rows of all plans share one row_offset)."""
+    first = plans[0]
+    ratios = tuple(math.exp(plan.log_base - first.log_base) for plan in plans)
+    entries = []
+    for k, plan in enumerate(plans[1:], start=1):
+        own, reference = dict(plan.overrides), dict(first.overrides)
+        for shift in sorted(set(own) | set(reference)):
+            log_ratio = own.get(shift, plan.log_base) - reference.get(shift, first.log_base)
+            entries.append((k, shift, math.exp(log_ratio) - ratios[k]))
+    return _Corrections(ratios, tuple(entries))
 
 
 class _WeightedLogSumExp(torch.autograd.Function):
-    r"""y_i = logsumexp_j (a_i . b_j + log W[i, j]) for features a (R, K), b (B, K).
+    r"""y_ki = logsumexp_j (L[i, j] + log W_k[i, j]), shape (K, R), float64, for the K weight
+    matrices W_k of ``plans``, with L = a b^T, a = [z^2, z, 1] (R, F) and
+    b = [-prec/2, mu prec, c] (B, F) built from ``z``, ``mu`` and ``logvar`` inside.
 
-    Backward, with G[i, j] = g_i exp(a_i . b_j + log W[i, j] - y_i): grad_a = G b and
-    grad_b = G^T a, recomputed block by block, so only a, b and y are kept for backward.
+    ONE exponential pass serves every plan: E = exp(L + log W_0 - w_0 - t) (plan 0's overrides
+    added on its diagonals, t the row maximum), s_0 = rowsum(E) and, because W_k = r_k W_0 but
+    on a few diagonals (:class:`_Corrections`), s_k = r_k s_0 + sum over those entries of c E;
+    y_k = log s_k + t + w_0. Column blocks are merged with ``logaddexp``.
+
+    Backward: G = sum_k diag(g_k / s_k) (W_k / W_0) o E = diag(alpha) E + (correction entries),
+    alpha = sum_k r_k g_k / s_k, so grad_a = G b and grad_b = G^T a are two wide products,
+    (b^T E^T)^T and (a^T E)^T, plus O(R F) work on the correction diagonals (none for one
+    plan). Then the chain rule by hand: grad_z = 2 z grad_a1 + grad_a2,
+    grad_mu = prec (grad_b2 - grad_b3 mu),
+    grad_logvar = prec (grad_b1 / 2 - grad_b2 mu + grad_b3 mu^2 / 2) - grad_b3 / 2.
+    When the whole (R, B) matrix is one block (at most ``2**21`` entries) E and s are kept from
+    the forward pass; otherwise E is recomputed block by block with t = y_0 - w_0 (so that
+    s_k = exp(y_k - y_0)) and only the features and y are kept. The extra memory is
+    O(workspace) either way.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, rows: Tensor, columns: Tensor, plan: _Plan, chunk_rows: int,
-        chunk_columns: int,
+        ctx: Any, z: Tensor, mu: Tensor, logvar: Tensor, plans: tuple[_Plan, ...],
+        chunk_rows: int, chunk_columns: int,
     ) -> Tensor:
-        out = rows.new_full((rows.shape[0],), -math.inf)
-        for row_slice, _, block in _log_weighted_blocks(
-            rows, columns, plan, chunk_rows, chunk_columns
-        ):
-            out[row_slice] = torch.logaddexp(out[row_slice], _consume_logsumexp(block))
-        ctx.save_for_backward(rows, columns, out)
-        ctx.blocking = (plan, chunk_rows, chunk_columns)
+        rows, columns = _row_features(z), _column_features(mu, logvar)
+        n_rows, n_columns = rows.shape[0], columns.shape[0]
+        fix = _corrections(plans)
+        single = n_rows <= chunk_rows and n_columns <= chunk_columns
+        keep = single and any(ctx.needs_input_grad[:3])
+        out = None if single else rows.new_full((len(plans), n_rows), -math.inf)
+        lowest = torch.finfo(rows.dtype).min
+        for r0, c0, block in _product_blocks(rows, columns, chunk_rows, chunk_columns):
+            _apply_overrides(block, plans[0], r0, c0, n_columns)  # log W_0 - w_0
+            top = block.amax(dim=1).clamp_(min=lowest)  # a row of -inf stays -inf below
+            exps = block.sub_(top[:, None]).exp_()
+            sums = _plan_sums(exps, fix, plans[0].row_offset, r0, c0, n_columns)
+            value = sums.log().add_(top[None, :] + plans[0].log_base)
+            if single:
+                out = value
+            else:
+                rs = slice(r0, r0 + block.shape[0])
+                out[:, rs] = torch.logaddexp(out[:, rs], value)
+        kept = (exps, sums) if keep else ()
+        ctx.save_for_backward(rows, columns, out, mu, logvar, *kept)
+        ctx.blocking = (plans, fix, chunk_rows, chunk_columns, z.dtype)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
-        rows, columns, out = ctx.saved_tensors
-        want_rows, want_columns = ctx.needs_input_grad[:2]
-        grad_rows = torch.zeros_like(rows) if want_rows else None
-        grad_columns = torch.zeros_like(columns) if want_columns else None
-        for row_slice, column_slice, block in _log_weighted_blocks(rows, columns, *ctx.blocking):
-            weights = block.sub_(out[row_slice, None]).exp_().mul_(grad[row_slice, None])
-            if grad_rows is not None:
-                grad_rows[row_slice].addmm_(weights, columns[column_slice])
-            if grad_columns is not None:
-                grad_columns[column_slice].addmm_(weights.T, rows[row_slice])
-        return grad_rows, grad_columns, None, None, None
+        rows, columns, out, mu, logvar, *kept = ctx.saved_tensors
+        plans, fix, chunk_rows, chunk_columns, z_dtype = ctx.blocking
+        want_z, want_mu, want_logvar = ctx.needs_input_grad[:3]
+        n_columns, offset = columns.shape[0], plans[0].row_offset
+        if kept:  # E and s_k from the forward pass
+            blocks: Iterator[tuple[int, int, Tensor]] = iter([(0, 0, kept[0])])
+            scale = grad / kept[1]
+        else:  # E = exp(L + log W_0 - y_0), s_k = exp(y_k - y_0)
+            blocks = _product_blocks(rows, columns, chunk_rows, chunk_columns)
+            scale = grad * torch.exp(out[:1] - out)
+        alpha = scale[0]  # r_0 = 1
+        for k in range(1, len(plans)):
+            alpha = alpha + fix.ratios[k] * scale[k]
+        single = kept or (rows.shape[0] <= chunk_rows and n_columns <= chunk_columns)
+        grad_rows = grad_columns = None
+        for r0, c0, block in blocks:
+            rs, cs = slice(r0, r0 + block.shape[0]), slice(c0, c0 + block.shape[1])
+            if not kept:
+                _apply_overrides(block, plans[0], r0, c0, n_columns)
+                block.sub_(out[0, rs, None] - plans[0].log_base).exp_()
+            weight: Optional[Tensor] = alpha[rs, None]
+            if fix.entries:  # G = diag(alpha) E + the correction entries, as one block
+                weights = block * weight
+                weight = None
+                for k, shift, factor in fix.entries:
+                    for i, j in _diagonal_runs(shift, offset, r0, c0, *block.shape, n_columns):
+                        g = factor * scale[k, rs][i]
+                        weights[i, j].diagonal().addcmul_(g, block[i, j].diagonal())
+            else:  # G = diag(alpha) E: alpha scales the narrow side of each product
+                weights = block
+            a, b = rows[rs], columns[cs]
+            if want_z:  # G b as a wide product
+                update = (b.T @ weights.T).T
+                update = update if weight is None else update * weight
+                if single:
+                    grad_rows = update
+                else:
+                    grad_rows = torch.zeros_like(rows) if grad_rows is None else grad_rows
+                    grad_rows[rs] += update
+            if want_mu or want_logvar:  # G^T a as a wide product
+                update = ((a if weight is None else a * weight).T @ weights).T
+                if single:
+                    grad_columns = update
+                else:
+                    grad_columns = torch.zeros_like(columns) if grad_columns is None else grad_columns
+                    grad_columns[cs] += update
+        d = mu.shape[1]
+        grad_z = grad_mu = grad_logvar = None
+        if grad_rows is not None:  # a = [z^2, z, 1]
+            z = rows[:, d : 2 * d]
+            grad_z = (2.0 * z * grad_rows[:, :d] + grad_rows[:, d : 2 * d]).to(z_dtype)
+        if grad_columns is not None:  # b = [-prec/2, mu prec, c(mu, logvar)]
+            mu64, prec = mu.to(_ACC), torch.exp(-logvar.to(_ACC))
+            g1, g2, g3 = grad_columns[:, :d], grad_columns[:, d : 2 * d], grad_columns[:, 2 * d :]
+            if want_mu:
+                grad_mu = (prec * (g2 - g3 * mu64)).to(mu.dtype)
+            if want_logvar:
+                inner = 0.5 * g1 - g2 * mu64 + 0.5 * g3 * mu64.square()
+                grad_logvar = (prec * inner - 0.5 * g3).to(logvar.dtype)
+        return grad_z, grad_mu, grad_logvar, None, None, None
+
+
+def _plan_sums(
+    exps: Tensor, fix: _Corrections, row_offset: int, r0: int, c0: int, batch_size: int
+) -> Tensor:
+    """(K, rows): s_0 = rowsum(E) and s_k = r_k s_0 + the correction entries (see
+    :class:`_WeightedLogSumExp`)."""
+    first = exps.sum(dim=1)
+    if len(fix.ratios) == 1:
+        return first[None, :]
+    sums = torch.stack([first if k == 0 else first * r for k, r in enumerate(fix.ratios)])
+    for k, shift, factor in fix.entries:
+        for i, j in _diagonal_runs(shift, row_offset, r0, c0, *exps.shape, batch_size):
+            sums[k, i] += factor * exps[i, j].diagonal()
+    return sums
 
 
 def _log_q(
-    z: Tensor, mu: Tensor, logvar: Tensor, plan: _Plan, chunk_size: Optional[int]
+    z: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    plan: Union[_Plan, tuple[_Plan, ...]],
+    chunk_size: Optional[int],
 ) -> Tensor:
-    """log q_hat(z_i) = logsumexp_j (log W[i, j] + log q(z_i | x_j)), shape (R,), float64."""
+    """log q_hat(z_i) = logsumexp_j (log W[i, j] + log q(z_i | x_j)), float64: shape (R,) for
+    one plan, (K, R) for a tuple of K plans (one pass over L for all of them)."""
     chunk_columns = min(mu.shape[0], _MAX_BLOCK_COLUMNS)
     if chunk_size is None:
         chunk_size = max(1, _BLOCK_ENTRIES // chunk_columns)
     elif not isinstance(chunk_size, int) or chunk_size < 1:
         raise EdvaeError(f"chunk_size={chunk_size!r} must be a positive integer or None.")
-    rows, columns = _row_features(z), _column_features(mu, logvar)
-    return _WeightedLogSumExp.apply(rows, columns, plan, chunk_size, chunk_columns)
+    plans = (plan,) if isinstance(plan, _Plan) else plan
+    out = _WeightedLogSumExp.apply(z, mu, logvar, plans, chunk_size, chunk_columns)
+    return out[0] if isinstance(plan, _Plan) else out
 
 
 def _log_q_marginals(
@@ -482,7 +610,7 @@ def log_aggregate_posterior(
     logvar: Tensor,
     *,
     dataset_size: Optional[int] = None,
-    method: str = "mss",
+    method: Union[str, tuple[str, ...]] = "mss",
     chunk_size: Optional[int] = None,
     row_offset: int = 0,
     validate: bool = True,
@@ -492,7 +620,9 @@ def log_aggregate_posterior(
     log q_hat(z_i) = logsumexp_j ( log W[i, j] + log q(z_i | x_j) ) with W set by ``method``
     (module docstring): ``"mss"`` (needs ``dataset_size`` N >= B >= 2), ``"mws"`` (needs N),
     ``"batch"`` (W = 1/B) or ``"full"`` (the columns are all N posteriors, W = 1/N, ``z`` any
-    query points and ``row_offset`` ignored).
+    query points and ``row_offset`` ignored). A tuple of K methods returns their K estimates,
+    shape (K, R), from one pass over L (e.g. ``("mss", "batch")`` for an entropy and a mutual
+    information estimated differently).
 
     Args:
         z: (R, D) rows; ``z[i]`` drawn from q(z | x_{i + row_offset}) except for ``"full"``.
@@ -506,8 +636,10 @@ def log_aggregate_posterior(
     float64.
     """
     _check_inputs(z, mu, logvar, validate)
-    plan = _plan(method, z.shape[0], mu.shape[0], dataset_size, row_offset)
-    return _log_q(z, mu, logvar, plan, chunk_size).to(_result_dtype(z, mu, logvar))
+    methods = method if isinstance(method, tuple) and method else (method,)
+    plans = tuple(_plan(m, z.shape[0], mu.shape[0], dataset_size, row_offset) for m in methods)
+    log_q = _log_q(z, mu, logvar, plans if isinstance(method, tuple) else plans[0], chunk_size)
+    return log_q.to(_result_dtype(z, mu, logvar))
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,9 +683,9 @@ class Decomposition:
             if value is None:
                 continue
             if value.dim() == 0:
-                out[field.name] = float(value)
+                out[field.name] = float(value.detach())
             else:
-                out.update({f"{field.name}_{d}": float(v) for d, v in enumerate(value.tolist())})
+                out.update({f"{field.name}_{d}": float(v) for d, v in enumerate(value.detach().tolist())})
         return out
 
 

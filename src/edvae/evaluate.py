@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 
 from edvae.checkpoint import load_checkpoint
-from edvae.config import EvalConfig, RunConfig
+from edvae.config import EvalConfig, RunConfig, validate_config
 from edvae.data import DataSplits
+from edvae.errors import EdvaeError
 from edvae.estimators import dataset_decomposition, kl_divergence, log_posterior
 from edvae.model import VAE, build_model
 
@@ -129,7 +130,10 @@ def evaluate_model(
         metrics[name] = float(getattr(decomposition, name))
     metrics["active_units"] = float(active_units(mu_all))
     z_agg = mu_all + torch.exp(0.5 * logvar_all) * torch.randn(mu_all.shape, generator=gen)
-    metrics["prior_swd"] = sliced_wasserstein(z_agg, prior.sample((n,)), generator=gen)
+    with torch.random.fork_rng():  # distributions sample from the global generator: seed it here
+        torch.manual_seed(config.seed)
+        prior_samples = prior.sample((n,))
+    metrics["prior_swd"] = sliced_wasserstein(z_agg, prior_samples, generator=gen)
     metrics["nll"] = -metrics["iwae"]
     if model.likelihood.__class__.__name__ == "BernoulliLikelihood":
         metrics["bpd"] = metrics["nll"] / (math.prod(data.x_shape) * math.log(2))
@@ -152,10 +156,14 @@ def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, 
     from edvae.train import load_data
 
     state = load_checkpoint(run_dir)
-    config = RunConfig.model_validate(state["config"])
+    config = validate_config(state["config"], source=f"the config stored in {run_dir}")
     data = data if data is not None else load_data(config)
-    model = build_model(config.model, data)
-    model.load_state_dict(state["model"])
+    model = build_model(config.model, data, fit_prior=False)  # fitted values come from the state dict
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        reason = str(err).splitlines()[0][:160]
+        raise EdvaeError(f"the weights in {run_dir} do not fit the model its config describes ({reason}); the checkpoint is damaged, re-run training") from None
     model.eval()
     return model, config, state, data
 

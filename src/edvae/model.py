@@ -85,7 +85,7 @@ def resolve_likelihood(config: "ModelConfig", data: "DataSplits") -> str:
     return data.likelihood if config.likelihood == "auto" else config.likelihood
 
 
-def _build_prior(config: "ModelConfig", data: "DataSplits", encoder: nn.Module) -> nn.Module:
+def _build_prior(config: "ModelConfig", data: "DataSplits", encoder: nn.Module, fit: bool = True) -> nn.Module:
     dim = config.latent_dim
     name = config.prior
     options = dict(config.prior_options)
@@ -98,7 +98,9 @@ def _build_prior(config: "ModelConfig", data: "DataSplits", encoder: nn.Module) 
         prior = priors.as_prior(data.ground_truth.prior)
     elif name.startswith("samples:"):
         samples = priors.load_samples(name.partition(":")[2], dim=dim)
-        prior = priors.from_samples(samples, **options)
+        prior = priors.from_samples(samples, **(options if fit else _unfitted(options)))
+    elif name == "samples" and not fit:
+        prior = priors.make(name, dim, **_unfitted(options))
     elif name == "vamp":
         options.setdefault("n_components", 50)
         if "init" not in options:
@@ -114,8 +116,20 @@ def _build_prior(config: "ModelConfig", data: "DataSplits", encoder: nn.Module) 
     return prior
 
 
-def build_model(config: "ModelConfig", data: "DataSplits") -> VAE:
-    """Build the VAE a :class:`~edvae.config.ModelConfig` describes, for data shaped like ``data``."""
+def _unfitted(options: dict) -> dict:
+    """Options of a prior known by samples that skip its fitting (no flow training, no bandwidth
+    cross-validation): the fitted values are buffers and parameters that a state dict restores."""
+    cheap = {"bandwidth": "scott"} if options.get("bandwidth", "cv") == "cv" else {}
+    return {**options, "flow_steps": 0, **cheap}
+
+
+def build_model(config: "ModelConfig", data: "DataSplits", *, fit_prior: bool = True) -> VAE:
+    """Build the VAE a :class:`~edvae.config.ModelConfig` describes, for data shaped like ``data``.
+
+    ``fit_prior=False`` builds a prior known only by samples (``"samples:PATH"``) without fitting
+    it (a flow is not trained, a KDE bandwidth is not cross-validated): use it when a state dict
+    is loaded next, which restores the fitted flow weights and the bandwidth.
+    """
     x_shape = tuple(data.x_shape)
     if config.network == "mlp":
         encoder: nn.Module = MLPEncoder(x_shape, config.latent_dim, config.hidden)
@@ -129,5 +143,5 @@ def build_model(config: "ModelConfig", data: "DataSplits") -> VAE:
         likelihood = GaussianLikelihood(x_shape, learn_scale=config.learn_scale)
     else:
         likelihood = BernoulliLikelihood()
-    prior = _build_prior(config, data, encoder)
+    prior = _build_prior(config, data, encoder, fit=fit_prior)
     return VAE(encoder, decoder, likelihood, prior, config.latent_dim)

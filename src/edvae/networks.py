@@ -88,13 +88,17 @@ class MLPDecoder(nn.Module):
 
 
 def _conv_plan(x_shape: Sequence[int], max_down: int = 2) -> tuple[int, int, int, int]:
-    """Channels, height, width and the number of stride-2 halvings for an image shape."""
-    if len(x_shape) != 3:
+    """Channels, height, width and the number of stride-2 halvings for an image shape.
+
+    ``(H, W)`` is read as one channel. A size is halved only while both sides stay even, so odd
+    sizes (e.g. 7x9) keep full resolution and a larger linear layer instead.
+    """
+    if len(x_shape) not in (2, 3):
         raise EdvaeError(
-            f"model.network='conv' needs image data of shape (channels, height, width), got {tuple(x_shape)}; "
-            "set data x_shape or use model.network='mlp'"
+            f"model.network='conv' needs image data of shape (channels, height, width) or (height, width), "
+            f"got {tuple(x_shape)}; set data.options.x_shape (e.g. [1, 28, 28]) or use model.network='mlp'"
         )
-    c, h, w = (int(s) for s in x_shape)
+    c, h, w = (int(s) for s in (1, *x_shape)[-3:])
     n_down = 0
     while n_down < max_down and h % (2 ** (n_down + 1)) == 0 and w % (2 ** (n_down + 1)) == 0:
         n_down += 1
@@ -117,6 +121,10 @@ class ConvEncoder(Encoder):
         n_flat = c_in * (h // 2**n_down) * (w // 2**n_down)
         body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(n_flat, hidden), nn.SiLU())
         super().__init__(body, hidden, latent_dim)
+        self.image_shape = (c, h, w)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return super().forward(x.reshape(x.shape[0], *self.image_shape))
 
 
 class ConvDecoder(nn.Module):
@@ -125,6 +133,7 @@ class ConvDecoder(nn.Module):
     def __init__(self, x_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), hidden: int = 256) -> None:
         super().__init__()
         c, h, w, n_down = _conv_plan(x_shape, len(channels))
+        self.x_shape = tuple(int(s) for s in x_shape)
         rev = list(channels)[::-1]
         self.start = (rev[0], h // 2**n_down, w // 2**n_down)
         self.fc = nn.Sequential(nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, math.prod(self.start)), nn.SiLU())
@@ -139,7 +148,7 @@ class ConvDecoder(nn.Module):
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.deconv(self.fc(z).view(z.shape[0], *self.start))
+        return self.deconv(self.fc(z).view(z.shape[0], *self.start)).reshape(z.shape[0], *self.x_shape)
 
 
 class GaussianLikelihood(nn.Module):

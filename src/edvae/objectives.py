@@ -20,8 +20,10 @@ on log p(x)); evaluate such models with the standard ELBO.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable, NamedTuple, Optional
 
+import torch
 from torch import Tensor
 
 from edvae.errors import EdvaeError
@@ -147,23 +149,29 @@ def ed_elbo(
             "critic or set mi_estimator='infonce'."
         )
     shared = dict(dataset_size=dataset_size, row_offset=row_offset, chunk_size=chunk_size)
-    log_q = log_aggregate_posterior(  # also validates z, mu, logvar and row_offset
-        z, mu, logvar, method=entropy_estimator, validate=validate, **shared
-    )
+    # InfoNCE with the encoder as critic IS the mutual information of the "batch" estimator
+    # (edvae.estimators.infonce), so it shares the one pass over log q(z_i|x_j) with log q_hat.
+    mi_method = "batch" if mi_estimator == "infonce" and critic is None else mi_estimator
+    separate = mi_method not in (entropy_estimator, "infonce")
+    methods = (entropy_estimator, mi_method) if separate else entropy_estimator
+    # Telescoping: with one shared estimate, log q_hat enters the loss with the weight
+    # w_ent - w_mi only, so at equal weights its gradient is exactly zero and it is computed
+    # without a graph (no backward pass through the estimator; every value is unchanged).
+    graph = not (mi_method == entropy_estimator and mi_weight == entropy_weight)
+    with nullcontext() if graph else torch.no_grad():
+        log_q_all = log_aggregate_posterior(  # also validates z, mu, logvar and row_offset
+            z, mu, logvar, method=methods, validate=validate, **shared
+        )
+    log_q, log_q_mi = (log_q_all[0], log_q_all[1]) if separate else (log_q_all, log_q_all)
     p = resolve_prior(prior, z.shape[1])
     _check_log_px(log_px, z)
     log_q_own = log_posterior(z, mu, logvar, row_offset=row_offset, validate=False)
-    if mi_estimator == entropy_estimator:
-        mi = (log_q_own - log_q).mean()
-    elif mi_estimator == "infonce":
+    if mi_method == "infonce":  # a learned critic
         mi = infonce(
             z, mu, logvar, critic=critic, row_offset=row_offset, chunk_size=chunk_size,
             validate=False,
         )
     else:
-        log_q_mi = log_aggregate_posterior(
-            z, mu, logvar, method=mi_estimator, validate=False, **shared
-        )
         mi = (log_q_own - log_q_mi).mean()
     log_p = p.log_prob(z)
     reconstruction = log_px.mean()

@@ -807,7 +807,8 @@ def from_samples(
     * ``method="flow"``: a :class:`FlowPrior` on standardised samples, fitted by maximum
       likelihood (Adam, ``flow_steps`` steps of 512-sample minibatches, seeded), 10% of the
       samples held out; the result's ``fit_report`` holds the final mean train and held-out
-      log-likelihoods.
+      log-likelihoods. ``flow_steps=0`` builds the standardised flow without fitting it
+      (``fit_report`` stays ``None``), for loading fitted weights from a state dict.
 
     The KDE's tails are Gaussian of width h (see :class:`KernelDensity`), the flow's are set by
     its base and splines: far from every sample neither reflects the true prior.
@@ -827,14 +828,18 @@ def from_samples(
             h = _positive_float("bandwidth", bandwidth)
         return KDEPrior(samples, h, chunk_size=chunk_size)
     require(method == "flow", f"method must be 'kde' or 'flow', got {method!r}")
-    steps = _positive_int("flow_steps", flow_steps)
+    ok = isinstance(flow_steps, (int, np.integer)) and not isinstance(flow_steps, bool)
+    require(ok and flow_steps >= 0, "flow_steps must be a non-negative integer (0: leave the "
+            f"flow unfitted), got {flow_steps!r}")
+    steps = int(flow_steps)
     std = samples.std(0)
     require(bool((std > 0).all()), "the samples are constant in some dimension, so no flow "
             "density exists; drop that dimension or use method='kde' with a float bandwidth")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         prior = FlowPrior(samples.shape[1], loc=samples.mean(0), scale=std).to(samples.dtype)
-    _fit_flow(prior, samples, steps, generator)
+    if steps:
+        _fit_flow(prior, samples, steps, generator)
     return prior
 
 
@@ -1037,7 +1042,8 @@ def make(name: str, dim: int = 2, **options: Any) -> Prior:
     * ``vamp``: ``encoder`` (required), ``input_shape``, ``n_components`` [50], ``init``
       [None: N(0, I) pseudo-inputs; else data rows], ``seed`` [0]; see :class:`VampPrior`.
     * ``samples``: ``path`` (required), ``method`` ["kde"], ``bandwidth`` ["cv"],
-      ``chunk_size`` [1024], ``flow_steps`` [1000], ``seed`` [0]; see :func:`from_samples`.
+      ``chunk_size`` [1024], ``flow_steps`` [1000; 0: unfitted], ``seed`` [0]; see
+      :func:`from_samples`.
 
     Unknown names, unknown options, missing required options and invalid values raise
     :class:`EdvaeError`.

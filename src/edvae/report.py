@@ -111,6 +111,8 @@ def write_report(study: "Study", records: list[dict[str, Any]], out_dir: str | P
         for r in clean:
             writer.writerow([r["dataset"], r["model"], r["seed"], *(r["metrics"].get(m, "") for m in metric_names)])
     figures = _figures(study, records, summary, out_dir / "figures")
+    if getattr(study, "extra_figures", None) is not None:
+        figures += study.extra_figures(study, records, out_dir / "figures")
     seeds = sorted({r["seed"] for r in clean})
     md = [
         f"# {study.title}",

@@ -28,6 +28,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,16 +40,19 @@ from torch import Tensor
 
 from edvae import __version__
 from edvae.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint
-from edvae.config import ObjectiveConfig, RunConfig
+from edvae.config import ObjectiveConfig, RunConfig, validate_config
 from edvae.data import DataSplits, load_dataset
 from edvae.distributed import gather_columns
 from edvae.errors import EdvaeError, TrainingError
 from edvae.model import VAE, ModelOutput, build_model
 from edvae.objectives import Objective, ed_elbo, elbo
 
-__all__ = ["TrainResult", "train", "make_objective", "load_data", "epoch_order", "shard_rows", "rank_indices", "METRICS_NAME"]
+__all__ = ["TrainResult", "train", "make_objective", "load_data", "epoch_order", "shard_rows", "rank_indices", "METRICS_NAME", "PRIOR_FIT_NAME"]
 
 METRICS_NAME = "metrics.jsonl"
+#: Written into the run folder when the prior was fitted before training (a flow fitted to
+#: prior samples): its ``fit_report`` (steps, train/held-out mean log-likelihood in nats).
+PRIOR_FIT_NAME = "prior_fit.json"
 TENSORBOARD_DIR = "tensorboard"
 MAX_CONSECUTIVE_SKIPS = 50
 _PLACEMENT = ("devices", "num_nodes", "accelerator", "threads", "progress")  # may change on resume
@@ -110,7 +114,10 @@ def _make_fabric(config: RunConfig):
     if "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_WORLD_SIZE" in os.environ:
         devices = int(os.environ["LOCAL_WORLD_SIZE"])
         num_nodes = int(os.environ["WORLD_SIZE"]) // devices
-    distributed = devices * num_nodes > 1
+    world = devices * num_nodes
+    if config.train.batch_size % world:  # checked before launching any process
+        raise EdvaeError(f"train.batch_size={config.train.batch_size} must be divisible by the number of processes ({world})")
+    distributed = world > 1
     fabric = Fabric(
         accelerator=config.train.accelerator,
         devices=devices,
@@ -201,10 +208,28 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     if holds_run and not overwrite:
         raise EdvaeError(f"{run_dir} already holds a run; pass --overwrite to replace it, --resume to continue it, or choose another --out")
     if holds_run:
-        for name in (CHECKPOINT_NAME, METRICS_NAME, "config.json"):
+        for name in (CHECKPOINT_NAME, METRICS_NAME, "config.json", PRIOR_FIT_NAME):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EdvaeError(f"cannot create the run folder {run_dir} ({err.strerror or err}); choose a writable --out") from None
+
+
+def _diverged(err: EdvaeError, out: ModelOutput, step: int, epoch: int, run_dir: Path) -> Exception:
+    """The error to raise when the objective refused this step's inputs.
+
+    The objectives refuse non-finite (mu, logvar, z); inside the loop that means the previous
+    update made the parameters diverge: a :class:`TrainingError` (exit code 1) naming the step.
+    Anything else is the objective's own complaint, ``err`` unchanged.
+    """
+    if all(bool(torch.isfinite(t).all()) for t in (out.mu, out.logvar, out.z)):
+        return err
+    return TrainingError(
+        f"the encoder outputs became non-finite at step {step} (epoch {epoch + 1}): the parameters diverged; "
+        f"the last good checkpoint in {run_dir} is kept. Lower train.lr or set train.grad_clip"
+    )
 
 
 def _truncate_lines(path: Path, keep: int) -> None:
@@ -234,7 +259,8 @@ class _Logger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=purge_step)
-        except ImportError:  # pragma: no cover - tensorboard is a dependency
+        except (ImportError, RuntimeError, OSError) as err:  # logging must never cost the run
+            warnings.warn(f"TensorBoard logging is off for this run ({err}); metrics still go to {METRICS_NAME}", stacklevel=2)
             self.writer = None
 
     def log(self, split: str, step: int, epoch: int, values: dict[str, float]) -> None:
@@ -317,17 +343,16 @@ def train(
     _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     saved: dict[str, Any] | None = load_checkpoint(run_dir) if resume else None
     if saved is not None:
-        stored = RunConfig.model_validate(saved["config"])
-        where = {k: getattr(config.train, k) for k in ("epochs", *_PLACEMENT)} if config is not None else {}
-        config = stored.model_copy(update={"train": stored.train.model_copy(update=where)})
+        stored = validate_config(saved["config"], source=str(run_dir / CHECKPOINT_NAME))
+        placement = {k: getattr(config.train, k) for k in ("epochs", *_PLACEMENT)} if config is not None else {}
+        config = stored.model_copy(update={"train": stored.train.model_copy(update=placement)})
     tc = config.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-
+    if tc.accelerator == "gpu" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        raise EdvaeError("train.accelerator='gpu' but torch sees no GPU on this machine; set train.accelerator=cpu or auto")
     fabric = _make_fabric(config)
+    if tc.threads:  # after the launch, which sets cores / processes threads unless OMP_NUM_THREADS is set
+        torch.set_num_threads(tc.threads)
     world, rank = fabric.world_size, fabric.global_rank
-    if tc.batch_size % world:
-        raise EdvaeError(f"train.batch_size={tc.batch_size} must be divisible by the number of processes ({world})")
     fabric.seed_everything(tc.seed, verbose=False)
     data = data if data is not None else load_data(config)
     x_train = fabric.to_device(data.train)
@@ -337,7 +362,7 @@ def train(
     if batches_per_epoch < 1:
         raise EdvaeError(f"train.batch_size={tc.batch_size} exceeds the {n_train} training examples; lower it")
 
-    model = build_model(config.model, data).to(fabric.device)
+    model = build_model(config.model, data, fit_prior=saved is None).to(fabric.device)  # resume: weights from the checkpoint
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     total_steps = tc.epochs * batches_per_epoch
     scheduler = (
@@ -372,9 +397,17 @@ def train(
     logger = _Logger(run_dir, fabric.is_global_zero, purge_step=step + 1 if saved else None, keep_lines=keep_lines)
     if fabric.is_global_zero:
         (run_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+        fit_report = getattr(model.prior, "fit_report", None)
+        if fit_report is not None:
+            (run_dir / PRIOR_FIT_NAME).write_text(json.dumps(fit_report, indent=2) + "\n")
     names = _step_terms_names(objective, model, x_train[:per_rank], torch.zeros(per_rank, latent_dim, device=fabric.device))
 
     def save(completed: bool = False) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TrainingError(
+                f"the parameters became non-finite by step {step} (epoch {epoch + 1}); the last good checkpoint in {run_dir} "
+                "is kept. Lower train.lr or set train.grad_clip"
+            )
         state = {
             "format": CHECKPOINT_FORMAT,
             "version": __version__,
@@ -424,7 +457,10 @@ def train(
 
                 out = step_model(x, eps)
                 mu, logvar, offset = gather_columns(out.mu, out.logvar)
-                obj = objective(out, model.prior_distribution(), mu, logvar, offset)
+                try:
+                    obj = objective(out, model.prior_distribution(), mu, logvar, offset)
+                except EdvaeError as err:
+                    raise _diverged(err, out, step + 1, epoch, run_dir) from None
                 optimizer.zero_grad(set_to_none=True)
                 if wrapped:
                     fabric.backward(obj.loss)

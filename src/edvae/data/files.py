@@ -111,7 +111,9 @@ def _read_bytes(path: Path, what: str = "file") -> bytes:
 def read_idx(raw: bytes, path: Path, what: str = "file") -> np.ndarray:
     """Parse the bytes of an idx file (MNIST format) into an array of its declared shape."""
     if len(raw) < 4:
-        raise EdvaeError(f"{what} '{path}' has {len(raw)} bytes, too few for an idx header; it is truncated or not idx")
+        raise EdvaeError(
+            f"{what} '{path}' has {len(raw)} bytes, too few for an idx header; it is truncated or not an idx file"
+        )
     magic = int.from_bytes(raw[:4], "big")
     type_code, ndim = raw[2], raw[3]
     if raw[0] != 0 or raw[1] != 0 or type_code not in _IDX_TYPES or ndim == 0:
@@ -148,17 +150,27 @@ def _read_idx_table(raw: bytes, path: Path) -> _Table:
 
 
 def _load_numpy(raw: bytes, path: Path, kind: str) -> Any:
+    magic = b"\x93NUMPY" if kind == "npy" else b"PK"
+    if not raw.startswith(magic):
+        raise EdvaeError(
+            f"file '{path}' could not be read as a .{kind} file (it does not start with the {kind} signature); "
+            f"write it with numpy.save{'z' if kind == 'npz' else ''} or pass the format it really has"
+        )
     try:
         return np.load(io.BytesIO(raw), allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise EdvaeError(
-                f"file '{path}' holds Python objects, not a numeric array; save a numeric array (e.g. float32) instead"
+                f"file '{path}' holds Python objects, not a numeric array; "
+                "save a numeric array (e.g. float32) instead"
             ) from None
         reason = exc
     except (OSError, EOFError, zlib.error, KeyError) as exc:
         reason = exc  # type: ignore[assignment]
-    raise EdvaeError(f"file '{path}' could not be read as a .{kind} file ({reason}); check that it was written with numpy.save{'z' if kind == 'npz' else ''}")
+    raise EdvaeError(
+        f"file '{path}' could not be read as a .{kind} file ({reason}); "
+        f"check that it was written with numpy.save{'z' if kind == 'npz' else ''}"
+    )
 
 
 def _numeric(array: np.ndarray, path: Path, what: str) -> np.ndarray:
@@ -218,7 +230,9 @@ def _read_text_table(raw: bytes, path: Path, delimiter: str) -> _Table:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise EdvaeError(f"file '{path}' is not UTF-8 text ({exc}); save the table as plain UTF-8 CSV") from None
-    entries = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip() and not line.lstrip().startswith("#")]
+    entries = [
+        (i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip() and not line.lstrip().startswith("#")
+    ]
     if not entries:
         raise EdvaeError(f"file '{path}' has no data rows; write one example per line")
     columns = None
@@ -230,7 +244,8 @@ def _read_text_table(raw: bytes, path: Path, delimiter: str) -> _Table:
             raise EdvaeError(f"file '{path}' has a header line but no data rows; add one example per line below it")
     line_numbers = np.array([n for n, _ in entries])
     try:
-        table = np.loadtxt([line for _, line in entries], delimiter=delimiter, dtype=np.float64, ndmin=2, quotechar='"')
+        lines = [line for _, line in entries]
+        table = np.loadtxt(lines, delimiter=delimiter, dtype=np.float64, ndmin=2, quotechar='"')
     except ValueError:
         _raise_text_error(entries, path, delimiter, len(columns) if columns else None)
         raise  # pragma: no cover - _raise_text_error always raises
@@ -255,7 +270,8 @@ def _raise_text_error(entries: list[tuple[int, str]], path: Path, delimiter: str
             width = len(cells)
         if len(cells) != width:
             raise EdvaeError(
-                f"file '{path}': line {number} has {len(cells)} values but earlier rows have {width}; "
+                f"file '{path}': line {number} has {len(cells)} value{'s' * (len(cells) != 1)} "
+                f"but earlier rows have {width}; "
                 f"give every row the same number of {delimiter!r}-separated values"
             )
         for column, cell in enumerate(cells, start=1):
@@ -264,7 +280,9 @@ def _raise_text_error(entries: list[tuple[int, str]], path: Path, delimiter: str
                     f"file '{path}': line {number}, column {column} holds {cell.strip()!r}, which is not a number; "
                     "fix or remove that row (tables must be numeric apart from one header line)"
                 )
-    raise EdvaeError(f"file '{path}' could not be parsed as a {delimiter!r}-separated numeric table; check its format")
+    raise EdvaeError(
+        f"file '{path}' could not be parsed as a {delimiter!r}-separated numeric table; check its format"
+    )
 
 
 def _read(path: Path, fmt: str, delimiter: str | None, what: str = "file") -> _Table:
@@ -290,7 +308,7 @@ def _as_labels(values: np.ndarray, path: Path, row_name: Callable[[int], str], w
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise EdvaeError(
-            f"{what} in '{path}': {row_name(row)} has label {values[row]!r}, not a whole number; "
+            f"{what} in '{path}': {row_name(row)} has label {values[row].item()!r}, not a whole number; "
             "labels must be integer class indices"
         )
     return as_float.astype(np.int64)
@@ -391,7 +409,9 @@ def load_file(
             "as a 2-D (examples, features) or an image (examples, height, width) array"
         )
     if table.x.shape[0] == 0 or table.x[0].size == 0:
-        raise EdvaeError(f"{source} holds an array of shape {table.x.shape} with no values; write the examples into it")
+        raise EdvaeError(
+            f"{source} holds an array of shape {table.x.shape} with no values; write the examples into it"
+        )
     if label_column is not None:
         if table.labels is not None:
             raise EdvaeError(f"{source} already holds labels (npz 'y'/'labels'), so drop label_column")

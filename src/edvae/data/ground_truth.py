@@ -15,15 +15,17 @@ computes it
   are refined until the estimate agrees with those of its 3^D interleaved sub-grids of
   three times the spacing to within ``tol`` nats. For a smooth integrand that vanishes at
   the box edge the midpoint-rule error falls like exp(-c/h^2), so when the coarser
-  sub-grids agree to ``tol`` the full grid is accurate to about (tol/2)^9: ~1e-10 nats in
-  practice. Where the prior has a kink (``laplace``) the error falls only like h^2 and is
-  about tol/9 (a few 1e-4 nats with the defaults). Three phases per axis, rather than two
+  sub-grids agree to ``tol`` the full grid's own error is negligible; what remains is the
+  mass left outside the local boxes (cells below e^-16 of the best), ~1e-8 nats measured
+  against much finer grids. Where the prior has a kink (``laplace``) the error falls only
+  like h^2 and is about tol/9 (~3e-4 nats measured with the defaults). Three phases per axis, rather than two
   half-grids, make it impossible for the check to pass by the accident of where the
   posterior sits between grid points;
 * by importance sampling otherwise (``method="importance"``): the posterior mode is found
   by Gauss-Newton from the best of a set of prior samples, and samples come from a
   multivariate Student-t (5 degrees of freedom) at the mode with the Laplace covariance,
-  mixed with 10% prior samples so that the weights stay bounded.
+  mixed with 10% prior samples so that the weights stay bounded. Its error is statistical:
+  about 0.01 nats per example with the default 4096 samples (D = 4, noise 0.1).
 
 All sums of exponentials are accumulated in float64.
 """
@@ -39,13 +41,14 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from edvae.data.splits import derive_seed
 from edvae.errors import EdvaeError
 
 __all__ = ["GroundTruth"]
 
 _F64 = torch.float64
 # Cells whose log-weight is this far below the best cell carry no mass worth integrating.
-_MASS_THRESHOLD = 20.0
+_MASS_THRESHOLD = 16.0
 # A posterior whose weight at the edge of the search box is within this of its best cell
 # may extend beyond the box: the box is enlarged.
 _EDGE_THRESHOLD = 20.0
@@ -116,10 +119,11 @@ class GroundTruth:
     @torch.no_grad()
     def sample(self, n: int, *, seed: int) -> tuple[Tensor, Tensor]:
         """Draw ``n`` examples: returns ``(x, z)``, float32 ``(n, obs_dim)`` and ``(n, D)``."""
+        # Separate streams: seeding both with `seed` would reuse the latents' random numbers as noise.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(derive_seed(seed, "latents"))
             z = self.prior.sample((n,)).to(torch.float32)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(derive_seed(seed, "noise"))
         noise = torch.randn(n, self.obs_dim, generator=gen)
         x = self.generator(z).to(torch.float32) + self.noise_std * noise
         return x, z
@@ -157,11 +161,15 @@ class GroundTruth:
     def _support(self) -> tuple[Tensor, Tensor, Tensor]:
         """Box covering the prior's mass (1e-4..1-1e-4 quantiles widened by 25% of their range
         on each side) and a robust per-dimension prior variance."""
-        samples = self._reference_samples().to(_F64)
-        q = torch.quantile(samples, torch.tensor([1e-4, 0.25, 0.75, 1 - 1e-4], dtype=_F64), dim=0)
-        width = (q[3] - q[0]).clamp_min(1e-3)
-        lo, hi = q[0] - 0.25 * width, q[3] + 0.25 * width
-        var = ((q[2] - q[1]) / 1.349).square().clamp_min(1e-6)
+        self._reference_samples()
+        assert self._reference is not None
+        if "support" not in self._reference:
+            samples = self._reference["samples"].to(_F64)
+            q = torch.quantile(samples, torch.tensor([1e-4, 0.25, 0.75, 1 - 1e-4], dtype=_F64), dim=0)
+            width = (q[3] - q[0]).clamp_min(1e-3)
+            var = ((q[2] - q[1]) / 1.349).square().clamp_min(1e-6)
+            self._reference["support"] = torch.stack([q[0] - 0.25 * width, q[3] + 0.25 * width, var])
+        lo, hi, var = self._reference["support"]
         return lo, hi, var
 
     def _prepare_x(self, x: Tensor) -> Tensor:
@@ -186,7 +194,7 @@ class GroundTruth:
         *,
         method: str = "auto",
         grid_size: int = 126,
-        levels: tuple[int, ...] = (24, 36, 72, 144),
+        levels: tuple[int, ...] = (24, 30, 60, 120),
         tol: float = 1e-2,
         num_samples: int = 4096,
         seed: int = 0,

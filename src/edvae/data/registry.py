@@ -49,7 +49,9 @@ def _builder(name: Any) -> Callable[..., DataSplits]:
     return _BUILDERS[name]
 
 
-def load_dataset(name: str | None = None, *, seed: int = 0, path: str | Path | None = None, **options: Any) -> DataSplits:
+def load_dataset(
+    name: str | None = None, *, seed: int = 0, path: str | Path | None = None, **options: Any
+) -> DataSplits:
     """Load data set ``name`` (see :func:`dataset_names`) as train/val/test :class:`DataSplits`.
 
     ``seed`` fixes everything random (synthetic samples, the split permutation, static
@@ -59,7 +61,9 @@ def load_dataset(name: str | None = None, *, seed: int = 0, path: str | Path | N
     """
     if name is None:
         if path is None:
-            raise EdvaeError(f"load_dataset needs a dataset name ({', '.join(_BUILDERS)}) or path=PATH to a data file")
+            raise EdvaeError(
+                f"load_dataset needs a dataset name ({', '.join(_BUILDERS)}) or path=PATH to a data file"
+            )
         name = "file"
     builder = _builder(name)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

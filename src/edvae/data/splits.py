@@ -110,7 +110,10 @@ class DataSplits:
     def describe(self) -> str:
         """One line: name, split sizes, shape, likelihood, labels and ground truth."""
         sizes = "/".join(str(getattr(self, s).shape[0]) for s in SPLIT_NAMES)
-        parts = [f"{self.name}: {sizes} train/val/test examples of shape {self.x_shape}", f"{self.likelihood} likelihood"]
+        parts = [
+            f"{self.name}: {sizes} train/val/test examples of shape {self.x_shape}",
+            f"{self.likelihood} likelihood",
+        ]
         if self.likelihood == "bernoulli":
             parts.append(f"{self.binarize} binarisation")
         if self.has_labels:
@@ -149,13 +152,14 @@ def check_split(split: Any, source: str) -> tuple[float, float, float]:
 
 
 def split_sizes(n: int, split: Sequence[float], source: str) -> tuple[int, int, int]:
-    """Rows per split: val and test rounded, train the rest; every split non-empty."""
-    n_val = round(n * split[1])
-    n_test = round(n * split[2])
+    """Rows per split: val and test rounded (at least one each), train the rest."""
+    n_val = max(1, round(n * split[1]))
+    n_test = max(1, round(n * split[2]))
     n_train = n - n_val - n_test
     if min(n_train, n_val, n_test) < 1:
         raise EdvaeError(
-            f"{source}: {n} examples cannot fill train/val/test splits {tuple(split)} with at least one example each; "
+            f"{source}: {n} examples cannot fill train/val/test splits {tuple(split)} "
+            "with at least one example each; "
             "provide more rows or change the split option"
         )
     return n_train, n_val, n_test
@@ -166,7 +170,9 @@ def first_bad_row(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0])
 
 
-def check_values(x: np.ndarray, likelihood: str, source: str, row_name: Any = None, range_fix: str | None = None) -> None:
+def check_values(
+    x: np.ndarray, likelihood: str, source: str, row_name: Any = None, range_fix: str | None = None
+) -> None:
     """Refuse NaN/Inf anywhere and, for a Bernoulli likelihood, values outside [0, 1].
 
     ``row_name(i)`` describes row ``i`` for messages (e.g. a CSV line number); ``range_fix``

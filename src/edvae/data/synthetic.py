@@ -84,12 +84,15 @@ def _check_int(dataset: str, name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _make_prior(name: str, dim: int, options: dict[str, Any], seed: int) -> nn.Module:
+def _make_prior(dataset: str, name: str, dim: int, options: dict[str, Any], seed: int) -> nn.Module:
     from edvae import priors  # lazily: the data package does not need the priors at import
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # pins any randomness in the prior's construction
-        return priors.make(name, dim=dim, **options)
+        try:
+            return priors.make(name, dim=dim, **options)
+        except EdvaeError as exc:
+            raise EdvaeError(f"dataset '{dataset}' could not build its true prior: {exc}") from None
 
 
 def make_ground_truth(
@@ -119,13 +122,15 @@ def make_ground_truth(
     except (TypeError, ValueError):
         hidden = ()
     if not hidden or min(hidden) < 1:
-        raise EdvaeError(f"dataset '{dataset}': option hidden_sizes must be a list of positive integers, got {hidden_sizes!r}")
+        raise EdvaeError(
+            f"dataset '{dataset}': option hidden_sizes must be a list of positive integers, got {hidden_sizes!r}"
+        )
     if not isinstance(prior, str):
         raise EdvaeError(f"dataset '{dataset}': option prior must be a prior name such as 'mog_ring', got {prior!r}")
     if prior_options is not None and not isinstance(prior_options, dict):
         raise EdvaeError(f"dataset '{dataset}': option prior_options must be a dict, got {prior_options!r}")
     options = dict(prior_options or {})
-    module = _make_prior(prior, latent_dim, options, generator_seed)
+    module = _make_prior(dataset, prior, latent_dim, options, generator_seed)
     generator = SyntheticGenerator(latent_dim, obs_dim, hidden_sizes=hidden, seed=generator_seed)
     return GroundTruth(module, generator, float(noise_std), prior_name=prior, prior_options=options)
 
@@ -141,7 +146,9 @@ def _labels(truth: GroundTruth, z: Tensor) -> Tensor | None:
         return (log_mix + log_comp).argmax(-1).to(torch.int64)
 
 
-def _sample_splits(name: str, truth: GroundTruth, seed: int, sizes: dict[str, int], info: dict[str, Any]) -> DataSplits:
+def _sample_splits(
+    name: str, truth: GroundTruth, seed: int, sizes: dict[str, int], info: dict[str, Any]
+) -> DataSplits:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise EdvaeError(f"dataset '{name}': seed must be an integer, got {seed!r}")
     parts: dict[str, Any] = {}

@@ -10,11 +10,20 @@ from collections.abc import Callable
 
 from edvae.errors import EdvaeError
 from edvae.experiments.paper import paper_study
+from edvae.experiments.prior_studies import ablation_study, learned_prior_study, misspecified_study, unknown_prior_study
+from edvae.experiments.real import real_study
 from edvae.experiments.runner import RunSpec, Study, run_study
 
 __all__ = ["STUDIES", "get_study", "run_study", "Study", "RunSpec"]
 
-STUDIES: dict[str, Callable[..., Study]] = {"paper": paper_study}
+STUDIES: dict[str, Callable[..., Study]] = {
+    "paper": paper_study,
+    "unknown-prior": unknown_prior_study,
+    "learned-prior": learned_prior_study,
+    "misspecified": misspecified_study,
+    "ablation": ablation_study,
+}
+STUDIES["real"] = real_study
 
 
 def get_study(name: str, **kwargs) -> Study:

@@ -16,7 +16,7 @@ __all__ = ["BASE", "DATASETS", "MODELS", "paper_study", "build_runs"]
 #: The shared configuration: same networks, optimiser and budget for every variant.
 BASE: dict[str, Any] = {
     "model": {"latent_dim": 2, "hidden": [128, 128]},
-    "train": {"epochs": 60, "batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine"},
+    "train": {"epochs": 120, "batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine"},
     "eval": {"iwae_samples": 1000},
 }
 
@@ -27,7 +27,7 @@ DATASETS: dict[str, dict[str, Any]] = {
 
 MODELS = ["vae-std", "vae-true", "edvae", "edvae-paper"]
 
-QUICK: dict[str, Any] = {"train": {"epochs": 15}, "eval": {"iwae_samples": 200}}
+QUICK: dict[str, Any] = {"train": {"epochs": 30}, "eval": {"iwae_samples": 200}}
 
 
 def build_runs(

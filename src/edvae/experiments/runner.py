@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -54,6 +54,12 @@ class Study:
     runs: list[RunSpec]
     metrics: list[str] = field(default_factory=lambda: ["mse", "kl", "elbo", "iwae", "ll_gap", "mi", "marginal_kl", "prior_swd", "active_units", "train_seconds"])
     notes: list[str] = field(default_factory=list)
+    #: Called as ``prepare(study, out_dir)`` by :func:`run_study` before anything is built: writes
+    #: files the runs read (e.g. a prior-samples file) and may point the runs' configs at them.
+    prepare: Callable[["Study", Path], None] | None = None
+    #: Called as ``extra_figures(study, records, fig_dir)`` by the report after its own figures;
+    #: returns the paths of the PNGs it wrote (e.g. per-model image figures, :mod:`edvae.figures`).
+    extra_figures: Callable[["Study", list[dict[str, Any]], Path], list[Path]] | None = None
 
 
 def _save_latents(run_dir: Path, spec: RunSpec) -> None:
@@ -108,10 +114,13 @@ def run_one(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> dict
         state = load_checkpoint(run_dir)
         done = state.get("completed", False) and state["config"] == spec.config.model_dump()
     if not done:
-        resume = (run_dir / CHECKPOINT_NAME).exists() and not overwrite
-        if resume and load_checkpoint(run_dir)["config"] != spec.config.model_dump():
-            resume, overwrite = False, True
-        train(spec.config, run_dir, resume=resume, overwrite=overwrite and not resume)
+        # The study owns its run folders: continue a matching interrupted run, else start afresh.
+        resume = (
+            not overwrite
+            and (run_dir / CHECKPOINT_NAME).exists()
+            and load_checkpoint(run_dir)["config"] == spec.config.model_dump()
+        )
+        train(spec.config, run_dir, resume=resume, overwrite=not resume)
         metrics = evaluate_run(run_dir, true_ll=_cached_true_ll(spec, Path(out_dir)))
         _save_latents(run_dir, spec)
         evaluation.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -140,7 +149,7 @@ def preflight(study: Study) -> None:
         seen.add(key)
         if data_key not in datasets:
             datasets[data_key] = load_data(spec.config)
-        build_model(spec.config.model, datasets[data_key])
+        build_model(spec.config.model, datasets[data_key], fit_prior=False)  # a check: fitting waits for training
 
 
 def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -152,6 +161,8 @@ def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite:
         raise EdvaeError(f"--out {out_dir} is a file; choose a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if study.prepare is not None:
+        study.prepare(study, out_dir)
     preflight(study)
     for spec in study.runs:
         spec.config = spec.config.model_copy(update={"train": spec.config.train.model_copy(update={"progress": False, "threads": 1})})

@@ -1,0 +1,337 @@
+"""Property-based tests: whatever a user passes in, the only exception is an ``EdvaeError``.
+
+Random configs (valid and invalid keys, types and values) go through
+``edvae.config.validate_config`` and, when accepted, through a tiny ``edvae.train.train`` and
+``edvae.evaluate.evaluate_run``; random tensors (shapes, dtypes, NaN/Inf, bad arguments) go
+through the public mathematics. Each test counts the bad inputs it tried (refused with an
+``EdvaeError``) and prints the counts (``pytest -s`` shows them).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import warnings
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edvae import estimators, objectives, priors
+from edvae.config import RunConfig, validate_config
+from edvae.errors import EdvaeError, TrainingError
+
+# --------------------------------------------------------------------------------------------
+# configs
+
+#: Values of no particular type: what a typo or a wrong copy-paste gives.
+NASTY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.sampled_from([0, -1, 2**32, 2**63]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.lists(st.integers(-3, 40), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+#: Known keys with values that keep an accepted config trainable in well under a second.
+#: Devices, nodes and accelerators only take values that stay on this one process.
+GOOD: dict[str, dict[str, st.SearchStrategy]] = {
+    "data": {
+        "name": st.sampled_from(["complex", "gaussian", "digits", "file", "nope"]),
+        "seed": st.integers(0, 3),
+        "path": st.sampled_from([None, "/nonexistent/x.npy"]),
+        "options": st.fixed_dictionaries(
+            {"n_train": st.sampled_from([32, 64, 1, 0, -3, "x"])},
+            optional={"n_val": st.sampled_from([16, 0]), "n_test": st.sampled_from([16, 2.5]), "bogus": st.just(1)},
+        ),
+    },
+    "model": {
+        "network": st.sampled_from(["mlp", "conv", "transformer"]),
+        "latent_dim": st.integers(0, 3),
+        "hidden": st.lists(st.integers(-1, 12), max_size=2),
+        "likelihood": st.sampled_from(["auto", "gaussian", "bernoulli", "poisson"]),
+        "learn_scale": st.booleans(),
+        "prior": st.sampled_from(["true", "normal", "laplace", "mog_ring", "mixture", "flow", "nope", "samples:/nonexistent.npy"]),
+        "prior_options": st.dictionaries(st.sampled_from(["scale", "n_components", "bogus"]), st.sampled_from([0.5, 2, -1, "x"]), max_size=1),
+    },
+    "objective": {
+        "kind": st.sampled_from(["elbo", "ed", "iwae"]),
+        "kl": st.sampled_from(["auto", "analytic", "mc", "exact"]),
+        "mi_weight": st.floats(-2, 2),
+        "entropy_weight": st.floats(-2, 2),
+        "cross_entropy_weight": st.floats(-2, 2),
+        "mi_estimator": st.sampled_from(["mss", "mws", "batch", "infonce", "knn"]),
+        "entropy_estimator": st.sampled_from(["mss", "mws", "batch", "infonce"]),
+    },
+    "train": {
+        "epochs": st.integers(-1, 2),
+        "batch_size": st.sampled_from([1, 2, 8, 16, 32, 10_000]),
+        "lr": st.sampled_from([1e-3, 1e-2, 0.0, -1.0, 1e5]),
+        "lr_schedule": st.sampled_from(["constant", "cosine", "step"]),
+        "seed": st.integers(-1, 3),
+        "grad_clip": st.sampled_from([None, 1.0, 0.0, -1.0]),
+        "on_nonfinite": st.sampled_from(["stop", "skip", "ignore"]),
+        "checkpoint_every": st.integers(-1, 5),
+        "log_every": st.integers(0, 5),
+        "devices": st.sampled_from([1, 0, -2]),
+        "num_nodes": st.sampled_from([1, 0]),
+        "accelerator": st.sampled_from(["cpu", "auto", "gpu", "tpu"]),
+        "threads": st.sampled_from([0, 1, -1, 10**6]),
+        "progress": st.just(False),
+    },
+    "eval": {
+        "iwae_samples": st.sampled_from([1, 5, 0]),
+        "batch_size": st.sampled_from([8, 0]),
+        "seed": st.integers(-1, 3),
+        "true_ll": st.booleans(),
+    },
+}
+
+#: A config that trains in a fraction of a second; mutations are applied to it.
+BASE: dict[str, Any] = {
+    "name": "prop",
+    "data": {"name": "complex", "options": {"n_train": 64, "n_val": 16, "n_test": 16}},
+    "model": {"latent_dim": 2, "hidden": [8], "prior": "true"},
+    "objective": {"kind": "ed"},
+    "train": {"epochs": 1, "batch_size": 16, "lr": 3e-3, "progress": False, "log_every": 2},
+    "eval": {"iwae_samples": 5, "batch_size": 8},
+}
+
+#: Values that are valid for their key but would make a run slow or leave this process.
+UNTRAINABLE = {("train", "devices"), ("train", "num_nodes"), ("train", "threads"), ("train", "epochs"), ("train", "progress")}
+
+
+@st.composite
+def raw_configs(draw: st.DrawFn, *, trainable: bool) -> Any:
+    """A raw config: BASE with 0-4 random edits (known or unknown keys, good or nasty values)."""
+    if not trainable and draw(st.integers(0, 30)) == 0:
+        return draw(NASTY)  # not even a dict
+    raw = {section: dict(values) if isinstance(values, dict) else values for section, values in BASE.items()}
+    for _ in range(draw(st.integers(0, 4))):
+        section = draw(st.sampled_from([*GOOD, "name", "bogus_section"]))
+        # an empty dict means "all defaults": 10000 examples, 50 epochs, too slow to train here
+        nasty = NASTY.filter(lambda v: v != {}) if trainable else NASTY
+        if section not in GOOD:
+            raw[section] = draw(nasty | st.text(max_size=8))
+            continue
+        if not isinstance(raw.get(section), dict) or draw(st.integers(0, 15)) == 0:
+            raw[section] = draw(nasty) if trainable or draw(st.booleans()) else {}
+            continue
+        key = draw(st.sampled_from([*GOOD[section], "bogus", ""]))
+        good = GOOD[section].get(key)
+        use_good = good is not None and draw(st.integers(0, 3)) > 0
+        value = draw(good) if use_good else draw(nasty)
+        if trainable and (section, key) in UNTRAINABLE and not use_good:
+            continue  # a nasty but valid value (10**6 threads, 10**12 epochs) would not finish
+        raw[section][key] = value
+    return raw
+
+
+def _check_message(err: Exception) -> None:
+    text = str(err)
+    assert text and "\n" not in text, f"not one line: {text!r}"
+
+
+def _accepted_config_is_sane(cfg: RunConfig) -> None:
+    """An accepted config holds no NaN/Inf and no booleans where numbers go, and round-trips."""
+    for section in ("model", "objective", "train", "eval"):
+        for name, value in getattr(cfg, section).model_dump().items():
+            if isinstance(value, float):
+                assert math.isfinite(value), f"{section}.{name}={value}"
+    assert not isinstance(cfg.train.epochs, bool) and not isinstance(cfg.train.batch_size, bool)
+    assert validate_config(cfg.model_dump()) == cfg
+
+
+def test_random_configs_are_accepted_or_refused_with_one_line():
+    """Hundreds of random configs: validate_config returns a sane RunConfig or raises EdvaeError."""
+    counts: Counter[str] = Counter()
+
+    @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(raw_configs(trainable=False))
+    def check(raw: Any) -> None:
+        try:
+            cfg = validate_config(raw)
+        except EdvaeError as err:
+            _check_message(err)
+            counts["refused"] += 1
+            return
+        counts["accepted"] += 1
+        _accepted_config_is_sane(cfg)
+
+    check()
+    print(f"\nvalidate_config: {counts['refused']} bad configs refused, {counts['accepted']} accepted")
+    assert counts["refused"] >= 100 and counts["accepted"] >= 20, counts
+
+
+def test_random_accepted_configs_train_and_evaluate_or_fail_cleanly():
+    """Random tiny configs end to end: every failure is an EdvaeError (bad input, one line) or a
+    TrainingError (divergence); a finished run leaves a complete, finite, evaluable checkpoint."""
+    from edvae.checkpoint import load_checkpoint
+    from edvae.evaluate import evaluate_run
+    from edvae.train import train
+
+    counts: Counter[str] = Counter()
+
+    @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(raw_configs(trainable=True))
+    def check(raw: dict[str, Any]) -> None:
+        try:
+            cfg = validate_config(raw)
+        except EdvaeError as err:
+            _check_message(err)
+            counts["refused by validate_config"] += 1
+            return
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                result = train(cfg, tmp)
+            except EdvaeError as err:
+                _check_message(err)
+                counts["refused by train"] += 1
+                return
+            except TrainingError as err:
+                _check_message(err)
+                counts["diverged"] += 1
+                return
+            assert result.completed
+            state = load_checkpoint(tmp)
+            assert state["completed"] and all(torch.isfinite(v).all() for v in state["model"].values())
+            try:
+                metrics = evaluate_run(tmp)
+            except EdvaeError as err:
+                _check_message(err)
+                counts["refused by evaluate"] += 1
+                return
+            assert "elbo" in metrics and "iwae" in metrics
+            counts["trained"] += 1
+
+    check()
+    refused = counts["refused by validate_config"] + counts["refused by train"] + counts["refused by evaluate"]
+    print(f"\ntrain: {refused} bad configs refused, {counts['diverged']} diverged, {counts['trained']} trained ({dict(counts)})")
+    assert counts["trained"] >= 1 and refused >= 1, counts
+
+
+# --------------------------------------------------------------------------------------------
+# tensors through the mathematics
+
+FINITE = st.floats(-8, 8, width=32)
+SPECIAL = st.sampled_from([math.nan, math.inf, -math.inf, 1e30, -1e30, 60.0, -60.0])
+DTYPES = st.sampled_from([torch.float32, torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64])  # bool: see the xfail below
+
+
+@st.composite
+def matrices(draw: st.DrawFn, rows: int, cols: int, p_special: float, dtypes: st.SearchStrategy = DTYPES) -> torch.Tensor:
+    dtype = draw(dtypes)
+    values = [draw(SPECIAL) if draw(st.floats(0, 1)) < p_special else draw(FINITE) for _ in range(rows * cols)]
+    t = torch.tensor(values, dtype=torch.float64).reshape(rows, cols)
+    if dtype == torch.bool:
+        return t > 0
+    if dtype == torch.int64:
+        return torch.nan_to_num(t).clamp(-9, 9).long()
+    return t.to(dtype)
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> tuple[int, ...]:
+    return tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+
+
+@st.composite
+def math_cases(draw: st.DrawFn) -> dict[str, Any]:
+    """z (R, D), mu and logvar (B, D) (sometimes of other shapes), and every other argument."""
+    b, d = draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    rows = draw(st.integers(1, b))
+    p_special = draw(st.sampled_from([0.0, 0.0, 0.05, 0.3]))
+    z, mu, logvar = (draw(matrices(r, d, p_special)) for r in (rows, b, b))
+    if draw(st.integers(0, 5)) == 0:  # a wrong shape somewhere
+        which = draw(st.integers(0, 2))
+        wrong = torch.zeros(draw(shapes()))
+        z, mu, logvar = [wrong if i == which else t for i, t in enumerate((z, mu, logvar))]
+    float_only = st.sampled_from([torch.float32, torch.float64, torch.float16])  # see the xfail below
+    return {
+        "z": z, "mu": mu, "logvar": logvar,
+        "log_px": draw(matrices(rows, 1, p_special, float_only)).flatten() if draw(st.integers(0, 4)) else draw(matrices(rows, 2, 0.0, float_only)),
+        "dataset_size": draw(st.one_of(st.none(), st.integers(-1, 3 * b), st.just(10**12), st.floats(0, 50), st.booleans(), st.text(max_size=2))),
+        "method": draw(st.one_of(st.sampled_from(["mss", "mws", "batch", "full", "bogus", ""]), st.tuples(st.sampled_from(["mss", "batch", "x"])), NASTY)),
+        "chunk_size": draw(st.one_of(st.none(), st.integers(-1, 5), NASTY)),
+        "row_offset": draw(st.one_of(st.integers(-1, b - rows + 1), NASTY)),
+        "prior": draw(st.sampled_from(priors.names() + ["", "nope", None, 3])),
+        "dim": draw(st.one_of(st.just(d), st.integers(-1, 4), NASTY)),
+        "options": draw(st.dictionaries(
+            st.sampled_from(["loc", "scale", "df", "n_components", "radius", "curvature", "transforms", "hidden_features", "learnable", "seed", "init", "path", "bogus"]),
+            st.one_of(NASTY, st.just((4,)), st.builds(lambda: torch.randn(3, 2))), max_size=2,
+        )),
+        "mi_estimator": draw(st.sampled_from(["mss", "mws", "batch", "infonce", "x", ""])),
+        "entropy_estimator": draw(st.sampled_from(["mss", "mws", "batch", "x"])),
+        "weight": draw(st.one_of(st.floats(-2, 2), st.just(math.nan), st.just(math.inf))),  # see the xfail below
+    }
+
+
+def test_random_tensors_through_the_mathematics_raise_only_edvae_errors():
+    """log_aggregate_posterior, decompose, ed_elbo, elbo and priors.make on random tensors and
+    arguments: each call returns or raises EdvaeError (a ValueError), never anything else."""
+    counts: Counter[str] = Counter()
+
+    def call(name: str, fn) -> Any:
+        try:
+            out = fn()
+        except EdvaeError as err:
+            _check_message(err)
+            counts["refused"] += 1
+            counts[f"refused: {name}"] += 1
+            return None
+        counts["accepted"] += 1
+        return out
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(math_cases())
+    def check(c: dict[str, Any]) -> None:
+        z, mu, logvar = c["z"], c["mu"], c["logvar"]
+        shared = {"dataset_size": c["dataset_size"], "row_offset": c["row_offset"]}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            call("log_aggregate_posterior", lambda: estimators.log_aggregate_posterior(
+                z, mu, logvar, method=c["method"], chunk_size=c["chunk_size"], **shared))
+            prior = call("priors.make", lambda: priors.make(c["prior"], c["dim"], **c["options"]))
+            if prior is None:
+                prior = priors.make("normal", max(1, z.shape[-1]) if z.dim() == 2 else 2)
+            call("decompose", lambda: estimators.decompose(z, mu, logvar, prior, method=c["method"], **shared))
+            call("ed_elbo", lambda: objectives.ed_elbo(
+                c["log_px"], z, mu, logvar, prior, mi_estimator=c["mi_estimator"],
+                entropy_estimator=c["entropy_estimator"], mi_weight=c["weight"], **shared))
+            call("elbo", lambda: objectives.elbo(c["log_px"], z, mu, logvar, prior, row_offset=c["row_offset"]))
+
+    check()
+    print(f"\nmathematics: {counts['refused']} bad calls refused with EdvaeError, {counts['accepted']} accepted")
+    assert counts["refused"] >= 300 and counts["accepted"] >= 50, counts
+
+
+@pytest.mark.xfail(strict=True, reason="known gap in edvae.objectives/estimators (not owned here): boolean "
+                   "tensors, non-float log_px, non-numeric weights and a non-callable critic escape as "
+                   "TypeError/RuntimeError instead of EdvaeError")
+@pytest.mark.parametrize("case", ["boolean logvar", "boolean z", "integer log_px", "boolean log_px", "string weight", "None weight", "critic not callable"])
+def test_objectives_refuse_non_numeric_arguments(case):
+    z, mu, logvar = torch.randn(4, 2), torch.randn(4, 2), torch.zeros(4, 2)
+    log_px, prior, kwargs = torch.randn(4), priors.make("normal", 2), {"dataset_size": 10}
+    if case == "boolean logvar":
+        logvar = logvar > 0
+    elif case == "boolean z":
+        z = z > 0
+    elif case == "integer log_px":
+        log_px = log_px.long()
+    elif case == "boolean log_px":
+        log_px = log_px > 0
+    elif case == "string weight":
+        kwargs["mi_weight"] = "x"
+    elif case == "None weight":
+        kwargs["entropy_weight"] = None
+    else:
+        kwargs.update(mi_estimator="infonce", critic=5)
+    with pytest.raises(EdvaeError):
+        objectives.ed_elbo(log_px, z, mu, logvar, prior, **kwargs)
