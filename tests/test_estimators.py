@@ -653,3 +653,30 @@ def test_bad_inputs_are_named():
     _raises("logvar", E.dataset_decomposition, mu, logvar.clone().fill_(float("nan")), std_normal(3))
     _raises("method", E.kl_divergence, mu, logvar, std_normal(3), method="exact")
     _raises("dataset_size", E.mss_log_weights, 4, 3)
+
+
+@pytest.mark.parametrize(("chunk_size", "columns"), [(None, None), (2, 3), (3, 2)])
+def test_several_methods_from_one_pass(chunk_size, columns, monkeypatch):
+    """method=(...) gives each method's estimate and gradients, also in blocks and for row slices."""
+    if columns:
+        monkeypatch.setattr(E, "_MAX_BLOCK_COLUMNS", columns)
+    z, mu, logvar = posterior_batch(7, 2, seed=21)
+    methods = ("mss", "batch", "mws")
+    both = E.log_aggregate_posterior(z, mu, logvar, dataset_size=40, method=methods, chunk_size=chunk_size)
+    assert both.shape == (3, 7)
+    for k, method in enumerate(methods):
+        torch.testing.assert_close(both[k], brute_log_q(z, mu, logvar, method, 40), rtol=0, atol=1e-10)
+    inputs = tuple(t.clone().requires_grad_() for t in (z, mu, logvar))
+    assert torch.autograd.gradcheck(
+        lambda z, mu, logvar: E.log_aggregate_posterior(
+            z, mu, logvar, dataset_size=40, method=("batch", "mss"), chunk_size=chunk_size
+        ),
+        inputs,
+    )
+    assert torch.autograd.gradcheck(
+        lambda z, mu, logvar: E.log_aggregate_posterior(
+            z[2:5], mu, logvar, dataset_size=40, method=("mss", "batch"), row_offset=2,
+            chunk_size=chunk_size,
+        ),
+        inputs,
+    )

@@ -1,4 +1,5 @@
-"""Peak-memory tests of the blockwise estimators, each in a fresh subprocess.
+"""Peak-memory tests of the blockwise estimators, each in a fresh subprocess
+(:func:`edvae.bench.peak_memory`).
 
 The peak increase is VmHWM (the high-water mark of resident memory, /proc/self/status) after
 the call minus VmRSS before it, after a small warm-up so that thread pools and library buffers
@@ -11,73 +12,18 @@ B = 4096, D = 16, and 32 GiB at B = 16384, D = 32.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import textwrap
 
 import pytest
 
+from edvae.bench import peak_memory
+
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
-
-_PROBE = textwrap.dedent(
-    """
-    import json, sys, time
-    import torch
-    from torch.distributions import Independent, Normal
-    from edvae.estimators import dataset_decomposition, log_aggregate_posterior
-
-    mode, b, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-
-    def inputs(n, dim, grad):
-        g = torch.Generator().manual_seed(0)
-        mu = torch.randn(n, dim, generator=g)
-        logvar = torch.full((n, dim), -1.0)
-        z = mu + 0.6 * torch.randn(n, dim, generator=g)
-        return [t.requires_grad_(grad) for t in (z, mu, logvar)]
-
-    def run(n, dim):
-        if mode == "dataset":
-            prior = Independent(Normal(torch.zeros(dim), torch.ones(dim)), 1)
-            _, mu, logvar = inputs(n, dim, False)
-            return dataset_decomposition(mu, logvar, prior, num_queries=min(n, 10_000),
-                                         generator=torch.Generator().manual_seed(1)).mi.item()
-        grad = mode == "grad"
-        z, mu, logvar = inputs(n, dim, grad)
-        out = log_aggregate_posterior(z, mu, logvar, dataset_size=10 * n, method="mss")
-        if grad:
-            out.sum().backward()
-            assert torch.isfinite(mu.grad).all() and torch.isfinite(logvar.grad).all()
-        return out.sum().item()
-
-    def status_kib(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-    run(64, d)  # warm-up
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the high-water mark to the current RSS
-    except OSError:
-        pass
-    before = status_kib("VmRSS")
-    start = time.perf_counter()
-    run(b, d)
-    seconds = time.perf_counter() - start
-    peak = status_kib("VmHWM")
-    print(json.dumps({"peak_increase_mib": (peak - before) / 1024, "seconds": seconds,
-                      "rss_before_mib": before / 1024}))
-    """
-)
 
 
 def _probe(mode: str, batch: int, dim: int) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode, str(batch), str(dim)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    """One call in a fresh process (the helper ``edvae bench`` uses for its scaling study)."""
+    measured = peak_memory(mode, batch, dim)
     print(f"\n[{mode} B={batch} D={dim}] {measured}")
     return measured
 

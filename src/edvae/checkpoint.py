@@ -23,7 +23,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from edvae.errors import EdvaeError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "AtomicCheckpointIO", "save_atomic", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "AtomicCheckpointIO", "save_atomic", "load_checkpoint", "load_weights"]
 
 #: Marker stored in every checkpoint; files without it are refused.
 CHECKPOINT_FORMAT = "edvae-checkpoint-v1"
@@ -94,6 +94,19 @@ def _load_failure(err: Exception) -> str:
         return f"it holds Python objects other than tensors and plain values{detail}; refused, as loading it could run code"
     first = text.splitlines()[0] if text else type(err).__name__
     return first[:160]
+
+
+def load_weights(module: torch.nn.Module, weights: Any, source: str | Path) -> None:
+    """``module.load_state_dict(weights)``, or :class:`EdvaeError` if they do not fit its layout."""
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError, ValueError) as err:
+        reason = " ".join(str(err).split())  # torch lists every missing/unexpected key over several lines
+        reason = reason.removeprefix(f"Error(s) in loading state_dict for {type(module).__name__}: ")
+        raise EdvaeError(
+            f"the weights in {source} do not fit the model its config describes ({reason[:160]}{'...' * (len(reason) > 160)}); "
+            "the checkpoint is damaged or from another version, re-run training"
+        ) from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

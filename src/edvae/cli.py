@@ -40,12 +40,13 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (EdvaeError, TrainingError) as err:
             if _STATE["debug"]:
                 raise
-            typer.echo(f"error: {err}", err=True)
+            typer.echo("error: " + " ".join(str(err).splitlines()), err=True)  # always one line
             raise typer.Exit(2 if isinstance(err, EdvaeError) else 1) from None
         except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as err:
             if _STATE["debug"]:
                 raise
-            typer.echo(f"error: {err.strerror or err}: {err.filename}; check the path", err=True)
+            where = f": {err.filename}" if err.filename else ""
+            typer.echo(f"error: {err.strerror or err}{where}; check the path", err=True)
             raise typer.Exit(2) from None
         except Exception as err:  # a pydantic ValidationError that escaped validate_config
             from pydantic import ValidationError
@@ -134,6 +135,7 @@ def train(
         raise typer.Exit(_SIGNAL_EXIT.get(result.stopped_by, 0))
     val = result.last_validation
     summary = ", ".join(f"{k}={v:.4g}" for k, v in val.items() if k in ("loss", "elbo_mc", "elbo", "reconstruction"))
+    summary = summary or "none (the validation split is smaller than train.batch_size)"
     typer.echo(f"trained {result.step} steps in {result.train_seconds:.1f} s; validation: {summary}; run folder: {run_dir}")
     _echo_prior_fit(run_dir)
 
@@ -197,6 +199,24 @@ def reproduce(
     chosen = get_study(study, quick=quick, seeds=seeds, overrides=overrides)
     result = run_study(chosen, out, workers=workers, overwrite=overwrite)
     typer.echo(f"{len(result['records'])} runs; report: {out / 'results.md'}")
+
+
+@app.command()
+@_friendly
+def bench(
+    out: Annotated[Path, typer.Option("--out", help="Folder for bench.json, bench.md, scaling.png and README-snippet.md.")],
+    quick: Annotated[bool, typer.Option("--quick", help="A short version (under a minute).")] = False,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Torch threads for the timed comparisons.")] = 1,
+) -> None:
+    """Measure the decomposition's cost next to a plain VAE, the loop against pythae and a hand-written one, and the estimators' scaling."""
+    from edvae.bench import run_bench
+
+    report = run_bench(out, quick=quick, threads=threads)
+    overhead = report["overhead"][0]["results"]
+    typer.echo(
+        f"edvae / vae-std {overhead['edvae']['ratio']:.2f}x, edvae-paper / vae-std {overhead['edvae-paper']['ratio']:.2f}x "
+        f"(synthetic); report: {out / 'bench.md'}"
+    )
 
 
 def main() -> None:

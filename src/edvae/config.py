@@ -113,7 +113,10 @@ class TrainConfig(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     grad_clip: float | None = Field(None, gt=0)
     on_nonfinite: Literal["stop", "skip"] = "stop"
-    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: at the end of each epoch")
+    checkpoint_every: int = Field(0, ge=0, description="steps between extra mid-epoch checkpoints; 0: none")
+    checkpoint_seconds: float = Field(
+        30.0, ge=0, description="at an epoch's end, checkpoint if this long has passed since the last one; 0: every epoch"
+    )
     log_every: int = Field(20, ge=1)
     devices: int = Field(1, ge=1)
     num_nodes: int = Field(1, ge=1)

@@ -33,11 +33,14 @@ matrix. L is one matrix product of features, [z^2, z, 1] (R, 2D+1) times
 c_j = -1/2 sum_d (mu_jd^2 prec_jd + logvar_jd + log 2 pi), computed in float64 (the expanded
 square cancels; float64 keeps that error near 1e-16 * z^2 prec) into ONE reused workspace of at
 most ``2**21`` entries (16 MiB), block of rows by block of columns; column blocks are merged
-with ``logaddexp``. A custom backward recomputes each block (G = softmax weights times the
-incoming gradient; grad rows = G columns, grad columns = G^T rows), so only the (R,) result and
-the features are kept for backward and the extra memory is O(workspace) with or without
-autograd. Gradients are first order (no double backward). Log-variances are used as given: the
-encoder clamps them (``edvae.networks.LOGVAR_RANGE``).
+with ``logaddexp``. All methods' weights are a constant except on at most two diagonals, so one
+exponential pass over L serves several methods at once (``method=("mss", "batch")``). A custom
+backward (G = softmax weights times the incoming gradient; grad rows = G columns, grad
+columns = G^T rows, then the chain rule to z, mu, logvar by hand) keeps the exponentials of the
+forward pass when L is a single block and otherwise recomputes each block, keeping only the
+(R,) result and the features; the extra memory is O(workspace) with or without autograd.
+Gradients are first order (no double backward). Log-variances are used as given: the encoder
+clamps them (``edvae.networks.LOGVAR_RANGE``).
 """
 
 from __future__ import annotations
@@ -95,6 +98,16 @@ def _check_matrix(name: str, tensor: object) -> None:
             f"{name} must be a non-empty 2-D tensor of shape (batch, latent_dim), got {shape}; "
             "flatten the latent code to (batch, latent_dim)."
         )
+    _check_float(name, tensor)
+
+
+def _check_float(name: str, tensor: Tensor) -> None:
+    """Integer, boolean and complex tensors have no log-density here (a dtype check, no sync)."""
+    if not tensor.is_floating_point():
+        raise EdvaeError(
+            f"{name} has dtype {tensor.dtype} but must be a floating-point tensor; convert it "
+            f"with {name}.float() (or .double())."
+        )
 
 
 def _check_finite(validate: bool, **tensors: Tensor) -> None:
@@ -142,13 +155,22 @@ def _check_rows(rows: int, columns: int, row_offset: int) -> None:
         )
 
 
+def _check_dataset_size_type(dataset_size: object) -> None:
+    if not isinstance(dataset_size, int) or isinstance(dataset_size, bool) or dataset_size < 1:
+        raise EdvaeError(
+            f"dataset_size={dataset_size!r} must be a positive integer, the number N of "
+            "training examples; pass dataset_size=len(train_set)."
+        )
+
+
 def _check_dataset_size(dataset_size: Optional[int], batch_size: int, method: str) -> int:
     if dataset_size is None:
         raise EdvaeError(
             f"method={method!r} needs dataset_size, the number N of training examples; pass "
             "dataset_size=len(train_set) (it is never guessed from the batch size)."
         )
-    if not isinstance(dataset_size, int) or dataset_size < batch_size:
+    _check_dataset_size_type(dataset_size)
+    if dataset_size < batch_size:
         raise EdvaeError(
             f"dataset_size={dataset_size!r} is smaller than the batch size {batch_size}; pass "
             "the number of training examples N >= batch size."
@@ -267,6 +289,7 @@ def kl_divergence(
     if z is None:
         _check_finite(validate, mu=mu, logvar=logvar)
     else:
+        _check_float("z", z)
         _check_finite(validate, z=z, mu=mu, logvar=logvar)
     p = resolve_prior(prior, mu.shape[1])
     q = Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
@@ -314,11 +337,14 @@ def _plan(
     if method not in METHODS:
         raise EdvaeError(f"method={method!r} is unknown; use one of {', '.join(METHODS)}.")
     if method == "full":
-        if dataset_size is not None and dataset_size != batch_size:
-            raise EdvaeError(
-                f"dataset_size={dataset_size!r} but method='full' treats the {batch_size} "
-                "columns of mu as the whole data set; pass all N posteriors or omit dataset_size."
-            )
+        if dataset_size is not None:
+            _check_dataset_size_type(dataset_size)
+            if dataset_size != batch_size:
+                raise EdvaeError(
+                    f"dataset_size={dataset_size!r} but method='full' treats the {batch_size} "
+                    "columns of mu as the whole data set; pass all N posteriors or omit "
+                    "dataset_size."
+                )
         return _Plan(-math.log(batch_size))
     _check_rows(rows, batch_size, row_offset)
     if method == "batch":
@@ -521,8 +547,9 @@ class _WeightedLogSumExp(torch.autograd.Function):
                 weight = None
                 for k, shift, factor in fix.entries:
                     for i, j in _diagonal_runs(shift, offset, r0, c0, *block.shape, n_columns):
-                        g = factor * scale[k, rs][i]
-                        weights[i, j].diagonal().addcmul_(g, block[i, j].diagonal())
+                        weights[i, j].diagonal().addcmul_(
+                            scale[k, rs][i], block[i, j].diagonal(), value=factor
+                        )
             else:  # G = diag(alpha) E: alpha scales the narrow side of each product
                 weights = block
             a, b = rows[rs], columns[cs]
@@ -568,7 +595,7 @@ def _plan_sums(
     sums = torch.stack([first if k == 0 else first * r for k, r in enumerate(fix.ratios)])
     for k, shift, factor in fix.entries:
         for i, j in _diagonal_runs(shift, row_offset, r0, c0, *exps.shape, batch_size):
-            sums[k, i] += factor * exps[i, j].diagonal()
+            sums[k, i].add_(exps[i, j].diagonal(), alpha=factor)
     return sums
 
 
@@ -856,6 +883,11 @@ def infonce(
     return (R, B) scores; it sees the column means only.
     """
     _check_inputs(z, mu, logvar, validate)
+    if critic is not None and not callable(critic):
+        raise EdvaeError(
+            f"critic of type {type(critic).__name__} is not callable; pass a function or module "
+            "critic(z, mu) returning (R, B) scores, or None for the encoder itself."
+        )
     n_rows, batch_size = z.shape[0], mu.shape[0]
     mu_rows, logvar_rows = _own_rows(mu, logvar, n_rows, row_offset)
     dtype = _result_dtype(z, mu, logvar)

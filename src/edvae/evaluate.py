@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from edvae.checkpoint import load_checkpoint
+from edvae.checkpoint import load_checkpoint, load_weights
 from edvae.config import EvalConfig, RunConfig, validate_config
 from edvae.data import DataSplits
 from edvae.errors import EdvaeError
@@ -114,7 +114,10 @@ def evaluate_model(
         log_pz = prior.log_prob(z).view(k, b)
         log_qz = log_posterior(z, mu.repeat(k, 1), logvar.repeat(k, 1)).view(k, b)
         log_w = (log_px + log_pz - log_qz).double()
-        kl = kl_divergence(mu, logvar, prior, z=z.view(k, b, -1)).double()
+        try:  # the closed form where torch registers one ...
+            kl = kl_divergence(mu, logvar, prior, method="analytic").double()
+        except EdvaeError:  # ... else Monte Carlo over the same K samples, reusing log p(z)
+            kl = (log_qz - log_pz).double().mean(0)
         recon = log_px.double().mean(0)
         sums["iwae"] += float((torch.logsumexp(log_w, 0) - math.log(k)).sum())
         sums["kl"] += float(kl.sum())
@@ -159,11 +162,7 @@ def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, 
     config = validate_config(state["config"], source=f"the config stored in {run_dir}")
     data = data if data is not None else load_data(config)
     model = build_model(config.model, data, fit_prior=False)  # fitted values come from the state dict
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, AttributeError) as err:
-        reason = str(err).splitlines()[0][:160]
-        raise EdvaeError(f"the weights in {run_dir} do not fit the model its config describes ({reason}); the checkpoint is damaged, re-run training") from None
+    load_weights(model, state["model"], run_dir)
     model.eval()
     return model, config, state, data
 

@@ -196,12 +196,13 @@ def _aggregate_samples(model: VAE, data: DataSplits, split: str, max_points: int
 
 def _draw_latent(ax: Any, model: VAE, data: DataSplits, *, split: str, max_points: int, seed: int, title: str, legend: bool = True) -> None:
     points, labels, text = _aggregate_samples(model, data, split, max_points, seed)
+    size = float(np.clip(3000 / len(points), 2, 10))  # larger markers for small splits
     if labels is None:
-        ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.5, color="darkred", linewidths=0)
+        ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.5, color="darkred", linewidths=0)
     else:
         classes = np.unique(labels)
         cmap = "tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "viridis"
-        sc = ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.7, c=labels, cmap=cmap, linewidths=0)
+        sc = ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.8, c=labels, cmap=cmap, linewidths=0)
         if legend and len(classes) <= 20:
             handles, names = sc.legend_elements(num=list(classes))
             ax.legend(handles, names, fontsize=6, markerscale=0.6, loc="best", title="label", title_fontsize=6)
@@ -306,7 +307,8 @@ def comparison_figures(
         for kind in FIGURE_KINDS[1:]:
             cols = min(k, 3)
             n_rows = math.ceil(k / cols)
-            fig = _new_figure(3.0 * cols, 3.1 * n_rows)
+            height = 3.0 * min(dims, 64) / steps + 0.6 if kind == "traversals" else 3.1  # traversal panels are wide
+            fig = _new_figure(3.0 * cols, height * n_rows)
             for i, name in enumerate(names):
                 panels[kind](fig.add_subplot(n_rows, cols, i + 1), name)
             written.append(_save(fig, out_dir / f"{prefix}{kind}.png"))

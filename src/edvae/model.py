@@ -85,6 +85,10 @@ def resolve_likelihood(config: "ModelConfig", data: "DataSplits") -> str:
     return data.likelihood if config.likelihood == "auto" else config.likelihood
 
 
+#: N(0, I) draws whose k-means centres start the means of a learned mixture prior.
+_MIXTURE_INIT_DRAWS = 4096
+
+
 def _build_prior(config: "ModelConfig", data: "DataSplits", encoder: nn.Module, fit: bool = True) -> nn.Module:
     dim = config.latent_dim
     name = config.prior
@@ -108,6 +112,11 @@ def _build_prior(config: "ModelConfig", data: "DataSplits", encoder: nn.Module, 
             idx = torch.randperm(data.train.shape[0], generator=gen)[: options["n_components"]]
             options["init"] = data.train[idx].clone()
         prior = priors.make("vamp", dim, encoder=encoder, input_shape=tuple(data.x_shape), **options)
+    elif name == "mixture" and "init" not in options:
+        # K raw N(0, I) draws clump, and a mixture grown from clumped means keeps merged modes;
+        # the k-means centres of many N(0, I) draws spread the means evenly over its mass.
+        spread = torch.randn(_MIXTURE_INIT_DRAWS, dim, generator=torch.Generator().manual_seed(0))
+        prior = priors.make(name, dim, init=spread, **options)
     else:
         prior = priors.make(name, dim, **options)
     prior_dim = priors.event_dim(prior)

@@ -20,6 +20,8 @@ on log p(x)); evaluate such models with the standard ELBO.
 
 from __future__ import annotations
 
+import math
+import numbers
 from contextlib import nullcontext
 from typing import Callable, NamedTuple, Optional
 
@@ -63,6 +65,18 @@ def _check_log_px(log_px: Tensor, z: Tensor) -> None:
             f"log_px has shape {shape} but must be ({z.shape[0]},), one log p(x_i|z_i) per row "
             "of z; sum the log-likelihood over the data dimensions first."
         )
+    if not log_px.is_floating_point():
+        raise EdvaeError(
+            f"log_px has dtype {log_px.dtype} but must be a floating-point tensor of "
+            "log-likelihoods; convert it with log_px.float()."
+        )
+
+
+def _check_weight(name: str, value: object) -> None:
+    """A weight is a finite real number or a tensor (not checked: that would sync)."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (isinstance(value, Tensor) or (number and math.isfinite(value))):
+        raise EdvaeError(f"{name}={value!r} must be a finite number; pass a float such as 1.0.")
 
 
 def _detached(**terms: Tensor) -> dict[str, Tensor]:
@@ -143,6 +157,9 @@ def ed_elbo(
     """
     _check_choice("mi_estimator", mi_estimator, MI_ESTIMATORS)
     _check_choice("entropy_estimator", entropy_estimator, ENTROPY_ESTIMATORS)
+    for name, weight in (("mi_weight", mi_weight), ("entropy_weight", entropy_weight),
+                         ("cross_entropy_weight", cross_entropy_weight)):
+        _check_weight(name, weight)
     if critic is not None and mi_estimator != "infonce":
         raise EdvaeError(
             f"critic is only used by mi_estimator='infonce', not {mi_estimator!r}; drop the "

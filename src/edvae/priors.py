@@ -82,6 +82,8 @@ _CV_GRID = 2.0 ** torch.linspace(-4.0, 1.0, 16, dtype=torch.float64)  # multiple
 _KMEANS_MAX_ROWS = 10_000  # k-means initialisation of a mixture uses at most this many rows
 _FLOW_BATCH = 512
 _FLOW_LR = 2e-3
+_MAX_DIM = 65536  # make(): larger dimensions are refused, not allocated
+_MAX_COMPONENTS = 100_000  # make(): at most this many mixture components or pseudo-inputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,9 +162,20 @@ def _as_float_tensor(name: str, value: Any) -> Tensor:
     return tensor
 
 
-def _positive_int(name: str, value: Any) -> int:
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a one-line message, or its type (and shape) if that spans lines."""
+    text = repr(value)
+    if "\n" not in text and len(text) <= 80:
+        return text
+    shape = getattr(value, "shape", None)
+    return f"a {type(value).__name__}" + ("" if shape is None else f" of shape {tuple(shape)}")
+
+
+def _positive_int(name: str, value: Any, maximum: int | None = None) -> int:
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-    require(ok, f"{name} must be a positive integer, got {value!r}")
+    require(ok, f"{name} must be a positive integer, got {_shown(value)}")
+    require(maximum is None or value <= maximum,
+            f"{name}={value!r} is too large; use at most {maximum}")
     return int(value)
 
 
@@ -170,19 +183,19 @@ def _positive_float(name: str, value: Any) -> float:
     ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
     require(
         ok and math.isfinite(value) and value > 0,
-        f"option {name} must be a positive number, got {value!r}",
+        f"option {name} must be a positive number, got {_shown(value)}",
     )
     return float(value)
 
 
 def _generator(seed: Any) -> torch.Generator:
     ok = isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
-    require(ok, f"option seed must be an integer, got {seed!r}")
+    require(ok, f"option seed must be an integer, got {_shown(seed)}")
     return torch.Generator().manual_seed(int(seed))
 
 
 def _flag(name: str, value: Any) -> bool:
-    require(isinstance(value, bool), f"option {name} must be True or False, got {value!r}")
+    require(isinstance(value, bool), f"option {name} must be True or False, got {_shown(value)}")
     return bool(value)
 
 
@@ -335,7 +348,7 @@ class BananaPrior(Prior):
         require(self.dim >= 2, f"the banana prior needs dim >= 2, got dim={self.dim}")
         require(
             isinstance(curvature, (int, float)) and math.isfinite(curvature),
-            f"option curvature must be a finite number, got {curvature!r}",
+            f"option curvature must be a finite number, got {_shown(curvature)}",
         )
         self.curvature = float(curvature)
         self.scale = _positive_float("scale", scale)
@@ -362,7 +375,8 @@ class FlowPrior(Prior):
     through ``transforms`` autoregressive rational-quadratic spline transforms) and m, s fixed
     buffers (0 and 1 unless the flow was fitted to samples by :func:`from_samples`, which
     standardises them so the splines' bounded domain [-5, 5] covers the data). ``rsample`` is
-    reparameterised.
+    reparameterised. ``log_prob`` casts z to the flow's dtype first (:class:`_FlowDistribution`),
+    so float64 or float16 codes are scored by a float32 flow, in float32.
 
     Attributes:
         flow: the zuko flow module.
@@ -386,7 +400,7 @@ class FlowPrior(Prior):
         require(
             len(hidden) > 0 and all(isinstance(h, int) and h >= 1 for h in hidden),
             f"option hidden_features must be a non-empty list of positive integers, "
-            f"got {hidden_features!r}",
+            f"got {_shown(hidden_features)}",
         )
         self.flow = zuko.flows.NSF(features=self.dim, transforms=transforms, hidden_features=hidden)
         self._register("loc", loc, (self.dim,), positive=False, learnable=False)
@@ -395,7 +409,16 @@ class FlowPrior(Prior):
 
     def forward(self) -> TransformedDistribution:
         standardise = AffineTransform(self.loc, self.scale, event_dim=1)
-        return TransformedDistribution(self.flow(), [standardise])
+        return _FlowDistribution(self.flow(), [standardise])
+
+
+class _FlowDistribution(TransformedDistribution):
+    r"""p(z) of a :class:`FlowPrior`: log p(z) = log p_flow((z - m) / s) - sum_d log s_d, with z
+    first cast to the flow's dtype (that of m, which moves with the flow under ``.to()``), since
+    the flow's layers take only their own dtype. The result is in the flow's dtype."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return super().log_prob(value.to(self.transforms[0].loc.dtype))
 
 
 class VampPrior(Prior):
@@ -712,7 +735,20 @@ def _read_csv(path: Path) -> np.ndarray:
     start = 1 if rows and not _is_numeric_row(rows[0]) else 0  # skip a header line
     if len(rows) <= start:
         return np.empty((0, 0))
+    widths = [len(line.split(",")) for line in rows[start:]]
+    ragged = next((i for i, w in enumerate(widths) if w != widths[0]), None)
+    if ragged is not None:
+        raise ValueError(f"data row {ragged} has {widths[ragged]} values but row 0 has {widths[0]}")
     return np.loadtxt(rows[start:], delimiter=",", ndmin=2, dtype=np.float64)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:  # numpy tries to unpickle anything without the .npy header
+        if "pickle" in str(exc):
+            raise ValueError("it is not a numeric array written by numpy.save") from None
+        raise
 
 
 def _is_numeric_row(line: str) -> bool:
@@ -731,7 +767,7 @@ def _read_pt(path: Path) -> Any:
 
 
 _READERS: dict[str, Callable[[Path], Any]] = {
-    ".npy": lambda path: np.load(path, allow_pickle=False),
+    ".npy": _read_npy,
     ".pt": _read_pt,
     ".csv": _read_csv,
 }
@@ -745,6 +781,9 @@ def load_samples(path: str | os.PathLike[str], dim: int | None = None) -> Tensor
     samples must form a 2-D array with at least 2 rows and no NaN or Inf; with ``dim`` given,
     D must equal it. Every problem raises :class:`EdvaeError` naming the file.
     """
+    require(isinstance(path, (str, os.PathLike)),
+            f"the sample file path must be a string, got {type(path).__name__}; pass "
+            "the path of a .npy, .pt or .csv file")
     path = Path(path)
     source = f"sample file {path}"
     require(path.is_file(), f"{source} does not exist or is not a file; check the path")
@@ -827,10 +866,10 @@ def from_samples(
         else:
             h = _positive_float("bandwidth", bandwidth)
         return KDEPrior(samples, h, chunk_size=chunk_size)
-    require(method == "flow", f"method must be 'kde' or 'flow', got {method!r}")
+    require(method == "flow", f"method must be 'kde' or 'flow', got {_shown(method)}")
     ok = isinstance(flow_steps, (int, np.integer)) and not isinstance(flow_steps, bool)
     require(ok and flow_steps >= 0, "flow_steps must be a non-negative integer (0: leave the "
-            f"flow unfitted), got {flow_steps!r}")
+            f"flow unfitted), got {_shown(flow_steps)}")
     steps = int(flow_steps)
     std = samples.std(0)
     require(bool((std > 0).all()), "the samples are constant in some dimension, so no flow "
@@ -925,7 +964,7 @@ def _mixture(
     seed: int = 0,
 ) -> Prior:
     """sum_k pi_k N(m_k, diag s_k^2); m_k from k-means on ``init`` data, else seeded N(0, I)."""
-    k = _positive_int("n_components", n_components)
+    k = _positive_int("n_components", n_components, _MAX_COMPONENTS)
     generator = _generator(seed)
     if init is None:
         means = torch.randn(k, dim, generator=generator)
@@ -940,7 +979,7 @@ def _mixture(
 def _mog_ring(dim: int, *, n_components: int = 8, radius: float = 2.0, scale: Any = 0.3) -> Prior:
     """(1/K) sum_k N(m_k, scale^2 I), m_k on a circle of ``radius`` in dimensions (0, 1)."""
     require(dim >= 2, f"the mog_ring prior needs dim >= 2, got dim={dim}")
-    means = _ring_means(_positive_int("n_components", n_components),
+    means = _ring_means(_positive_int("n_components", n_components, _MAX_COMPONENTS),
                         _positive_float("radius", radius), dim)
     return GaussianMixturePrior(means, scale, learnable=False)
 
@@ -965,7 +1004,7 @@ def _vamp(
     seed: int = 0,
 ) -> Prior:
     """See :class:`VampPrior`; pseudo-inputs are K random rows of ``init``, else seeded N(0, I)."""
-    k = _positive_int("n_components", n_components)
+    k = _positive_int("n_components", n_components, _MAX_COMPONENTS)
     generator = _generator(seed)
     if init is None:
         require(input_shape is not None, "the vamp prior needs input_shape=(...) or init=data")
@@ -1046,13 +1085,14 @@ def make(name: str, dim: int = 2, **options: Any) -> Prior:
       :func:`from_samples`.
 
     Unknown names, unknown options, missing required options and invalid values raise
-    :class:`EdvaeError`.
+    :class:`EdvaeError`, as do ``dim`` > 65536 and ``n_components`` > 100000 (sizes that would
+    allocate gigabytes).
     """
     require(
         isinstance(name, str) and name in _REGISTRY,
-        f"unknown prior name {name!r}; choose one of: {', '.join(names())}",
+        f"unknown prior name {_shown(name)}; choose one of: {', '.join(names())}",
     )
-    dim = _positive_int("dim", dim)
+    dim = _positive_int("dim", dim, _MAX_DIM)
     factory = _REGISTRY[name]
     parameters = list(inspect.signature(factory).parameters.values())[1:]
     accepted = [p.name for p in parameters]

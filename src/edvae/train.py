@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from edvae import __version__
-from edvae.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint
+from edvae.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint, load_weights
 from edvae.config import ObjectiveConfig, RunConfig, validate_config
 from edvae.data import DataSplits, load_dataset
 from edvae.distributed import gather_columns
@@ -228,8 +228,15 @@ def _diverged(err: EdvaeError, out: ModelOutput, step: int, epoch: int, run_dir:
         return err
     return TrainingError(
         f"the encoder outputs became non-finite at step {step} (epoch {epoch + 1}): the parameters diverged; "
-        f"the last good checkpoint in {run_dir} is kept. Lower train.lr or set train.grad_clip"
+        f"{_kept_checkpoint(run_dir)}. Lower train.lr or set train.grad_clip"
     )
+
+
+def _kept_checkpoint(run_dir: Path) -> str:
+    """What a run stopped by a non-finite value leaves behind, for its error message."""
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        return f"the last good checkpoint in {run_dir} is kept"
+    return f"no checkpoint was written to {run_dir} yet"
 
 
 def _truncate_lines(path: Path, keep: int) -> None:
@@ -322,6 +329,13 @@ def _validate(model: VAE, objective: ObjectiveFn, x_val: Tensor, batch_size: int
     return {k: float(v) / count for k, v in zip(names, sums.tolist())}
 
 
+def _checkpoint_due(fabric: Any, last_save: float, interval: float) -> bool:
+    """Whether ``interval`` seconds have passed since the last checkpoint, as rank 0 sees it
+    (broadcast, so that every process takes the same decision)."""
+    due = time.monotonic() - last_save >= interval
+    return bool(fabric.broadcast(due, src=0)) if fabric.world_size > 1 else due
+
+
 def train(
     config: RunConfig,
     run_dir: str | Path,
@@ -363,7 +377,9 @@ def train(
         raise EdvaeError(f"train.batch_size={tc.batch_size} exceeds the {n_train} training examples; lower it")
 
     model = build_model(config.model, data, fit_prior=saved is None).to(fabric.device)  # resume: weights from the checkpoint
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    # fused Adam: one kernel for all parameters instead of ~12 ops per tensor (4-5x less time)
+    fused = all(t.device.type in ("cpu", "cuda") for t in model.parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=fused or None)
     total_steps = tc.epochs * batches_per_epoch
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -385,7 +401,7 @@ def train(
     last_val: dict[str, float] = {}
     keep_lines = None
     if saved is not None:
-        model.load_state_dict(saved["model"])
+        load_weights(model, saved["model"], run_dir)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"], noise)
@@ -405,8 +421,8 @@ def train(
     def save(completed: bool = False) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise TrainingError(
-                f"the parameters became non-finite by step {step} (epoch {epoch + 1}); the last good checkpoint in {run_dir} "
-                "is kept. Lower train.lr or set train.grad_clip"
+                f"the parameters became non-finite by step {step} (epoch {epoch + 1}); {_kept_checkpoint(run_dir)}. "
+                "Lower train.lr or set train.grad_clip"
             )
         state = {
             "format": CHECKPOINT_FORMAT,
@@ -441,6 +457,7 @@ def train(
     stopped_by: str | None = None
     batch_in_epoch = batch_start
     consecutive_skips = 0
+    last_save = time.monotonic()
     with _StopFlag() as stop_flag:
         tick = time.perf_counter()
         while epoch < tc.epochs and stopped_by is None:
@@ -470,7 +487,8 @@ def train(
                 if clip is not None:
                     norm = torch.nn.utils.clip_grad_norm_(params, clip)
                 else:
-                    norm = torch.nn.utils.get_total_norm(grads)
+                    # finiteness only: the sum of per-tensor norms is finite iff every gradient is
+                    norm = torch.stack(torch._foreach_norm(grads)).sum() if grads else obj.loss.detach()
                 bad = ~(torch.isfinite(obj.loss) & torch.isfinite(norm))
                 flags = torch.stack([bad.float(), torch.tensor(float(stop_flag.signal_name is not None))])
                 if world > 1:
@@ -486,14 +504,16 @@ def train(
                             progress.close()
                         logger.close()
                         raise TrainingError(
-                            f"{what} became non-finite {where}; the last good checkpoint in {run_dir} is kept. "
+                            f"{what} became non-finite {where}; {_kept_checkpoint(run_dir)}. "
                             "Lower train.lr, set train.grad_clip, or set train.on_nonfinite=skip"
                         )
                     optimizer.zero_grad(set_to_none=True)
                     skipped += 1
                     consecutive_skips += 1
                     if consecutive_skips > MAX_CONSECUTIVE_SKIPS:
-                        raise TrainingError(f"{what} was non-finite for {consecutive_skips} steps in a row {where}; giving up")
+                        raise TrainingError(
+                            f"{what} was non-finite for {consecutive_skips} steps in a row {where}; giving up; {_kept_checkpoint(run_dir)}"
+                        )
                 else:
                     consecutive_skips = 0
                     optimizer.step()
@@ -530,7 +550,9 @@ def train(
                 batch_start = batch_in_epoch = 0
                 train_seconds += time.perf_counter() - tick
                 tick = time.perf_counter()
-                save(completed=epoch >= tc.epochs)
+                if epoch >= tc.epochs or _checkpoint_due(fabric, last_save, tc.checkpoint_seconds):
+                    save(completed=epoch >= tc.epochs)
+                    last_save = time.monotonic()
                 continue
             train_seconds += time.perf_counter() - tick
             tick = time.perf_counter()

@@ -43,10 +43,10 @@ BASE: dict[str, Any] = {
 #: Per data set: the data and its training budget (epochs scaled to the data-set size).
 DATASETS: dict[str, dict[str, Any]] = {
     "digits": {"data": {"name": "digits"}, "train": {"epochs": 60, "batch_size": 64}},
-    "mnist5k": {"data": {"name": "mnist5k"}, "train": {"epochs": 40}},
+    "mnist5k": {"data": {"name": "mnist5k"}, "train": {"epochs": 100}},
 }
 
-_QUICK_EPOCHS = {"digits": 20, "mnist5k": 10}
+_QUICK_EPOCHS = {"digits": 20, "mnist5k": 25}
 
 _PRIORS: dict[str, dict[str, Any]] = {
     "": {"prior": "normal", "prior_options": {}},

@@ -101,6 +101,15 @@ def _cached_true_ll(spec: RunSpec, out_dir: Path) -> float | None:
     return value
 
 
+def _same_config(stored: dict[str, Any], spec: RunSpec) -> bool:
+    """Whether a checkpoint's config is the run's (settings added since it was written take
+    their defaults)."""
+    try:
+        return RunConfig.model_validate(stored).model_dump() == spec.config.model_dump()
+    except ValueError:
+        return False
+
+
 def run_one(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Train and evaluate one run (reusing a finished one); returns its record."""
     from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -112,13 +121,13 @@ def run_one(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> dict
     done = evaluation.exists() and (run_dir / CHECKPOINT_NAME).exists() and not overwrite
     if done:
         state = load_checkpoint(run_dir)
-        done = state.get("completed", False) and state["config"] == spec.config.model_dump()
+        done = state.get("completed", False) and _same_config(state["config"], spec)
     if not done:
         # The study owns its run folders: continue a matching interrupted run, else start afresh.
         resume = (
             not overwrite
             and (run_dir / CHECKPOINT_NAME).exists()
-            and load_checkpoint(run_dir)["config"] == spec.config.model_dump()
+            and _same_config(load_checkpoint(run_dir)["config"], spec)
         )
         train(spec.config, run_dir, resume=resume, overwrite=not resume)
         metrics = evaluate_run(run_dir, true_ll=_cached_true_ll(spec, Path(out_dir)))

@@ -1,0 +1,80 @@
+"""``edvae bench``: the quick run end to end and the schema of what it writes.
+
+Speed is what the benchmark measures; these tests check only that it runs and reports
+consistently (no timing assertions).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from edvae import bench
+from edvae.cli import app
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the scaling study reads /proc/self/status")
+
+
+def test_quick_bench_writes_every_file_with_the_expected_schema(tmp_path):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, ["bench", "--out", str(out), "--quick"])
+    assert result.exit_code == 0, result.output
+    assert "bench.md" in result.output
+    report = json.loads((out / "bench.json").read_text())
+
+    assert report["format"] == bench.BENCH_FORMAT and report["quick"] is True
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and machine["torch"] and machine["torch_threads"] == 1
+
+    (synthetic,) = report["overhead"]
+    rows = synthetic["results"]
+    assert {"vae-std", "edvae", "edvae-paper"} <= set(rows)
+    assert rows["vae-std"]["ratio"] == pytest.approx(1.0)
+    for row in rows.values():
+        assert row["seconds_per_epoch"] > 0 and row["ratio"] > 0 and row["ratio_cpu"] > 0
+
+    peers = report["peers"]
+    assert {"edvae (vae-std objective)", "hand-written PyTorch loop"} <= set(peers["results"])
+    assert all(r["examples_per_second"] > 0 and r["test_elbo"] < 0 for r in peers["results"].values())
+    assert peers["ratios"]["vs_hand_written"] > 0
+    assert ("vs_pythae" in peers["ratios"]) == (machine["pythae"] is not None)
+
+    scaling = report["scaling"]
+    assert [p["B"] for p in scaling["mss_forward_backward"]] == [256, 1024]
+    assert all(p["seconds"] > 0 and p["peak_increase_mib"] >= 0 for p in scaling["mss_forward_backward"])
+    assert scaling["slope_mss_time_vs_B"] == scaling["slope_mss_time_vs_B"]  # not NaN
+    assert (out / "scaling.png").stat().st_size > 1000
+
+    profile = report["profile"]
+    assert profile["top"] and profile["scalar_reads_per_step"] >= 0
+    assert report["hygiene"]["evaluation_inference_mode"] is True
+
+    mi = report["correctness"]["results"]
+    truth = mi["truth (full data set)"]["mi"]
+    assert truth > report["correctness"]["log_B"] + 3  # the case is far above log B
+    assert abs(mi["edvae MSS"]["mi"] - truth) < 0.1
+    assert mi["edvae batch (InfoNCE bound)"]["mi"] <= report["correctness"]["log_B"] + 1e-9
+
+    markdown = (out / "bench.md").read_text()
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5."):
+        assert heading in markdown
+    snippet = (out / "README-snippet.md").read_text().splitlines()
+    assert snippet[0] == "## Performance" and len(snippet) <= 10
+
+
+def test_without_pythae_the_comparisons_say_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pythae", None)  # import pythae -> ImportError
+    monkeypatch.setitem(sys.modules, "pythae.models", None)
+    result = bench.mi_correctness(quick=True)
+    assert result["pythae"] == "not installed"
+    assert "pythae BetaTCVAE MSS" not in result["results"]
+
+
+def test_a_file_as_output_folder_is_refused(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("")
+    result = CliRunner().invoke(app, ["bench", "--out", str(target), "--quick"])
+    assert result.exit_code == 2 and "is a file" in result.output
