@@ -124,3 +124,11 @@ def test_evaluate_reports_consistent_bounds(tmp_path, tiny_config):
     assert m["ll_gap"] >= -0.1
     # ELBO surgery: elbo = reconstruction - mi - marginal KL, up to Monte-Carlo error.
     assert abs(m["elbo"] - (m["reconstruction"] - m["mi"] - m["marginal_kl"])) < 0.1 * abs(m["elbo"]) + 0.5
+
+
+def test_a_validation_split_smaller_than_one_batch_is_still_validated(tmp_path, tiny_config):
+    cfg = tiny_config(data={"options": {"n_val": 40}}, train={"epochs": 1, "batch_size": 64})
+    result = train(cfg, tmp_path / "run")
+    assert "loss" in result.last_validation
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in rows].count("val") == 1

@@ -299,11 +299,18 @@ def _step_terms_names(objective: ObjectiveFn, model: VAE, x: Tensor, eps: Tensor
 
 @torch.inference_mode()
 def _validate(model: VAE, objective: ObjectiveFn, x_val: Tensor, batch_size: int, fabric, seed: int, epoch: int) -> dict[str, float]:
-    """Mean objective terms and MC ELBO over the validation split, reduced across processes."""
-    model.eval()
+    """Mean objective terms and MC ELBO over the validation split, reduced across processes.
+
+    Full batches of the training batch size; a validation split smaller than one batch is
+    validated as one batch of (a multiple of the process count of) its own size.
+    """
     world, rank = fabric.world_size, fabric.global_rank
-    gen = torch.Generator().manual_seed(seed * 7919 + epoch)
     n = x_val.shape[0]
+    batch_size = min(batch_size, n - n % world)
+    if batch_size < max(2, world):
+        return {}
+    model.eval()
+    gen = torch.Generator().manual_seed(seed * 7919 + epoch)
     sums: Tensor | None = None
     names: list[str] = []
     count = 0
