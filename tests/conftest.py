@@ -35,3 +35,33 @@ def tiny_config():
         return validate_config(tiny_raw(**sections))
 
     return make
+
+
+@pytest.fixture
+def poison_objective(monkeypatch):
+    """``poison_objective(term, bad)`` makes ``term`` (and the loss) NaN at the training steps
+    where ``bad(step)``; returns the step counter ``{"n": ...}`` so a test can reset it."""
+
+    def apply(term, bad):
+        import edvae.train as train_module
+        from edvae.objectives import Objective
+
+        real, calls = train_module.make_objective, {"n": 0}
+
+        def poisoned(config, dataset_size):
+            fn = real(config, dataset_size)
+
+            def objective(out, prior, mu, logvar, offset):
+                obj = fn(out, prior, mu, logvar, offset)
+                if torch.is_grad_enabled():
+                    calls["n"] += 1
+                    if bad(calls["n"]):
+                        return Objective(obj.loss * float("nan"), dict(obj.terms, **{term: torch.tensor(float("nan"))}))
+                return obj
+
+            return objective
+
+        monkeypatch.setattr(train_module, "make_objective", poisoned)
+        return calls
+
+    return apply

@@ -288,26 +288,8 @@ def test_parameters_that_diverge_in_an_update_are_caught_before_the_next_step_or
     _assert_last_good_checkpoint(run, kept)
 
 
-def test_a_non_finite_objective_term_is_named_with_its_step(files, tmp_path, monkeypatch):
-    import edvae.train as train_module
-    from edvae.objectives import Objective
-
-    real, calls = train_module.make_objective, {"n": 0}
-
-    def poisoned(config, dataset_size):
-        fn = real(config, dataset_size)
-
-        def objective(out, prior, mu, logvar, offset):
-            obj = fn(out, prior, mu, logvar, offset)
-            if torch.is_grad_enabled():
-                calls["n"] += 1
-                if calls["n"] >= 6:
-                    return Objective(obj.loss * float("nan"), dict(obj.terms, entropy=torch.tensor(float("nan"))))
-            return obj
-
-        return objective
-
-    monkeypatch.setattr(train_module, "make_objective", poisoned)
+def test_a_non_finite_objective_term_is_named_with_its_step(files, tmp_path, poison_objective):
+    calls = poison_objective("entropy", lambda step: step >= 6)
     run = tmp_path / "run"
     result = invoke("train", files["tiny"], "--out", run, "--set", "train.checkpoint_every=4")
     line = assert_one_line_error(result, "the objective term 'entropy' became non-finite at step 6 (epoch 1)", code=1)

@@ -67,34 +67,9 @@ def test_refuses_to_overwrite_another_run(tmp_path, tiny_config):
     train(cfg, tmp_path / "run", overwrite=True)
 
 
-def _poison(monkeypatch, bad) -> None:
-    """Make the objective's cross-entropy term NaN at the training steps where ``bad(step)``."""
-    import edvae.train as train_module
-    from edvae.objectives import Objective
-
-    real = train_module.make_objective
-    calls = {"n": 0}
-
-    def poisoned(config, dataset_size):
-        fn = real(config, dataset_size)
-
-        def objective(out, prior, mu, logvar, offset):
-            obj = fn(out, prior, mu, logvar, offset)
-            if torch.is_grad_enabled():
-                calls["n"] += 1
-                if bad(calls["n"]):
-                    terms = dict(obj.terms, cross_entropy=torch.tensor(float("nan")))
-                    return Objective(obj.loss * float("nan"), terms)
-            return obj
-
-        return objective
-
-    monkeypatch.setattr(train_module, "make_objective", poisoned)
-
-
-def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config, monkeypatch):
+def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config, poison_objective):
     cfg = tiny_config(train={"epochs": 3, "checkpoint_every": 4})
-    _poison(monkeypatch, lambda step: step > 10)
+    poison_objective("cross_entropy", lambda step: step > 10)
     with pytest.raises(TrainingError, match=r"cross_entropy.*step 11"):
         train(cfg, tmp_path / "run")
     saved = load_checkpoint(tmp_path / "run")
@@ -102,14 +77,14 @@ def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoin
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
 
 
-def test_non_finite_steps_can_be_skipped(tmp_path, tiny_config, monkeypatch):
+def test_non_finite_steps_can_be_skipped(tmp_path, tiny_config, monkeypatch, poison_objective):
     cfg = tiny_config(train={"epochs": 1, "on_nonfinite": "skip"})
-    _poison(monkeypatch, lambda step: step in (2, 5))
+    poison_objective("cross_entropy", lambda step: step in (2, 5))
     result = train(cfg, tmp_path / "run")
     assert result.completed and result.skipped_steps == 2
     assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "run")["model"].values())
     monkeypatch.undo()
-    _poison(monkeypatch, lambda step: step > 5)
+    poison_objective("cross_entropy", lambda step: step > 5)
     with pytest.raises(TrainingError, match="in a row"):
         train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 20})}), tmp_path / "run2")
 

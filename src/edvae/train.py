@@ -490,11 +490,11 @@ def train(
                     fabric.backward(obj.loss)
                 else:
                     obj.loss.backward()
-                grads = [p.grad for p in params if p.grad is not None]
                 if clip is not None:
                     norm = torch.nn.utils.clip_grad_norm_(params, clip)
                 else:
                     # finiteness only: the sum of per-tensor norms is finite iff every gradient is
+                    grads = [p.grad for p in params if p.grad is not None]
                     norm = torch.stack(torch._foreach_norm(grads)).sum() if grads else obj.loss.detach()
                 bad = ~(torch.isfinite(obj.loss) & torch.isfinite(norm))
                 flags = torch.stack([bad.float(), torch.tensor(float(stop_flag.signal_name is not None))])

@@ -168,6 +168,23 @@ def _sample_splits(
     )
 
 
+def _synthetic_dataset(
+    name: str,
+    prior: str,
+    prior_options: dict[str, Any] | None,
+    info: dict[str, Any],
+    *,
+    seed: int,
+    sizes: Sequence[int],
+    generator_seed: int,
+    **process: Any,
+) -> DataSplits:
+    """The shared body of the synthetic data sets: build the ground truth, sample the splits."""
+    truth = make_ground_truth(name, prior, prior_options, generator_seed=generator_seed, **process)
+    checked = {s: _check_int(name, f"n_{s}", v, 1) for s, v in zip(SPLIT_NAMES, sizes)}
+    return _sample_splits(name, truth, seed, checked, {"generator_seed": generator_seed, **info})
+
+
 def gaussian_dataset(
     *,
     seed: int,
@@ -181,12 +198,10 @@ def gaussian_dataset(
     hidden_sizes: Sequence[int] = (32, 32),
 ) -> DataSplits:
     """z ~ N(0, I) in ``latent_dim`` dimensions, x = g(z) + N(0, noise_std^2 I) in ``obs_dim``."""
-    truth = make_ground_truth(
-        "gaussian", "normal", None, latent_dim=latent_dim, obs_dim=obs_dim, noise_std=noise_std,
-        generator_seed=generator_seed, hidden_sizes=hidden_sizes,
+    return _synthetic_dataset(
+        "gaussian", "normal", None, {}, seed=seed, latent_dim=latent_dim, obs_dim=obs_dim, noise_std=noise_std,
+        sizes=(n_train, n_val, n_test), generator_seed=generator_seed, hidden_sizes=hidden_sizes,
     )
-    sizes = {s: _check_int("gaussian", f"n_{s}", v, 1) for s, v in zip(SPLIT_NAMES, (n_train, n_val, n_test))}
-    return _sample_splits("gaussian", truth, seed, sizes, {"generator_seed": generator_seed})
 
 
 def complex_dataset(
@@ -204,9 +219,7 @@ def complex_dataset(
     hidden_sizes: Sequence[int] = (32, 32),
 ) -> DataSplits:
     """z ~ a non-Gaussian prior (``prior``, default ``mog_ring``), x = g(z) + N(0, noise_std^2 I)."""
-    truth = make_ground_truth(
-        "complex", prior, prior_options, latent_dim=latent_dim, obs_dim=obs_dim, noise_std=noise_std,
-        generator_seed=generator_seed, hidden_sizes=hidden_sizes,
+    return _synthetic_dataset(
+        "complex", prior, prior_options, {"prior": prior}, seed=seed, latent_dim=latent_dim, obs_dim=obs_dim,
+        noise_std=noise_std, sizes=(n_train, n_val, n_test), generator_seed=generator_seed, hidden_sizes=hidden_sizes,
     )
-    sizes = {s: _check_int("complex", f"n_{s}", v, 1) for s, v in zip(SPLIT_NAMES, (n_train, n_val, n_test))}
-    return _sample_splits("complex", truth, seed, sizes, {"generator_seed": generator_seed, "prior": prior})
