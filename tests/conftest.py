@@ -51,8 +51,8 @@ def poison_objective(monkeypatch):
         def poisoned(config, dataset_size):
             fn = real(config, dataset_size)
 
-            def objective(out, prior, mu, logvar, offset):
-                obj = fn(out, prior, mu, logvar, offset)
+            def objective(out, prior, mu, logvar, offset, **options):
+                obj = fn(out, prior, mu, logvar, offset, **options)
                 if torch.is_grad_enabled():
                     calls["n"] += 1
                     if bad(calls["n"]):

@@ -71,6 +71,7 @@ __all__ = [
     "log_aggregate_posterior",
     "log_posterior",
     "mss_log_weights",
+    "own_posteriors",
     "posterior_entropy",
     "resolve_prior",
 ]
@@ -85,6 +86,11 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _BLOCK_ENTRIES = 1 << 21  # entries of one (rows, columns) block: 16 MiB in float64
 _MAX_BLOCK_COLUMNS = 1 << 14
 _ACC = torch.float64  # accumulation dtype of every log-density matrix
+#: Floor of every exponent in the weighted logsumexp (arguments are <= 0 after the row maximum
+#: is subtracted). Below about -708, exp in float64 returns denormals or 0 through a slow path
+#: (6x slower on x86, the bulk of an ED step when posteriors are narrow); exp(-700) < 1e-304,
+#: so the floor changes no sum by more than B * 1e-304 relative to its largest term.
+_EXP_FLOOR = -700.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +241,16 @@ def _factorised_log_prob(prior: Distribution, z: Tensor) -> Optional[Tensor]:
 # posterior densities
 
 
+def own_posteriors(
+    z: Tensor, mu: Tensor, logvar: Tensor, *, row_offset: int = 0, validate: bool = True
+) -> tuple[Tensor, Tensor]:
+    r"""The posterior parameters the rows of ``z`` were drawn from: rows o .. o + R - 1 of
+    ``mu`` and ``logvar`` (o = ``row_offset``), each (R, D), once the shapes are checked (and,
+    with ``validate``, that z, mu and logvar are finite: one host synchronisation)."""
+    _check_inputs(z, mu, logvar, validate)
+    return _own_rows(mu, logvar, z.shape[0], row_offset)
+
+
 def log_posterior(
     z: Tensor, mu: Tensor, logvar: Tensor, *, row_offset: int = 0, validate: bool = True
 ) -> Tensor:
@@ -243,8 +259,7 @@ def log_posterior(
     log q(z_i | x_{i+o}) = -1/2 sum_d [ (z_id - mu_{i+o,d})^2 / sigma^2_{i+o,d}
                                          + log sigma^2_{i+o,d} + log 2 pi ],  o = row_offset.
     """
-    _check_inputs(z, mu, logvar, validate)
-    mu_r, logvar_r = _own_rows(mu, logvar, z.shape[0], row_offset)
+    mu_r, logvar_r = own_posteriors(z, mu, logvar, row_offset=row_offset, validate=validate)
     return _log_normal_diag(z, mu_r, logvar_r)
 
 
@@ -292,20 +307,46 @@ def kl_divergence(
         _check_float("z", z)
         _check_finite(validate, z=z, mu=mu, logvar=logvar)
     p = resolve_prior(prior, mu.shape[1])
-    q = Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
     if method != "mc":
-        try:
-            return torch.distributions.kl_divergence(q, p).expand(mu.shape[0])
-        except NotImplementedError:
-            if method == "analytic":
-                raise EdvaeError(
-                    f"method='analytic' but torch.distributions registers no KL between a "
-                    f"diagonal Gaussian and {type(p).__name__}; use method='auto' or 'mc'."
-                ) from None
+        closed_form = _analytic_kl(mu, logvar, p)
+        if closed_form is not None:
+            return closed_form
+        if method == "analytic":
+            raise EdvaeError(
+                f"method='analytic' but torch.distributions registers no KL between a "
+                f"diagonal Gaussian and {type(p).__name__}; use method='auto' or 'mc'."
+            )
     if z is None:
-        z = q.rsample()
+        z = Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1).rsample()
     kl = _log_normal_diag(z, mu, logvar) - p.log_prob(z)
     return kl.mean(0) if z.dim() == 3 else kl
+
+
+def _analytic_kl(mu: Tensor, logvar: Tensor, prior: Distribution) -> Optional[Tensor]:
+    """The closed-form KL(N(mu, diag exp(logvar)) || prior) per row, or None if torch registers
+    none. A diagonal Gaussian prior takes :func:`_kl_diagonal_normals` directly."""
+    scale = torch.exp(0.5 * logvar)
+    if (type(prior) is Independent and type(prior.base_dist) is Normal
+            and prior.reinterpreted_batch_ndims == 1 and prior.batch_shape == ()):
+        return _kl_diagonal_normals(mu, scale, prior.base_dist.loc, prior.base_dist.scale)
+    q = Independent(Normal(mu, scale, validate_args=False), 1)
+    try:
+        return torch.distributions.kl_divergence(q, prior).expand(mu.shape[0])
+    except NotImplementedError:
+        return None
+
+
+def _kl_diagonal_normals(mu: Tensor, scale: Tensor, loc: Tensor, prior_scale: Tensor) -> Tensor:
+    r"""KL(N(mu, diag scale^2) || N(loc, diag prior_scale^2)) per row, shape (B,):
+
+        sum_d 1/2 [ r_d + ((mu_d - loc_d) / prior_scale_d)^2 - 1 - log r_d ],
+        r_d = (scale_d / prior_scale_d)^2,
+
+    the closed form ``torch.distributions.kl_divergence`` registers, in the same operations
+    (same rounding) without building distribution objects on the training step."""
+    var_ratio = (scale / prior_scale).pow(2)
+    t1 = ((mu - loc) / prior_scale).pow(2)
+    return (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,7 +546,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
         for r0, c0, block in _product_blocks(rows, columns, chunk_rows, chunk_columns):
             _apply_overrides(block, plans[0], r0, c0, n_columns)  # log W_0 - w_0
             top = block.amax(dim=1).clamp_(min=lowest)  # a row of -inf stays -inf below
-            exps = block.sub_(top[:, None]).exp_()
+            exps = block.sub_(top[:, None]).clamp_(min=_EXP_FLOOR).exp_()
             sums = _plan_sums(exps, fix, plans[0].row_offset, r0, c0, n_columns)
             value = sums.log().add_(top[None, :] + plans[0].log_base)
             if single:
@@ -540,7 +581,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
             rs, cs = slice(r0, r0 + block.shape[0]), slice(c0, c0 + block.shape[1])
             if not kept:
                 _apply_overrides(block, plans[0], r0, c0, n_columns)
-                block.sub_(out[0, rs, None] - plans[0].log_base).exp_()
+                block.sub_(out[0, rs, None] - plans[0].log_base).clamp_(min=_EXP_FLOOR).exp_()
             weight: Optional[Tensor] = alpha[rs, None]
             if fix.entries:  # G = diag(alpha) E + the correction entries, as one block
                 weights = block * weight

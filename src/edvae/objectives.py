@@ -36,6 +36,7 @@ from edvae.estimators import (
     kl_divergence,
     log_aggregate_posterior,
     log_posterior,
+    own_posteriors,
     posterior_entropy,
     resolve_prior,
 )
@@ -104,14 +105,11 @@ def elbo(
     Terms: ``reconstruction``, ``kl``, ``elbo``, ``loss``.
     """
     _check_choice("kl", kl, KL_METHODS)
-    log_q_own = log_posterior(z, mu, logvar, row_offset=row_offset, validate=validate)
+    mu_rows, logvar_rows = own_posteriors(z, mu, logvar, row_offset=row_offset, validate=validate)
     _check_log_px(log_px, z)
     p = resolve_prior(prior, z.shape[1])
-    if kl == "mc":
-        kl_values = log_q_own - p.log_prob(z)
-    else:  # "auto" falls back to the same Monte Carlo estimate at z
-        rows = slice(row_offset, row_offset + z.shape[0])
-        kl_values = kl_divergence(mu[rows], logvar[rows], p, z, method=kl, validate=False)
+    # "mc" is log q(z_i|x_i) - log p(z_i); "auto" falls back to it where no closed form exists
+    kl_values = kl_divergence(mu_rows, logvar_rows, p, z, method=kl, validate=False)
     reconstruction = log_px.mean()
     kl_mean = kl_values.mean()
     value = reconstruction - kl_mean
@@ -137,6 +135,7 @@ def ed_elbo(
     row_offset: int = 0,
     chunk_size: Optional[int] = None,
     validate: bool = True,
+    diagnostics: bool = True,
 ) -> Objective:
     r"""The ED-VAE objective, a loss to minimise:
 
@@ -154,6 +153,12 @@ def ed_elbo(
     Terms: ``reconstruction``, ``mi``, ``entropy``, ``cross_entropy``, ``marginal_kl``,
     ``posterior_entropy`` (analytic, mean over rows), ``elbo_mc`` (the batch's Monte Carlo
     ELBO), ``loss``. ``validate=False`` skips the NaN/Inf check (a host synchronisation).
+
+    With ``w_mi == w_ent`` and one shared estimate, log q_hat cancels from L (its gradient is
+    exactly zero): L = -R + w_mi mean_i log q(z_i|x_i) + w_ce CE_hat. The estimate then only
+    reports ``mi``, ``entropy`` and ``marginal_kl``, and ``diagnostics=False`` skips it (and
+    those three terms): a training step between two logged steps costs what an ELBO step costs.
+    With any other weights the estimate is part of the loss and ``diagnostics`` has no effect.
     """
     _check_choice("mi_estimator", mi_estimator, MI_ESTIMATORS)
     _check_choice("entropy_estimator", entropy_estimator, ENTROPY_ESTIMATORS)
@@ -171,46 +176,48 @@ def ed_elbo(
     mi_method = "batch" if mi_estimator == "infonce" and critic is None else mi_estimator
     separate = mi_method not in (entropy_estimator, "infonce")
     methods = (entropy_estimator, mi_method) if separate else entropy_estimator
-    # Telescoping: with one shared estimate, log q_hat enters the loss with the weight
-    # w_ent - w_mi only, so at equal weights its gradient is exactly zero and it is computed
-    # without a graph (no backward pass through the estimator; every value is unchanged).
-    graph = not (mi_method == entropy_estimator and mi_weight == entropy_weight)
-    with nullcontext() if graph else torch.no_grad():
-        log_q_all = log_aggregate_posterior(  # also validates z, mu, logvar and row_offset
-            z, mu, logvar, method=methods, validate=validate, **shared
-        )
-    log_q, log_q_mi = (log_q_all[0], log_q_all[1]) if separate else (log_q_all, log_q_all)
+    # Telescoping: with one shared estimate and w_mi = w_ent = w, log q_hat cancels from the
+    # loss, L = -R + w mean_i log q(z_i|x_i) + w_ce CE_hat: its gradient is exactly zero, and
+    # the estimate (computed without a graph) only reports mi, entropy and marginal_kl.
+    telescoped = mi_method == entropy_estimator and mi_weight == entropy_weight
+    log_q = log_q_mi = None
+    if not telescoped or diagnostics:
+        with torch.no_grad() if telescoped else nullcontext():
+            log_q_all = log_aggregate_posterior(  # also validates z, mu, logvar and row_offset
+                z, mu, logvar, method=methods, validate=validate, **shared
+            )
+        log_q, log_q_mi = (log_q_all[0], log_q_all[1]) if separate else (log_q_all, log_q_all)
     p = resolve_prior(prior, z.shape[1])
     _check_log_px(log_px, z)
-    log_q_own = log_posterior(z, mu, logvar, row_offset=row_offset, validate=False)
+    log_q_own = log_posterior(z, mu, logvar, row_offset=row_offset, validate=validate and log_q is None)
     if mi_method == "infonce":  # a learned critic
         mi = infonce(
             z, mu, logvar, critic=critic, row_offset=row_offset, chunk_size=chunk_size,
             validate=False,
         )
     else:
-        mi = (log_q_own - log_q_mi).mean()
+        mi = None if log_q_mi is None else (log_q_own - log_q_mi).mean()
     log_p = p.log_prob(z)
     reconstruction = log_px.mean()
-    entropy = -log_q.mean()
+    entropy = None if log_q is None else -log_q.mean()
     cross_entropy = -log_p.mean()
-    loss = (
-        -reconstruction
-        + mi_weight * mi
-        - entropy_weight * entropy
-        + cross_entropy_weight * cross_entropy
-    )
+    if telescoped:
+        loss = -reconstruction + mi_weight * log_q_own.mean() + cross_entropy_weight * cross_entropy
+    else:
+        loss = (
+            -reconstruction
+            + mi_weight * mi
+            - entropy_weight * entropy
+            + cross_entropy_weight * cross_entropy
+        )
     rows = slice(row_offset, row_offset + z.shape[0])
-    return Objective(
-        loss,
-        _detached(
-            reconstruction=reconstruction,
-            mi=mi,
-            entropy=entropy,
-            cross_entropy=cross_entropy,
-            marginal_kl=cross_entropy - entropy,
-            posterior_entropy=posterior_entropy(logvar[rows]).mean(),
-            elbo_mc=reconstruction - (log_q_own - log_p).mean(),
-            loss=loss,
-        ),
+    terms = dict(
+        reconstruction=reconstruction,
+        cross_entropy=cross_entropy,
+        posterior_entropy=posterior_entropy(logvar[rows]).mean(),
+        elbo_mc=reconstruction - (log_q_own - log_p).mean(),
+        loss=loss,
     )
+    if entropy is not None:
+        terms.update(mi=mi, entropy=entropy, marginal_kl=cross_entropy - entropy)
+    return Objective(loss, _detached(**terms))

@@ -72,19 +72,25 @@ class TrainResult:
     last_validation: dict[str, float] = field(default_factory=dict)
 
 
-ObjectiveFn = Callable[[ModelOutput, Any, Tensor, Tensor, int], Objective]
+ObjectiveFn = Callable[..., Objective]
 
 
 def make_objective(config: ObjectiveConfig, dataset_size: int) -> ObjectiveFn:
-    """The objective of a config as ``fn(output, prior, mu_cols, logvar_cols, row_offset)``."""
+    """The objective of a config as ``fn(output, prior, mu_cols, logvar_cols, row_offset,
+    diagnostics=True)``.
+
+    Inputs are not checked for NaN/Inf (the loop checks the loss and the gradients instead,
+    without an extra host synchronisation); ``diagnostics=False`` lets the ED objective skip
+    terms that only report (see :func:`edvae.objectives.ed_elbo`).
+    """
     if config.kind == "elbo":
 
-        def objective(out: ModelOutput, prior: Any, mu: Tensor, logvar: Tensor, offset: int) -> Objective:
-            return elbo(out.log_px, out.z, out.mu, out.logvar, prior, kl=config.kl)
+        def objective(out: ModelOutput, prior: Any, mu: Tensor, logvar: Tensor, offset: int, diagnostics: bool = True) -> Objective:
+            return elbo(out.log_px, out.z, out.mu, out.logvar, prior, kl=config.kl, validate=False)
 
     else:
 
-        def objective(out: ModelOutput, prior: Any, mu: Tensor, logvar: Tensor, offset: int) -> Objective:
+        def objective(out: ModelOutput, prior: Any, mu: Tensor, logvar: Tensor, offset: int, diagnostics: bool = True) -> Objective:
             return ed_elbo(
                 out.log_px, out.z, mu, logvar, prior,
                 dataset_size=dataset_size,
@@ -94,6 +100,8 @@ def make_objective(config: ObjectiveConfig, dataset_size: int) -> ObjectiveFn:
                 mi_estimator=config.mi_estimator,
                 entropy_estimator=config.entropy_estimator,
                 row_offset=offset,
+                validate=False,
+                diagnostics=diagnostics,
             )
 
     return objective
@@ -217,15 +225,15 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         raise EdvaeError(f"cannot create the run folder {run_dir} ({err.strerror or err}); choose a writable --out") from None
 
 
-def _diverged(err: EdvaeError, out: ModelOutput, step: int, epoch: int, run_dir: Path) -> Exception:
-    """The error to raise when the objective refused this step's inputs.
+def _diverged(out: ModelOutput, step: int, epoch: int, run_dir: Path) -> TrainingError | None:
+    """The error to raise when a non-finite step came from non-finite encoder outputs.
 
-    The objectives refuse non-finite (mu, logvar, z); inside the loop that means the previous
-    update made the parameters diverge: a :class:`TrainingError` (exit code 1) naming the step.
-    Anything else is the objective's own complaint, ``err`` unchanged.
+    Non-finite (mu, logvar, z) mean that the previous update made the parameters diverge, and no
+    later step can recover: a :class:`TrainingError` (exit code 1) naming the step, even with
+    ``train.on_nonfinite=skip``. None when the encoder outputs are finite.
     """
     if all(bool(torch.isfinite(t).all()) for t in (out.mu, out.logvar, out.z)):
-        return err
+        return None
     return TrainingError(
         f"the encoder outputs became non-finite at step {step} (epoch {epoch + 1}): the parameters diverged; "
         f"{_kept_checkpoint(run_dir)}. Lower train.lr or set train.grad_clip"
@@ -289,12 +297,6 @@ class _Logger:
 
 
 # ----------------------------------------------------------------------------- the loop
-
-
-def _step_terms_names(objective: ObjectiveFn, model: VAE, x: Tensor, eps: Tensor) -> list[str]:
-    with torch.no_grad():
-        out = model(x, eps)
-        return list(objective(out, model.prior_distribution(), out.mu, out.logvar, 0).terms)
 
 
 @torch.inference_mode()
@@ -388,33 +390,28 @@ def train(
     fused = all(t.device.type in ("cpu", "cuda") for t in model.parameters())
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=fused or None)
     total_steps = tc.epochs * batches_per_epoch
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-        if tc.lr_schedule == "cosine"
-        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    scheduler = (  # a constant learning rate needs none
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps) if tc.lr_schedule == "cosine" else None
     )
     wrapped = world > 1 or fabric.device.type != "cpu"
     step_model = fabric.setup(model, optimizer)[0] if wrapped else model
     objective = make_objective(config.objective, n_train)
     noise = torch.Generator().manual_seed(tc.seed)
-    per_rank = tc.batch_size // world
     latent_dim = config.model.latent_dim
     dynamic = getattr(data, "binarize", "none") == "dynamic"
 
     step = epoch = batch_start = skipped = 0
     train_seconds = 0.0
-    accum: Tensor | None = None
-    accum_count = 0
     last_val: dict[str, float] = {}
     keep_lines = None
     if saved is not None:
         load_weights(model, saved["model"], run_dir)
         optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"], noise)
         step, epoch, batch_start = saved["step"], saved["epoch"], saved["batch_in_epoch"]
         train_seconds, skipped = saved["train_seconds"], saved["skipped_steps"]
-        accum, accum_count = saved["accum"], saved["accum_count"]
         last_val, keep_lines = saved["last_validation"], saved["log_lines"]
 
     logger = _Logger(run_dir, fabric.is_global_zero, purge_step=step + 1 if saved else None, keep_lines=keep_lines)
@@ -423,7 +420,6 @@ def train(
         fit_report = getattr(model.prior, "fit_report", None)
         if fit_report is not None:
             (run_dir / PRIOR_FIT_NAME).write_text(json.dumps(fit_report, indent=2) + "\n")
-    names = _step_terms_names(objective, model, x_train[:per_rank], torch.zeros(per_rank, latent_dim, device=fabric.device))
 
     def save(completed: bool = False) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
@@ -437,15 +433,13 @@ def train(
             "config": config.model_dump(),
             "model": model,
             "optimizer": optimizer,
-            "scheduler": scheduler.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
             "rng": _rng_state(noise),
             "step": step,
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,
             "train_seconds": train_seconds,
             "skipped_steps": skipped,
-            "accum": fabric.all_reduce(accum.clone(), reduce_op="mean") if world > 1 and accum is not None else accum,
-            "accum_count": accum_count,
             "last_validation": last_val,
             "log_lines": logger.lines,
             "completed": completed,
@@ -479,12 +473,10 @@ def train(
                 eps = torch.randn((tc.batch_size, latent_dim), generator=noise)
                 eps = (eps if world == 1 else eps[rows]).to(fabric.device)
 
+                log_now = (step + 1) % tc.log_every == 0  # terms that only report are computed then
                 out = step_model(x, eps)
                 mu, logvar, offset = gather_columns(out.mu, out.logvar)
-                try:
-                    obj = objective(out, model.prior_distribution(), mu, logvar, offset)
-                except EdvaeError as err:
-                    raise _diverged(err, out, step + 1, epoch, run_dir) from None
+                obj = objective(out, model.prior_distribution(), mu, logvar, offset, diagnostics=log_now)
                 optimizer.zero_grad(set_to_none=True)
                 if wrapped:
                     fabric.backward(obj.loss)
@@ -503,6 +495,12 @@ def train(
                 nonfinite, signalled = flags.tolist()
                 step += 1
                 if nonfinite:
+                    diverged = _diverged(out, step, epoch, run_dir)
+                    if diverged is not None:
+                        if progress is not None:
+                            progress.close()
+                        logger.close()
+                        raise diverged
                     culprit = next((k for k, v in obj.terms.items() if not torch.isfinite(v)), None)
                     what = f"the objective term '{culprit}'" if culprit else "the gradient"
                     where = f"at step {step} (epoch {epoch + 1})"
@@ -524,21 +522,18 @@ def train(
                 else:
                     consecutive_skips = 0
                     optimizer.step()
-                    scheduler.step()
-                    values = torch.stack([obj.terms[k].detach().float() for k in names])
-                    accum = values if accum is None else accum + values
-                    accum_count += 1
-
-                if step % tc.log_every == 0 and accum is not None:
-                    mean = accum / max(accum_count, 1)
-                    if world > 1:
-                        mean = fabric.all_reduce(mean, reduce_op="mean")
-                    logged = dict(zip(names, mean.tolist()))
-                    logger.log("train", step, epoch + 1, logged)
-                    if progress is not None:
-                        progress.set_postfix(loss=f"{logged.get('loss', float('nan')):.3f}", refresh=False)
-                        progress.update(tc.log_every)
-                    accum, accum_count = None, 0
+                    if scheduler is not None:
+                        scheduler.step()
+                    if log_now:  # this step's terms, averaged over the processes
+                        values = torch.stack([v.float() for v in obj.terms.values()])
+                        if world > 1:
+                            values = fabric.all_reduce(values, reduce_op="mean")
+                        logged = dict(zip(obj.terms, values.tolist()))
+                        logger.log("train", step, epoch + 1, logged)
+                        if progress is not None:
+                            progress.set_postfix(loss=f"{logged['loss']:.3f}", refresh=False)
+                if progress is not None and log_now:
+                    progress.update(tc.log_every)
 
                 if signalled or (stop_at_step is not None and step >= stop_at_step):
                     stopped_by = stop_flag.signal_name or "stop_at_step"
