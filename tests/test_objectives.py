@@ -136,6 +136,48 @@ def test_gradients_reach_every_input_prior_and_critic():
             "posterior_entropy", "elbo_mc", "loss"} == set(out.terms)
 
 
+@pytest.mark.parametrize("weights, estimators, skips_estimator", [
+    ({}, {}, True),  # unit weights: log q_hat cancels
+    ({"mi_weight": 2.0, "entropy_weight": 2.0}, {}, True),  # equal weights cancel too
+    ({"mi_weight": -1.0}, {"mi_estimator": "infonce"}, False),  # the paper's objective
+    ({}, {"mi_estimator": "batch", "entropy_estimator": "mss"}, False),  # two estimates
+])
+def test_without_diagnostics_the_loss_and_gradients_are_unchanged(monkeypatch, weights, estimators, skips_estimator):
+    """diagnostics=False keeps the loss and every gradient bit for bit, drops only reporting
+    terms, and skips the aggregate-posterior estimator exactly when log q_hat cancels."""
+    import edvae.objectives as objectives
+
+    calls = []
+    real = objectives.log_aggregate_posterior
+    monkeypatch.setattr(objectives, "log_aggregate_posterior", lambda *a, **k: calls.append(1) or real(*a, **k))
+    results = {}
+    for diagnostics in (True, False):
+        log_px, z, mu, logvar = batch(requires_grad=True)
+        out = ed_elbo(log_px, z, mu, logvar, mixture(3), dataset_size=1000, diagnostics=diagnostics,
+                      **weights, **estimators)
+        out.loss.backward()
+        results[diagnostics] = out, [t.grad for t in (log_px, z, mu, logvar)]
+    (full, full_grads), (lean, lean_grads) = results[True], results[False]
+    assert torch.equal(full.loss, lean.loss)
+    for a, b in zip(full_grads, lean_grads):
+        assert torch.equal(a, b)
+    assert set(lean.terms) < set(full.terms) and {"reconstruction", "cross_entropy", "loss"} <= set(lean.terms)
+    assert all(torch.equal(lean.terms[k], full.terms[k]) for k in lean.terms)
+    assert ("entropy" not in lean.terms) == skips_estimator
+    assert len(calls) == (1 if skips_estimator else 2)
+
+
+def test_telescoped_loss_is_the_mc_elbo_without_the_estimator():
+    """At equal MI and entropy weights the loss is -R + w mean log q(z_i|x_i) + w_ce CE, whatever
+    the estimate of log q_hat (here: every estimator gives the same loss)."""
+    log_px, z, mu, logvar = batch()
+    losses = [ed_elbo(log_px, z, mu, logvar, std_normal(3), dataset_size=1000, mi_weight=3.0, entropy_weight=3.0,
+                      cross_entropy_weight=0.5, mi_estimator=m, entropy_estimator=m).loss for m in ENTROPY_ESTIMATORS]
+    expected = -log_px.mean() + 3.0 * E.log_posterior(z, mu, logvar).mean() - 0.5 * std_normal(3).log_prob(z).mean()
+    for loss in losses:
+        torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+
+
 def test_rows_of_a_global_batch():
     """Per-process losses on row slices average to the single-process loss."""
     log_px, z, mu, logvar = batch(size=8)

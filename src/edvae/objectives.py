@@ -154,11 +154,12 @@ def ed_elbo(
     ``posterior_entropy`` (analytic, mean over rows), ``elbo_mc`` (the batch's Monte Carlo
     ELBO), ``loss``. ``validate=False`` skips the NaN/Inf check (a host synchronisation).
 
-    With ``w_mi == w_ent`` and one shared estimate, log q_hat cancels from L (its gradient is
-    exactly zero): L = -R + w_mi mean_i log q(z_i|x_i) + w_ce CE_hat. The estimate then only
-    reports ``mi``, ``entropy`` and ``marginal_kl``, and ``diagnostics=False`` skips it (and
-    those three terms): a training step between two logged steps costs what an ELBO step costs.
-    With any other weights the estimate is part of the loss and ``diagnostics`` has no effect.
+    ``diagnostics=False`` skips the terms that only report: ``posterior_entropy`` and
+    ``elbo_mc`` always, and ``mi``, ``entropy`` and ``marginal_kl`` when the loss needs no
+    log q_hat. That is the case with ``w_mi == w_ent`` and one shared estimate: log q_hat
+    cancels from L (its gradient is exactly zero), L = -R + w_mi mean_i log q(z_i|x_i) +
+    w_ce CE_hat, so the estimator itself is skipped and a training step between two logged
+    steps costs what an ELBO step costs. The loss is the same either way.
     """
     _check_choice("mi_estimator", mi_estimator, MI_ESTIMATORS)
     _check_choice("entropy_estimator", entropy_estimator, ENTROPY_ESTIMATORS)
@@ -210,14 +211,13 @@ def ed_elbo(
             - entropy_weight * entropy
             + cross_entropy_weight * cross_entropy
         )
-    rows = slice(row_offset, row_offset + z.shape[0])
-    terms = dict(
-        reconstruction=reconstruction,
-        cross_entropy=cross_entropy,
-        posterior_entropy=posterior_entropy(logvar[rows]).mean(),
-        elbo_mc=reconstruction - (log_q_own - log_p).mean(),
-        loss=loss,
-    )
+    terms = dict(reconstruction=reconstruction, cross_entropy=cross_entropy, loss=loss)
     if entropy is not None:
         terms.update(mi=mi, entropy=entropy, marginal_kl=cross_entropy - entropy)
+    if diagnostics:
+        rows = slice(row_offset, row_offset + z.shape[0])
+        terms.update(
+            posterior_entropy=posterior_entropy(logvar[rows]).mean(),
+            elbo_mc=reconstruction - (log_q_own - log_p).mean(),
+        )
     return Objective(loss, _detached(**terms))

@@ -241,8 +241,10 @@ class FactorizedPrior(Prior):
             self._register(name, value, (self.dim,), positive=positive, learnable=learnable)
 
     def forward(self) -> Independent:
+        # the parameters were checked when registered (finite; positive ones learned as logs),
+        # so the distribution skips torch's per-call argument checks (host synchronisations)
         params = {name: self._value(name) for name in self.param_names}
-        return Independent(self.family(**params), 1)
+        return Independent(self.family(**params, validate_args=False), 1, validate_args=False)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, family={self.family.__name__}"

@@ -70,6 +70,8 @@ class TrainResult:
     stopped_by: str | None = None
     skipped_steps: int = 0
     last_validation: dict[str, float] = field(default_factory=dict)
+    #: the part of ``train_seconds`` spent validating at the ends of epochs
+    validation_seconds: float = 0.0
 
 
 ObjectiveFn = Callable[..., Objective]
@@ -401,7 +403,7 @@ def train(
     dynamic = getattr(data, "binarize", "none") == "dynamic"
 
     step = epoch = batch_start = skipped = 0
-    train_seconds = 0.0
+    train_seconds = validation_seconds = 0.0
     last_val: dict[str, float] = {}
     keep_lines = None
     if saved is not None:
@@ -412,6 +414,7 @@ def train(
         _set_rng_state(saved["rng"], noise)
         step, epoch, batch_start = saved["step"], saved["epoch"], saved["batch_in_epoch"]
         train_seconds, skipped = saved["train_seconds"], saved["skipped_steps"]
+        validation_seconds = saved.get("validation_seconds", 0.0)
         last_val, keep_lines = saved["last_validation"], saved["log_lines"]
 
     logger = _Logger(run_dir, fabric.is_global_zero, purge_step=step + 1 if saved else None, keep_lines=keep_lines)
@@ -439,6 +442,7 @@ def train(
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,
             "train_seconds": train_seconds,
+            "validation_seconds": validation_seconds,
             "skipped_steps": skipped,
             "last_validation": last_val,
             "log_lines": logger.lines,
@@ -546,7 +550,9 @@ def train(
                     save()
                     batch_in_epoch -= 1
             else:
+                started = time.perf_counter()
                 last_val = _validate(model, objective, x_val, tc.batch_size, fabric, tc.seed, epoch)
+                validation_seconds += time.perf_counter() - started
                 logger.log("val", step, epoch + 1, last_val)
                 epoch += 1
                 batch_start = batch_in_epoch = 0
@@ -562,4 +568,4 @@ def train(
     if progress is not None:
         progress.close()
     logger.close()
-    return TrainResult(run_dir, step, epoch, train_seconds, stopped_by is None, stopped_by, skipped, last_val)
+    return TrainResult(run_dir, step, epoch, train_seconds, stopped_by is None, stopped_by, skipped, last_val, validation_seconds)
