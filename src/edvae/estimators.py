@@ -45,6 +45,7 @@ clamps them (``edvae.networks.LOGVAR_RANGE``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -419,13 +420,44 @@ def _diagonal_runs(
             yield slice(first_row, first_row + length), slice(first_column, first_column + length)
 
 
+@functools.lru_cache(maxsize=256)
+def _diagonal_index(
+    shift: int, row_offset: int, row_start: int, column_start: int, n_rows: int,
+    n_columns: int, batch_size: int, device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """The entries of :func:`_diagonal_runs` as index tensors on ``device`` (cached; never
+    modify them): (local rows i, in increasing order, and flat positions i * n_columns + j in
+    the block). Each row holds at most one entry, so ``rows`` covers the block's rows exactly
+    when it has ``n_rows`` entries."""
+    runs = list(_diagonal_runs(shift, row_offset, row_start, column_start, n_rows, n_columns, batch_size))
+    rows = torch.cat([torch.arange(r.start, r.stop) for r, _ in runs] or [torch.zeros(0, dtype=torch.long)])
+    columns = torch.cat([torch.arange(c.start, c.stop) for _, c in runs] or [torch.zeros(0, dtype=torch.long)])
+    order = torch.argsort(rows)
+    rows, columns = rows[order], columns[order]
+    return rows.to(device), (rows * n_columns + columns).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _override_index(
+    plan: _Plan, row_start: int, column_start: int, n_rows: int, n_columns: int,
+    batch_size: int, device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """(flat positions, value - log_base) of every override of ``plan`` in a block (cached)."""
+    where, deltas = [torch.zeros(0, dtype=torch.long, device=device)], [torch.zeros(0, dtype=_ACC, device=device)]
+    for shift, value in plan.overrides:
+        flat = _diagonal_index(shift, plan.row_offset, row_start, column_start, n_rows, n_columns, batch_size, device)[1]
+        where.append(flat)
+        deltas.append(torch.full(flat.shape, value - plan.log_base, dtype=_ACC, device=device))
+    return torch.cat(where), torch.cat(deltas)
+
+
 def _apply_overrides(block: Tensor, plan: _Plan, row_start: int, column_start: int,
                      batch_size: int) -> None:
-    """Turn log_base into the override values in a block holding ``... + log_base``."""
-    for shift, value in plan.overrides:
-        for rows, columns in _diagonal_runs(shift, plan.row_offset, row_start, column_start,
-                                            *block.shape, batch_size):
-            block[rows, columns].diagonal().add_(value - plan.log_base)
+    """Turn log_base into the override values in a contiguous float64 block holding
+    ``... + log_base``: one indexed add."""
+    if plan.overrides:
+        where, deltas = _override_index(plan, row_start, column_start, *block.shape, batch_size, block.device)
+        block.view(-1).index_add_(0, where, deltas)
 
 
 def mss_log_weights(
@@ -586,11 +618,11 @@ class _WeightedLogSumExp(torch.autograd.Function):
             if fix.entries:  # G = diag(alpha) E + the correction entries, as one block
                 weights = block * weight
                 weight = None
+                flat, exps = weights.view(-1), block.view(-1)
                 for k, shift, factor in fix.entries:
-                    for i, j in _diagonal_runs(shift, offset, r0, c0, *block.shape, n_columns):
-                        weights[i, j].diagonal().addcmul_(
-                            scale[k, rs][i], block[i, j].diagonal(), value=factor
-                        )
+                    i, where = _diagonal_index(shift, offset, r0, c0, *block.shape, n_columns, block.device)
+                    coefficient = scale[k, rs] if i.numel() == block.shape[0] else scale[k, rs][i]
+                    flat.index_put_((where,), torch.addcmul(flat[where], coefficient, exps[where], value=factor))
             else:  # G = diag(alpha) E: alpha scales the narrow side of each product
                 weights = block
             a, b = rows[rs], columns[cs]
@@ -634,9 +666,13 @@ def _plan_sums(
     if len(fix.ratios) == 1:
         return first[None, :]
     sums = torch.stack([first if k == 0 else first * r for k, r in enumerate(fix.ratios)])
+    flat = exps.view(-1)
     for k, shift, factor in fix.entries:
-        for i, j in _diagonal_runs(shift, row_offset, r0, c0, *exps.shape, batch_size):
-            sums[k, i].add_(exps[i, j].diagonal(), alpha=factor)
+        i, where = _diagonal_index(shift, row_offset, r0, c0, *exps.shape, batch_size, exps.device)
+        if i.numel() == exps.shape[0]:  # one entry in every row
+            sums[k].add_(flat[where], alpha=factor)
+        else:
+            sums[k].index_put_((i,), torch.add(sums[k][i], flat[where], alpha=factor))
     return sums
 
 

@@ -486,17 +486,17 @@ def train(
                     fabric.backward(obj.loss)
                 else:
                     obj.loss.backward()
+                # |loss| plus the gradient norms is finite iff the loss and every gradient are
                 if clip is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                    check = torch.nn.utils.clip_grad_norm_(params, clip) + obj.loss.detach().abs()
                 else:
-                    # finiteness only: the sum of per-tensor norms is finite iff every gradient is
                     grads = [p.grad for p in params if p.grad is not None]
-                    norm = torch.stack(torch._foreach_norm(grads)).sum() if grads else obj.loss.detach()
-                bad = ~(torch.isfinite(obj.loss) & torch.isfinite(norm))
-                flags = torch.stack([bad.float(), torch.tensor(float(stop_flag.signal_name is not None))])
+                    check = torch.stack(torch._foreach_norm([obj.loss.detach(), *grads])).sum()
                 if world > 1:
-                    flags = fabric.all_reduce(flags, reduce_op="sum")
-                nonfinite, signalled = flags.tolist()
+                    flags = torch.stack([(~torch.isfinite(check)).float(), torch.tensor(float(stop_flag.signal_name is not None))])
+                    nonfinite, signalled = fabric.all_reduce(flags, reduce_op="sum").tolist()
+                else:
+                    nonfinite, signalled = not bool(torch.isfinite(check)), stop_flag.signal_name is not None
                 step += 1
                 if nonfinite:
                     diverged = _diverged(out, step, epoch, run_dir)
