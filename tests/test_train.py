@@ -89,6 +89,36 @@ def test_non_finite_steps_can_be_skipped(tmp_path, tiny_config, monkeypatch, poi
         train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 20})}), tmp_path / "run2")
 
 
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_a_non_finite_gradient_under_a_finite_loss_is_caught(tmp_path, tiny_config, monkeypatch, clip):
+    """A NaN or Inf that appears only in backward (the loss is finite) stops the run naming the
+    gradient, or is skipped without touching the parameters, with and without clipping."""
+    import edvae.train as train_module
+
+    real_build, calls = train_module.build_model, {"n": 0}
+    bad_steps = {3, 4}
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+
+        def poison(grad):
+            calls["n"] += 1
+            return grad * float("inf") if calls["n"] in bad_steps else grad
+
+        model.decoder.net[-1].bias.register_hook(poison)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build)
+    cfg = tiny_config(train={"epochs": 1, "grad_clip": clip})
+    with pytest.raises(TrainingError, match="the gradient became non-finite at step 3"):
+        train(cfg, tmp_path / "stop")
+    calls["n"] = 0
+    skip = cfg.model_copy(update={"train": cfg.train.model_copy(update={"on_nonfinite": "skip"})})
+    result = train(skip, tmp_path / "skip")
+    assert result.completed and result.skipped_steps == 2
+    assert all(torch.isfinite(v).all() for v in _params(tmp_path / "skip").values())
+
+
 def test_evaluate_reports_consistent_bounds(tmp_path, tiny_config):
     cfg = tiny_config(train={"epochs": 2})
     train(cfg, tmp_path / "run")

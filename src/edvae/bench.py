@@ -366,7 +366,7 @@ def peers(*, quick: bool, work: Path) -> dict[str, Any]:
     from edvae.experiments.variants import merge
     from edvae.train import train
 
-    epochs, repeats = (1, 1) if quick else (10, 3)
+    epochs, repeats = (1, 1) if quick else (10, 5)
     options = {"n_train": 2560, "n_val": 512, "n_test": 512} if quick else _SYNTHETIC["data"]["options"]
     data = load_dataset("complex", **options)
     hidden, latent, batch, lr, seed = [128, 128], 2, 256, 1e-3, 0

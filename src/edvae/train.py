@@ -458,6 +458,7 @@ def train(
         progress = tqdm(total=total_steps, initial=step, desc=config.name, unit="step", leave=False, dynamic_ncols=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
+    unit_scale = torch.ones(1, device=fabric.device)
     clip = tc.grad_clip
     stopped_by: str | None = None
     batch_in_epoch = batch_start
@@ -486,17 +487,17 @@ def train(
                     fabric.backward(obj.loss)
                 else:
                     obj.loss.backward()
-                # |loss| plus the gradient norms is finite iff the loss and every gradient are
-                if clip is not None:
-                    check = torch.nn.utils.clip_grad_norm_(params, clip) + obj.loss.detach().abs()
-                else:
-                    grads = [p.grad for p in params if p.grad is not None]
-                    check = torch.stack(torch._foreach_norm([obj.loss.detach(), *grads])).sum()
+                if clip is not None:  # |loss| + the gradient norm is finite iff both are
+                    found_inf = (~torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip) + obj.loss.detach().abs())).float()
+                else:  # one fused pass (GradScaler's) sets found_inf if the loss or a gradient is non-finite
+                    found_inf = torch.zeros(1, device=obj.loss.device)
+                    grads = [obj.loss.detach().reshape(1).clone(), *(p.grad for p in params if p.grad is not None)]
+                    torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, unit_scale)  # x * 1.0 is exact
                 if world > 1:
-                    flags = torch.stack([(~torch.isfinite(check)).float(), torch.tensor(float(stop_flag.signal_name is not None))])
+                    flags = torch.stack([found_inf.reshape(()), torch.tensor(float(stop_flag.signal_name is not None), device=found_inf.device)])
                     nonfinite, signalled = fabric.all_reduce(flags, reduce_op="sum").tolist()
                 else:
-                    nonfinite, signalled = not bool(torch.isfinite(check)), stop_flag.signal_name is not None
+                    nonfinite, signalled = bool(found_inf), stop_flag.signal_name is not None
                 step += 1
                 if nonfinite:
                     diverged = _diverged(out, step, epoch, run_dir)
