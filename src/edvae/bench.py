@@ -807,7 +807,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Hygiene: batches indexed from tensors held in memory: {h['batches_by_index_from_tensors']}; "
         f"evaluation under `torch.inference_mode`: {h['evaluation_inference_mode']}; validation under it: "
         f"{h['validation_inference_mode']}; reads of a tensor's value to the host (`item`/`bool`/`float`) per "
-        f"training step: {pr['scalar_reads_per_step']:.1f}, plus one `tolist()` of the non-finite/signal flags; logging every "
+        f"training step: {pr['scalar_reads_per_step']:.1f} (the one non-finite flag of the loss and gradients; with several "
+        f"processes one `tolist()` of the all-reduced flags instead); logging every "
         f"{h['log_every_steps_default']} steps by default.",
         "",
         "## 5. Correctness side by side: mutual information far above log B",

@@ -17,6 +17,10 @@ gloo on CPU, nccl on GPUs). What it guarantees:
   stops the run (or skips the step) and leaves the last good checkpoint in place.
 * **Exact resume.** On CPU a run stopped anywhere and resumed ends bit-for-bit equal to an
   uninterrupted run with the same seed.
+* **Logs.** Every ``train.log_every`` steps, that step's objective terms (averaged over the
+  processes) go to ``metrics.jsonl`` and TensorBoard, and after every epoch the means over the
+  validation split. Terms that only report are computed on logged steps only
+  (``diagnostics=False`` in between, see :func:`edvae.objectives.ed_elbo`).
 """
 
 from __future__ import annotations
