@@ -15,6 +15,7 @@ from edvae import priors
 from edvae.checkpoint import load_checkpoint
 from edvae.cli import app
 from edvae.data import load_dataset
+from edvae.errors import EdvaeError
 from edvae.evaluate import load_run
 from edvae.experiments import STUDIES, get_study, run_study
 from edvae.experiments.prior_studies import MISSPECIFIED_PRIORS, N_PRIOR_SAMPLES, SAMPLES_FILE
@@ -163,6 +164,13 @@ def test_learned_priors_train_with_the_ed_objective_and_the_elbo(tmp_path, tiny_
         assert moved, f"no parameter of the {prior} prior changed"
     ed, mc = states["ed"], states["elbo"]
     assert all(torch.allclose(ed[k], mc[k], rtol=1e-5, atol=1e-6) for k in ed)
+
+
+@pytest.mark.parametrize("n_components", [2.5, 0, True, "8"])
+def test_a_vamp_prior_with_a_bad_number_of_components_is_refused(tiny_config, small_data, n_components):
+    cfg = tiny_config(model={"prior": "vamp", "prior_options": {"n_components": n_components}})
+    with pytest.raises(EdvaeError, match="n_components must be a positive integer"):
+        build_model(cfg.model, small_data)
 
 
 def test_a_models_mixture_prior_starts_spread_and_recovers_the_ring_modes(tiny_config, small_data):

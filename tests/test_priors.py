@@ -501,6 +501,22 @@ def test_corrupt_npy_file(tmp_path) -> None:
         P.load_samples(path)
 
 
+def test_junk_pt_file_is_one_short_message(tmp_path) -> None:
+    path = tmp_path / "junk.pt"
+    path.write_bytes(bytes(range(256)) * 2)
+    with pytest.raises(EdvaeError) as info:
+        P.load_samples(path)
+    message = str(info.value)
+    assert "junk.pt" in message and "not a tensor written by torch.save" in message
+    assert "\n" not in message and "weights_only" not in message
+
+
+@pytest.mark.parametrize("path", ["", "  "])
+def test_empty_sample_path_is_refused(path) -> None:
+    with pytest.raises(EdvaeError, match="non-empty.*samples:PATH"):
+        P.load_samples(path)
+
+
 def test_make_samples_from_a_file(tmp_path) -> None:
     path = tmp_path / "prior.npy"
     np.save(path, np.random.default_rng(1).normal(size=(500, 2)))

@@ -107,6 +107,9 @@ def _build_prior(config: "ModelConfig", data: "DataSplits", encoder: nn.Module, 
         prior = priors.make(name, dim, **_unfitted(options))
     elif name == "vamp":
         options.setdefault("n_components", 50)
+        n = options["n_components"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise EdvaeError(f"model.prior_options.n_components must be a positive integer, got {n!r}; e.g. 50")
         if "init" not in options:
             gen = torch.Generator().manual_seed(0)
             idx = torch.randperm(data.train.shape[0], generator=gen)[: options["n_components"]]

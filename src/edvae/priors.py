@@ -762,7 +762,10 @@ def _is_numeric_row(line: str) -> bool:
 
 
 def _read_pt(path: Path) -> Any:
-    value = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch's message is about its own unpickler, not the file
+        raise ValueError("it is not a tensor written by torch.save (or it holds objects other than tensors)") from None
     if not isinstance(value, Tensor):
         raise TypeError(f"it holds a {type(value).__name__}, not a tensor")
     return value
@@ -783,9 +786,9 @@ def load_samples(path: str | os.PathLike[str], dim: int | None = None) -> Tensor
     samples must form a 2-D array with at least 2 rows and no NaN or Inf; with ``dim`` given,
     D must equal it. Every problem raises :class:`EdvaeError` naming the file.
     """
-    require(isinstance(path, (str, os.PathLike)),
-            f"the sample file path must be a string, got {type(path).__name__}; pass "
-            "the path of a .npy, .pt or .csv file")
+    require(isinstance(path, (str, os.PathLike)) and str(path).strip() != "",
+            f"the sample file path must be a non-empty string, got {path!r}; pass "
+            "the path of a .npy, .pt or .csv file (as in prior='samples:PATH')")
     path = Path(path)
     source = f"sample file {path}"
     require(path.is_file(), f"{source} does not exist or is not a file; check the path")
