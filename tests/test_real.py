@@ -157,6 +157,29 @@ def test_mse_active_units_and_probe_against_direct_computation(digits_model, dig
     assert m["probe_accuracy"] > 0.5  # chance is 0.1 on ten balanced classes
 
 
+def test_the_probe_sees_training_images_as_the_model_does(digits_model, monkeypatch):
+    """With dynamic binarisation the test images are binary, so the probe is fitted on binarised
+    training images too (grey levels would put the fit and the score on different inputs); the
+    accuracy is that of a probe fitted by hand on the same binary images."""
+    from sklearn.linear_model import LogisticRegression
+
+    from edvae import evaluate as evaluate_module
+
+    model, data = digits_model
+    assert data.binarize == "dynamic" and set(data.test.unique().tolist()) == {0.0, 1.0}
+    seen = []
+    real_encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda x: seen.append(x) or real_encode(x))
+    with torch.inference_mode():
+        accuracy = evaluate_module._probe_accuracy(model, data, data.test, data.test_labels, seed=5)
+        fit_inputs = seen[0]
+        assert fit_inputs.shape == data.train.shape and set(fit_inputs.unique().tolist()) == {0.0, 1.0}
+        assert torch.equal(fit_inputs, torch.bernoulli(data.train, generator=torch.Generator().manual_seed(5)))
+        probe = LogisticRegression(max_iter=2000).fit(real_encode(fit_inputs)[0].double().numpy(), data.train_labels.numpy())
+        expected = probe.score(real_encode(data.test)[0].double().numpy(), data.test_labels.numpy())
+    assert accuracy == pytest.approx(expected, abs=1e-12)
+
+
 def test_bernoulli_log_likelihood_matches_torch_distributions():
     logits, x = torch.randn(4, 1, 8, 8), torch.bernoulli(torch.full((4, 1, 8, 8), 0.3))
     expected = torch.distributions.Bernoulli(logits=logits).log_prob(x).flatten(1).sum(1)

@@ -65,10 +65,14 @@ def _fixed_binarisation(x: Tensor, seed: int) -> Tensor:
     return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
 
 
-def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor) -> float:
+def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor, seed: int) -> float:
+    """Accuracy on (x_eval, y_eval) of a logistic regression fitted to the posterior means of
+    the training split, as the model sees its inputs: with dynamic binarisation (binary test
+    images) the training images are binarised once with ``seed``, not left in grey levels."""
     from sklearn.linear_model import LogisticRegression
 
-    feats_train = model.encode(data.train)[0].double().numpy()
+    x_fit = _fixed_binarisation(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
+    feats_train = model.encode(x_fit)[0].double().numpy()
     feats_eval = model.encode(x_eval)[0].double().numpy()
     probe = LogisticRegression(max_iter=2000)
     probe.fit(feats_train, data.train_labels.numpy())
@@ -145,7 +149,7 @@ def evaluate_model(
         metrics["true_ll"] = true_ll if true_ll is not None else mean_true_log_likelihood(data, split)
         metrics["ll_gap"] = metrics["true_ll"] - metrics["iwae"]
     if labels is not None and getattr(data, "train_labels", None) is not None:
-        metrics["probe_accuracy"] = _probe_accuracy(model, data, x_all, labels)
+        metrics["probe_accuracy"] = _probe_accuracy(model, data, x_all, labels, config.seed + 2)
     return metrics
 
 
