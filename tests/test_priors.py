@@ -513,7 +513,7 @@ def test_junk_pt_file_is_one_short_message(tmp_path) -> None:
 
 @pytest.mark.parametrize("path", ["", "  "])
 def test_empty_sample_path_is_refused(path) -> None:
-    with pytest.raises(EdvaeError, match="non-empty.*samples:PATH"):
+    with pytest.raises(EdvaeError, match="path is empty.*samples:PATH"):
         P.load_samples(path)
 
 

@@ -786,9 +786,12 @@ def load_samples(path: str | os.PathLike[str], dim: int | None = None) -> Tensor
     samples must form a 2-D array with at least 2 rows and no NaN or Inf; with ``dim`` given,
     D must equal it. Every problem raises :class:`EdvaeError` naming the file.
     """
-    require(isinstance(path, (str, os.PathLike)) and str(path).strip() != "",
-            f"the sample file path must be a non-empty string, got {path!r}; pass "
-            "the path of a .npy, .pt or .csv file (as in prior='samples:PATH')")
+    require(isinstance(path, (str, os.PathLike)),
+            f"the sample file path must be a string, got {type(path).__name__}; pass "
+            "the path of a .npy, .pt or .csv file")
+    require(str(path).strip() != "",
+            "the sample file path is empty; pass the path of a .npy, .pt or .csv file "
+            "(as in prior='samples:PATH')")
     path = Path(path)
     source = f"sample file {path}"
     require(path.is_file(), f"{source} does not exist or is not a file; check the path")
