@@ -219,7 +219,7 @@ def overhead(task: str, *, quick: bool, work: Path) -> dict[str, Any]:
     from edvae.train import train
 
     base, data, description = _load_task_data(task, quick)
-    epochs, repeats = (1, 2) if quick else ((3, 5) if task == "synthetic" else (2, 3))
+    epochs, repeats = (1, 2) if quick else ((3, 9) if task == "synthetic" else (2, 3))
     variants = _OVERHEAD_VARIANTS[task]
     if quick:
         variants = variants[:3]
@@ -366,7 +366,7 @@ def peers(*, quick: bool, work: Path) -> dict[str, Any]:
     from edvae.experiments.variants import merge
     from edvae.train import train
 
-    epochs, repeats = (1, 1) if quick else (10, 5)
+    epochs, repeats = (1, 1) if quick else (10, 7)
     options = {"n_train": 2560, "n_val": 512, "n_test": 512} if quick else _SYNTHETIC["data"]["options"]
     data = load_dataset("complex", **options)
     hidden, latent, batch, lr, seed = [128, 128], 2, 256, 1e-3, 0
