@@ -74,7 +74,7 @@ class TrainResult:
     stopped_by: str | None = None
     skipped_steps: int = 0
     last_validation: dict[str, float] = field(default_factory=dict)
-    #: the part of ``train_seconds`` spent validating at the ends of epochs
+    #: the part of ``train_seconds`` spent validating at the ends of epochs (and logging the result)
     validation_seconds: float = 0.0
 
 
@@ -557,8 +557,8 @@ def train(
             else:
                 started = time.perf_counter()
                 last_val = _validate(model, objective, x_val, tc.batch_size, fabric, tc.seed, epoch)
-                validation_seconds += time.perf_counter() - started
                 logger.log("val", step, epoch + 1, last_val)
+                validation_seconds += time.perf_counter() - started
                 epoch += 1
                 batch_start = batch_in_epoch = 0
                 train_seconds += time.perf_counter() - tick
