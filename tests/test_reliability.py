@@ -216,7 +216,7 @@ while b["kills"] < args["max_kills"] and b["mid_write"] < args["want_mid_write"]
         deadline = time.monotonic() + 5
         while not temp.exists() and time.monotonic() < deadline:
             time.sleep(0.0002)
-        time.sleep(rng.uniform(0.0, 0.002))
+        time.sleep(rng.uniform(0.0, 0.0005))  # a small file is written in about a millisecond
     else:
         time.sleep(rng.uniform(0.0, 0.03))
     os.kill(pid, signal.SIGKILL)
@@ -237,7 +237,7 @@ def test_sigkill_while_writing_checkpoints_never_loses_the_checkpoint(tmp_path, 
     seed = random.randrange(10**6)
     args = {
         "toml": str(tmp_path / "a.toml"), "run_a": str(tmp_path / "a"), "ready": str(tmp_path / "ready"),
-        "run_b": str(tmp_path / "b"), "config_b": config_b.model_dump(), "seed": seed, "max_kills": 12, "want_mid_write": 3,
+        "run_b": str(tmp_path / "b"), "config_b": config_b.model_dump(), "seed": seed, "max_kills": 30, "want_mid_write": 3,
     }
     done = subprocess.run([sys.executable, str(tmp_path / "child.py"), json.dumps(args)], env=_env(), capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"seed {seed}:\n{done.stdout}\n{done.stderr}"

@@ -246,6 +246,21 @@ def _diverged(out: ModelOutput, step: int, epoch: int, run_dir: Path) -> Trainin
     )
 
 
+def _nonfinite_flag(loss: Tensor, params: list[Tensor], clip: float | None, unit: Tensor) -> Tensor:
+    """A (1,) float tensor: 1 if the loss or any gradient holds NaN or Inf, else 0 (not read here).
+
+    With ``clip`` the gradients are first clipped to that total norm (|loss| + the norm is finite
+    iff both are); without, one fused pass over the loss and every gradient sets the flag
+    (GradScaler's check, with a scale ``unit`` of 1, which leaves every value unchanged).
+    """
+    if clip is not None:
+        return (~torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip) + loss.detach().abs())).float()
+    found_inf = torch.zeros(1, device=loss.device)
+    tensors = [loss.detach().reshape(1).clone(), *(p.grad for p in params if p.grad is not None)]
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, unit)
+    return found_inf
+
+
 def _kept_checkpoint(run_dir: Path) -> str:
     """What a run stopped by a non-finite value leaves behind, for its error message."""
     if (run_dir / CHECKPOINT_NAME).is_file():
@@ -491,12 +506,7 @@ def train(
                     fabric.backward(obj.loss)
                 else:
                     obj.loss.backward()
-                if clip is not None:  # |loss| + the gradient norm is finite iff both are
-                    found_inf = (~torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip) + obj.loss.detach().abs())).float()
-                else:  # one fused pass (GradScaler's) sets found_inf if the loss or a gradient is non-finite
-                    found_inf = torch.zeros(1, device=obj.loss.device)
-                    grads = [obj.loss.detach().reshape(1).clone(), *(p.grad for p in params if p.grad is not None)]
-                    torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, unit_scale)  # x * 1.0 is exact
+                found_inf = _nonfinite_flag(obj.loss, params, clip, unit_scale)
                 if world > 1:
                     flags = torch.stack([found_inf.reshape(()), torch.tensor(float(stop_flag.signal_name is not None), device=found_inf.device)])
                     nonfinite, signalled = fabric.all_reduce(flags, reduce_op="sum").tolist()
