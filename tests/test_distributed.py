@@ -174,7 +174,7 @@ hidden = [32, 32]
 prior = "true"
 [objective]
 kind = "ed"
-entropy_weight = 1.5
+OBJECTIVE_OPTIONS
 [train]
 epochs = 2
 batch_size = 64
@@ -211,15 +211,20 @@ def _log(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_process_training_and_resume_match_one_process(tmp_path):
+@pytest.mark.parametrize("objective_options", ["entropy_weight = 1.5", ""], ids=["weighted", "unit-weights"])
+def test_two_process_training_and_resume_match_one_process(tmp_path, objective_options):
     """``edvae train --devices 2`` for one epoch, then ``--resume --devices 2`` to two epochs,
     ends where one process ends: same logs (validation reduced across processes), same
-    parameters, same ``edvae evaluate`` metrics."""
+    parameters, same ``edvae evaluate`` metrics. With unit weights log q(z) cancels from the
+    loss, and the processes gather the batch's posteriors only on logged steps."""
     from edvae.config import load_config, validate_config
-    from edvae.train import train
+    from edvae.train import reads_batch_columns, train
 
     config_path = tmp_path / "tiny.toml"
-    config_path.write_text(TINY_TOML)
+    config_path.write_text(TINY_TOML.replace("OBJECTIVE_OPTIONS", objective_options))
+    objective = validate_config(load_config(config_path)).objective
+    assert reads_batch_columns(objective, diagnostics=False) == bool(objective_options)
+    assert reads_batch_columns(objective, diagnostics=True)
     one, two = tmp_path / "one", tmp_path / "two"
     train(validate_config(load_config(config_path)), one)
 

@@ -11,7 +11,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from edvae import estimators as E
 from edvae.errors import EdvaeError
-from edvae.objectives import ENTROPY_ESTIMATORS, Objective, ed_elbo, elbo
+from edvae.objectives import ENTROPY_ESTIMATORS, Objective, ed_elbo, elbo, uses_aggregate_posterior
 
 F64 = torch.float64
 
@@ -165,6 +165,8 @@ def test_without_diagnostics_the_loss_and_gradients_are_unchanged(monkeypatch, w
     assert all(torch.equal(lean.terms[k], full.terms[k]) for k in lean.terms)
     assert ("entropy" not in lean.terms) == skips_estimator
     assert len(calls) == (1 if skips_estimator else 2)
+    assert uses_aggregate_posterior(**weights, **estimators, diagnostics=False) == (not skips_estimator)
+    assert uses_aggregate_posterior(**weights, **estimators, diagnostics=True)
 
 
 def test_telescoped_loss_is_the_mc_elbo_without_the_estimator():

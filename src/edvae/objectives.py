@@ -41,7 +41,7 @@ from edvae.estimators import (
     resolve_prior,
 )
 
-__all__ = ["ENTROPY_ESTIMATORS", "MI_ESTIMATORS", "Objective", "ed_elbo", "elbo"]
+__all__ = ["ENTROPY_ESTIMATORS", "MI_ESTIMATORS", "Objective", "ed_elbo", "elbo", "uses_aggregate_posterior"]
 
 MI_ESTIMATORS: tuple[str, ...] = ("mss", "mws", "batch", "infonce")
 ENTROPY_ESTIMATORS: tuple[str, ...] = ("mss", "mws", "batch")
@@ -82,6 +82,31 @@ def _check_weight(name: str, value: object) -> None:
 
 def _detached(**terms: Tensor) -> dict[str, Tensor]:
     return {name: value.detach() for name, value in terms.items()}
+
+
+def uses_aggregate_posterior(
+    *,
+    mi_weight: float = 1.0,
+    entropy_weight: float = 1.0,
+    mi_estimator: str = "mss",
+    entropy_estimator: str = "mss",
+    critic: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    diagnostics: bool = True,
+) -> bool:
+    r"""Whether :func:`ed_elbo` with these settings evaluates log q_hat(z), and so reads the
+    posteriors of the whole batch (in distributed training: the gathered columns).
+
+    It does not when one shared estimate serves both terms at equal weights w_mi = w_ent (log
+    q_hat then cancels from the loss, see :func:`ed_elbo`) and ``diagnostics`` is False.
+    """
+    telescoped = _mi_method(mi_estimator, critic) == entropy_estimator and mi_weight == entropy_weight
+    return diagnostics or not telescoped
+
+
+def _mi_method(mi_estimator: str, critic: object) -> str:
+    """InfoNCE with the encoder as critic IS the mutual information of the "batch" estimator
+    (edvae.estimators.infonce), so it shares the one pass over log q(z_i|x_j) with log q_hat."""
+    return "batch" if mi_estimator == "infonce" and critic is None else mi_estimator
 
 
 def elbo(
@@ -172,17 +197,18 @@ def ed_elbo(
             "critic or set mi_estimator='infonce'."
         )
     shared = dict(dataset_size=dataset_size, row_offset=row_offset, chunk_size=chunk_size)
-    # InfoNCE with the encoder as critic IS the mutual information of the "batch" estimator
-    # (edvae.estimators.infonce), so it shares the one pass over log q(z_i|x_j) with log q_hat.
-    mi_method = "batch" if mi_estimator == "infonce" and critic is None else mi_estimator
+    mi_method = _mi_method(mi_estimator, critic)
     separate = mi_method not in (entropy_estimator, "infonce")
     methods = (entropy_estimator, mi_method) if separate else entropy_estimator
     # Telescoping: with one shared estimate and w_mi = w_ent = w, log q_hat cancels from the
     # loss, L = -R + w mean_i log q(z_i|x_i) + w_ce CE_hat: its gradient is exactly zero, and
     # the estimate (computed without a graph) only reports mi, entropy and marginal_kl.
-    telescoped = mi_method == entropy_estimator and mi_weight == entropy_weight
+    telescoped = not uses_aggregate_posterior(
+        mi_weight=mi_weight, entropy_weight=entropy_weight, mi_estimator=mi_estimator,
+        entropy_estimator=entropy_estimator, critic=critic, diagnostics=False,
+    )
     log_q = log_q_mi = None
-    if not telescoped or diagnostics:
+    if diagnostics or not telescoped:
         with torch.no_grad() if telescoped else nullcontext():
             log_q_all = log_aggregate_posterior(  # also validates z, mu, logvar and row_offset
                 z, mu, logvar, method=methods, validate=validate, **shared

@@ -49,9 +49,9 @@ from edvae.data import DataSplits, load_dataset
 from edvae.distributed import gather_columns
 from edvae.errors import EdvaeError, TrainingError
 from edvae.model import VAE, ModelOutput, build_model
-from edvae.objectives import Objective, ed_elbo, elbo
+from edvae.objectives import Objective, ed_elbo, elbo, uses_aggregate_posterior
 
-__all__ = ["TrainResult", "train", "make_objective", "load_data", "epoch_order", "shard_rows", "rank_indices", "METRICS_NAME", "PRIOR_FIT_NAME"]
+__all__ = ["TrainResult", "train", "make_objective", "reads_batch_columns", "load_data", "epoch_order", "shard_rows", "rank_indices", "METRICS_NAME", "PRIOR_FIT_NAME"]
 
 METRICS_NAME = "metrics.jsonl"
 #: Written into the run folder when the prior was fitted before training (a flow fitted to
@@ -111,6 +111,17 @@ def make_objective(config: ObjectiveConfig, dataset_size: int) -> ObjectiveFn:
             )
 
     return objective
+
+
+def reads_batch_columns(config: ObjectiveConfig, diagnostics: bool) -> bool:
+    """Whether the objective of ``config`` reads the posteriors of the whole global batch, which
+    the processes must then gather: the ED objective when it evaluates log q_hat(z) (see
+    :func:`edvae.objectives.uses_aggregate_posterior`); never the ELBO."""
+    return config.kind == "ed" and uses_aggregate_posterior(
+        mi_weight=config.mi_weight, entropy_weight=config.entropy_weight,
+        mi_estimator=config.mi_estimator, entropy_estimator=config.entropy_estimator,
+        diagnostics=diagnostics,
+    )
 
 
 def load_data(config: RunConfig) -> DataSplits:
@@ -417,6 +428,7 @@ def train(
     wrapped = world > 1 or fabric.device.type != "cpu"
     step_model = fabric.setup(model, optimizer)[0] if wrapped else model
     objective = make_objective(config.objective, n_train)
+    gather = {d: reads_batch_columns(config.objective, d) for d in (False, True)}  # by diagnostics
     noise = torch.Generator().manual_seed(tc.seed)
     latent_dim = config.model.latent_dim
     dynamic = getattr(data, "binarize", "none") == "dynamic"
@@ -499,7 +511,10 @@ def train(
 
                 log_now = (step + 1) % tc.log_every == 0  # terms that only report are computed then
                 out = step_model(x, eps)
-                mu, logvar, offset = gather_columns(out.mu, out.logvar)
+                if gather[log_now]:
+                    mu, logvar, offset = gather_columns(out.mu, out.logvar)
+                else:  # the objective reads this process's rows only
+                    mu, logvar, offset = out.mu, out.logvar, 0
                 obj = objective(out, model.prior_distribution(), mu, logvar, offset, diagnostics=log_now)
                 optimizer.zero_grad(set_to_none=True)
                 if wrapped:
