@@ -99,8 +99,12 @@ def uses_aggregate_posterior(
     It does not when one shared estimate serves both terms at equal weights w_mi = w_ent (log
     q_hat then cancels from the loss, see :func:`ed_elbo`) and ``diagnostics`` is False.
     """
-    telescoped = _mi_method(mi_estimator, critic) == entropy_estimator and mi_weight == entropy_weight
-    return diagnostics or not telescoped
+    return diagnostics or not _telescopes(_mi_method(mi_estimator, critic), entropy_estimator, mi_weight, entropy_weight)
+
+
+def _telescopes(mi_method: str, entropy_estimator: str, mi_weight: object, entropy_weight: object) -> bool:
+    """Whether log q_hat cancels from the loss: one shared estimate at w_mi = w_ent."""
+    return mi_method == entropy_estimator and mi_weight == entropy_weight
 
 
 def _mi_method(mi_estimator: str, critic: object) -> str:
@@ -203,10 +207,7 @@ def ed_elbo(
     # Telescoping: with one shared estimate and w_mi = w_ent = w, log q_hat cancels from the
     # loss, L = -R + w mean_i log q(z_i|x_i) + w_ce CE_hat: its gradient is exactly zero, and
     # the estimate (computed without a graph) only reports mi, entropy and marginal_kl.
-    telescoped = not uses_aggregate_posterior(
-        mi_weight=mi_weight, entropy_weight=entropy_weight, mi_estimator=mi_estimator,
-        entropy_estimator=entropy_estimator, critic=critic, diagnostics=False,
-    )
+    telescoped = _telescopes(mi_method, entropy_estimator, mi_weight, entropy_weight)
     log_q = log_q_mi = None
     if diagnostics or not telescoped:
         with torch.no_grad() if telescoped else nullcontext():

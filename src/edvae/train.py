@@ -257,18 +257,18 @@ def _diverged(out: ModelOutput, step: int, epoch: int, run_dir: Path) -> Trainin
     )
 
 
-def _nonfinite_flag(loss: Tensor, params: list[Tensor], clip: float | None, unit: Tensor) -> Tensor:
+def _nonfinite_flag(loss: Tensor, params: list[Tensor], clip: float | None) -> Tensor:
     """A (1,) float tensor: 1 if the loss or any gradient holds NaN or Inf, else 0 (not read here).
 
     With ``clip`` the gradients are first clipped to that total norm (|loss| + the norm is finite
     iff both are); without, one fused pass over the loss and every gradient sets the flag
-    (GradScaler's check, with a scale ``unit`` of 1, which leaves every value unchanged).
+    (GradScaler's check, with a scale of 1, which leaves every value unchanged).
     """
     if clip is not None:
         return (~torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip) + loss.detach().abs())).float()
     found_inf = torch.zeros(1, device=loss.device)
     tensors = [loss.detach().reshape(1).clone(), *(p.grad for p in params if p.grad is not None)]
-    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, unit)
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, torch.ones_like(found_inf))
     return found_inf
 
 
@@ -489,7 +489,6 @@ def train(
         progress = tqdm(total=total_steps, initial=step, desc=config.name, unit="step", leave=False, dynamic_ncols=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    unit_scale = torch.ones(1, device=fabric.device)
     clip = tc.grad_clip
     stopped_by: str | None = None
     batch_in_epoch = batch_start
@@ -521,7 +520,7 @@ def train(
                     fabric.backward(obj.loss)
                 else:
                     obj.loss.backward()
-                found_inf = _nonfinite_flag(obj.loss, params, clip, unit_scale)
+                found_inf = _nonfinite_flag(obj.loss, params, clip)
                 if world > 1:
                     flags = torch.stack([found_inf.reshape(()), torch.tensor(float(stop_flag.signal_name is not None), device=found_inf.device)])
                     nonfinite, signalled = fabric.all_reduce(flags, reduce_op="sum").tolist()
@@ -529,23 +528,20 @@ def train(
                     nonfinite, signalled = bool(found_inf), stop_flag.signal_name is not None
                 step += 1
                 if nonfinite:
-                    diverged = _diverged(out, step, epoch, run_dir)
-                    if diverged is not None:
-                        if progress is not None:
-                            progress.close()
-                        logger.close()
-                        raise diverged
                     culprit = next((k for k, v in obj.terms.items() if not torch.isfinite(v)), None)
                     what = f"the objective term '{culprit}'" if culprit else "the gradient"
                     where = f"at step {step} (epoch {epoch + 1})"
-                    if tc.on_nonfinite == "stop":
-                        if progress is not None:
-                            progress.close()
-                        logger.close()
-                        raise TrainingError(
+                    error = _diverged(out, step, epoch, run_dir)
+                    if error is None and tc.on_nonfinite == "stop":
+                        error = TrainingError(
                             f"{what} became non-finite {where}; {_kept_checkpoint(run_dir)}. "
                             "Lower train.lr, set train.grad_clip, or set train.on_nonfinite=skip"
                         )
+                    if error is not None:
+                        if progress is not None:
+                            progress.close()
+                        logger.close()
+                        raise error
                     optimizer.zero_grad(set_to_none=True)
                     skipped += 1
                     consecutive_skips += 1
