@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from edvae.checkpoint import load_checkpoint, load_weights
-from edvae.config import EvalConfig, RunConfig, validate_config
-from edvae.data import DataSplits
+from edvae.config import EvalConfig
+from edvae.data import DataSplits, binarize
 from edvae.errors import EdvaeError
 from edvae.estimators import dataset_decomposition, kl_divergence, log_posterior
-from edvae.model import VAE, build_model
+from edvae.model import VAE
+from edvae.runs import load_run  # re-exported: its old home
 
 __all__ = ["evaluate_model", "evaluate_run", "load_run", "mean_true_log_likelihood", "sliced_wasserstein", "active_units"]
 
@@ -61,17 +60,13 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> int:
     return int((mu.double().var(dim=0) > threshold).sum())
 
 
-def _fixed_binarisation(x: Tensor, seed: int) -> Tensor:
-    return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
-
-
 def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor, seed: int) -> float:
     """Accuracy on (x_eval, y_eval) of a logistic regression fitted to the posterior means of
     the training split, as the model sees its inputs: with dynamic binarisation (binary test
     images) the training images are binarised once with ``seed``, not left in grey levels."""
     from sklearn.linear_model import LogisticRegression
 
-    x_fit = _fixed_binarisation(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
+    x_fit = binarize(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
     feats_train = model.encode(x_fit)[0].double().numpy()
     feats_eval = model.encode(x_eval)[0].double().numpy()
     probe = LogisticRegression(max_iter=2000)
@@ -99,7 +94,7 @@ def evaluate_model(
     x_all: Tensor = getattr(data, split)
     labels = getattr(data, f"{split}_labels", None)
     if getattr(data, "binarize", "none") == "dynamic":
-        x_all = _fixed_binarisation(x_all, config.seed + 1)
+        x_all = binarize(x_all, config.seed + 1)
     prior = model.prior_distribution()
     k = config.iwae_samples
     chunk = max(1, min(config.batch_size, _SAMPLES_PER_CHUNK // k))
@@ -156,19 +151,6 @@ def evaluate_model(
 def mean_true_log_likelihood(data: DataSplits, split: str = "test") -> float:
     """mean_n log p_true(x_n) over a split of synthetic data (exact up to quadrature)."""
     return float(data.ground_truth.true_log_likelihood(getattr(data, split)).double().mean())
-
-
-def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, RunConfig, dict[str, Any], DataSplits]:
-    """Rebuild a trained model from its run folder: ``(model, config, checkpoint, data)``."""
-    from edvae.train import load_data
-
-    state = load_checkpoint(run_dir)
-    config = validate_config(state["config"], source=f"the config stored in {run_dir}")
-    data = data if data is not None else load_data(config)
-    model = build_model(config.model, data, fit_prior=False)  # fitted values come from the state dict
-    load_weights(model, state["model"], run_dir)
-    model.eval()
-    return model, config, state, data
 
 
 def evaluate_run(

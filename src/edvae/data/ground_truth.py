@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from edvae.data.splits import derive_seed
+from edvae.data.sampling import derive_seed
 from edvae.errors import EdvaeError
 
 __all__ = ["GroundTruth"]

@@ -16,7 +16,7 @@ Binarisation (``likelihood="bernoulli"`` only):
   targets; log p(x|z) is then a cross-entropy, not the log-density of a discrete variable).
 * ``"static"``: every split is binarised once here, x ~ Bernoulli(grey level), with the seed.
 * ``"dynamic"`` (default for Bernoulli data): ``train`` keeps the grey levels and the training
-  loop draws a fresh binary batch with :func:`binarize_batch` at every step; ``val`` and
+  loop draws a fresh binary batch at every step; ``val`` and
   ``test`` are binarised once here with the seed, so every model is evaluated on the same
   binary examples (resampling an already binary split is a no-op, so a loop that binarises
   every batch stays correct).
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from edvae.data.sampling import binarize, derive_seed
 from edvae.errors import EdvaeError
 
 if TYPE_CHECKING:
@@ -124,17 +125,8 @@ class DataSplits:
         return ", ".join(parts)
 
 
-def binarize_batch(x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-    """Draw a binary batch x_b ~ Bernoulli(x): dynamic binarisation, once per training step."""
-    return torch.bernoulli(x, generator=generator)
-
-
-def derive_seed(seed: int, *keys: int | str) -> int:
-    """A well-mixed 32-bit seed for one purpose (``keys``) derived from the data seed."""
-    words = [int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF]
-    for key in keys:
-        words.extend(key.encode() if isinstance(key, str) else [int(key)])
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint32)[0])
+#: The old name of :func:`edvae.data.sampling.binarize`.
+binarize_batch = binarize
 
 
 def check_split(split: Any, source: str) -> tuple[float, float, float]:
@@ -245,8 +237,7 @@ def finish(
         start += size
         part = data[idx]
         if binarize == "static" or (binarize == "dynamic" and split_name != "train"):
-            gen = torch.Generator().manual_seed(derive_seed(seed, "binarize", split_name))
-            part = binarize_batch(part, generator=gen)
+            part = binarize(part, derive_seed(seed, "binarize", split_name))
         parts[split_name] = part.contiguous()
         parts[f"{split_name}_labels"] = None if label_tensor is None else label_tensor[idx].contiguous()
     return DataSplits(

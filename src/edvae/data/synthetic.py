@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from edvae.data.ground_truth import GroundTruth
-from edvae.data.splits import SPLIT_NAMES, DataSplits, derive_seed
+from edvae.data.sampling import derive_seed
+from edvae.data.splits import SPLIT_NAMES, DataSplits
 from edvae.errors import EdvaeError
 
 __all__ = ["GENERATOR_SEED", "SyntheticGenerator", "complex_dataset", "gaussian_dataset", "make_ground_truth"]
