@@ -32,7 +32,7 @@ from edvae.data import DataSplits, binarize
 from edvae.errors import EdvaeError
 from edvae.estimators import dataset_decomposition, kl_divergence, log_posterior
 from edvae.model import VAE
-from edvae.runs import load_run  # re-exported: its old home
+from edvae.runs import load_run  # also importable from here, its former home
 
 __all__ = ["evaluate_model", "evaluate_run", "load_run", "mean_true_log_likelihood", "sliced_wasserstein", "active_units"]
 

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from edvae import __version__
+from edvae.figures import draw_aggregate_posterior
+from edvae.runs import LATENTS_NAME, METRICS_NAME
 
 if TYPE_CHECKING:
-    from edvae.experiments.runner import Study
+    from edvae.experiments.study import Study
 
 __all__ = ["BETTER", "summarise", "write_report", "markdown_table"]
 
@@ -151,18 +153,16 @@ def _figures(study: "Study", records: list[dict[str, Any]], summary: dict[str, A
     fig, axes = plt.subplots(len(datasets), len(models), figsize=(3.2 * len(models), 3.2 * len(datasets)), squeeze=False)
     for r in shown:
         ax = axes[datasets.index(r["dataset"])][models.index(r["model"])]
-        path = Path(r["run_dir"]) / "latents.pt"
+        path = Path(r["run_dir"]) / LATENTS_NAME
+        title = f"{r['dataset']} / {r['model']}"
         if path.exists():
             lat = torch.load(path, weights_only=True)
-            if "grid" in lat:
-                t = lat["grid"].numpy()
-                ax.contourf(t, t, lat["prior_log_density"].exp().T.numpy(), levels=20, cmap="Blues")
-            z = lat["z"].numpy()
-            labels = lat.get("labels")
-            ax.scatter(z[:, 0], z[:, 1], s=2, alpha=0.5, c=None if labels is None else labels.numpy(), cmap="tab10" if labels is not None else None, color="darkred" if labels is None else None)
-        ax.set_title(f"{r['dataset']} / {r['model']}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+            density = (lat["grid"], lat["prior_log_density"]) if "grid" in lat else None
+            draw_aggregate_posterior(ax, lat["z"], lat.get("labels"), title=title, prior_density=density, legend=False)
+        else:
+            ax.set_title(title, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
     fig.suptitle("Aggregate posterior samples (points) over the model's prior density (shading)")
     fig.tight_layout()
     written.append(fig_dir / "aggregate_posterior.png")
@@ -172,7 +172,7 @@ def _figures(study: "Study", records: list[dict[str, Any]], summary: dict[str, A
     # Training curves of every logged term.
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
     for r in shown:
-        path = Path(r["run_dir"]) / "metrics.jsonl"
+        path = Path(r["run_dir"]) / METRICS_NAME
         if not path.exists():
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines()]
