@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from edvae.config import EvalConfig
-from edvae.data import DataSplits, binarize
+from edvae.data import DataSplits, binarize_batch
 from edvae.errors import EdvaeError
 from edvae.estimators import dataset_decomposition, kl_divergence, log_posterior
 from edvae.model import VAE
@@ -66,7 +66,7 @@ def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor
     images) the training images are binarised once with ``seed``, not left in grey levels."""
     from sklearn.linear_model import LogisticRegression
 
-    x_fit = binarize(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
+    x_fit = binarize_batch(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
     feats_train = model.encode(x_fit)[0].double().numpy()
     feats_eval = model.encode(x_eval)[0].double().numpy()
     probe = LogisticRegression(max_iter=2000)
@@ -94,7 +94,7 @@ def evaluate_model(
     x_all: Tensor = getattr(data, split)
     labels = getattr(data, f"{split}_labels", None)
     if getattr(data, "binarize", "none") == "dynamic":
-        x_all = binarize(x_all, config.seed + 1)
+        x_all = binarize_batch(x_all, config.seed + 1)
     prior = model.prior_distribution()
     k = config.iwae_samples
     chunk = max(1, min(config.batch_size, _SAMPLES_PER_CHUNK // k))

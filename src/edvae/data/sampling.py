@@ -3,7 +3,7 @@
 Binarisation turns grey levels x in [0, 1] into binary examples x_b ~ Bernoulli(x), elementwise.
 Two ways of drawing it are in use, and each call site keeps its own so that no number changes:
 
-* :func:`binarize`: ``torch.bernoulli(x, generator)``: the fixed splits of
+* :func:`binarize_batch`: ``torch.bernoulli(x, generator)``: the fixed splits of
   :func:`edvae.data.splits.finish` (``static``, and ``val``/``test`` under ``dynamic``) and the
   once-binarised inputs of :mod:`edvae.evaluate`;
 * :func:`binarize_global_batch`: x_b = 1[u < x] with uniforms u drawn for the whole global batch
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["binarize", "binarize_global_batch", "derive_seed"]
+__all__ = ["binarize_batch", "binarize_global_batch", "derive_seed"]
 
 
 def derive_seed(seed: int, *keys: int | str) -> int:
@@ -30,7 +30,7 @@ def derive_seed(seed: int, *keys: int | str) -> int:
     return int(np.random.SeedSequence(words).generate_state(1, np.uint32)[0])
 
 
-def binarize(x: Tensor, generator: torch.Generator | int | None = None) -> Tensor:
+def binarize_batch(x: Tensor, generator: torch.Generator | int | None = None) -> Tensor:
     """x_b ~ Bernoulli(x) elementwise, one ``torch.bernoulli`` draw from ``generator``.
 
     ``generator`` may be a seed (a fresh generator seeded with it) or ``None`` (torch's global

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edvae.data.sampling import binarize, derive_seed
+from edvae.data.sampling import binarize_batch, derive_seed
 from edvae.errors import EdvaeError
 
 if TYPE_CHECKING:
@@ -123,10 +123,6 @@ class DataSplits:
         if self.ground_truth is not None:
             parts.append(self.ground_truth.describe())
         return ", ".join(parts)
-
-
-#: The old name of :func:`edvae.data.sampling.binarize`.
-binarize_batch = binarize
 
 
 def check_split(split: Any, source: str) -> tuple[float, float, float]:
@@ -237,7 +233,7 @@ def finish(
         start += size
         part = data[idx]
         if binarize == "static" or (binarize == "dynamic" and split_name != "train"):
-            part = binarize(part, derive_seed(seed, "binarize", split_name))
+            part = binarize_batch(part, derive_seed(seed, "binarize", split_name))
         parts[split_name] = part.contiguous()
         parts[f"{split_name}_labels"] = None if label_tensor is None else label_tensor[idx].contiguous()
     return DataSplits(
