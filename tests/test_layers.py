@@ -16,6 +16,7 @@ every child that imports a sibling part of a cycle.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,8 @@ PACKAGE = SRC / "edvae"
 MATHEMATICS = ("edvae.priors", "edvae.estimators", "edvae.objectives")
 MATHEMATICS_MAY_IMPORT = ("edvae.errors",)
 
-#: Edges allowed to close a cycle, each with the reason. Empty: there are none today.
+#: Edges ``(importer, imported)`` allowed to close a cycle, each with a comment saying why and
+#: who removes it. Empty: there are none today.
 KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
@@ -69,6 +71,7 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     return names
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     """``graph[a]`` = the edvae files that file ``a`` imports (itself excluded)."""
     modules = _modules()
@@ -145,7 +148,8 @@ def f():
 def test_graph_covers_the_package():
     graph = import_graph()
     assert {"edvae", "edvae.errors", "edvae.estimators", "edvae.evaluate", "edvae.data.splits"} <= set(graph)
-    assert "edvae.estimators" in graph["edvae.objectives"]
+    objectives = [m for m in graph if _within(m, ("edvae.objectives",))]
+    assert any(_within(t, ("edvae.estimators",)) for m in objectives for t in graph[m])
 
 
 @pytest.mark.parametrize("module", sorted(m for m in _modules() if _within(m, MATHEMATICS)))
