@@ -285,15 +285,10 @@ def _laplace(dim: int, *, loc: Any = 0.0, scale: Any = 1.0, learnable: bool = Fa
 
 
 @register("true")
-def _true(dim: int, *, context: PriorContext | None = None) -> Prior:
+def _true(dim: int, *, context: PriorContext) -> Prior:
     """The data set's own generating prior p_true(z), known for synthetic data only."""
-    data = None if context is None else context.data
-    require(data is not None, "prior 'true' is the data set's own generating prior; use it in a "
-            "model config (model.prior='true') with synthetic data")
-    others = [name for name in names() if name != "true"]
-    require(
-        data.ground_truth is not None,
-        f"model.prior='true' needs synthetic data with a known prior, but data set '{data.name}' "
-        f"has none; choose one of: {', '.join(others)}",
-    )
+    data = context.data
+    require(data is not None and data.ground_truth is not None,
+            f"model.prior='true' needs synthetic data with a known prior, but data set "
+            f"'{getattr(data, 'name', None)}' has none; choose one of: {', '.join(names())}")
     return as_prior(data.ground_truth.prior)

@@ -54,6 +54,7 @@ class _Entry:
     options: tuple[str, ...]  # the keyword parameters after dim, without context
     required: tuple[str, ...]
     wants_context: bool
+    needs_context: bool  # a context parameter without default: only a model can build it
     argument: str | None  # "name:VALUE" passes VALUE as this option
 
 
@@ -67,7 +68,8 @@ def register(name: str, *, argument: str | None = None, replace: bool = False) -
     defaults (without a default an option is required), and returns a module whose
     ``forward()`` returns p(z) with ``event_shape == (D,)``. A keyword parameter named
     ``context`` receives the :class:`PriorContext` of the model being built (``None`` when
-    :func:`make` is called without one). ``argument="path"`` makes ``"name:VALUE"`` mean
+    :func:`make` is called without one; without a default the prior can only be built in a
+    model, and :func:`names` lists it only with ``in_model=True``). ``argument="path"`` makes ``"name:VALUE"`` mean
     ``name`` with ``path=VALUE`` (as in ``"samples:PATH"``).
 
     Once registered, the name works everywhere a prior name does: :func:`make`, a config's
@@ -94,16 +96,19 @@ def register(name: str, *, argument: str | None = None, replace: bool = False) -
         require(argument is None or argument in names_,
                 f"argument={argument!r} is not an option of prior {name!r}")
         required = tuple(p.name for p in options if p.default is p.empty)
-        wants_context = any(p.name == "context" for p in parameters[1:])
-        _REGISTRY[name] = _Entry(factory, names_, required, wants_context, argument)
+        context = [p for p in parameters[1:] if p.name == "context"]
+        needs_context = bool(context) and context[0].default is context[0].empty
+        _REGISTRY[name] = _Entry(factory, names_, required, bool(context), needs_context, argument)
         return factory
 
     return decorate
 
 
-def names() -> list[str]:
-    """The prior names :func:`make` accepts, in the order they were registered."""
-    return list(_REGISTRY)
+def names(*, in_model: bool = False) -> list[str]:
+    """The prior names :func:`make` builds from a dimension and options, in the order they were
+    registered; with ``in_model=True`` also those that need a model's :class:`PriorContext`
+    (such as ``"true"``, the data set's own prior)."""
+    return [name for name, entry in _REGISTRY.items() if in_model or not entry.needs_context]
 
 
 def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **options: Any) -> nn.Module:
@@ -143,7 +148,7 @@ def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **opti
     entry = _REGISTRY.get(base) if isinstance(base, str) else None
     require(
         entry is not None and (not colon or entry.argument is not None),
-        f"unknown prior name {_shown(name)}; choose one of: {', '.join(names())}"
+        f"unknown prior name {_shown(name)}; choose one of: {', '.join(names(in_model=True))}"
         + ("" if entry is None else f" ({base!r} takes no ':' argument)"),
     )
     dim = _positive_int("dim", dim, _MAX_DIM)
@@ -160,6 +165,8 @@ def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **opti
     missing = [option for option in entry.required if option not in options]
     needed = ", ".join(f"{option}=..." for option in missing)
     require(not missing, f"prior {base!r} needs option(s) {', '.join(missing)}; pass {needed}")
+    require(context is not None or not entry.needs_context,
+            f"prior {base!r} needs the data of a model; use it as model.prior={base!r} in a config")
     if entry.wants_context:
         options["context"] = context
     return entry.factory(dim, **options)
