@@ -222,7 +222,8 @@ def distribution_of(prior: Any, dim: int | None = None) -> Distribution:
                 f"the prior {type(prior).__name__} cannot be called without arguments ({exc}); "
                 "its forward() must take no arguments and return a Distribution"
             ) from None
-        what = f"the output of {type(prior).__name__}.forward()"
+        what = (f"the output of {type(prior).__name__}.forward()" if isinstance(prior, nn.Module)
+                else f"the value returned by the prior {getattr(prior, '__qualname__', 'callable')}")
     _check_distribution(dist, what)
     if dim is not None and tuple(dist.event_shape) != (dim,):
         raise EdvaeError(
