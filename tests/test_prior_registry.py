@@ -5,18 +5,22 @@ prior-like object into a distribution."""
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import math
+import sys
 import textwrap
 
 import pytest
 import torch
 import zuko
 from torch import nn
+from typer.testing import CliRunner
 from torch.distributions import Independent, Normal
 
 from edvae import estimators
 from edvae import priors as P
 from edvae.checkpoint import load_checkpoint
+from edvae.cli import app
 from edvae.data import GroundTruth, load_dataset
 from edvae.errors import EdvaeError
 from edvae.model import build_model
@@ -40,6 +44,15 @@ def my_prior(dim, *, loc=0.0, scale=1.0):
 def scratch_registry(monkeypatch):
     """Registrations made by a test vanish after it (the registry is a module-level dict)."""
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+
+
+def _user_module(tmp_path, monkeypatch) -> str:
+    """A user's module registering "my_prior", importable but not yet imported."""
+    (tmp_path / "user_priors_for_test.py").write_text(textwrap.dedent(USER_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_priors_for_test", raising=False)
+    return "user_priors_for_test"
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +61,7 @@ def complex_data():
 
 
 def test_a_prior_registered_in_a_user_module_trains_by_name(tmp_path, monkeypatch, tiny_config):
-    (tmp_path / "user_priors_for_test.py").write_text(textwrap.dedent(USER_MODULE))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(__import__("sys").modules, "user_priors_for_test", raising=False)
-    importlib.import_module("user_priors_for_test")
+    importlib.import_module(_user_module(tmp_path, monkeypatch))
     assert "my_prior" in P.names()
 
     cfg = tiny_config(model={"prior": "my_prior", "prior_options": {"scale": 2.0}}, train={"epochs": 1})
@@ -63,6 +73,30 @@ def test_a_prior_registered_in_a_user_module_trains_by_name(tmp_path, monkeypatc
     assert not torch.equal(state["prior.loc"], torch.zeros(2))
     assert torch.allclose(state["prior.log_scale"], torch.full((2,), math.log(2.0)), atol=0.1)
     assert not torch.equal(state["prior.log_scale"], torch.full((2,), math.log(2.0)))
+
+
+def test_an_installed_plugin_prior_trains_by_name_from_the_cli(tmp_path, monkeypatch):
+    """A package's ``edvae.priors`` entry point is imported when a name is not yet known, so a
+    fresh ``edvae train --prior my_prior`` finds the prior its module registers."""
+    module = _user_module(tmp_path, monkeypatch)
+    plugin = importlib.metadata.EntryPoint(name="mine", value=module, group=registry.PLUGIN_GROUP)
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points",
+                        lambda group: [plugin] if group == registry.PLUGIN_GROUP else [])
+    assert "my_prior" not in registry._REGISTRY and module not in sys.modules
+    args = ["train", "--out", str(tmp_path / "run"), "--prior", "my_prior", "--set", "data.name=complex",
+            "--set", "data.options.n_train=128", "--set", "data.options.n_val=64", "--set", "data.options.n_test=64",
+            "--set", "model.hidden=[16]", "--set", "train.epochs=1", "--set", "train.batch_size=64",
+            "--set", "train.progress=false", "--set", "eval.iwae_samples=16"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert "prior.log_scale" in load_checkpoint(tmp_path / "run")["model"]
+
+
+def test_a_plugin_that_fails_to_import_is_named_in_one_line(monkeypatch):
+    plugin = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz", group=registry.PLUGIN_GROUP)
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: [plugin])
+    with pytest.raises(EdvaeError, match="prior plugin 'broken' \\(no_such_module_xyz\\) failed to import"):
+        P.make("not_registered_anywhere", 2)
 
 
 def test_options_a_registered_prior_does_not_read_are_refused(complex_data, tiny_config):

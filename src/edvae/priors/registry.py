@@ -10,6 +10,7 @@ depend on the data or the encoder build themselves and the model has no per-name
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from edvae.errors import require
+from edvae.errors import EdvaeError, require
 from edvae.priors.base import _positive_int, _shown
 
 if TYPE_CHECKING:
@@ -60,6 +61,26 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {}
 
+#: Entry-point group of installed packages that register priors when imported (see :func:`names`).
+PLUGIN_GROUP = "edvae.priors"
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Import, once, every module an installed package lists under the ``edvae.priors`` entry
+    points, so that its ``@register`` lines run (a fresh ``edvae`` process knows its priors)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry_point in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            entry_point.load()
+        except Exception as exc:  # noqa: BLE001 - any failure is the plugin's, named in one line
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EdvaeError(f"the prior plugin {entry_point.name!r} ({entry_point.value}) failed "
+                             f"to import: {message}; fix or uninstall it") from None
+
 
 def register(name: str, *, argument: str | None = None, replace: bool = False) -> Callable[[Factory], Factory]:
     r"""Register a prior factory under ``name``: ``@register("name")`` above ``def f(dim, *, ...)``.
@@ -73,7 +94,8 @@ def register(name: str, *, argument: str | None = None, replace: bool = False) -
     ``name`` with ``path=VALUE`` (as in ``"samples:PATH"``).
 
     Once registered, the name works everywhere a prior name does: :func:`make`, a config's
-    ``model.prior`` and ``--prior``. Registering a name that exists raises
+    ``model.prior`` and ``--prior`` (in a fresh ``edvae`` process, through an installed
+    package's entry point: ``[project.entry-points."edvae.priors"] name = "my_pkg.priors"``). Registering a name that exists raises
     :class:`EdvaeError` unless ``replace=True``. Returns the factory unchanged.
     """
     require(isinstance(name, str) and name.isidentifier(),
@@ -107,7 +129,9 @@ def register(name: str, *, argument: str | None = None, replace: bool = False) -
 def names(*, in_model: bool = False) -> list[str]:
     """The prior names :func:`make` builds from a dimension and options, in the order they were
     registered; with ``in_model=True`` also those that need a model's :class:`PriorContext`
-    (such as ``"true"``, the data set's own prior)."""
+    (such as ``"true"``, the data set's own prior). Priors of installed plugins (packages with
+    an ``edvae.priors`` entry point naming the module that registers them) are included."""
+    _load_plugins()
     return [name for name, entry in _REGISTRY.items() if in_model or not entry.needs_context]
 
 
@@ -145,6 +169,8 @@ def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **opti
     as do ``dim`` > 65536 and ``n_components`` > 100000 (sizes that would allocate gigabytes).
     """
     base, colon, value = name.partition(":") if isinstance(name, str) else (name, "", "")
+    if not (isinstance(base, str) and base in _REGISTRY):
+        _load_plugins()
     entry = _REGISTRY.get(base) if isinstance(base, str) else None
     require(
         entry is not None and (not colon or entry.argument is not None),
