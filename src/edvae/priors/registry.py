@@ -90,13 +90,14 @@ def register(name: str, *, argument: str | None = None, replace: bool = False) -
     ``forward()`` returns p(z) with ``event_shape == (D,)``. A keyword parameter named
     ``context`` receives the :class:`PriorContext` of the model being built (``None`` when
     :func:`make` is called without one; without a default the prior can only be built in a
-    model, and :func:`names` lists it only with ``in_model=True``). ``argument="path"`` makes ``"name:VALUE"`` mean
-    ``name`` with ``path=VALUE`` (as in ``"samples:PATH"``).
+    model, and :func:`names` lists it only with ``in_model=True``). ``argument="path"`` makes
+    ``"name:VALUE"`` mean ``name`` with ``path=VALUE`` (as in ``"samples:PATH"``).
 
     Once registered, the name works everywhere a prior name does: :func:`make`, a config's
-    ``model.prior`` and ``--prior`` (in a fresh ``edvae`` process, through an installed
-    package's entry point: ``[project.entry-points."edvae.priors"] name = "my_pkg.priors"``). Registering a name that exists raises
-    :class:`EdvaeError` unless ``replace=True``. Returns the factory unchanged.
+    ``model.prior`` and ``--prior``. A fresh ``edvae`` process finds priors of installed
+    packages through their entry point, ``[project.entry-points."edvae.priors"]
+    any_name = "my_pkg.priors"`` (the module whose import registers them). Registering a name
+    that exists raises :class:`EdvaeError` unless ``replace=True``. Returns the factory.
     """
     require(isinstance(name, str) and name.isidentifier(),
             f"a prior name must be an identifier (letters, digits, _), got {_shown(name)}")
