@@ -57,6 +57,7 @@ from torch.autograd.function import once_differentiable
 from torch.distributions import Distribution, Independent, Normal
 
 from edvae.errors import EdvaeError
+from edvae.priors.base import distribution_of
 
 __all__ = [
     "METHODS",
@@ -203,32 +204,13 @@ def _result_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 def resolve_prior(prior: PriorLike, dim: Optional[int] = None) -> Distribution:
-    """The prior distribution p(z) behind ``prior``.
+    """The prior distribution p(z) behind ``prior``: :func:`edvae.priors.distribution_of`.
 
     ``prior`` is a ``torch.distributions.Distribution`` or, following zuko's lazy-distribution
-    convention, an ``nn.Module`` (or any callable without ``log_prob``) whose call returns one.
-    With ``dim`` given, the event shape must be ``(dim,)``.
+    convention, an ``nn.Module`` (or any callable) whose call returns one with
+    ``batch_shape == ()``; with ``dim`` given, the event shape must be ``(dim,)``.
     """
-    dist = prior
-    if isinstance(prior, nn.Module) or not hasattr(prior, "log_prob"):
-        if not callable(prior):
-            raise EdvaeError(
-                f"prior must be a torch Distribution or a module returning one, got "
-                f"{type(prior).__name__}; wrap it with edvae.priors.as_prior."
-            )
-        dist = prior()
-    if not hasattr(dist, "log_prob") or not hasattr(dist, "event_shape"):
-        raise EdvaeError(
-            f"prior returned {type(dist).__name__}, not a torch Distribution; make its "
-            "forward() return a torch.distributions.Distribution."
-        )
-    if dim is not None and tuple(dist.event_shape) != (dim,):
-        raise EdvaeError(
-            f"prior has event_shape {tuple(dist.event_shape)} but mu and z have latent "
-            f"dimension D={dim}; use a prior over R^{dim} (wrap per-dimension distributions "
-            "in torch.distributions.Independent(..., 1))."
-        )
-    return dist
+    return distribution_of(prior, dim)
 
 
 def _factorised_log_prob(prior: Distribution, z: Tensor) -> Optional[Tensor]:
