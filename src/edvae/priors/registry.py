@@ -14,15 +14,12 @@ import importlib.metadata
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
 from edvae.errors import EdvaeError, require
 from edvae.priors.base import _positive_int, _shown
-
-if TYPE_CHECKING:
-    from edvae.data import DataSplits
 
 __all__ = ["PriorContext", "make", "names", "register"]
 
@@ -37,14 +34,15 @@ class PriorContext:
 
     Attributes:
         dim: the latent dimension D.
-        data: the data set the model is built for (``None`` outside a model).
+        data: the data set the model is built for, an :class:`edvae.data.DataSplits` (``None``
+            outside a model; typed loosely so that the mathematics does not import the data layer).
         encoder: the model's encoder, mapping (B, *x_shape) to ``(mu, logvar)``.
         fit: whether to fit a prior to data now; ``False`` when a state dict holding the
             fitted values is loaded next (build it cheaply, do not fit).
     """
 
     dim: int
-    data: DataSplits | None = None
+    data: Any = None
     encoder: nn.Module | None = None
     fit: bool = True
 
