@@ -39,17 +39,17 @@ def test_interval_matches_scipy_on_hand_data():
 
 
 def test_one_seed_has_no_interval():
-    (c,) = paired_comparisons(_records({("d", "ref"): [1.0], ("d", "m"): [3.0]}), "ref", ["mse"])
+    (c,) = paired_comparisons(_records({("d", "ref"): [1.0], ("d", "m"): [3.0]}, "mse"), "ref", ["mse"])
     assert c["mean_diff"] == 2.0 and c["n_seeds"] == 1 and c["n_better"] == 0
     assert math.isnan(c["ci_low"]) and math.isnan(c["ci_high"])
     assert verdict(c) == "within noise"
 
 
 def test_identical_differences_give_a_zero_width_interval():
-    (c,) = paired_comparisons(_records({("d", "ref"): [1.0, 5.0, -2.0], ("d", "m"): [1.5, 5.5, -1.5]}), "ref", ["mse"])
+    (c,) = paired_comparisons(_records({("d", "ref"): [1.0, 5.0, -2.0], ("d", "m"): [1.5, 5.5, -1.5]}, "mse"), "ref", ["mse"])
     assert c["ci_low"] == pytest.approx(0.5) and c["ci_high"] == pytest.approx(0.5)
     assert verdict(c) == "worse" and c["n_better"] == 0  # mse is lower-is-better
-    (same,) = paired_comparisons(_records({("d", "ref"): [1.0, 5.0], ("d", "m"): [1.0, 5.0]}), "ref", ["elbo"], )
+    (same,) = paired_comparisons(_records({("d", "ref"): [1.0, 5.0], ("d", "m"): [1.0, 5.0]}, "elbo"), "ref", ["elbo"])
     assert same["ci_low"] == same["ci_high"] == 0.0 and same["n_better"] == 0
     assert verdict(same) == "within noise"
 
