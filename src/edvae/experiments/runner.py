@@ -54,6 +54,9 @@ class Study:
     runs: list[RunSpec]
     metrics: list[str] = field(default_factory=lambda: ["mse", "kl", "elbo", "iwae", "ll_gap", "mi", "marginal_kl", "prior_swd", "active_units", "train_seconds"])
     notes: list[str] = field(default_factory=list)
+    #: The model every other model is compared with, seed by seed (``comparisons`` in the report,
+    #: :func:`edvae.stats.paired_comparisons`); None: no comparisons.
+    reference: str | None = None
     #: Called as ``prepare(study, out_dir)`` by :func:`run_study` before anything is built: writes
     #: files the runs read (e.g. a prior-samples file) and may point the runs' configs at them.
     prepare: Callable[["Study", Path], None] | None = None
@@ -81,23 +84,23 @@ def _save_latents(run_dir: Path, spec: RunSpec) -> None:
     torch.save(payload, run_dir / LATENTS_NAME)
 
 
-def _cached_true_ll(spec: RunSpec, out_dir: Path) -> float | None:
-    """mean log p_true(x) of the test split, computed once per data config and cached on disk."""
+def _cached_true_ll(spec: RunSpec, out_dir: Path) -> torch.Tensor | None:
+    """log p_true(x_n) of every test example, computed once per data config and cached on disk."""
     from edvae.checkpoint import save_atomic
-    from edvae.evaluate import mean_true_log_likelihood
+    from edvae.evaluate import true_log_likelihoods
     from edvae.train import load_data
 
     if not spec.config.eval.true_ll:
         return None
     key = hashlib.sha256(json.dumps(spec.config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
     path = out_dir / "cache" / f"true_ll-{key}.pt"
-    if path.exists():
-        return float(torch.load(path, weights_only=True)["true_ll"])
+    if path.exists() and isinstance(cached := torch.load(path, weights_only=True).get("log_p_true"), torch.Tensor):
+        return cached
     data = load_data(spec.config)
     if data.ground_truth is None:
         return None
-    value = mean_true_log_likelihood(data)
-    save_atomic({"true_ll": value, "data": spec.config.data.model_dump()}, path)
+    value = true_log_likelihoods(data)
+    save_atomic({"log_p_true": value, "data": spec.config.data.model_dump()}, path)
     return value
 
 
