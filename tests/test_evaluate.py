@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from edvae.config import EvalConfig
+from edvae.errors import EdvaeError
 from edvae.estimators import dataset_decomposition, dataset_decomposition_terms, log_posterior
 from edvae.evaluate import evaluate_model, evaluation_seed, load_run
 from edvae.train import train
@@ -127,6 +128,8 @@ def test_evaluation_noise_is_not_the_training_noise(trained, monkeypatch):
     monkeypatch.setattr(torch, "randn", spy)
     evaluate_model(model, data, EvalConfig(iwae_samples=5, seed=0, true_ll=False))
     monkeypatch.undo()
+    with pytest.raises(EdvaeError, match="true_ll has shape"):
+        evaluate_model(model, data, EvalConfig(iwae_samples=2), true_ll=torch.zeros(3))
     training_noise = torch.randn(first[0].shape, generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(first[0], training_noise)
     # every purpose has its own stream, none seeded like a training stream (edvae.train: the

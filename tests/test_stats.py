@@ -110,3 +110,40 @@ def test_t_interval_closed_form():
     assert high - mean == pytest.approx(sps.t.ppf(0.975, 1) * math.sqrt(2) / math.sqrt(2))
     with pytest.raises(EdvaeError):
         t_interval([])
+
+
+def test_the_report_writes_comparisons_with_the_studys_reference(tmp_path):
+    """results.json holds the paired comparisons on the headline metrics present (nll for
+    ll_gap without a ground truth); results.md tabulates them with their verdicts."""
+    import json
+    import re
+
+    from edvae.experiments.runner import Study
+    from edvae.report import study_comparisons, write_report
+
+    rng = random.Random(1)
+    seed_effect = {(d, s): rng.gauss(0, 1) for d in ("a", "b") for s in range(4)}  # shared by a seed's runs
+    records = []
+    for dataset in ("a", "b"):
+        for model, shift in (("ref", 0.0), ("good", 1.0), ("same", 0.0)):
+            for seed in range(4):
+                base = seed_effect[dataset, seed] + 0.05 * rng.random()
+                metrics = {"iwae": base + shift + 0.01 * seed, "elbo": base - 1, "nll": -base - shift, "mi": 1.0,
+                           "kl": 2.0 + 0.1 * seed, "mse": 0.1, "prior_swd": 0.5 + 0.01 * rng.random()}
+                records.append({"dataset": dataset, "model": model, "seed": seed, "metrics": metrics, "run_dir": str(tmp_path / "none")})
+    study = Study("s", "S", "d", [], metrics=["iwae", "mi", "prior_swd"], reference="ref")
+    result = write_report(study, records, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    expected = paired_comparisons(records, "ref", ["nll", "iwae", "elbo", "kl", "mse", "prior_swd"])
+    assert saved["comparisons"] == result["comparisons"] == expected == study_comparisons(study, records)
+    assert len(expected) == 2 * 2 * 6
+    good = next(c for c in expected if c["dataset"] == "a" and c["model"] == "good" and c["metric"] == "iwae")
+    assert verdict(good) == "better" and good["n_better"] == 4 and good["n_seeds"] == 4
+    md = (tmp_path / "results.md").read_text()
+    assert "## Paired comparisons with ref" in md
+    row = re.search(r"\| good \| ref \| iwae \| (\S+) \[(\S+), (\S+)\] \| 4/4 \| better \|", md)
+    assert [float(v) for v in row.groups()] == pytest.approx([good["mean_diff"], good["ci_low"], good["ci_high"]], abs=1e-3)
+    assert "| same | ref | kl | +0.0000 [+0.0000, +0.0000] | 0/4 | within noise |" in md
+    study.reference = None
+    assert write_report(study, records, tmp_path)["comparisons"] == []
+    assert "Paired comparisons" not in (tmp_path / "results.md").read_text()
