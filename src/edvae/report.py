@@ -89,13 +89,14 @@ def markdown_table(summary: dict[str, Any], metrics: list[str]) -> str:
 def study_comparisons(study: "Study", records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every model against ``study.reference`` (none without one) on :data:`HEADLINE` and the
     study's own metrics with a direction, those present in the records; ``nll`` replaces
-    ``ll_gap`` where no record has a ground truth."""
+    ``ll_gap`` where no record has a ground truth. Training times are not compared: they
+    measure the machine's load as much as the model."""
     reference = getattr(study, "reference", None)
     if reference is None:
         return []
     present = {m for r in records for m in r["metrics"]}
     headline = [m if m != "ll_gap" or "ll_gap" in present else "nll" for m in HEADLINE]
-    metrics = [m for m in dict.fromkeys([*headline, *study.metrics]) if m in present and m in HIGHER_IS_BETTER]
+    metrics = [m for m in dict.fromkeys([*headline, *study.metrics]) if m in present and m in HIGHER_IS_BETTER and m != "train_seconds"]
     return paired_comparisons(records, reference, metrics)
 
 
