@@ -119,7 +119,9 @@ def evaluate_model(
     with ``<metric>_se`` = sd_n(v_n) / sqrt(N): the error of the split mean from the examples
     and the importance samples together (NaN for a single example). ``ll_gap_se`` is that of
     the per-example gap log p_true(x_n) - iwae_n (paired). ``active_units`` and ``prior_swd``
-    are not means over examples and have none.
+    are not means over examples and have none. The examples' own spread dominates these errors;
+    two models evaluated on the same split share it, so the error of their difference is that
+    of the per-example differences, far smaller than the two errors combined.
 
     ``decomposition_gap`` = kl - (mi + marginal_kl). mi and marginal_kl come from one draw
     z_n ~ q(z|x_n) per example, and their sum is mean_n [log q(z_n|x_n) - log p(z_n)] exactly
