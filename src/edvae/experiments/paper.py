@@ -36,4 +36,5 @@ def paper_study(*, quick: bool = False, seeds: int | None = None, overrides: dic
             "every model is evaluated on the test split with the same ELBO and IWAE estimators."
         ),
         runs=build_runs(base, DATASETS, MODELS, seeds, overrides),
+        reference="vae-true",
     )

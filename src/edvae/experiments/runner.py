@@ -24,7 +24,7 @@ import torch
 from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic
 from edvae.config import RunConfig
 from edvae.errors import EdvaeError
-from edvae.evaluate import evaluate_run, mean_true_log_likelihood
+from edvae.evaluate import evaluate_run, true_log_likelihoods
 from edvae.experiments.study import RunSpec, Study
 from edvae.model import build_model
 from edvae.report import write_report
@@ -51,19 +51,19 @@ def _save_latents(run_dir: Path, spec: RunSpec) -> None:
     torch.save(payload, run_dir / LATENTS_NAME)
 
 
-def _cached_true_ll(spec: RunSpec, out_dir: Path) -> float | None:
-    """mean log p_true(x) of the test split, computed once per data config and cached on disk."""
+def _cached_true_ll(spec: RunSpec, out_dir: Path) -> torch.Tensor | None:
+    """log p_true(x_n) of every test example, computed once per data config and cached on disk."""
     if not spec.config.eval.true_ll:
         return None
     key = hashlib.sha256(json.dumps(spec.config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
     path = out_dir / "cache" / f"true_ll-{key}.pt"
-    if path.exists():
-        return float(torch.load(path, weights_only=True)["true_ll"])
+    if path.exists() and isinstance(cached := torch.load(path, weights_only=True).get("log_p_true"), torch.Tensor):
+        return cached
     data = load_data(spec.config)
     if data.ground_truth is None:
         return None
-    value = mean_true_log_likelihood(data)
-    save_atomic({"true_ll": value, "data": spec.config.data.model_dump()}, path)
+    value = true_log_likelihoods(data)
+    save_atomic({"log_p_true": value, "data": spec.config.data.model_dump()}, path)
     return value
 
 

@@ -58,6 +58,9 @@ class Study:
     runs: list[RunSpec]
     metrics: list[str] = field(default_factory=lambda: ["mse", "kl", "elbo", "iwae", "ll_gap", "mi", "marginal_kl", "prior_swd", "active_units", "train_seconds"])
     notes: list[str] = field(default_factory=list)
+    #: The model every other model is compared with, seed by seed (``comparisons`` in the report,
+    #: :func:`edvae.stats.paired_comparisons`); None: no comparisons.
+    reference: str | None = None
     #: Called as ``prepare(study, out_dir)`` by :func:`~edvae.experiments.runner.run_study` before
     #: anything is built: writes files the runs read (e.g. a prior-samples file) and may point the
     #: runs' configs at them.
