@@ -74,7 +74,7 @@ def discretize_factors(factors: Tensor, bins: int = 20) -> Tensor:
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
         raise EdvaeError(f"bins={bins!r} must be an integer >= 2")
     codes = []
-    for column in factors.to(torch.float64).T:
+    for column in factors.to(torch.float64).T.contiguous():
         values, inverse = torch.unique(column, return_inverse=True)
         if values.numel() > bins:
             edges = torch.quantile(column, torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
