@@ -19,6 +19,15 @@ of :mod:`edvae.data.factors`).
 
   Factors are discrete: a factor with at most ``bins`` distinct values is used as it is; a
   continuous one is cut into ``bins`` bins of equal counts (its quantiles), so H(v_k) ~ log bins.
+
+  What is estimated is the information under the *empirical* aggregate posterior, a mixture of
+  N Gaussians. When a dimension's posteriors are much narrower than the gaps between the
+  distinct means mu_nj, z_j identifies the example, and then I(z_j; v_k) = H(v_k) for every
+  factor: a near-deterministic code that scatters the examples in every dimension scores 0,
+  and on continuous factors a near-deterministic *copy* of v_k does too, because every other
+  dimension (an independent continuous factor) also identifies the example. Evaluate on a set
+  whose size N makes the spacing of the means comparable to the posterior widths, or on
+  discrete factors.
 * :func:`dci` (Eastwood & Williams, 2018): a random forest regresses each standardised factor on
   the standardised means mu; its impurity importances form R (D, K), R_jk = importance of z_j for
   v_k. With P_jk = R_jk / sum_k' R_jk' and rho_j = sum_k R_jk / sum_jk R_jk,
