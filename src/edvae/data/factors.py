@@ -15,7 +15,9 @@ named by ``DataSplits.factor_names``), so that disentanglement metrics
   R(-t) (p - c) / (0.16 s) inside the unit shape (square max(|u|, |v|) <= 0.8; ellipse
   u^2 + 4 v^2 <= 1; heart (X^2 + Y^2 - 1)^3 - X^2 Y^3 <= 0 with X = 1.15 u,
   Y = 1.15 v + 0.25). Pixels are 1 inside and 0 outside: Bernoulli likelihood, no
-  binarisation.
+  binarisation. As in dSprites, symmetric shapes repeat their images along the orientation
+  factor (the square every pi/2, the ellipse every pi); only the heart has a distinct image at
+  every angle.
 * ``nongaussian-factors`` (:func:`nongaussian_factors_dataset`): K independent factors of
   zero mean and unit variance from non-Gaussian families, cycled in the order ``uniform``
   (U(-sqrt 3, sqrt 3)), ``bimodal`` (+-sqrt(1 - 0.3^2) with equal probability plus
