@@ -24,6 +24,7 @@ from edvae.disentanglement import (
     discretize_factors,
     factor_entropy,
     mutual_information_gap,
+    mutual_information_matrix,
 )
 from edvae.errors import EdvaeError
 
@@ -64,7 +65,8 @@ def _reference_gaps(code: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 
 
 def _mig(code, factors, logvar=TINY):
-    return mutual_information_gap(code, torch.full_like(code, logvar), factors, generator=torch.Generator().manual_seed(1))
+    logvar = torch.full_like(code, logvar)
+    return mutual_information_gap(code, logvar, factors, generator=torch.Generator().manual_seed(1))
 
 
 def test_a_copy_of_the_factors_scores_its_exact_value_near_1(factors):
@@ -72,7 +74,8 @@ def test_a_copy_of_the_factors_scores_its_exact_value_near_1(factors):
     result = _mig(code, factors)
     reference = _reference_gaps(code, factors)
     torch.testing.assert_close(result.per_factor, reference, atol=1e-7, rtol=0)
-    torch.testing.assert_close(result.factor_entropy, torch.tensor([_plugin_mi(c, c) for c in factors.T], dtype=torch.float64))
+    entropies = torch.tensor([_plugin_mi(c, c) for c in factors.T], dtype=torch.float64)
+    torch.testing.assert_close(result.factor_entropy, entropies)
     # the diagonal informations are H(v_k); the off-diagonal ones the plug-in I(v_j; v_k) ~ 1e-3
     assert result.score > 0.99 and result.score == pytest.approx(float(reference.mean()), abs=1e-7)
 
@@ -130,6 +133,8 @@ def test_the_metrics_refuse_what_they_cannot_score(factors):
         dci(code, factors[:, :1])
     with pytest.raises(EdvaeError, match="NaN"):
         dci(code * float("nan"), factors)
+    with pytest.raises(EdvaeError, match="int64 factor codes"):
+        mutual_information_matrix(code, torch.zeros_like(code), factors)
 
 
 def test_dci_disentanglement_of_copied_rotated_and_noise_codes(factors):

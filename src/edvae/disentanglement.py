@@ -53,7 +53,15 @@ from torch import Tensor
 from edvae.errors import EdvaeError
 from edvae.estimators import log_aggregate_posterior
 
-__all__ = ["DCI", "MIG", "dci", "discretize_factors", "factor_entropy", "mutual_information_gap", "mutual_information_matrix"]
+__all__ = [
+    "DCI",
+    "MIG",
+    "dci",
+    "discretize_factors",
+    "factor_entropy",
+    "mutual_information_gap",
+    "mutual_information_matrix",
+]
 
 
 def _check_code(mu: Tensor, logvar: Optional[Tensor], factors: Tensor, min_dims: int, min_factors: int) -> None:
@@ -128,9 +136,14 @@ def mutual_information_matrix(
     r"""I(z_j; v_k) in nats, (D, K), for integer factor codes (N, K) (see the module docstring):
 
         I_jk = mean_n [ log q(z_nj | v_k = v_nk) - log q(z_nj) ],  z_n ~ q(z | x_n) drawn once
-    with ``generator``. Costs O(N^2 D) per factor plus O(N^2 D) for q(z_j).
+    with ``generator`` (on the CPU, in float64). Costs O(N^2 D) per factor plus O(N^2 D) for q(z_j).
     """
-    mu, logvar = mu.to(torch.float64), logvar.to(torch.float64)
+    if codes.dtype != torch.int64 or codes.dim() != 2 or codes.shape[0] != mu.shape[0]:
+        raise EdvaeError(
+            f"codes must be int64 factor codes of shape ({mu.shape[0]}, K), got {codes.dtype} {tuple(codes.shape)}; "
+            "make them with discretize_factors"
+        )
+    mu, logvar = mu.detach().cpu().to(torch.float64), logvar.detach().cpu().to(torch.float64)
     noise = torch.randn(mu.shape, generator=generator, dtype=torch.float64)
     z = mu + torch.exp(0.5 * logvar) * noise
     log_q = _log_marginals(z, mu, logvar, chunk_size)
@@ -171,7 +184,7 @@ def mutual_information_gap(
     Needs D >= 2, and refuses a factor that is constant on these examples (H(v_k) = 0).
     """
     _check_code(mu, logvar, factors, min_dims=2, min_factors=1)
-    codes = discretize_factors(factors, bins)
+    codes = discretize_factors(factors.detach().cpu(), bins)
     entropy = factor_entropy(codes)
     if bool((entropy <= 0).any()):
         k = int(torch.nonzero(entropy <= 0)[0])
@@ -209,8 +222,8 @@ def dci(mu: Tensor, factors: Tensor, *, n_trees: int = 10, max_depth: int = 8, s
     from sklearn.ensemble import RandomForestRegressor  # lazily: scikit-learn is slow to import
 
     _check_code(mu, None, factors, min_dims=2, min_factors=2)
-    x = mu.detach().to(torch.float64).numpy()
-    y = factors.detach().to(torch.float64).numpy()
+    x = mu.detach().cpu().to(torch.float64).numpy()
+    y = factors.detach().cpu().to(torch.float64).numpy()
     x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
     y = (y - y.mean(0)) / np.where(y.std(0) > 0, y.std(0), 1.0)
     importance = np.zeros((x.shape[1], y.shape[1]))
