@@ -134,3 +134,17 @@ def test_non_factorised_prior_has_no_dimwise_kl_but_the_same_tc():
     assert float(joint.marginal_kl) == pytest.approx(float(product.marginal_kl), abs=1e-10)
     skipped = decompose(z, mu, logvar, _normal_prior(), method="batch", per_dimension=False)
     assert skipped.total_correlation is None and skipped.dimwise_kl is None
+
+
+def test_mws_offsets_tc_by_d_minus_1_log_n():
+    """MWS weights every column 1/(N B) (rows sum to 1/N, as published), so each of its log
+    q_hat is the batch estimate minus log N: its TC is the batch TC plus (D - 1) log N and each
+    dimension-wise KL the batch one minus log N. Only "mss", "batch" and "full" estimate the
+    closed forms above; MWS numbers are for comparison with published ones."""
+    mu, logvar, gen = _posteriors(64, seed=4)
+    z = mu + S * torch.randn(mu.shape, generator=gen, dtype=DTYPE)
+    n = 5000
+    mws = decompose(z, mu, logvar, _normal_prior(), method="mws", dataset_size=n)
+    batch = decompose(z, mu, logvar, _normal_prior(), method="batch")
+    assert float(mws.total_correlation - batch.total_correlation) == pytest.approx((D - 1) * math.log(n), abs=1e-9)
+    torch.testing.assert_close(mws.dimwise_kl, batch.dimwise_kl - math.log(n), atol=1e-9, rtol=0)
