@@ -62,7 +62,9 @@ class DataSplits:
     value; ``"bernoulli"``: values in [0, 1]); ``binarize`` says what was done (or, for
     ``"dynamic"``, what the training loop must do) to make them binary; see the module
     docstring. ``ground_truth`` is ``None`` for real data. ``info`` records provenance (file,
-    scaling applied, options).
+    scaling applied, options). Data with known generating factors (:mod:`edvae.data.factors`)
+    carry their values as float32 ``(N, K)`` tensors ``{split}_factors``, column k named
+    ``factor_names[k]``; other data sets leave them ``None``.
     """
 
     name: str
@@ -77,6 +79,10 @@ class DataSplits:
     test_labels: Tensor | None = None
     ground_truth: GroundTruth | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    train_factors: Tensor | None = None
+    val_factors: Tensor | None = None
+    test_factors: Tensor | None = None
+    factor_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.x_shape = tuple(int(d) for d in self.x_shape)
@@ -96,6 +102,14 @@ class DataSplits:
                 raise EdvaeError(
                     f"DataSplits.{split}_labels must be an int64 tensor of shape ({x.shape[0]},), "
                     f"got {labels.dtype} {tuple(labels.shape)}"
+                )
+            factors = getattr(self, f"{split}_factors")
+            if factors is not None and (
+                factors.dtype != torch.float32 or tuple(factors.shape) != (x.shape[0], len(self.factor_names))
+            ):
+                raise EdvaeError(
+                    f"DataSplits.{split}_factors must be a float32 tensor of shape ({x.shape[0]}, "
+                    f"{len(self.factor_names)}) (one column per factor name), got {factors.dtype} {tuple(factors.shape)}"
                 )
 
     @property
