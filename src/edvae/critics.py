@@ -189,10 +189,9 @@ class MomentumCritic(Critic):
         (a training step) the batch's keys are kept in :attr:`pending` for :meth:`update` to
         enqueue; under ``torch.no_grad`` (evaluation) they are not."""
         if not isinstance(z, Tensor) or z.dim() != 2 or not isinstance(x, Tensor) or x.shape[0] != z.shape[0]:
-            shape = lambda t: tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__  # noqa: E731
             raise EdvaeError(
-                f"the momentum critic needs codes z (R, D) and their R inputs x, got z {shape(z)} "
-                f"and x {shape(x)}; pass the batch's inputs as x."
+                f"the momentum critic needs codes z (R, D) and their R inputs x, got z {_shape(z)} "
+                f"and x {_shape(x)}; pass the batch's inputs as x."
             )
         queries = self.embed(z)
         keys = self.keys(x, key_noise).to(queries.dtype)
@@ -238,9 +237,8 @@ class MomentumCritic(Critic):
         more than K keys only the last K are kept), advance the pointer by n mod K and the fill
         size to min(size + n, K). Keys are cast to the queue's dtype and device."""
         if not isinstance(keys, Tensor) or keys.dim() != 2 or keys.shape[1] != self.queue.shape[1]:
-            shape = tuple(keys.shape) if isinstance(keys, Tensor) else type(keys).__name__
             raise EdvaeError(
-                f"enqueue needs keys of shape (n, {self.queue.shape[1]}), got {shape}; pass the "
+                f"enqueue needs keys of shape (n, {self.queue.shape[1]}), got {_shape(keys)}; pass the "
                 "output of critic.keys(x)."
             )
         n, k = keys.shape[0], self.queue_size
@@ -259,6 +257,10 @@ class MomentumCritic(Critic):
         if self.pending is not None:
             self.enqueue(self.pending if gather is None else gather(self.pending))
             self.pending = None
+
+
+def _shape(value: object) -> object:
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
@@ -300,7 +302,7 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     merged = {**allowed, **options}
     for key in ("hidden", "embedding", "queue_size", "projection"):
         if key in merged:
-            _positive_int(key if key != "queue_size" else "queue_size (K)", merged[key], none_ok=key == "projection")
+            _positive_int(key, merged[key], none_ok=key == "projection")
     if name == "momentum":
         tau, m = merged["temperature"], merged["momentum"]
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
