@@ -126,7 +126,11 @@ class MomentumCritic(Critic):
         I_NCE = mean_i [ l_i0 - logsumexp(l_i0, l_i1, ..., l_in) ] + log(n + 1)
               <= log(n + 1) <= log(K + 1)
 
-    exactly in floating point (the logsumexp includes l_i0). Cosines lie in [-1, 1], so with
+    exactly in float64 (the logsumexp includes l_i0; the result is then cast to z's dtype).
+    It is a lower bound on I(x; z) in expectation when the negatives are keys of independent
+    x's under the same key encoder; the queue's keys are up to K / B steps old, a drift of order
+    (1 - m) per step that MoCo accepts (m near 1 keeps old and new keys consistent). Cosines lie
+    in [-1, 1], so with
     tau the gap between the positive and a negative is at most 2 / tau nats: the bound is near
     log(K + 1) only when K exp(-2/tau) << 1 (tau = 0.1, K = 4096: 4096 e^-20 ~ 8e-6).
     The queue is used as filled so far: before K keys have been enqueued it holds n < K keys
