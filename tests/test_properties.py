@@ -395,3 +395,60 @@ def test_flow_prior_scores_codes_of_any_float_dtype():
     ed = objectives.ed_elbo(log_px, z.double(), mu.double(), logvar.double(), prior, dataset_size=10)
     assert torch.isfinite(ed.terms["loss"]) and abs(float(ed.terms["elbo_mc"]) + float(reference)) < 1e-4
     assert torch.isfinite(prior().log_prob(z.half())).all()
+
+
+# --------------------------------------------------------------------------------------------
+# the command line
+
+
+def _cli_vectors(blocker: str, junk_file: str) -> st.SearchStrategy[list[str]]:
+    """Random argument vectors for ``edvae``: commands, options and values, valid and not.
+
+    Every folder a vector can name lies under ``blocker``, a regular file, so that no vector
+    can start a real training run or study: a vector either fails or asks for help/version.
+    """
+    commands = st.sampled_from(["train", "evaluate", "reproduce", "nosuch", "--version", "--help", ""])
+    options = st.sampled_from([
+        "--out", "--set", "--prior", "--data", "--resume", "--devices", "--num-nodes", "--iwae-samples",
+        "--seeds", "--workers", "--study", "--split", "--json", "--quick", "--overwrite", "--no-true-ll",
+        "--bogus", "--help", "-h",
+    ])
+    values = st.sampled_from([
+        "0", "-1", "1", "2", "zero", "1e9", "", " ", "x=1", "train.epochs=0", "train.epochs=1",
+        "model.prior=nosuch", "eval.iwae_samples=0", "eval.seed=1", "nosuch.key=3", "normal", "true",
+        "samples:/nonexistent.npy", "paper", "nosuch-study", "val", f"{blocker}/run", f"{blocker}/sub/dir",
+        junk_file, "/nonexistent/data.npy",
+    ])
+    return st.lists(st.one_of(commands, options, values), min_size=1, max_size=7)
+
+
+def test_random_argument_vectors_end_with_exit_0_or_one_line_and_exit_2():
+    """Whatever argument vector reaches the real entry point, it ends with exit 0 (help,
+    version) or exit 2 and exactly one line on stderr, never a traceback or a usage box."""
+    from typer.testing import CliRunner
+
+    from edvae.cli import app
+
+    counts: Counter[int] = Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        blocker = f"{tmp}/blocker"
+        junk = f"{tmp}/junk.pt"
+        open(blocker, "w").write("a file where folders would go")
+        open(junk, "wb").write(b"not a checkpoint")
+
+        @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @given(_cli_vectors(blocker, junk))
+        def run(argv: list[str]) -> None:
+            result = CliRunner().invoke(app, argv)
+            counts[result.exit_code] += 1
+            assert isinstance(result.exception, (SystemExit, type(None))), f"{argv}: {result.exception!r}"
+            assert "Traceback" not in result.output, argv
+            if result.exit_code == 0:
+                return
+            lines = result.stderr.strip().splitlines()
+            assert result.exit_code == 2, f"{argv}: exit {result.exit_code}: {result.stderr}"
+            assert len(lines) == 1 and lines[0].startswith("error: "), f"{argv}: {result.stderr}"
+
+        run()
+    print(f"random CLI vectors: {counts[2]} refused with one line, {counts[0]} help/version")
+    assert counts[2] > 50
