@@ -11,6 +11,9 @@ import torch
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(1)
 
+#: The priors edvae registers itself, read before any test module registers one of its own.
+BUILTIN_PRIORS: tuple[str, ...] = tuple(__import__("edvae.priors", fromlist=["names"]).names())
+
 
 def tiny_raw(**sections: Any) -> dict[str, Any]:
     """A raw run config small enough for unit tests, with section overrides merged in."""

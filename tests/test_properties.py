@@ -22,6 +22,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import conftest
 from edvae import estimators, objectives, priors
 from edvae.config import RunConfig, validate_config
 from edvae.errors import EdvaeError, TrainingError
@@ -260,6 +261,11 @@ def shapes(draw: st.DrawFn) -> tuple[int, ...]:
     return tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
 
 
+#: The built-in prior names, as registered before any test module ran (tests that register priors
+#: of their own must not change which cases this file draws: a seed fixes the examples).
+BUILTIN_PRIORS = conftest.BUILTIN_PRIORS
+
+
 @st.composite
 def math_cases(draw: st.DrawFn) -> dict[str, Any]:
     """z (R, D), mu and logvar (B, D) (sometimes of other shapes), and every other argument."""
@@ -278,11 +284,11 @@ def math_cases(draw: st.DrawFn) -> dict[str, Any]:
         "method": draw(st.one_of(st.sampled_from(["mss", "mws", "batch", "full", "bogus", ""]), st.tuples(st.sampled_from(["mss", "batch", "x"])), NASTY)),
         "chunk_size": draw(st.one_of(st.none(), st.integers(-1, 5), SMALL_NASTY)),
         "row_offset": draw(st.one_of(st.integers(-1, b - rows + 1), NASTY)),
-        "prior": draw(st.sampled_from(priors.names() + ["", "nope", None, 3])),
+        "prior": draw(st.sampled_from([*BUILTIN_PRIORS, "", "nope", None, 3])),
         "dim": draw(st.one_of(st.just(d), st.integers(-1, 4), SMALL_NASTY, HUGE)),
         "options": draw(st.dictionaries(  # huge sizes only for n_components (see below): 2**32 transforms would build
             st.sampled_from(["loc", "scale", "df", "n_components", "radius", "curvature", "transforms", "hidden_features", "learnable", "seed", "init", "path", "bogus"]),
-            st.one_of(SMALL_NASTY, st.just((4,)), st.builds(lambda: torch.randn(3, 2))), max_size=2,
+            st.one_of(SMALL_NASTY, st.just((4,)), st.builds(lambda: torch.randn(3, 2, generator=torch.Generator().manual_seed(0)))), max_size=2,
         )),
         "mi_estimator": draw(st.sampled_from(["mss", "mws", "batch", "infonce", "x", ""])),
         "entropy_estimator": draw(st.sampled_from(["mss", "mws", "batch", "x"])),
@@ -329,7 +335,10 @@ def test_random_tensors_through_the_mathematics_raise_only_edvae_errors():
 
     check()
     print(f"\nmathematics: {counts['refused']} bad calls refused with EdvaeError, {counts['accepted']} accepted")
-    assert counts["refused"] >= 300 and counts["accepted"] >= 50, counts
+    # Both outcomes must be exercised. Which examples hypothesis draws here still depends on the
+    # process it runs in (which tests ran before; 27 to 83 of 1500 calls accepted were seen), so
+    # the floor is low: the assertions that matter are the ones on every call above.
+    assert counts["refused"] >= 300 and counts["accepted"] >= 10, counts
 
 
 #: Bad arguments the property test above once found escaping as TypeError/RuntimeError (or
