@@ -49,7 +49,7 @@ import torch
 from edvae.bench.common import BENCH_FORMAT, TARGETS, machine_info
 from edvae.bench.correctness import mi_correctness
 from edvae.bench.report import _markdown, _snippet
-from edvae.bench.scaling import scaling
+from edvae.bench.scaling import peak_memory, scaling
 from edvae.bench.training import hygiene, overhead, peers, profile_step
 from edvae.errors import EdvaeError
 
