@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["binarize_batch", "binarize_global_batch", "derive_seed"]
+__all__ = ["binarize_batch", "binarize_global_batch", "binarize_with_uniforms", "derive_seed"]
 
 
 def derive_seed(seed: int, *keys: int | str) -> int:
@@ -48,5 +48,12 @@ def binarize_global_batch(x: Tensor, generator: torch.Generator, batch_size: int
     draws the uniforms of the whole batch from the same ``generator`` state, so the binary batch
     is the same whatever the number of processes. P(u < x) = x, so x_b ~ Bernoulli(x).
     """
-    u = torch.rand((batch_size, *x.shape[1:]), generator=generator)[rows].to(x.device)
-    return (u < x).to(x.dtype)
+    u = torch.rand((batch_size, *x.shape[1:]), generator=generator)[rows]
+    return binarize_with_uniforms(x, u)
+
+
+def binarize_with_uniforms(x: Tensor, u: Tensor) -> Tensor:
+    """x_b = 1[u < x] for uniforms u ~ U(0, 1) drawn by the caller: P(u < x) = x, so
+    x_b ~ Bernoulli(x) (the trainer draws u for a whole global batch and cuts it into shards
+    and micro-batches)."""
+    return (u.to(x.device) < x).to(x.dtype)

@@ -50,7 +50,7 @@ on every process; a callback that writes files should check ``trainer.fabric.is_
 """
 
 from edvae.training.batches import epoch_order, micro_batch_rows, rank_indices, shard_rows
-from edvae.training.run_dir import METRICS_NAME, PRIOR_FIT_NAME, TENSORBOARD_DIR
+from edvae.runs import METRICS_NAME, PRIOR_FIT_NAME, TENSORBOARD_DIR
 from edvae.training.state import TrainState
 from edvae.training.trainer import HOOKS, Trainer, TrainResult, load_data, train
 

@@ -8,16 +8,10 @@ import shutil
 import warnings
 from pathlib import Path
 
-from edvae.checkpoint import CHECKPOINT_NAME
 from edvae.errors import EdvaeError
+from edvae.runs import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, PRIOR_FIT_NAME, TENSORBOARD_DIR
 
-__all__ = ["METRICS_NAME", "PRIOR_FIT_NAME", "TENSORBOARD_DIR", "MetricsLog", "prepare_run_dir"]
-
-METRICS_NAME = "metrics.jsonl"
-#: Written into the run folder when the prior was fitted before training (a flow fitted to
-#: prior samples): its ``fit_report`` (steps, train/held-out mean log-likelihood in nats).
-PRIOR_FIT_NAME = "prior_fit.json"
-TENSORBOARD_DIR = "tensorboard"
+__all__ = ["MetricsLog", "prepare_run_dir"]
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -33,7 +27,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     if holds_run and not overwrite:
         raise EdvaeError(f"{run_dir} already holds a run; pass --overwrite to replace it, --resume to continue it, or choose another --out")
     if holds_run:
-        for name in (CHECKPOINT_NAME, METRICS_NAME, "config.json", PRIOR_FIT_NAME):
+        for name in (CHECKPOINT_NAME, METRICS_NAME, CONFIG_NAME, PRIOR_FIT_NAME):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
     try:

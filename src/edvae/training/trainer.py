@@ -18,7 +18,8 @@ from torch import Tensor
 
 from edvae.checkpoint import CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint
 from edvae.config import RunConfig, validate_config
-from edvae.data import DataSplits, load_dataset
+from edvae.data import DataSplits
+from edvae.data.sampling import binarize_with_uniforms
 from edvae.distributed import gather_columns
 from edvae.errors import EdvaeError, TrainingError
 from edvae.model import build_model
@@ -26,7 +27,8 @@ from edvae.objective_kinds import TrainingObjective, build_objective
 from edvae.objectives import Objective
 from edvae.training.batches import epoch_order, micro_batch_rows
 from edvae.training.guards import MAX_CONSECUTIVE_SKIPS, StopFlag, checkpoint_due, diverged, kept_checkpoint, nonfinite_flag
-from edvae.training.run_dir import PRIOR_FIT_NAME, MetricsLog, prepare_run_dir
+from edvae.runs import CONFIG_NAME, PRIOR_FIT_NAME, load_data
+from edvae.training.run_dir import MetricsLog, prepare_run_dir
 from edvae.training.state import TrainState
 
 __all__ = ["HOOKS", "TrainResult", "Trainer", "load_data", "train"]
@@ -56,11 +58,6 @@ class TrainResult:
     last_validation: dict[str, float] = field(default_factory=dict)
     #: the part of ``train_seconds`` spent validating at the ends of epochs (and logging the result)
     validation_seconds: float = 0.0
-
-
-def load_data(config: RunConfig) -> DataSplits:
-    """The data set a run config names."""
-    return load_dataset(config.data.name, seed=config.data.seed, path=config.data.path, **config.data.options)
 
 
 def _make_fabric(config: RunConfig, callbacks: Sequence[Any]):
@@ -181,7 +178,7 @@ class Trainer:
         self.log = MetricsLog(run_dir, fabric.is_global_zero, purge_step=s.step + 1 if saved else None,
                               keep_lines=s.log_lines if saved else None)
         if fabric.is_global_zero:
-            (run_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+            (run_dir / CONFIG_NAME).write_text(json.dumps(config.model_dump(), indent=2) + "\n")
             fit_report = getattr(model.prior, "fit_report", None)
             if fit_report is not None:
                 (run_dir / PRIOR_FIT_NAME).write_text(json.dumps(fit_report, indent=2) + "\n")
@@ -275,7 +272,7 @@ class Trainer:
         for j, rows in enumerate(self.micro_rows):
             x = self.x_train[indices[rows]]
             if u is not None:
-                x = (u[rows].to(device) < x).to(x.dtype)
+                x = binarize_with_uniforms(x, u[rows])
             out = self.step_model(x, eps[rows].to(device))
             if self.gather[log_now]:
                 mu, logvar, offset = gather_columns(out.mu, out.logvar)
