@@ -582,10 +582,12 @@ class _Direct:
         logvar32 = logvar.to(f32)
         self.z = z.to(f32).T.contiguous()  # (D, R)
         self.mu = mu.to(f32).T.contiguous()  # (D, B)
-        self.half_scale = torch.exp(-0.5 * logvar32.T) * math.sqrt(0.5)  # (D, B)
-        self.const = -0.5 * (logvar32.sum(1) + mu.shape[1] * _LOG_2PI)  # (B,)
+        self.half_scale = torch.exp(logvar32 * -0.5).mul_(math.sqrt(0.5)).T.contiguous()  # (D, B)
+        self.const = logvar32.sum(1).add_(mu.shape[1] * _LOG_2PI).mul_(-0.5)  # (B,)
         self.dim, self.n_rows = z.shape[1], z.shape[0]
         self.n_columns = mu.shape[0]
+        #: v of the single block, kept by the forward pass for the backward (else recomputed)
+        self.kept: Optional[Tensor] = None
         self.reset()
 
     def reset(self) -> None:
@@ -616,18 +618,26 @@ class _Direct:
     def accumulate(self, rs: slice, cs: slice, weights: Tensor, weight: Optional[Tensor],
                    spare: Tensor, want_z: bool, want_columns: bool, single: bool) -> None:
         g = weights if weight is None else weights * weight
-        v = self._differences(rs, cs, spare)
+        v = self.kept if self.kept is not None else self._differences(rs, cs, spare)
         p = g * v
-        if self.grad_z is None:
-            self.grad_z, self.grad_mu, self.grad_logvar = (
-                torch.zeros_like(self.z), torch.zeros_like(self.mu), torch.zeros_like(self.mu))
         h = self.half_scale[:, cs]
         if want_z:  # D matrix-vector products (a batched one is slower here)
-            for d in range(self.dim):
-                self.grad_z[d, rs].add_(p[d] @ h[d], alpha=-2.0)
+            update = torch.stack([torch.mv(p[d], h[d]) for d in range(self.dim)]).mul_(-2.0)
+            if single:
+                self.grad_z = update
+            else:
+                self.grad_z = torch.zeros_like(self.z) if self.grad_z is None else self.grad_z
+                self.grad_z[:, rs] += update
         if want_columns:
-            self.grad_mu[:, cs] += 2.0 * h * p.sum(1)
-            self.grad_logvar[:, cs] += p.mul_(v).sum(1) - 0.5 * g.sum(0)
+            grad_mu = p.sum(1).mul_(h).mul_(2.0)
+            grad_logvar = p.mul_(v).sum(1).sub_(g.sum(0), alpha=0.5)
+            if single:
+                self.grad_mu, self.grad_logvar = grad_mu, grad_logvar
+            else:
+                if self.grad_mu is None:
+                    self.grad_mu, self.grad_logvar = torch.zeros_like(self.mu), torch.zeros_like(self.mu)
+                self.grad_mu[:, cs] += grad_mu
+                self.grad_logvar[:, cs] += grad_logvar
 
     def gradients(self, want_mu: bool, want_logvar: bool) -> tuple[Optional[Tensor], ...]:
         grads = (self.grad_z, self.grad_mu if want_mu else None, self.grad_logvar if want_logvar else None)
@@ -722,7 +732,9 @@ class _WeightedLogSumExp(torch.autograd.Function):
         keep = single and any(ctx.needs_input_grad[:3])
         out = None if single else torch.full((len(plans), n_rows), -math.inf, dtype=kernel.dtype, device=z.device)
         lowest = torch.finfo(kernel.dtype).min
-        for r0, c0, block, _ in _blocks(kernel, chunk_rows, chunk_columns):
+        for r0, c0, block, spare in _blocks(kernel, chunk_rows, chunk_columns):
+            if keep and isinstance(kernel, _Direct):
+                kernel.kept = spare.view(kernel.dim, n_rows, n_columns)  # v, left intact by fill
             _apply_overrides(block, plans[0], r0, c0, n_columns)  # log W_0 - w_0
             top = block.amax(dim=1).clamp_(min=lowest)  # a row of -inf stays -inf below
             exps = block.sub_(top[:, None]).clamp_(min=kernel.floor).exp_()
