@@ -27,20 +27,28 @@ columns of the global batch, and ``z[i]`` was drawn from column ``i + row_offset
 per-row value then equals the corresponding row of a single-process computation on the whole
 global batch.
 
-Memory and numerics: the (R, B, D) tensor of differences is never formed, nor the (R, B)
-matrix. L is one matrix product of features, [z^2, z, 1] (R, 2D+1) times
-[-prec/2, mu prec, c] (B, 2D+1)^T with prec = exp(-logvar) and
-c_j = -1/2 sum_d (mu_jd^2 prec_jd + logvar_jd + log 2 pi), computed in float64 (the expanded
-square cancels; float64 keeps that error near 1e-16 * z^2 prec) into ONE reused workspace of at
-most ``2**21`` entries (16 MiB), block of rows by block of columns; column blocks are merged
-with ``logaddexp``. All methods' weights are a constant except on at most two diagonals, so one
-exponential pass over L serves several methods at once (``method=("mss", "batch")``). A custom
-backward (G = softmax weights times the incoming gradient; grad rows = G columns, grad
-columns = G^T rows, then the chain rule to z, mu, logvar by hand) keeps the exponentials of the
-forward pass when L is a single block and otherwise recomputes each block, keeping only the
-(R,) result and the features; the extra memory is O(workspace) with or without autograd.
-Gradients are first order (no double backward). Log-variances are used as given: the encoder
-clamps them (``edvae.networks.LOGVAR_RANGE``).
+Memory and numerics: L is computed block by block into ONE reused workspace of at most
+``2**21`` entries, block of rows by block of columns; column blocks are merged with
+``logaddexp``; the (R, B) matrix and the (R, B, D) differences exist only one block at a
+time. Two kernels compute a block (the precision rule: every entry that can carry weight
+within 1e-3 nats of float64, tests/test_precision.py):
+
+* float32 inputs (no float64 among z, mu, logvar) with D <= 4: direct differences in float32,
+  L[i, j] = c_j - sum_d ((z_id - mu_jd) s_jd)^2 / 2 over a (D, rows, columns) scratch tensor of
+  the block; no term cancels, so narrow posteriors (sigma = 1e-3) at large |mu| stay accurate.
+  The estimate is float32.
+* otherwise one matrix product of features, [z^2, z, 1] (R, 2D+1) times
+  [-prec/2, mu prec, c] (B, 2D+1)^T with prec = exp(-logvar) and
+  c_j = -1/2 sum_d (mu_jd^2 prec_jd + logvar_jd + log 2 pi), in float64 (the expanded square
+  cancels; float64 keeps that error near 1e-16 * z^2 prec). The estimate is float64 inside.
+
+All methods' weights are a constant except on at most two diagonals, so one exponential pass
+over L serves several methods at once (``method=("mss", "batch")``). A custom backward (G =
+softmax weights times the incoming gradient, turned into gradients of z, mu and logvar by hand)
+keeps the exponentials of the forward pass when L is a single block and otherwise recomputes
+each block, keeping only the (R,) result and the inputs; the extra memory is O(workspace) with
+or without autograd. Gradients are first order (no double backward). Log-variances are used as
+given: the encoder clamps them (``edvae.networks.LOGVAR_RANGE``).
 """
 
 from __future__ import annotations
@@ -876,7 +884,8 @@ def log_aggregate_posterior(
         validate: check for NaN/Inf (one host synchronisation); shapes are always checked.
 
     Differentiable in ``z``, ``mu`` and ``logvar``. Returned in the inputs' dtype, computed in
-    float64.
+    float32 when no input is float64 and D <= 4 (direct differences, within 1e-3 nats of
+    float64: module docstring), else in float64.
     """
     _check_inputs(z, mu, logvar, validate)
     methods = method if isinstance(method, tuple) and method else (method,)
