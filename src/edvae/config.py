@@ -74,9 +74,26 @@ class ModelConfig(_Strict):
     latent_dim: int = Field(2, ge=1, le=4096)
     hidden: list[int] = Field(default_factory=lambda: [128, 128])
     likelihood: Literal["auto", "gaussian", "bernoulli"] = "auto"
-    learn_scale: bool = True
+    decoder_scale: Literal["learned", "optimal", "fixed"] = Field(
+        "learned", description="Gaussian decoder scale: trained, the batch's maximum-likelihood value, or fixed (edvae.networks.GaussianLikelihood)"
+    )
+    decoder_log_scale: float = Field(0.0, ge=-7.0, le=10.0, description="initial (learned) or constant (fixed) log standard deviation of the Gaussian decoder")
     prior: str = "normal"
     prior_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_learn_scale(cls, raw: Any) -> Any:
+        """Configs written before ``decoder_scale`` existed said ``learn_scale = true/false``."""
+        if isinstance(raw, dict) and "learn_scale" in raw:
+            raw = dict(raw)
+            learn = raw.pop("learn_scale")
+            if not isinstance(learn, bool):
+                raise ValueError(f"learn_scale must be true or false (it is now decoder_scale = 'learned' or 'fixed'), got {learn!r}")
+            if "decoder_scale" in raw:
+                raise ValueError("give decoder_scale only (learn_scale is its old spelling)")
+            raw["decoder_scale"] = "learned" if learn else "fixed"
+        return raw
 
     @model_validator(mode="after")
     def _positive_widths(self) -> "ModelConfig":

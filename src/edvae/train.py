@@ -46,9 +46,10 @@ from edvae import __version__
 from edvae.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint, load_weights
 from edvae.config import ObjectiveConfig, RunConfig, validate_config
 from edvae.data import DataSplits, load_dataset
+from edvae.data.splits import derive_seed
 from edvae.distributed import gather_columns
 from edvae.errors import EdvaeError, TrainingError
-from edvae.model import VAE, ModelOutput, build_model
+from edvae.model import VAE, ModelOutput, build_model, calibrate_decoder
 from edvae.objectives import Objective, ed_elbo, elbo, uses_aggregate_posterior
 
 __all__ = ["TrainResult", "train", "make_objective", "reads_batch_columns", "load_data", "epoch_order", "shard_rows", "rank_indices", "METRICS_NAME", "PRIOR_FIT_NAME"]
@@ -584,6 +585,8 @@ def train(
                 batch_start = batch_in_epoch = 0
                 train_seconds += time.perf_counter() - tick
                 tick = time.perf_counter()
+                if epoch >= tc.epochs:  # a calibrated decoder takes its training-set scale
+                    calibrate_decoder(model, x_train, generator=torch.Generator().manual_seed(derive_seed(tc.seed, "decoder-scale")))
                 if epoch >= tc.epochs or _checkpoint_due(fabric, last_save, tc.checkpoint_seconds):
                     save(completed=epoch >= tc.epochs)
                     last_save = time.monotonic()
