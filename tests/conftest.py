@@ -11,6 +11,9 @@ import torch
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(1)
 
+#: The priors edvae registers itself, read before any test module registers one of its own.
+BUILTIN_PRIORS: tuple[str, ...] = tuple(__import__("edvae.priors", fromlist=["names"]).names())
+
 
 def tiny_raw(**sections: Any) -> dict[str, Any]:
     """A raw run config small enough for unit tests, with section overrides merged in."""
@@ -40,28 +43,31 @@ def tiny_config():
 @pytest.fixture
 def poison_objective(monkeypatch):
     """``poison_objective(term, bad)`` makes ``term`` (and the loss) NaN at the training steps
-    where ``bad(step)``; returns the step counter ``{"n": ...}`` so a test can reset it."""
+    where ``bad(step)``; returns the step counter ``{"n": ...}`` so a test can reset it.
+
+    It registers, for every objective kind, a subclass whose call poisons the real result
+    (the registry :data:`edvae.objective_kinds.OBJECTIVES` is the extension point)."""
 
     def apply(term, bad):
-        import edvae.train as train_module
+        from edvae.objective_kinds import OBJECTIVES
         from edvae.objectives import Objective
 
-        real, calls = train_module.make_objective, {"n": 0}
+        calls = {"n": 0}
 
-        def poisoned(config, dataset_size):
-            fn = real(config, dataset_size)
+        def poisoned(cls):
+            class Poisoned(cls):
+                def __call__(self, *args, **options):
+                    obj = super().__call__(*args, **options)
+                    if torch.is_grad_enabled():
+                        calls["n"] += 1
+                        if bad(calls["n"]):
+                            return Objective(obj.loss * float("nan"), dict(obj.terms, **{term: torch.tensor(float("nan"))}))
+                    return obj
 
-            def objective(out, prior, mu, logvar, offset, **options):
-                obj = fn(out, prior, mu, logvar, offset, **options)
-                if torch.is_grad_enabled():
-                    calls["n"] += 1
-                    if bad(calls["n"]):
-                        return Objective(obj.loss * float("nan"), dict(obj.terms, **{term: torch.tensor(float("nan"))}))
-                return obj
+            return Poisoned
 
-            return objective
-
-        monkeypatch.setattr(train_module, "make_objective", poisoned)
+        for kind, cls in list(OBJECTIVES.items()):
+            monkeypatch.setitem(OBJECTIVES, kind, poisoned(cls))
         return calls
 
     return apply

@@ -2,7 +2,7 @@
 
 Each bad input (configs, ``--set`` overrides, names, data, priors, output folders, ``--resume``,
 checkpoints) goes through the real ``edvae`` typer app; no traceback unless ``--debug``.
-Typer's own usage errors stay usage errors (exit code 2 with its usage text). A run that
+The option parser's own errors are one line too (exit code 2, with a pointer to --help). A run that
 diverges ends with one line, exit code 1, and keeps its last good checkpoint.
 """
 
@@ -204,10 +204,89 @@ def test_unknown_study_and_bad_reproduce_overrides(tmp_path):
     ["no-such-command"],
     ["train", "--devices", "zero"],
 ], ids=["option below its minimum", "unknown option", "workers 0", "unknown command", "not an integer"])
-def test_typer_usage_errors_stay_usage_errors(args):
-    result = invoke(*args)
-    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
-    assert "Usage:" in result.output and "Traceback" not in result.output
+def test_option_parser_errors_are_one_line_too(args):
+    """Regression: the parser's own errors printed a five-line usage box."""
+    line = assert_one_line_error(invoke(*args), "--help")
+    assert "Usage:" not in line and "─" not in line
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--devices", "0", "--out", "x"], "'--devices'"),
+    (["evaluate", "somewhere", "--iwae-samples", "0"], "'--iwae-samples'"),
+    (["reproduce", "--out", "x", "--seeds", "0"], "'--seeds'"),
+    (["evaluate"], "missing argument"),
+])
+def test_range_errors_name_the_option(args, expected):
+    assert_one_line_error(invoke(*args), expected)
+
+
+def test_version_and_help():
+    from edvae import __version__
+    from edvae.experiments import STUDIES
+    from edvae.priors import names
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"edvae {__version__}"
+    text = " ".join(invoke("train", "--help").stdout.split())
+    assert all(name in text for name in names())
+    text = " ".join(invoke("reproduce", "--help").stdout.split())
+    assert all(name in text for name in STUDIES)
+    assert invoke().exit_code == 0 and "Usage" in invoke().stdout  # no arguments: the help
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--out", "", "--set", "train.epochs=1"],
+    ["train", "--resume", ""],
+    ["reproduce", "--out", " "],
+])
+def test_an_empty_folder_option_is_refused(args, tmp_path, monkeypatch):
+    """Regression: --out '' wrote the run into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(invoke(*args), "must be a non-empty path")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_error_comes_before_the_heavy_imports():
+    """A bad config is reported without importing torch (which takes seconds)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from typer.testing import CliRunner; from edvae.cli import app; "
+        "r = CliRunner().invoke(app, ['train', '--out', 'never', '--set', 'train.epochs=0']); "
+        "print(r.exit_code, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+
+
+def test_evaluate_takes_eval_settings_and_can_skip_the_true_log_likelihood(files):
+    import json
+
+    result = invoke("evaluate", files["run"], "--json", "--no-true-ll", "--set", "eval.iwae_samples=5")
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert "true_ll" not in metrics and "ll_gap" not in metrics and "iwae" in metrics
+    with_truth = json.loads(invoke("evaluate", files["run"], "--json", "--set", "eval.iwae_samples=5").stdout)
+    assert "ll_gap" in with_truth and with_truth["iwae"] == metrics["iwae"]
+    assert_one_line_error(invoke("evaluate", files["run"], "--set", "train.epochs=3"), "only eval.* settings")
+    assert_one_line_error(invoke("evaluate", files["run"], "--set", "eval.iwae_samples=0"), "eval.iwae_samples")
+
+
+def test_library_error_messages_are_cut_at_a_sentence_end():
+    """Regression: a torch message was clipped mid-sentence ("...there is a high);")."""
+    from edvae.checkpoint import first_sentence
+
+    torch_text = (
+        "PytorchStreamReader failed reading zip archive: invalid header or archive is corrupted. "
+        "This is an internal miniz error. If you are seeing this error, there is a high likelihood that your "
+        "checkpoint file is corrupted."
+    )
+    assert first_sentence(torch_text) == "PytorchStreamReader failed reading zip archive: invalid header or archive is corrupted"
+    long = "word " * 100
+    cut = first_sentence(long)
+    assert cut.endswith("word...") and len(cut) <= 163
+    assert first_sentence("got 3.5 here. Then more") == "got 3.5 here"
 
 
 def test_debug_shows_the_real_exception(files, tmp_path):

@@ -12,6 +12,7 @@ from edvae.errors import EdvaeError
 from edvae.figures import (
     FIGURE_KINDS,
     _aggregate_samples,
+    _in_plane,
     comparison_figures,
     plot_aggregate_posterior,
     plot_reconstructions,
@@ -72,13 +73,14 @@ def test_comparison_figures_one_panel_per_model(tmp_path):
 def test_two_dimensional_view_is_the_principal_components_and_says_so():
     data = _data((1, 8, 8))
     with torch.inference_mode():
-        points, labels, text = _aggregate_samples(_model(data, latent_dim=6), data, "test", 2000, 0)
+        z, labels = _aggregate_samples(_model(data, latent_dim=6), data, "test", 2000, 0)
+        points, text = _in_plane(z)
     assert points.shape == (60, 2) and labels.tolist() == data.test_labels.tolist()
     assert "first two principal components" in text and "6-D" in text
     cov = torch.cov(torch.from_numpy(points).T)
     assert abs(float(cov[0, 1])) < 1e-8 * float(cov[0, 0]) + 1e-12 and float(cov[0, 0]) >= float(cov[1, 1])
     with torch.inference_mode():
-        _, _, text = _aggregate_samples(_model(data, latent_dim=2), data, "test", 2000, 0)
+        _, text = _in_plane(_aggregate_samples(_model(data, latent_dim=2), data, "test", 2000, 0)[0])
     assert "principal" not in text
 
 

@@ -86,7 +86,7 @@ def test_old_configs_with_learn_scale_still_validate() -> None:
 def test_training_ends_with_the_training_set_scale(tiny_config, tmp_path) -> None:
     """The rule evaluation relies on: the stored scale is the training-set maximum-likelihood
     scale of the final model, recomputed here by brute force with the same noise."""
-    from edvae.data.splits import derive_seed
+    from edvae.data.sampling import derive_seed
     from edvae.evaluate import load_run
     from edvae.train import train
 

@@ -248,7 +248,7 @@ def test_flow_prior_from_samples_reports_its_fit_and_is_not_refitted_on_evaluate
     def no_refit(*args, **kwargs):
         raise AssertionError("the flow was fitted again")
 
-    monkeypatch.setattr(priors, "_fit_flow", no_refit)
+    monkeypatch.setattr(priors.samples, "_fit_flow", no_refit)  # where from_samples finds it
     first = _evaluate(run)
     assert first == _evaluate(run) and math.isfinite(first["iwae"])
     model = load_run(run)[0]  # the fitted flow comes back from the checkpoint

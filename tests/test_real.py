@@ -15,15 +15,13 @@ import torch
 from typer.testing import CliRunner
 
 from edvae.cli import app
-from edvae.config import EvalConfig, validate_config
+from edvae.config import validate_config
 from edvae.data import load_dataset
 from edvae.errors import EdvaeError
-from edvae.evaluate import active_units, evaluate_model, load_run
 from edvae.experiments import STUDIES, get_study, run_study
 from edvae.experiments.real import METRICS, MODELS
 from edvae.model import build_model
 from edvae.networks import LOGVAR_RANGE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood
-from edvae.train import train
 
 TRAIN_FAST = ["--set", "train.progress=false", "--set", "train.batch_size=32", "--set", "train.epochs=3",
               "--set", "model.hidden=[32]", "--set", "model.latent_dim=4", "--set", "eval.iwae_samples=8"]
@@ -102,82 +100,6 @@ def test_conv_vae_learns_on_mnist5k():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.8 * losses[0]
-
-
-# ----------------------------------------------------------------------------- metrics
-@pytest.fixture(scope="module")
-def digits_model(tmp_path_factory):
-    run = tmp_path_factory.mktemp("digits") / "run"
-    cfg = validate_config({
-        "data": {"name": "digits"},
-        "model": {"latent_dim": 8, "hidden": [128]},
-        "train": {"epochs": 8, "batch_size": 64, "lr": 3e-3, "progress": False},
-    })
-    train(cfg, run)
-    model, _, _, data = load_run(run)
-    return model, data
-
-
-@pytest.fixture(scope="module")
-def digits_metrics(digits_model):
-    model, data = digits_model
-    return {k: evaluate_model(model, data, EvalConfig(iwae_samples=k)) for k in (1, 64)}
-
-
-def test_bits_per_dimension_is_nll_over_dims_ln2(digits_metrics):
-    for m in digits_metrics.values():
-        assert m["nll"] == pytest.approx(-m["iwae"])
-        assert m["bpd"] == pytest.approx(m["nll"] / (64 * math.log(2)), rel=1e-12)
-        assert 0 < m["bpd"] < 1  # a trained model beats coin flips (1 bit per pixel)
-
-
-def test_iwae_bound_tightens_with_more_samples(digits_metrics):
-    one, many = digits_metrics[1], digits_metrics[64]
-    assert one["iwae"] == pytest.approx(one["elbo"], abs=0.5)  # K = 1: the ELBO up to MC error
-    assert many["iwae"] > one["iwae"] and many["iwae"] >= many["elbo"]
-    assert many["elbo"] == pytest.approx(many["reconstruction"] - many["kl"], abs=1e-9)
-
-
-def test_decomposition_of_the_kl_on_real_data(digits_metrics):
-    """E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)) on the test split."""
-    m = digits_metrics[64]
-    assert m["kl"] == pytest.approx(m["mi"] + m["marginal_kl"], abs=0.05 * m["kl"] + 0.1)
-    assert 0 <= m["mi"] <= math.log(180) + 1e-6  # the test split has 180 examples
-    assert m["marginal_kl"] == pytest.approx(m["cross_entropy"] - m["entropy"], abs=1e-4)
-
-
-def test_mse_active_units_and_probe_against_direct_computation(digits_model, digits_metrics):
-    model, data = digits_model
-    m = digits_metrics[64]
-    with torch.inference_mode():
-        mu = model.encode(data.test)[0]
-        x_hat = torch.sigmoid(model.decode(mu))
-    assert m["mse"] == pytest.approx(float((x_hat - data.test).square().mean()), rel=1e-5)
-    assert m["active_units"] == active_units(mu) == int((mu.double().var(0) > 0.01).sum())
-    assert m["probe_accuracy"] > 0.5  # chance is 0.1 on ten balanced classes
-
-
-def test_the_probe_sees_training_images_as_the_model_does(digits_model, monkeypatch):
-    """With dynamic binarisation the test images are binary, so the probe is fitted on binarised
-    training images too (grey levels would put the fit and the score on different inputs); the
-    accuracy is that of a probe fitted by hand on the same binary images."""
-    from sklearn.linear_model import LogisticRegression
-
-    from edvae import evaluate as evaluate_module
-
-    model, data = digits_model
-    assert data.binarize == "dynamic" and set(data.test.unique().tolist()) == {0.0, 1.0}
-    seen = []
-    real_encode = model.encode
-    monkeypatch.setattr(model, "encode", lambda x: seen.append(x) or real_encode(x))
-    with torch.inference_mode():
-        accuracy = evaluate_module._probe_accuracy(model, data, data.test, data.test_labels, seed=5)
-        fit_inputs = seen[0]
-        assert fit_inputs.shape == data.train.shape and set(fit_inputs.unique().tolist()) == {0.0, 1.0}
-        assert torch.equal(fit_inputs, torch.bernoulli(data.train, generator=torch.Generator().manual_seed(5)))
-        probe = LogisticRegression(max_iter=2000).fit(real_encode(fit_inputs)[0].double().numpy(), data.train_labels.numpy())
-        expected = probe.score(real_encode(data.test)[0].double().numpy(), data.test_labels.numpy())
-    assert accuracy == pytest.approx(expected, abs=1e-12)
 
 
 def test_bernoulli_log_likelihood_matches_torch_distributions():

@@ -49,6 +49,13 @@ def test_reproduce_writes_a_sane_report(tmp_path):
         assert -0.02 <= m["mi"] <= log_n + 1e-6
         assert m["ll_gap"] >= -0.1  # no model beats the true likelihood
         assert m["true_ll"] - m["ll_gap"] == pytest.approx(m["iwae"])
+        assert all(m[f"{name}_se"] > 0 for name in required - {"active_units", "prior_swd", "train_seconds"})
+        assert abs(m["decomposition_gap"]) <= 5 * m["decomposition_gap_se"] + 1e-9  # sampling noise only
+    comparisons = result["comparisons"]  # one seed: differences without intervals
+    compared = ["ll_gap", "iwae", "elbo", "kl", "mse", "marginal_kl", "prior_swd"]
+    assert {(c["dataset"], c["model"], c["metric"]) for c in comparisons} == {
+        (d, m, metric) for d in ("gaussian", "complex") for m in MODELS if m != "vae-true" for metric in compared}
+    assert all(c["reference"] == "vae-true" and c["n_seeds"] == 1 and math.isnan(c["ci_low"]) for c in comparisons)
     mean_gap = sum(r["metrics"]["iwae"] - r["metrics"]["elbo"] for r in result["records"]) / len(result["records"])
     assert mean_gap >= 0
     summary = result["summary"]

@@ -92,8 +92,21 @@ def _load_failure(err: Exception) -> str:
         detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
         detail = f": {detail[:120].rstrip('.')}" if detail else ""
         return f"it holds Python objects other than tensors and plain values{detail}; refused, as loading it could run code"
-    first = text.splitlines()[0] if text else type(err).__name__
-    return first[:160]
+    return first_sentence(text) if text.strip() else type(err).__name__
+
+
+def first_sentence(text: str, limit: int = 160) -> str:
+    """The first sentence of a library's error message, whole: a long one is cut at a word
+    boundary and marked with '...', never mid-word; torch's "(Could this error message be
+    improved? ...)" boilerplate is dropped."""
+    text = " ".join(text.split()).split(" (Could this error message be improved?")[0]
+    for end in range(len(text)):
+        if text[end] in ".!?" and (end + 1 == len(text) or text[end + 1] == " ") and end > 0:
+            text = text[:end]
+            break
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + "..."
 
 
 def load_weights(module: torch.nn.Module, weights: Any, source: str | Path) -> None:

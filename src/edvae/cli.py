@@ -14,12 +14,56 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from edvae.errors import EdvaeError, TrainingError
 
 __all__ = ["app", "main"]
 
+class _OneLineUsageErrors(TyperGroup):
+    """The ``edvae`` command group: the option parser's own errors (a value out of range, an
+    unknown option or command, a missing argument) are one line on stderr with exit code 2, like
+    every other user mistake, instead of a usage block."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if {"--help", "-h"} & set(sys.argv[1:] if args is None else args):
+            self._name_the_choices()
+        try:
+            result = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as err:  # the parser's ClickException family
+            context = getattr(err, "ctx", None)
+            if type(err).__name__ == "NoArgsIsHelpError" and context is not None:
+                typer.echo(context.get_help())
+                code = 0
+            else:
+                command = context.command_path if context is not None else "edvae"
+                message = " ".join(err.format_message().split()).rstrip(".")
+                typer.echo(f"error: {message[0].lower() + message[1:]}; see '{command} --help'", err=True)
+                code = getattr(err, "exit_code", 2)
+            if not standalone_mode:
+                raise
+            sys.exit(code)
+        if standalone_mode:
+            sys.exit(result if isinstance(result, int) else 0)
+        return result
+
+    def _name_the_choices(self) -> None:
+        """Append the registered names to the help of the options that take one (the
+        registries import torch, so only when help is asked for)."""
+        from edvae.experiments import STUDIES
+        from edvae.priors import names as prior_names
+
+        choices = {"prior": f"Priors: {', '.join(prior_names())}.", "study": f"Studies: {', '.join(STUDIES)}."}
+        for command in self.commands.values():
+            for param in command.params:
+                extra = choices.get(param.name or "")
+                if extra and extra not in (param.help or ""):
+                    param.help = f"{param.help} {extra}"
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -61,9 +105,30 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from edvae import __version__
+
+        typer.echo(f"edvae {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False) -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
     _STATE["debug"] = debug
+
+
+def _folder(value: Optional[str], option: str) -> Optional[Path]:
+    """A folder given on the command line; an empty string (which a Path would silently read
+    as the current folder) is refused."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise EdvaeError(f"{option} must be a non-empty path; to use the current folder write {option} .")
+    return Path(value)
 
 
 def _raw_config(config: Optional[Path], overrides: list[str], prior: str | None, data: Path | None) -> dict[str, Any]:
@@ -82,19 +147,19 @@ def _raw_config(config: Optional[Path], overrides: list[str], prior: str | None,
 @_friendly
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="TOML run config (see configs/); optional with --resume.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder for checkpoint and logs.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run folder for checkpoint and logs.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a config key: --set train.epochs=10 (repeatable).")] = [],
     prior: Annotated[Optional[str], typer.Option("--prior", help="Prior name, 'true', or samples:PATH (.npy/.pt/.csv).")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Train on your own data file (.npy/.npz/.csv/idx).")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its checkpoint.")] = None,
+    resume_dir: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this folder from its checkpoint.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
     devices: Annotated[Optional[int], typer.Option("--devices", min=1, help="Processes (CPU) or GPUs per node.")] = None,
     num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", min=1, help="Number of machines.")] = None,
 ) -> None:
     """Train one model (traditional VAE or ED-VAE) and write its checkpoint and logs."""
     from edvae.config import RunConfig, validate_config
-    from edvae.train import train as run_training
 
+    out, resume = _folder(out, "--out"), _folder(resume_dir, "--resume")
     overrides = list(set_)
     if devices is not None:
         overrides.append(f"train.devices={devices}")
@@ -121,6 +186,8 @@ def train(
             raise EdvaeError("give a CONFIG file (e.g. configs/edvae-complex.toml) or --set overrides")
         cfg = validate_config(_raw_config(config, overrides, prior, data), source=str(config or "--set"))
         run_dir = out
+    from edvae.train import train as run_training  # the heavy imports, after the config is checked
+
     result = run_training(cfg, run_dir, resume=resume is not None, overwrite=overwrite)
     from edvae.distributed import is_main_process
 
@@ -161,16 +228,28 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     iwae_samples: Annotated[Optional[int], typer.Option("--iwae-samples", min=1, help="Importance samples per example.")] = None,
     split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
+    no_true_ll: Annotated[bool, typer.Option("--no-true-ll", help="Skip the true log-likelihood of synthetic data (quadrature).")] = False,
+    set_: Annotated[list[str], typer.Option("--set", help="Override an evaluation setting: --set eval.seed=1 (repeatable).")] = [],
 ) -> None:
     """Evaluate a trained model with the same metrics as every other (ELBO, IWAE, MI, ...)."""
-    from edvae.checkpoint import load_checkpoint
-    from edvae.config import validate_config
-    from edvae.evaluate import evaluate_run
+    from edvae.config import EvalConfig, apply_overrides
 
     if split not in ("test", "val"):
         raise EdvaeError(f"--split must be 'test' or 'val', got '{split}'")
-    stored = validate_config(load_checkpoint(run_dir)["config"], source=f"the config stored in {run_dir}").eval
-    eval_config = stored.model_copy(update={"iwae_samples": iwae_samples}) if iwae_samples else stored
+    if any(not o.startswith("eval.") for o in set_):
+        raise EdvaeError("evaluate takes only eval.* settings (e.g. --set eval.iwae_samples=100)")
+    overrides = list(set_)
+    if iwae_samples is not None:
+        overrides.append(f"eval.iwae_samples={iwae_samples}")
+    if no_true_ll:
+        overrides.append("eval.true_ll=false")
+    from edvae.checkpoint import load_checkpoint
+    from edvae.config import validate_config
+
+    stored = load_checkpoint(run_dir)["config"]
+    eval_config: EvalConfig = validate_config(apply_overrides(stored, overrides), source=f"the config stored in {run_dir}").eval
+    from edvae.evaluate import evaluate_run
+
     metrics = evaluate_run(run_dir, config=eval_config, split=split)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
@@ -183,7 +262,7 @@ def evaluate(
 @app.command()
 @_friendly
 def reproduce(
-    out: Annotated[Path, typer.Option("--out", help="Folder for runs, results.json/.csv/.md and figures.")],
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for runs, results.json/.csv/.md and figures.")],
     study: Annotated[str, typer.Option("--study", help="Which study to run.")] = "paper",
     quick: Annotated[bool, typer.Option("--quick", help="Fewer epochs and 2 seeds (a few minutes).")] = False,
     seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Seeds per model.")] = None,
@@ -192,6 +271,7 @@ def reproduce(
     set_: Annotated[list[str], typer.Option("--set", help="Override a key of every run's config (repeatable).")] = [],
 ) -> None:
     """Run a study (default: the paper's) end to end and write its report."""
+    out = _folder(out_dir, "--out")
     from edvae.config import apply_overrides
     from edvae.experiments import get_study, run_study
 
@@ -204,11 +284,12 @@ def reproduce(
 @app.command()
 @_friendly
 def bench(
-    out: Annotated[Path, typer.Option("--out", help="Folder for bench.json, bench.md, scaling.png and README-snippet.md.")],
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for bench.json, bench.md, scaling.png and README-snippet.md.")],
     quick: Annotated[bool, typer.Option("--quick", help="A short version (under a minute).")] = False,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Torch threads for the timed comparisons.")] = 1,
 ) -> None:
     """Measure the decomposition's cost next to a plain VAE, the loop against pythae and a hand-written one, and the estimators' scaling."""
+    out = _folder(out_dir, "--out")
     from edvae.bench import run_bench
 
     report = run_bench(out, quick=quick, threads=threads)

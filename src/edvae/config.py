@@ -13,9 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from pydantic_core import PydanticCustomError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edvae.errors import EdvaeError
+from edvae.estimator_names import ENTROPY_ESTIMATORS, MI_ESTIMATORS
+from edvae.objective_kinds import OBJECTIVES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,15 +112,27 @@ class ObjectiveConfig(_Strict):
     (``kl="auto"``), or Monte Carlo (``kl="mc"``).
     ``kind="ed"``: -R + w_mi I - w_ent H[q(z)] + w_ce H[q(z), p(z)] with the chosen estimators;
     unit weights with one shared estimator give the negative Monte-Carlo ELBO.
+
+    ``kind`` is any name registered in :data:`edvae.objective_kinds.OBJECTIVES`, the estimators
+    names from :mod:`edvae.estimator_names`: the allowed values are read from there.
     """
 
-    kind: Literal["elbo", "ed"] = "elbo"
+    kind: str = "elbo"
     kl: Literal["auto", "analytic", "mc"] = "auto"
     mi_weight: float = 1.0
     entropy_weight: float = 1.0
     cross_entropy_weight: float = 1.0
-    mi_estimator: Literal["mss", "mws", "batch", "infonce"] = "mss"
-    entropy_estimator: Literal["mss", "mws", "batch"] = "mss"
+    mi_estimator: str = "mss"
+    entropy_estimator: str = "mss"
+
+    @field_validator("kind", "mi_estimator", "entropy_estimator")
+    @classmethod
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        choices = {"kind": tuple(OBJECTIVES), "mi_estimator": MI_ESTIMATORS, "entropy_estimator": ENTROPY_ESTIMATORS}[info.field_name]
+        if value not in choices:  # worded as pydantic words a Literal
+            expected = " or ".join((", ".join(repr(c) for c in choices[:-1]), repr(choices[-1]))) if len(choices) > 1 else repr(choices[0])
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return value
 
 
 class TrainConfig(_Strict):
@@ -135,6 +150,18 @@ class TrainConfig(_Strict):
         30.0, ge=0, description="at an epoch's end, checkpoint if this long has passed since the last one; 0: every epoch"
     )
     log_every: int = Field(20, ge=1)
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        description=(
+            "micro-batches per optimisation step: each global batch of batch_size is cut into this many "
+            "consecutive micro-batches of batch_size / grad_accum_steps rows, forward and backward one at a "
+            "time, gradients summed with weight 1/grad_accum_steps, one optimiser step. The aggregate-posterior "
+            "estimators see each micro-batch on its own (B = batch_size / grad_accum_steps, N unchanged), and "
+            "validation uses batches of that size too; the data order, the noise and the steps per epoch are "
+            "those of grad_accum_steps=1. batch_size must be divisible by grad_accum_steps x processes"
+        ),
+    )
     devices: int = Field(1, ge=1)
     num_nodes: int = Field(1, ge=1)
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"

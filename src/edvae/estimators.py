@@ -57,15 +57,18 @@ from torch.autograd.function import once_differentiable
 from torch.distributions import Distribution, Independent, Normal
 
 from edvae.errors import EdvaeError
+from edvae.priors.base import distribution_of
 
 __all__ = [
     "METHODS",
     "KL_METHODS",
     "BilinearCritic",
     "Decomposition",
+    "DecompositionTerms",
     "MLPCritic",
     "PriorLike",
     "dataset_decomposition",
+    "dataset_decomposition_terms",
     "decompose",
     "infonce",
     "kl_divergence",
@@ -203,32 +206,13 @@ def _result_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 def resolve_prior(prior: PriorLike, dim: Optional[int] = None) -> Distribution:
-    """The prior distribution p(z) behind ``prior``.
+    """The prior distribution p(z) behind ``prior``: :func:`edvae.priors.distribution_of`.
 
     ``prior`` is a ``torch.distributions.Distribution`` or, following zuko's lazy-distribution
-    convention, an ``nn.Module`` (or any callable without ``log_prob``) whose call returns one.
-    With ``dim`` given, the event shape must be ``(dim,)``.
+    convention, an ``nn.Module`` (or any callable) whose call returns one with
+    ``batch_shape == ()``; with ``dim`` given, the event shape must be ``(dim,)``.
     """
-    dist = prior
-    if isinstance(prior, nn.Module) or not hasattr(prior, "log_prob"):
-        if not callable(prior):
-            raise EdvaeError(
-                f"prior must be a torch Distribution or a module returning one, got "
-                f"{type(prior).__name__}; wrap it with edvae.priors.as_prior."
-            )
-        dist = prior()
-    if not hasattr(dist, "log_prob") or not hasattr(dist, "event_shape"):
-        raise EdvaeError(
-            f"prior returned {type(dist).__name__}, not a torch Distribution; make its "
-            "forward() return a torch.distributions.Distribution."
-        )
-    if dim is not None and tuple(dist.event_shape) != (dim,):
-        raise EdvaeError(
-            f"prior has event_shape {tuple(dist.event_shape)} but mu and z have latent "
-            f"dimension D={dim}; use a prior over R^{dim} (wrap per-dimension distributions "
-            "in torch.distributions.Independent(..., 1))."
-        )
-    return dist
+    return distribution_of(prior, dim)
 
 
 def _factorised_log_prob(prior: Distribution, z: Tensor) -> Optional[Tensor]:
@@ -860,6 +844,34 @@ def decompose(
     return _decompose(z, mu_rows, logvar_rows, mu, logvar, p, plan, chunk_size, per_dimension)
 
 
+def _dataset_queries(
+    mu: Tensor,
+    logvar: Tensor,
+    prior: PriorLike,
+    num_queries: Optional[int],
+    generator: Optional[torch.Generator],
+    validate: bool,
+) -> tuple[Distribution, Tensor, Tensor, Tensor, Tensor, _Plan]:
+    """The query points of :func:`dataset_decomposition`: ``(prior, index, z, mu_rows,
+    logvar_rows, plan)``, the indices and z_s drawn with ``generator`` in that order."""
+    _check_posterior(mu, logvar)
+    _check_finite(validate, mu=mu, logvar=logvar)
+    p = resolve_prior(prior, mu.shape[1])
+    n = mu.shape[0]
+    if num_queries is not None and (not isinstance(num_queries, int) or num_queries < 1):
+        raise EdvaeError(f"num_queries={num_queries!r} must be a positive integer or None.")
+    if num_queries is None or num_queries >= n:
+        index = torch.arange(n, device=mu.device)
+    else:
+        index = torch.randperm(n, generator=generator, device=mu.device)[:num_queries]
+    mu_rows, logvar_rows = mu[index], logvar[index]
+    noise = torch.randn(
+        mu_rows.shape, generator=generator, dtype=mu_rows.dtype, device=mu_rows.device
+    )
+    z = mu_rows + torch.exp(0.5 * logvar_rows) * noise
+    return p, index, z, mu_rows, logvar_rows, _plan("full", z.shape[0], n, None, 0)
+
+
 @torch.no_grad()
 def dataset_decomposition(
     mu: Tensor,
@@ -882,24 +894,50 @@ def dataset_decomposition(
 
     over all N posteriors, in blocks, so time is O(S N D) and extra memory O(block).
     ``per_dimension=True`` adds ``total_correlation``/``dimwise_kl`` at D times the cost.
+    :func:`dataset_decomposition_terms` gives the per-query values behind the means.
     """
-    _check_posterior(mu, logvar)
-    _check_finite(validate, mu=mu, logvar=logvar)
-    p = resolve_prior(prior, mu.shape[1])
-    n = mu.shape[0]
-    if num_queries is not None and (not isinstance(num_queries, int) or num_queries < 1):
-        raise EdvaeError(f"num_queries={num_queries!r} must be a positive integer or None.")
-    if num_queries is None or num_queries >= n:
-        index = torch.arange(n, device=mu.device)
-    else:
-        index = torch.randperm(n, generator=generator, device=mu.device)[:num_queries]
-    mu_rows, logvar_rows = mu[index], logvar[index]
-    noise = torch.randn(
-        mu_rows.shape, generator=generator, dtype=mu_rows.dtype, device=mu_rows.device
-    )
-    z = mu_rows + torch.exp(0.5 * logvar_rows) * noise
-    plan = _plan("full", z.shape[0], n, None, 0)
+    p, _, z, mu_rows, logvar_rows, plan = _dataset_queries(mu, logvar, prior, num_queries, generator, validate)
     return _decompose(z, mu_rows, logvar_rows, mu, logvar, p, plan, chunk_size, per_dimension)
+
+
+class DecompositionTerms(NamedTuple):
+    r"""Per-query values of :func:`dataset_decomposition`, each (S,) in float64.
+
+    For the query z_s ~ q(z|x_{index_s}): ``mi`` = log q(z_s|x_s) - log q_hat(z_s),
+    ``entropy`` = -log q_hat(z_s), ``cross_entropy`` = -log p(z_s), ``marginal_kl`` =
+    log q_hat(z_s) - log p(z_s) and ``kl`` = KL(q(z|x_s) || p(z)) (analytic where registered,
+    else the one-sample value log q(z_s|x_s) - log p(z_s)). Their means are the fields of the
+    :class:`Decomposition` drawn with the same generator state. ``mi + marginal_kl`` =
+    log q(z_s|x_s) - log p(z_s) exactly, per query: log q_hat cancels, and with it its bias.
+    """
+
+    index: Tensor
+    mi: Tensor
+    entropy: Tensor
+    cross_entropy: Tensor
+    marginal_kl: Tensor
+    kl: Tensor
+
+
+@torch.no_grad()
+def dataset_decomposition_terms(
+    mu: Tensor,
+    logvar: Tensor,
+    prior: PriorLike,
+    *,
+    num_queries: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    chunk_size: Optional[int] = None,
+    validate: bool = True,
+) -> DecompositionTerms:
+    r"""The per-query terms of :func:`dataset_decomposition` (same arguments, same draws), for
+    Monte Carlo errors: the standard error of a term is sd_s(term_s) / sqrt(S)."""
+    p, index, z, mu_rows, logvar_rows, plan = _dataset_queries(mu, logvar, prior, num_queries, generator, validate)
+    log_q = _log_q(z, mu, logvar, plan, chunk_size)
+    log_post = _log_normal_diag(z.to(_ACC), mu_rows.to(_ACC), logvar_rows.to(_ACC))
+    log_p = p.log_prob(z).to(_ACC)
+    kl = kl_divergence(mu_rows, logvar_rows, p, z, validate=False).to(_ACC)
+    return DecompositionTerms(index, log_post - log_q, -log_q, -log_p, log_q - log_p, kl)
 
 
 # --------------------------------------------------------------------------------------------

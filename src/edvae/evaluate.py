@@ -11,7 +11,10 @@ weights w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x):
   per element), ``nll`` = -iwae and ``bpd`` = nll / (dims * ln 2) for binary data;
 * ``mi``, ``entropy``, ``cross_entropy``, ``marginal_kl``: the full-data-set decomposition of the
   split's aggregate posterior (:func:`edvae.estimators.dataset_decomposition`), so that
-  ``elbo = reconstruction - mi - marginal_kl`` up to Monte-Carlo error;
+  ``elbo = reconstruction - mi - marginal_kl`` up to Monte-Carlo error, and
+  ``decomposition_gap`` = kl - (mi + marginal_kl), that Monte-Carlo error (expectation 0);
+* ``<metric>_se``: the standard error of every metric that is a mean over examples (and their
+  samples), sd_n / sqrt(N) of the per-example values (see :func:`evaluate_model`);
 * ``active_units``: latent dimensions with Var_x E[z|x] > 0.01 (Burda et al., 2016);
 * ``prior_swd``: sliced 2-Wasserstein distance between aggregate-posterior samples and prior
   samples (how well q(z) matches p(z));
@@ -23,19 +26,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from edvae.checkpoint import load_checkpoint, load_weights
-from edvae.config import EvalConfig, RunConfig, validate_config
-from edvae.data import DataSplits
+from edvae.config import EvalConfig
+from edvae.data import DataSplits, binarize_batch
 from edvae.errors import EdvaeError
-from edvae.estimators import dataset_decomposition, kl_divergence, log_posterior
-from edvae.model import VAE, build_model
+from edvae.data.sampling import derive_seed
+from edvae.estimators import dataset_decomposition_terms, kl_divergence, log_posterior
+from edvae.model import VAE
+from edvae.runs import load_run  # also importable from here, its former home
 
-__all__ = ["evaluate_model", "evaluate_run", "load_run", "mean_true_log_likelihood", "sliced_wasserstein", "active_units"]
+__all__ = ["evaluate_model", "evaluate_run", "evaluation_seed", "load_run", "mean_true_log_likelihood", "true_log_likelihoods", "sliced_wasserstein", "active_units"]
 
 #: Importance samples times examples held in memory at once during evaluation.
 _SAMPLES_PER_CHUNK = 100_000
@@ -61,22 +64,37 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> int:
     return int((mu.double().var(dim=0) > threshold).sum())
 
 
-def _fixed_binarisation(x: Tensor, seed: int) -> Tensor:
-    return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
-
-
 def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor, seed: int) -> float:
     """Accuracy on (x_eval, y_eval) of a logistic regression fitted to the posterior means of
     the training split, as the model sees its inputs: with dynamic binarisation (binary test
     images) the training images are binarised once with ``seed``, not left in grey levels."""
     from sklearn.linear_model import LogisticRegression
 
-    x_fit = _fixed_binarisation(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
+    x_fit = binarize_batch(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
     feats_train = model.encode(x_fit)[0].double().numpy()
     feats_eval = model.encode(x_eval)[0].double().numpy()
     probe = LogisticRegression(max_iter=2000)
     probe.fit(feats_train, data.train_labels.numpy())
     return float(probe.score(feats_eval, y_eval.numpy()))
+
+
+def evaluation_seed(seed: int, purpose: str = "noise") -> int:
+    """The 32-bit seed of one of the evaluation's random streams (``purpose``: ``"noise"``,
+    ``"binarise"``, ``"prior"``, ``"probe"``), hashed from ``("evaluation", purpose, seed)``.
+
+    Training seeds its generators with ``train.seed`` itself (and simple functions of it), so an
+    evaluation generator seeded with ``eval.seed`` would replay the training noise when the two
+    seeds agree; a hashed seed makes every evaluation stream unrelated to every training stream
+    (up to a 2**-32 chance of a collision per pair). torch's CPU generator keeps only the low 32
+    bits of a seed, so offsetting by 2**32 would not do.
+    """
+    return derive_seed(seed, "evaluation", purpose)
+
+
+def _mean_se(values: Tensor) -> tuple[float, float]:
+    """mean_n v_n and its standard error sd(v) / sqrt(N) (sample sd; NaN for N = 1)."""
+    values = values.double()
+    return float(values.mean()), float(values.std() / math.sqrt(values.numel()))
 
 
 @torch.inference_mode()
@@ -86,24 +104,42 @@ def evaluate_model(
     config: EvalConfig | None = None,
     *,
     split: str = "test",
-    true_ll: float | None = None,
+    true_ll: Tensor | None = None,
 ) -> dict[str, float]:
     """Every metric of the module docstring for ``model`` on ``data``'s ``split``.
 
-    ``true_ll`` may pass a precomputed mean log p_true(x) of the split (it depends only on the
+    Monte Carlo errors: every metric that is a mean over the N examples of a per-example value
+    v_n (elbo, iwae, kl, reconstruction, mse, nll, bpd, true_ll, ll_gap; mi, entropy,
+    cross_entropy, marginal_kl over the decomposition's query points, one per example) comes
+    with ``<metric>_se`` = sd_n(v_n) / sqrt(N): the error of the split mean from the examples
+    and the importance samples together (NaN for a single example). ``ll_gap_se`` is that of
+    the per-example gap log p_true(x_n) - iwae_n (paired). ``active_units`` and ``prior_swd``
+    are not means over examples and have none. The examples' own spread dominates these errors;
+    two models evaluated on the same split share it, so the error of their difference is that
+    of the per-example differences, far smaller than the two errors combined.
+
+    ``decomposition_gap`` = kl - (mi + marginal_kl). mi and marginal_kl come from one draw
+    z_n ~ q(z|x_n) per example, and their sum is mean_n [log q(z_n|x_n) - log p(z_n)] exactly
+    (the aggregate-posterior estimate and its bias cancel), an unbiased one-sample estimate of
+    the KL; so the gap has expectation 0 and measures the decomposition's sampling error alone
+    (``decomposition_gap_se``, paired per example).
+
+    The evaluation's random streams are seeded by :func:`evaluation_seed` of ``config.seed``,
+    independent of the training noise. ``true_ll`` may pass the precomputed per-example
+    log p_true(x_n) of the split, shape (N,) (:func:`true_log_likelihoods`; it depends only on the
     data, so a study computes it once per data set).
     """
     config = config or EvalConfig()
     model.eval()
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(evaluation_seed(config.seed))
     x_all: Tensor = getattr(data, split)
     labels = getattr(data, f"{split}_labels", None)
     if getattr(data, "binarize", "none") == "dynamic":
-        x_all = _fixed_binarisation(x_all, config.seed + 1)
+        x_all = binarize_batch(x_all, evaluation_seed(config.seed, "binarise"))
     prior = model.prior_distribution()
     k = config.iwae_samples
     chunk = max(1, min(config.batch_size, _SAMPLES_PER_CHUNK // k))
-    sums = {"elbo": 0.0, "iwae": 0.0, "kl": 0.0, "reconstruction": 0.0, "mse": 0.0}
+    per_example: dict[str, list[Tensor]] = {"elbo": [], "iwae": [], "kl": [], "reconstruction": [], "mse": []}
     mus, logvars = [], []
     for start in range(0, x_all.shape[0], chunk):
         x = x_all[start:start + chunk]
@@ -123,52 +159,54 @@ def evaluate_model(
         except EdvaeError:  # ... else Monte Carlo over the same K samples, reusing log p(z)
             kl = (log_qz - log_pz).double().mean(0)
         recon = log_px.double().mean(0)
-        sums["iwae"] += float((torch.logsumexp(log_w, 0) - math.log(k)).sum())
-        sums["kl"] += float(kl.sum())
-        sums["reconstruction"] += float(recon.sum())
-        sums["elbo"] += float((recon - kl).sum())
         x_mean = model.likelihood.mean(model.decode(mu))
-        sums["mse"] += float((x_mean - x).double().square().flatten(1).mean(1).sum())
+        per_example["iwae"].append(torch.logsumexp(log_w, 0) - math.log(k))
+        per_example["kl"].append(kl)
+        per_example["reconstruction"].append(recon)
+        per_example["elbo"].append(recon - kl)
+        per_example["mse"].append((x_mean - x).double().square().flatten(1).mean(1))
+    values = {name: torch.cat(parts) for name, parts in per_example.items()}
     n = x_all.shape[0]
-    metrics: dict[str, float] = {name: value / n for name, value in sums.items()}
     mu_all, logvar_all = torch.cat(mus), torch.cat(logvars)
-    decomposition = dataset_decomposition(mu_all, logvar_all, prior, generator=gen)
+    terms = dataset_decomposition_terms(mu_all, logvar_all, prior, generator=gen)
     for name in ("mi", "entropy", "cross_entropy", "marginal_kl"):
-        metrics[name] = float(getattr(decomposition, name))
+        values[name] = getattr(terms, name)
+    values["decomposition_gap"] = values["kl"][terms.index] - (terms.mi + terms.marginal_kl)
+    values["nll"] = -values["iwae"]
+    if model.likelihood.__class__.__name__ == "BernoulliLikelihood":
+        values["bpd"] = values["nll"] / (math.prod(data.x_shape) * math.log(2))
+    truth = getattr(data, "ground_truth", None)
+    if truth is not None and config.true_ll:
+        if true_ll is not None and tuple(true_ll.shape) != (n,):
+            raise EdvaeError(
+                f"true_ll has shape {tuple(true_ll.shape)} but the {split} split has {n} examples; "
+                "pass the per-example log p_true(x) of that split (edvae.evaluate.true_log_likelihoods)"
+            )
+        values["true_ll"] = true_ll if true_ll is not None else true_log_likelihoods(data, split)
+        values["ll_gap"] = values["true_ll"] - values["iwae"]
+    metrics: dict[str, float] = {}
+    for name, per in values.items():
+        metrics[name], metrics[f"{name}_se"] = _mean_se(per)
     metrics["active_units"] = float(active_units(mu_all))
     z_agg = mu_all + torch.exp(0.5 * logvar_all) * torch.randn(mu_all.shape, generator=gen)
     with torch.random.fork_rng():  # distributions sample from the global generator: seed it here
-        torch.manual_seed(config.seed)
+        torch.manual_seed(evaluation_seed(config.seed, "prior"))
         prior_samples = prior.sample((n,))
     metrics["prior_swd"] = sliced_wasserstein(z_agg, prior_samples, generator=gen)
-    metrics["nll"] = -metrics["iwae"]
-    if model.likelihood.__class__.__name__ == "BernoulliLikelihood":
-        metrics["bpd"] = metrics["nll"] / (math.prod(data.x_shape) * math.log(2))
-    truth = getattr(data, "ground_truth", None)
-    if truth is not None and config.true_ll:
-        metrics["true_ll"] = true_ll if true_ll is not None else mean_true_log_likelihood(data, split)
-        metrics["ll_gap"] = metrics["true_ll"] - metrics["iwae"]
     if labels is not None and getattr(data, "train_labels", None) is not None:
-        metrics["probe_accuracy"] = _probe_accuracy(model, data, x_all, labels, config.seed + 2)
+        metrics["probe_accuracy"] = _probe_accuracy(model, data, x_all, labels, evaluation_seed(config.seed, "probe"))
     return metrics
+
+
+def true_log_likelihoods(data: DataSplits, split: str = "test") -> Tensor:
+    """log p_true(x_n) for every example of a split of synthetic data, (N,) float64 (exact up
+    to quadrature)."""
+    return data.ground_truth.true_log_likelihood(getattr(data, split)).double()
 
 
 def mean_true_log_likelihood(data: DataSplits, split: str = "test") -> float:
     """mean_n log p_true(x_n) over a split of synthetic data (exact up to quadrature)."""
-    return float(data.ground_truth.true_log_likelihood(getattr(data, split)).double().mean())
-
-
-def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, RunConfig, dict[str, Any], DataSplits]:
-    """Rebuild a trained model from its run folder: ``(model, config, checkpoint, data)``."""
-    from edvae.train import load_data
-
-    state = load_checkpoint(run_dir)
-    config = validate_config(state["config"], source=f"the config stored in {run_dir}")
-    data = data if data is not None else load_data(config)
-    model = build_model(config.model, data, fit_prior=False)  # fitted values come from the state dict
-    load_weights(model, state["model"], run_dir)
-    model.eval()
-    return model, config, state, data
+    return float(true_log_likelihoods(data, split).mean())
 
 
 def evaluate_run(
@@ -177,7 +215,7 @@ def evaluate_run(
     config: EvalConfig | None = None,
     data: DataSplits | None = None,
     split: str = "test",
-    true_ll: float | None = None,
+    true_ll: Tensor | None = None,
 ) -> dict[str, float]:
     """Evaluate the model saved in ``run_dir``; adds ``train_seconds`` from its checkpoint."""
     model, run_config, state, data = load_run(run_dir, data)

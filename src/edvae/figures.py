@@ -18,6 +18,8 @@ object-oriented API: no pyplot, no change of the global backend):
 
 :func:`comparison_figures` draws the same four views with one panel per model, so that models
 trained on the same data can be compared side by side (used by the ``real`` study).
+:func:`draw_aggregate_posterior` draws the aggregate-posterior view from samples on any
+matplotlib axes (also used by a study's report, :mod:`edvae.report`).
 
 Image layout: ``x_shape`` ``(C, H, W)`` with C = 1 is drawn in grey, C = 3 in colour (other C:
 the first channel); ``(H, W)`` in grey; a flat ``(D,)`` example as a one-pixel-high strip.
@@ -45,6 +47,7 @@ __all__ = [
     "plot_prior_samples",
     "plot_traversals",
     "plot_aggregate_posterior",
+    "draw_aggregate_posterior",
     "write_figures",
     "comparison_figures",
     "FIGURE_KINDS",
@@ -171,13 +174,20 @@ def _draw_traversals(ax: Any, model: VAE, data: DataSplits, *, dims: int, steps:
     _show(ax, _mosaic(rows), names, rows[0].shape[1], title)
 
 
-def _aggregate_samples(model: VAE, data: DataSplits, split: str, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """One z ~ q(z|x) per example, projected to 2-D; returns points, labels and the axis text."""
+def _aggregate_samples(model: VAE, data: DataSplits, split: str, max_points: int, seed: int) -> tuple[Tensor, Tensor | None]:
+    """One z ~ q(z|x) per example of the first ``max_points`` of ``split``, and their labels."""
     x, labels = _split(data, split)
     x = x[:max_points]
     mu, logvar = model.encode(x)
     gen = torch.Generator().manual_seed(seed)
-    z = (mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)).double()
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+    return z, None if labels is None else labels[: x.shape[0]]
+
+
+def _in_plane(z: Tensor) -> tuple[np.ndarray, str]:
+    """Latent samples ``(N, D)`` as 2-D points and the axis text: as they are for D <= 2 (a 1-D
+    latent on a horizontal line), else their first two principal components."""
+    z = z.detach().double().cpu()
     dim = z.shape[1]
     if dim == 1:
         points = torch.cat([z, torch.zeros_like(z)], dim=1)
@@ -191,15 +201,34 @@ def _aggregate_samples(model: VAE, data: DataSplits, split: str, max_points: int
         points = centred @ v[:2].T
         share = float((s[:2].square().sum() / s.square().sum()).clamp(max=1))
         text = f"first two principal components\nof the {dim}-D samples ({100 * share:.0f}% of variance)"
-    return points.numpy(), None if labels is None else labels[: x.shape[0]].numpy(), text
+    return points.numpy(), text
 
 
-def _draw_latent(ax: Any, model: VAE, data: DataSplits, *, split: str, max_points: int, seed: int, title: str, legend: bool = True) -> None:
-    points, labels, text = _aggregate_samples(model, data, split, max_points, seed)
+def draw_aggregate_posterior(
+    ax: Any,
+    z: Tensor,
+    labels: Tensor | None = None,
+    *,
+    title: str,
+    prior_density: tuple[Tensor, Tensor] | None = None,
+    legend: bool = True,
+) -> None:
+    """Draw samples z_n ~ q(z|x_n), one per example (samples of the aggregate posterior
+    q(z) = (1/N) sum_n q(z|x_n)), on the matplotlib axes ``ax``, coloured by label.
+
+    More than two latent dimensions are projected on their first two principal components
+    (:func:`_in_plane`; the title says so). ``prior_density = (ticks, log_p)`` shades the prior
+    density exp(log p(z)) under the points, ``log_p[i, j]`` at z = (ticks[i], ticks[j]) (2-D only).
+    """
+    points, text = _in_plane(z)
+    if prior_density is not None and z.shape[1] == 2:
+        ticks, log_p = (t.detach().double().cpu().numpy() for t in prior_density)
+        ax.contourf(ticks, ticks, np.exp(log_p).T, levels=20, cmap="Blues")
     size = float(np.clip(3000 / len(points), 2, 10))  # larger markers for small splits
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.5, color="darkred", linewidths=0)
     else:
+        labels = labels.cpu().numpy()
         classes = np.unique(labels)
         cmap = "tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "viridis"
         sc = ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.8, c=labels, cmap=cmap, linewidths=0)
@@ -209,6 +238,11 @@ def _draw_latent(ax: Any, model: VAE, data: DataSplits, *, split: str, max_point
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"{title}\n{text}", fontsize=7)
+
+
+def _draw_latent(ax: Any, model: VAE, data: DataSplits, *, split: str, max_points: int, seed: int, title: str, legend: bool = True) -> None:
+    z, labels = _aggregate_samples(model, data, split, max_points, seed)
+    draw_aggregate_posterior(ax, z, labels, title=title, legend=legend)
 
 
 # ----------------------------------------------------------------------------- one model

@@ -85,54 +85,16 @@ def resolve_likelihood(config: "ModelConfig", data: "DataSplits") -> str:
     return data.likelihood if config.likelihood == "auto" else config.likelihood
 
 
-#: N(0, I) draws whose k-means centres start the means of a learned mixture prior.
-_MIXTURE_INIT_DRAWS = 4096
-
-
 def _build_prior(config: "ModelConfig", data: "DataSplits", encoder: nn.Module, fit: bool = True) -> nn.Module:
+    """The prior the config names, from the registry (:func:`edvae.priors.make`), given the data
+    and encoder of the model being built; its event dimension must be the latent dimension."""
     dim = config.latent_dim
-    name = config.prior
-    options = dict(config.prior_options)
-    if name == "true":
-        if data.ground_truth is None:
-            raise EdvaeError(
-                f"model.prior='true' needs synthetic data with a known prior, but data set '{data.name}' has none; "
-                f"choose one of: {', '.join(priors.names())}"
-            )
-        prior = priors.as_prior(data.ground_truth.prior)
-    elif name.startswith("samples:"):
-        samples = priors.load_samples(name.partition(":")[2], dim=dim)
-        prior = priors.from_samples(samples, **(options if fit else _unfitted(options)))
-    elif name == "samples" and not fit:
-        prior = priors.make(name, dim, **_unfitted(options))
-    elif name == "vamp":
-        options.setdefault("n_components", 50)
-        n = options["n_components"]
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise EdvaeError(f"model.prior_options.n_components must be a positive integer, got {n!r}; e.g. 50")
-        if "init" not in options:
-            gen = torch.Generator().manual_seed(0)
-            idx = torch.randperm(data.train.shape[0], generator=gen)[: options["n_components"]]
-            options["init"] = data.train[idx].clone()
-        prior = priors.make("vamp", dim, encoder=encoder, input_shape=tuple(data.x_shape), **options)
-    elif name == "mixture" and "init" not in options:
-        # K raw N(0, I) draws clump, and a mixture grown from clumped means keeps merged modes;
-        # the k-means centres of many N(0, I) draws spread the means evenly over its mass.
-        spread = torch.randn(_MIXTURE_INIT_DRAWS, dim, generator=torch.Generator().manual_seed(0))
-        prior = priors.make(name, dim, init=spread, **options)
-    else:
-        prior = priors.make(name, dim, **options)
+    context = priors.PriorContext(dim=dim, data=data, encoder=encoder, fit=fit)
+    prior = priors.make(config.prior, dim, context=context, **config.prior_options)
     prior_dim = priors.event_dim(prior)
     if prior_dim != dim:
-        raise EdvaeError(f"model.prior '{name}' is {prior_dim}-dimensional but model.latent_dim is {dim}; make them agree")
+        raise EdvaeError(f"model.prior '{config.prior}' is {prior_dim}-dimensional but model.latent_dim is {dim}; make them agree")
     return prior
-
-
-def _unfitted(options: dict) -> dict:
-    """Options of a prior known by samples that skip its fitting (no flow training, no bandwidth
-    cross-validation): the fitted values are buffers and parameters that a state dict restores."""
-    cheap = {"bandwidth": "scott"} if options.get("bandwidth", "cv") == "cv" else {}
-    return {**options, "flow_steps": 0, **cheap}
 
 
 def build_model(config: "ModelConfig", data: "DataSplits", *, fit_prior: bool = True) -> VAE:

@@ -40,11 +40,9 @@ from edvae.estimators import (
     posterior_entropy,
     resolve_prior,
 )
+from edvae.estimator_names import ENTROPY_ESTIMATORS, MI_ESTIMATORS
 
 __all__ = ["ENTROPY_ESTIMATORS", "MI_ESTIMATORS", "Objective", "ed_elbo", "elbo", "uses_aggregate_posterior"]
-
-MI_ESTIMATORS: tuple[str, ...] = ("mss", "mws", "batch", "infonce")
-ENTROPY_ESTIMATORS: tuple[str, ...] = ("mss", "mws", "batch")
 
 
 class Objective(NamedTuple):

@@ -2,8 +2,13 @@
 
 The summary gives, per data set and model, the mean and the sample standard deviation over
 seeds of every metric. In the Markdown table the best mean of each column is in bold, "best"
-meaning higher for log-likelihoods, ELBO, mutual information and probe accuracy, lower for
-errors, divergences and times.
+meaning higher for log-likelihoods, ELBO and probe accuracy, lower for errors, divergences and
+times (:data:`edvae.stats.HIGHER_IS_BETTER`).
+
+When the study names a ``reference`` model, ``comparisons`` holds every other model against it,
+paired by seed within each data set (:func:`edvae.stats.paired_comparisons`), on the headline
+metrics (:data:`HEADLINE`, ``nll`` standing in for ``ll_gap`` without a ground truth) and the
+study's own metrics that have a direction; results.md shows them as a table.
 """
 
 from __future__ import annotations
@@ -19,17 +24,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from edvae import __version__
+from edvae.figures import draw_aggregate_posterior
+from edvae.runs import LATENTS_NAME, METRICS_NAME
+from edvae.stats import HIGHER_IS_BETTER, paired_comparisons, verdict
 
 if TYPE_CHECKING:
-    from edvae.experiments.runner import Study
+    from edvae.experiments.study import Study
 
-__all__ = ["BETTER", "summarise", "write_report", "markdown_table"]
+__all__ = ["BETTER", "HEADLINE", "summarise", "write_report", "markdown_table", "study_comparisons", "comparisons_table"]
 
 #: Which way is better for the metrics that have a direction (others are descriptive).
-BETTER: dict[str, str] = {
-    **dict.fromkeys(["elbo", "iwae", "reconstruction", "probe_accuracy"], "max"),
-    **dict.fromkeys(["mse", "kl", "ll_gap", "marginal_kl", "prior_swd", "nll", "bpd", "train_seconds"], "min"),
-}
+BETTER: dict[str, str] = {name: "max" if up else "min" for name, up in HIGHER_IS_BETTER.items()}
+
+#: The metrics every study compares with its reference (those its records hold).
+HEADLINE: tuple[str, ...] = ("ll_gap", "iwae", "elbo", "kl", "mse")
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
@@ -80,6 +88,43 @@ def markdown_table(summary: dict[str, Any], metrics: list[str]) -> str:
     return "\n".join(lines)
 
 
+def study_comparisons(study: "Study", records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every model against ``study.reference`` (none without one) on :data:`HEADLINE` and the
+    study's own metrics with a direction, those present in the records; ``nll`` replaces
+    ``ll_gap`` where no record has a ground truth. Training times are not compared: they
+    measure the machine's load as much as the model."""
+    reference = getattr(study, "reference", None)
+    if reference is None:
+        return []
+    present = {m for r in records for m in r["metrics"]}
+    headline = [m if m != "ll_gap" or "ll_gap" in present else "nll" for m in HEADLINE]
+    metrics = [m for m in dict.fromkeys([*headline, *study.metrics]) if m in present and m in HIGHER_IS_BETTER and m != "train_seconds"]
+    return paired_comparisons(records, reference, metrics)
+
+
+def _fmt_diff(c: dict[str, Any]) -> str:
+    scale = max(abs(c["mean_diff"]), abs(c["ci_low"]) if math.isfinite(c["ci_low"]) else 0.0, 1e-12)
+    digits = 2 if scale >= 10 else 3 if scale >= 1 else 4
+    interval = "no interval" if math.isnan(c["ci_low"]) else f"{c['ci_low']:+.{digits}f}, {c['ci_high']:+.{digits}f}"
+    return f"{c['mean_diff']:+.{digits}f} [{interval}]"
+
+
+def comparisons_table(comparisons: list[dict[str, Any]]) -> str:
+    """One block per data set: model vs reference, metric, mean difference (model - reference)
+    with its 95% interval, seeds where the model is better / seeds, and the verdict."""
+    lines: list[str] = []
+    for dataset in dict.fromkeys(c["dataset"] for c in comparisons):
+        lines += [f"**{dataset}**", "", "| model | vs | metric | mean diff [95% CI] | better / seeds | verdict |", "|---|---|---|---|---|---|"]
+        for c in comparisons:
+            if c["dataset"] == dataset:
+                lines.append(
+                    f"| {c['model']} | {c['reference']} | {c['metric']} | {_fmt_diff(c)} | "
+                    f"{c['n_better']}/{c['n_seeds']} | {verdict(c)} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _environment() -> dict[str, Any]:
     return {
         "edvae": __version__,
@@ -101,6 +146,7 @@ def write_report(study: "Study", records: list[dict[str, Any]], out_dir: str | P
         "description": study.description,
         "records": clean,
         "summary": summary,
+        "comparisons": study_comparisons(study, clean),
         "environment": _environment(),
     }
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -120,12 +166,24 @@ def write_report(study: "Study", records: list[dict[str, Any]], out_dir: str | P
         study.description,
         "",
         f"Mean ± standard deviation over {len(seeds)} seed(s); best mean per column in bold "
-        "(higher is better for elbo, iwae, probe_accuracy; lower for mse, kl, ll_gap, marginal_kl, prior_swd, time). "
+        f"(higher is better for {', '.join(m for m, up in HIGHER_IS_BETTER.items() if up)}; "
+        f"lower for {', '.join(m for m, up in HIGHER_IS_BETTER.items() if not up)}). "
         "All values in nats per example except mse (per element) and times (seconds).",
         "",
         markdown_table(summary, study.metrics),
     ]
     md += [f"- {note}" for note in study.notes]
+    if result["comparisons"]:
+        md += [
+            "",
+            f"## Paired comparisons with {study.reference}",
+            "",
+            "Mean over seeds of the per-seed difference model - reference (same data set and seed), with "
+            "its 95% Student-t interval; 'better / seeds' counts the seeds where the model is better in the "
+            "metric's direction; the verdict is 'within noise' when the interval contains 0.",
+            "",
+            comparisons_table(result["comparisons"]),
+        ]
     if figures:
         md += ["", "## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures]
     if wall_seconds is not None:
@@ -151,18 +209,16 @@ def _figures(study: "Study", records: list[dict[str, Any]], summary: dict[str, A
     fig, axes = plt.subplots(len(datasets), len(models), figsize=(3.2 * len(models), 3.2 * len(datasets)), squeeze=False)
     for r in shown:
         ax = axes[datasets.index(r["dataset"])][models.index(r["model"])]
-        path = Path(r["run_dir"]) / "latents.pt"
+        path = Path(r["run_dir"]) / LATENTS_NAME
+        title = f"{r['dataset']} / {r['model']}"
         if path.exists():
             lat = torch.load(path, weights_only=True)
-            if "grid" in lat:
-                t = lat["grid"].numpy()
-                ax.contourf(t, t, lat["prior_log_density"].exp().T.numpy(), levels=20, cmap="Blues")
-            z = lat["z"].numpy()
-            labels = lat.get("labels")
-            ax.scatter(z[:, 0], z[:, 1], s=2, alpha=0.5, c=None if labels is None else labels.numpy(), cmap="tab10" if labels is not None else None, color="darkred" if labels is None else None)
-        ax.set_title(f"{r['dataset']} / {r['model']}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+            density = (lat["grid"], lat["prior_log_density"]) if "grid" in lat else None
+            draw_aggregate_posterior(ax, lat["z"], lat.get("labels"), title=title, prior_density=density, legend=False)
+        else:
+            ax.set_title(title, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
     fig.suptitle("Aggregate posterior samples (points) over the model's prior density (shading)")
     fig.tight_layout()
     written.append(fig_dir / "aggregate_posterior.png")
@@ -172,7 +228,7 @@ def _figures(study: "Study", records: list[dict[str, Any]], summary: dict[str, A
     # Training curves of every logged term.
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
     for r in shown:
-        path = Path(r["run_dir"]) / "metrics.jsonl"
+        path = Path(r["run_dir"]) / METRICS_NAME
         if not path.exists():
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines()]

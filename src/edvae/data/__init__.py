@@ -19,7 +19,8 @@ conventions of the likelihood and binarisation.
 
 from edvae.data.ground_truth import GroundTruth
 from edvae.data.registry import dataset_names, dataset_options, load_dataset
-from edvae.data.splits import DataSplits, binarize_batch
+from edvae.data.sampling import binarize_batch, binarize_global_batch
+from edvae.data.splits import DataSplits
 from edvae.data.synthetic import SyntheticGenerator
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "GroundTruth",
     "SyntheticGenerator",
     "binarize_batch",
+    "binarize_global_batch",
     "dataset_names",
     "dataset_options",
     "load_dataset",

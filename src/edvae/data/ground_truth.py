@@ -41,8 +41,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from edvae.data.splits import derive_seed
+from edvae.data.sampling import derive_seed
 from edvae.errors import EdvaeError
+from edvae.priors import distribution_of
 
 __all__ = ["GroundTruth"]
 
@@ -79,12 +80,7 @@ class GroundTruth:
         self._prior_module: nn.Module | None = None
         if isinstance(prior, nn.Module):
             self._prior_module = prior.eval().requires_grad_(False)
-            prior = prior()
-        if not isinstance(prior, Distribution) or len(prior.event_shape) != 1 or len(prior.batch_shape) != 0:
-            raise EdvaeError(
-                "GroundTruth needs a prior Distribution (or a module returning one) with event_shape (D,) and no "
-                f"batch shape, got {prior!r}; wrap independent dimensions in torch.distributions.Independent"
-            )
+        prior = distribution_of(prior)
         if not isinstance(generator, nn.Module):
             raise EdvaeError(f"GroundTruth needs the generator as an nn.Module, got {type(generator).__name__}")
         if not (isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std > 0):

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edvae.data.factors import nongaussian_factors_dataset, sprites_dataset
 from edvae.data.files import load_file
 from edvae.data.real import digits_dataset, mnist5k_dataset
 from edvae.data.splits import DataSplits
@@ -25,6 +26,8 @@ _BUILDERS: dict[str, Callable[..., DataSplits]] = {
     "digits": digits_dataset,
     "mnist5k": mnist5k_dataset,
     "file": load_file,
+    "sprites": sprites_dataset,
+    "nongaussian-factors": nongaussian_factors_dataset,
 }
 
 

@@ -16,7 +16,7 @@ Binarisation (``likelihood="bernoulli"`` only):
   targets; log p(x|z) is then a cross-entropy, not the log-density of a discrete variable).
 * ``"static"``: every split is binarised once here, x ~ Bernoulli(grey level), with the seed.
 * ``"dynamic"`` (default for Bernoulli data): ``train`` keeps the grey levels and the training
-  loop draws a fresh binary batch with :func:`binarize_batch` at every step; ``val`` and
+  loop draws a fresh binary batch at every step; ``val`` and
   ``test`` are binarised once here with the seed, so every model is evaluated on the same
   binary examples (resampling an already binary split is a no-op, so a loop that binarises
   every batch stays correct).
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from edvae.data.sampling import binarize_batch, derive_seed
 from edvae.errors import EdvaeError
 
 if TYPE_CHECKING:
@@ -61,7 +62,9 @@ class DataSplits:
     value; ``"bernoulli"``: values in [0, 1]); ``binarize`` says what was done (or, for
     ``"dynamic"``, what the training loop must do) to make them binary; see the module
     docstring. ``ground_truth`` is ``None`` for real data. ``info`` records provenance (file,
-    scaling applied, options).
+    scaling applied, options). Data with known generating factors (:mod:`edvae.data.factors`)
+    carry their values as float32 ``(N, K)`` tensors ``{split}_factors``, column k named
+    ``factor_names[k]``; other data sets leave them ``None``.
     """
 
     name: str
@@ -76,6 +79,10 @@ class DataSplits:
     test_labels: Tensor | None = None
     ground_truth: GroundTruth | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    train_factors: Tensor | None = None
+    val_factors: Tensor | None = None
+    test_factors: Tensor | None = None
+    factor_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.x_shape = tuple(int(d) for d in self.x_shape)
@@ -95,6 +102,14 @@ class DataSplits:
                 raise EdvaeError(
                     f"DataSplits.{split}_labels must be an int64 tensor of shape ({x.shape[0]},), "
                     f"got {labels.dtype} {tuple(labels.shape)}"
+                )
+            factors = getattr(self, f"{split}_factors")
+            if factors is not None and (
+                factors.dtype != torch.float32 or tuple(factors.shape) != (x.shape[0], len(self.factor_names))
+            ):
+                raise EdvaeError(
+                    f"DataSplits.{split}_factors must be a float32 tensor of shape ({x.shape[0]}, "
+                    f"{len(self.factor_names)}) (one column per factor name), got {factors.dtype} {tuple(factors.shape)}"
                 )
 
     @property
@@ -122,19 +137,6 @@ class DataSplits:
         if self.ground_truth is not None:
             parts.append(self.ground_truth.describe())
         return ", ".join(parts)
-
-
-def binarize_batch(x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-    """Draw a binary batch x_b ~ Bernoulli(x): dynamic binarisation, once per training step."""
-    return torch.bernoulli(x, generator=generator)
-
-
-def derive_seed(seed: int, *keys: int | str) -> int:
-    """A well-mixed 32-bit seed for one purpose (``keys``) derived from the data seed."""
-    words = [int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF]
-    for key in keys:
-        words.extend(key.encode() if isinstance(key, str) else [int(key)])
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint32)[0])
 
 
 def check_split(split: Any, source: str) -> tuple[float, float, float]:
@@ -245,8 +247,7 @@ def finish(
         start += size
         part = data[idx]
         if binarize == "static" or (binarize == "dynamic" and split_name != "train"):
-            gen = torch.Generator().manual_seed(derive_seed(seed, "binarize", split_name))
-            part = binarize_batch(part, generator=gen)
+            part = binarize_batch(part, derive_seed(seed, "binarize", split_name))
         parts[split_name] = part.contiguous()
         parts[f"{split_name}_labels"] = None if label_tensor is None else label_tensor[idx].contiguous()
     return DataSplits(

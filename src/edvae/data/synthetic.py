@@ -28,8 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edvae import priors
 from edvae.data.ground_truth import GroundTruth
-from edvae.data.splits import SPLIT_NAMES, DataSplits, derive_seed
+from edvae.data.sampling import derive_seed
+from edvae.data.splits import SPLIT_NAMES, DataSplits
 from edvae.errors import EdvaeError
 
 __all__ = ["GENERATOR_SEED", "SyntheticGenerator", "complex_dataset", "gaussian_dataset", "make_ground_truth"]
@@ -85,8 +87,6 @@ def _check_int(dataset: str, name: str, value: Any, minimum: int) -> int:
 
 
 def _make_prior(dataset: str, name: str, dim: int, options: dict[str, Any], seed: int) -> nn.Module:
-    from edvae import priors  # lazily: the data package does not need the priors at import
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # pins any randomness in the prior's construction
         try:

@@ -1,6 +1,6 @@
 """Studies: the paper's experiment and the ones beyond it, by name.
 
-``get_study(name, quick=..., seeds=...)`` builds a :class:`~edvae.experiments.runner.Study`;
+``get_study(name, quick=..., seeds=...)`` builds a :class:`~edvae.experiments.study.Study`;
 :func:`~edvae.experiments.runner.run_study` runs it and writes the report.
 """
 
@@ -12,18 +12,20 @@ from edvae.errors import EdvaeError
 from edvae.experiments.paper import paper_study
 from edvae.experiments.prior_studies import ablation_study, learned_prior_study, misspecified_study, unknown_prior_study
 from edvae.experiments.real import real_study
-from edvae.experiments.runner import RunSpec, Study, run_study
+from edvae.experiments.runner import run_study
+from edvae.experiments.study import RunSpec, Study
 
 __all__ = ["STUDIES", "get_study", "run_study", "Study", "RunSpec"]
 
+#: Every study by name: a new study is one module plus one line here.
 STUDIES: dict[str, Callable[..., Study]] = {
     "paper": paper_study,
     "unknown-prior": unknown_prior_study,
     "learned-prior": learned_prior_study,
     "misspecified": misspecified_study,
     "ablation": ablation_study,
+    "real": real_study,
 }
-STUDIES["real"] = real_study
 
 
 def get_study(name: str, **kwargs) -> Study:

@@ -2,7 +2,7 @@ r"""Studies beyond the paper: which prior, and which terms of the ED objective.
 
 All four run on the ``complex`` data set (x = g(z) + noise, z from an 8-mode ring, so the true
 log-likelihood is known and ``ll_gap = true_ll - iwae`` measures the distance to the best model)
-with the paper study's networks, optimiser and evaluation (:data:`edvae.experiments.paper.BASE`),
+with the paper study's networks, optimiser and evaluation (:data:`edvae.experiments.study.BASE`),
 but :data:`EPOCHS` epochs instead of 60 so that each study's default (3 seeds) finishes in
 about a quarter of an hour on two CPU cores.
 
@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from edvae.experiments.paper import BASE, QUICK, build_runs
-from edvae.experiments.runner import Study
+from edvae.experiments.study import BASE, QUICK, Study, build_runs, default_seeds, shared_config
 from edvae.experiments.variants import VARIANTS, merge
+from edvae.runs import load_data
 
 __all__ = [
     "EPOCHS",
@@ -73,7 +73,7 @@ def _base(quick: bool) -> dict[str, Any]:
 
 
 def _describe(base: dict[str, Any], overrides: dict[str, Any] | None, what: str) -> str:
-    effective = merge(base, overrides or {})
+    effective = shared_config(base, overrides)
     return (
         f"{what} Data: the `complex` data set, x = g(z) + N(0, 0.1^2 I) in 16-D from a 2-D latent "
         "with an 8-mode ring prior (radius 2, mode std 0.3); 10000 train / 2000 test. All runs share "
@@ -82,10 +82,6 @@ def _describe(base: dict[str, Any], overrides: dict[str, Any] | None, what: str)
         f"split with the same ELBO and IWAE ({effective['eval']['iwae_samples']} samples) estimators; "
         "ll_gap = true log-likelihood - IWAE."
     )
-
-
-def _seeds(seeds: int | None, quick: bool) -> int:
-    return seeds if seeds is not None else (2 if quick else 3)
 
 
 # ----------------------------------------------------------------------------- unknown prior
@@ -98,8 +94,6 @@ def write_prior_samples(study: Study, out_dir: str | Path) -> Path:
     training data. Runs whose prior is ``samples:<...>SAMPLES_FILE`` are pointed at the file's
     absolute path. Used as ``Study.prepare`` by :func:`unknown_prior_study`.
     """
-    from edvae.train import load_data
-
     path = Path(out_dir).resolve() / SAMPLES_FILE
     truth = load_data(study.runs[0].config).ground_truth
     with torch.random.fork_rng(devices=[]):
@@ -138,7 +132,7 @@ def unknown_prior_study(*, quick: bool = False, seeds: int | None = None, overri
             "spline flow (1000 Adam steps, fit report in each run's prior_fit.json). References: the ED-VAE with the "
             "exact ring density, and a traditional VAE with N(0, I) (analytic KL). ED objective at unit weights."
         )),
-        runs=build_runs(base, _COMPLEX, models, _seeds(seeds, quick), overrides),
+        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick, full=3), overrides),
         metrics=_METRICS,
         prepare=write_prior_samples,
     )
@@ -166,7 +160,7 @@ def learned_prior_study(*, quick: bool = False, seeds: int | None = None, overri
             "flow (3 transforms); N(0, I) and the exact ring prior as references. ED objective at unit weights, "
             "whose gradient equals the Monte-Carlo ELBO's."
         )),
-        runs=build_runs(base, _COMPLEX, models, _seeds(seeds, quick), overrides),
+        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick, full=3), overrides),
         metrics=_METRICS,
     )
 
@@ -199,7 +193,7 @@ def misspecified_study(*, quick: bool = False, seeds: int | None = None, overrid
             "traditional ELBO with a Monte-Carlo KL (vae) and the paper's ED-VAE variant (InfoNCE estimate of I, "
             "maximised with weight -1, plus the entropy and cross-entropy terms; edvae-paper)."
         )),
-        runs=build_runs(base, _COMPLEX, models, _seeds(seeds, quick), overrides),
+        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick, full=3), overrides),
         metrics=_METRICS,
     )
 
@@ -224,6 +218,6 @@ def ablation_study(*, quick: bool = False, seeds: int | None = None, overrides: 
             "'unit' (all weights 1) is the negative Monte-Carlo ELBO. 'no-X' sets one weight to 0; 'X-x0.5' and "
             "'X-x2' set it to 0.5 or 2 (mi: w_mi, entropy: w_ent, ce: w_ce)."
         )),
-        runs=build_runs(base, _COMPLEX, models, _seeds(seeds, quick), overrides),
+        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick, full=3), overrides),
         metrics=_METRICS,
     )

@@ -27,9 +27,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edvae.experiments.paper import build_runs
-from edvae.experiments.runner import Study
+from edvae.experiments.study import Study, build_runs, default_seeds, shared_config
 from edvae.experiments.variants import VARIANTS, merge
+from edvae.figures import comparison_figures
+from edvae.runs import load_run
 
 __all__ = ["BASE", "DATASETS", "MODELS", "METRICS", "real_study", "real_figures"]
 
@@ -70,10 +71,10 @@ def real_study(*, quick: bool = False, seeds: int | None = None, overrides: dict
     ``overrides`` (e.g. from ``edvae reproduce --set``) apply to every run and win over the
     per-data-set budget and the model variants.
     """
-    seeds = seeds if seeds is not None else (2 if quick else 3)
+    seeds = default_seeds(seeds, quick, full=3)
     base = merge(BASE, {"eval": {"iwae_samples": 100}}) if quick else BASE
     datasets = {name: merge(spec, {"train": {"epochs": _QUICK_EPOCHS[name]}}) if quick else spec for name, spec in DATASETS.items()}
-    shown = {name: merge(merge(base, spec), overrides or {}) for name, spec in datasets.items()}  # what the runs get
+    shown = {name: shared_config(base, overrides, spec) for name, spec in datasets.items()}  # what the runs get
     hidden = shown["digits"]["model"]["hidden"]
     epochs = ", ".join(f"{name} {raw['train']['epochs']}" for name, raw in shown.items())
     base_shown = shown["digits"]
@@ -106,9 +107,6 @@ def real_study(*, quick: bool = False, seeds: int | None = None, overrides: dict
 def real_figures(study: Study, records: list[dict[str, Any]], fig_dir: Path) -> list[Path]:
     """Reconstructions, prior samples, traversals and the aggregate posterior per data set, one
     panel per model (first seed), written as ``fig_dir/<dataset>-<kind>.png``."""
-    from edvae.evaluate import load_run
-    from edvae.figures import comparison_figures
-
     if not records:
         return []
     first_seed = min(r["seed"] for r in records)

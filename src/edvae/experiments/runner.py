@@ -1,6 +1,7 @@
 """Running a study: train and evaluate every run, then write the report.
 
-A :class:`Study` is a list of :class:`RunSpec` (data set label, model label, seed, config).
+A :class:`~edvae.experiments.study.Study` is a list of
+:class:`~edvae.experiments.study.RunSpec` (data set label, model label, seed, config).
 Each run trains in its own folder ``OUT/runs/<dataset>-<model>-s<seed>`` and is evaluated with
 the same :func:`edvae.evaluate.evaluate_model`; a run whose folder already holds a completed
 checkpoint and its evaluation is reused, so an interrupted study resumes where it stopped.
@@ -15,57 +16,26 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic
 from edvae.config import RunConfig
 from edvae.errors import EdvaeError
+from edvae.evaluate import evaluate_run, true_log_likelihoods
+from edvae.experiments.study import RunSpec, Study
+from edvae.model import build_model
+from edvae.report import write_report
+from edvae.runs import EVALUATION_NAME, LATENTS_NAME, load_data, load_run
+from edvae.train import train
 
 __all__ = ["RunSpec", "Study", "run_study", "run_one", "preflight"]
-
-EVALUATION_NAME = "evaluation.json"
-LATENTS_NAME = "latents.pt"
-
-
-@dataclass
-class RunSpec:
-    """One run of a study."""
-
-    dataset: str
-    model: str
-    seed: int
-    config: RunConfig
-
-    @property
-    def folder(self) -> str:
-        return f"{self.dataset}-{self.model}-s{self.seed}"
-
-
-@dataclass
-class Study:
-    """A named list of runs and how to read them."""
-
-    name: str
-    title: str
-    description: str
-    runs: list[RunSpec]
-    metrics: list[str] = field(default_factory=lambda: ["mse", "kl", "elbo", "iwae", "ll_gap", "mi", "marginal_kl", "prior_swd", "active_units", "train_seconds"])
-    notes: list[str] = field(default_factory=list)
-    #: Called as ``prepare(study, out_dir)`` by :func:`run_study` before anything is built: writes
-    #: files the runs read (e.g. a prior-samples file) and may point the runs' configs at them.
-    prepare: Callable[["Study", Path], None] | None = None
-    #: Called as ``extra_figures(study, records, fig_dir)`` by the report after its own figures;
-    #: returns the paths of the PNGs it wrote (e.g. per-model image figures, :mod:`edvae.figures`).
-    extra_figures: Callable[["Study", list[dict[str, Any]], Path], list[Path]] | None = None
 
 
 def _save_latents(run_dir: Path, spec: RunSpec) -> None:
     """Aggregate-posterior samples and the prior's log-density on a grid, for the figures."""
-    from edvae.evaluate import load_run
-
     model, _, _, data = load_run(run_dir)
     with torch.inference_mode():
         gen = torch.Generator().manual_seed(spec.seed)
@@ -81,23 +51,19 @@ def _save_latents(run_dir: Path, spec: RunSpec) -> None:
     torch.save(payload, run_dir / LATENTS_NAME)
 
 
-def _cached_true_ll(spec: RunSpec, out_dir: Path) -> float | None:
-    """mean log p_true(x) of the test split, computed once per data config and cached on disk."""
-    from edvae.checkpoint import save_atomic
-    from edvae.evaluate import mean_true_log_likelihood
-    from edvae.train import load_data
-
+def _cached_true_ll(spec: RunSpec, out_dir: Path) -> torch.Tensor | None:
+    """log p_true(x_n) of every test example, computed once per data config and cached on disk."""
     if not spec.config.eval.true_ll:
         return None
     key = hashlib.sha256(json.dumps(spec.config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
     path = out_dir / "cache" / f"true_ll-{key}.pt"
-    if path.exists():
-        return float(torch.load(path, weights_only=True)["true_ll"])
+    if path.exists() and isinstance(cached := torch.load(path, weights_only=True).get("log_p_true"), torch.Tensor):
+        return cached
     data = load_data(spec.config)
     if data.ground_truth is None:
         return None
-    value = mean_true_log_likelihood(data)
-    save_atomic({"true_ll": value, "data": spec.config.data.model_dump()}, path)
+    value = true_log_likelihoods(data)
+    save_atomic({"log_p_true": value, "data": spec.config.data.model_dump()}, path)
     return value
 
 
@@ -112,10 +78,6 @@ def _same_config(stored: dict[str, Any], spec: RunSpec) -> bool:
 
 def run_one(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Train and evaluate one run (reusing a finished one); returns its record."""
-    from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from edvae.evaluate import evaluate_run
-    from edvae.train import train
-
     run_dir = Path(out_dir) / "runs" / spec.folder
     evaluation = run_dir / EVALUATION_NAME
     done = evaluation.exists() and (run_dir / CHECKPOINT_NAME).exists() and not overwrite
@@ -145,8 +107,6 @@ def _worker(args: tuple[RunSpec, str, bool]) -> dict[str, Any]:
 def preflight(study: Study) -> None:
     """Build the data and model of every distinct run config once, so that a bad data set,
     prior or network setting fails before any training starts."""
-    from edvae.model import build_model
-    from edvae.train import load_data
 
     datasets: dict[str, Any] = {}
     seen: set[str] = set()
@@ -163,8 +123,6 @@ def preflight(study: Study) -> None:
 
 def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run every run of ``study`` and write the report into ``out_dir``; returns results.json's content."""
-    from edvae.report import write_report
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise EdvaeError(f"--out {out_dir} is a file; choose a folder")

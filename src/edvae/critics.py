@@ -1,0 +1,351 @@
+r"""InfoNCE critics: lower bounds on the mutual information I(x; z) of the encoder, each capped.
+
+InfoNCE (van den Oord et al., 2018) scores a query code z_i against one positive candidate
+(paired with the same x_i) and K' candidates drawn independently of it (negatives):
+
+    I_NCE = mean_i [ f(z_i, c_i+) - log( exp f(z_i, c_i+) + sum_k exp f(z_i, c_ik) ) ] + log(K' + 1),
+
+and I(x; z) >= I_NCE (in expectation over batches). Every term in the bracket is <= 0 (the
+positive is one of the summands), so a single batch never gives more than log(K' + 1): a critic
+can at best *identify* the positive among K' + 1 candidates. The critics differ in the score f
+and in where the negatives come from:
+
+* ``"encoder"`` (:class:`EncoderCritic`): f(z_i, x_j) = log q(z_i | x_j), the other B - 1 codes
+  of the batch as negatives; I_NCE <= log B. It equals the mutual information of
+  ``edvae.estimators.decompose(..., method="batch")`` and has no parameters.
+* ``"bilinear"`` (:class:`ScoreCritic` around ``edvae.estimators.BilinearCritic``):
+  f(z_i, x_j) = z_i^T W mu_j with W learned; I_NCE <= log B.
+* ``"mlp"`` (:class:`ScoreCritic` around ``edvae.estimators.MLPCritic``): f(z_i, x_j) =
+  g(z_i)^T h(mu_j) / sqrt(k) with two learned MLPs; I_NCE <= log B.
+* ``"momentum"`` (:class:`MomentumCritic`, MoCo-style, He et al., 2020): f = cosine / tau between
+  the query code and keys of a slowly updated copy of the encoder, the last K keys of past
+  batches (a queue) as negatives; I_NCE <= log(K + 1), independent of the batch size.
+
+All of them are ``nn.Module`` s called alike, ``critic(z, mu, logvar, x)`` -> 0-d estimate in
+nats, so an objective need not know which one it holds; ``critic.bound(batch_size)`` is the cap
+and ``critic.update(encoder)`` is what a trainer calls after every optimiser step (a no-op except
+for the momentum critic). Build one by name with :func:`make_critic`.
+
+This module is mathematics: it imports torch, ``edvae.errors`` and ``edvae.estimators`` only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from edvae.errors import EdvaeError
+from edvae.estimators import BilinearCritic, MLPCritic, infonce
+
+__all__ = [
+    "CRITICS",
+    "CRITIC_OPTIONS",
+    "Critic",
+    "EncoderCritic",
+    "MomentumCritic",
+    "ScoreCritic",
+    "make_critic",
+]
+
+_ACC = torch.float64  # dtype of the logits' logsumexp, as in edvae.estimators
+
+
+class Critic(nn.Module):
+    r"""Base of every critic: ``forward(z, mu, logvar, x=None, *, row_offset=0)`` returns the
+    InfoNCE estimate of I(x; z) for the batch (0-d, nats, in z's dtype), never above
+    :meth:`bound`.
+
+    ``z`` (R, D) are the rows (codes sampled from the online encoder, z_i ~ q(z | x_{i+o}),
+    o = ``row_offset``), ``mu``/``logvar`` (B, D) the posterior parameters of the batch's columns
+    and ``x`` (R, ...) the inputs of the rows (needed by critics that encode x themselves).
+    """
+
+    def bound(self, batch_size: int) -> float:
+        """The largest value a batch of ``batch_size`` columns can give: log B."""
+        return math.log(batch_size)
+
+    def update(self, encoder: nn.Module, gather: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+        """Called by the trainer after each optimiser step; stateless critics do nothing."""
+
+
+class EncoderCritic(Critic):
+    r"""The encoder as critic, f(z_i, x_j) = log q(z_i | x_j):
+
+        I_NCE = mean_i [ log q(z_i|x_{i+o}) - log (1/B) sum_j q(z_i|x_j) ] <= log B,
+
+    :func:`edvae.estimators.infonce` with its default critic; no parameters.
+    """
+
+    def forward(self, z: Tensor, mu: Tensor, logvar: Tensor, x: Optional[Tensor] = None, *,
+                row_offset: int = 0, validate: bool = True) -> Tensor:
+        return infonce(z, mu, logvar, row_offset=row_offset, validate=validate)
+
+
+class ScoreCritic(Critic):
+    r"""A learned score f(z_i, mu_j), (R, B) scores from ``score(z, mu)`` (e.g.
+    ``edvae.estimators.BilinearCritic`` or ``MLPCritic``), the batch's columns as negatives:
+
+        I_NCE = mean_i [ f(z_i, mu_{i+o}) - logsumexp_j f(z_i, mu_j) ] + log B <= log B.
+
+    The score's parameters are trained with the model (maximising I_NCE tightens the bound).
+    """
+
+    def __init__(self, score: nn.Module) -> None:
+        super().__init__()
+        self.score = score
+
+    def forward(self, z: Tensor, mu: Tensor, logvar: Tensor, x: Optional[Tensor] = None, *,
+                row_offset: int = 0, validate: bool = True) -> Tensor:
+        return infonce(z, mu, logvar, critic=self.score, row_offset=row_offset, validate=validate)
+
+
+class MomentumCritic(Critic):
+    r"""MoCo-style InfoNCE: a momentum copy of the encoder gives the keys, a queue of the last
+    K keys gives the negatives.
+
+    Embeddings: e(v) = g(v) / ||g(v)||_2, with g the identity (the code itself; the default) or a
+    small projection head (``projection`` = output size, a two-layer MLP with ``hidden`` units).
+
+    * Query (online): u_i = e(z_i), with z_i ~ q_theta(z | x_i) the code the model sampled
+      (reparameterised, so the gradient reaches the encoder and the head).
+    * Positive key (momentum encoder xi, no gradient): k_i = e_xi(m_xi(x_i)), the key encoder's
+      posterior mean (``key="mean"``, the default) or a sample of its posterior
+      (``key="sample"``). Our data are vectors with no natural augmentations, so the "two views"
+      of x_i are the online encoder's random code and the key encoder's (slightly older)
+      encoding of the same x_i: the positive pair shares x_i and nothing else.
+    * Negatives: the n <= K keys in the queue, n_k, from past batches (independent of x_i).
+
+    Logits l_i0 = u_i . k_i / tau and l_ik = u_i . n_k / tau, and
+
+        I_NCE = mean_i [ l_i0 - logsumexp(l_i0, l_i1, ..., l_in) ] + log(n + 1)
+              <= log(n + 1) <= log(K + 1)
+
+    exactly in float64 (the logsumexp includes l_i0; the result is then cast to z's dtype).
+    It is a lower bound on I(x; z) in expectation when the negatives are keys of independent
+    x's under the same key encoder; the queue's keys are up to K / B steps old, a drift of order
+    (1 - m) per step that MoCo accepts (m near 1 keeps old and new keys consistent). Cosines lie
+    in [-1, 1], so with
+    tau the gap between the positive and a negative is at most 2 / tau nats: the bound is near
+    log(K + 1) only when K exp(-2/tau) << 1 (tau = 0.1, K = 4096: 4096 e^-20 ~ 8e-6).
+    The queue is used as filled so far: before K keys have been enqueued it holds n < K keys
+    and the estimate is capped at log(n + 1) (0 at the first step), never scored against
+    placeholder noise.
+
+    Momentum update after each optimiser step (:meth:`momentum_update`):
+    xi <- m xi + (1 - m) theta for every parameter of the encoder (and of the head); the
+    encoder's buffers, if any, are copied. The key encoder starts as a copy of the encoder.
+
+    State: the key encoder and key head are submodules with ``requires_grad=False``; the queue
+    (K, E), the write ``pointer`` and the fill ``size`` (int64 0-d) are buffers, so
+    ``state_dict`` holds everything and a resumed run continues exactly. Keys are computed under
+    ``torch.no_grad``: no gradient ever reaches the key encoder or the queue.
+    """
+
+    pending: Optional[Tensor]
+
+    def __init__(self, encoder: nn.Module, dim: int, *, queue_size: int = 4096,
+                 temperature: float = 0.1, momentum: float = 0.99, projection: Optional[int] = None,
+                 hidden: int = 128, key: str = "mean") -> None:
+        super().__init__()
+        self.queue_size, self.temperature, self.momentum, self.key = queue_size, temperature, momentum, key
+        self.head: nn.Module = nn.Identity() if projection is None else nn.Sequential(
+            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, projection)
+        )
+        self.key_encoder = _frozen_copy(encoder)
+        self.key_head = _frozen_copy(self.head)
+        embedding = dim if projection is None else projection
+        self.register_buffer("queue", torch.zeros(queue_size, embedding))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("size", torch.zeros((), dtype=torch.long))
+        self.pending = None
+
+    def bound(self, batch_size: int = 0) -> float:
+        """log(K + 1), whatever the batch size."""
+        return math.log(self.queue_size + 1)
+
+    def embed(self, codes: Tensor) -> Tensor:
+        """Query embeddings e(z) = g(z) / ||g(z)||, (R, E), differentiable."""
+        return F.normalize(self.head(codes), dim=1)
+
+    @torch.no_grad()
+    def keys(self, x: Tensor, key_noise: Optional[Tensor] = None) -> Tensor:
+        """Key embeddings of inputs ``x`` from the momentum encoder, (R, E), no gradient.
+
+        ``key="sample"`` draws mu + exp(logvar / 2) * eps with eps = ``key_noise`` or, if None,
+        from torch's global generator.
+        """
+        mu, logvar = self.key_encoder(x)
+        codes = mu
+        if self.key == "sample":
+            eps = torch.randn_like(mu) if key_noise is None else key_noise
+            codes = mu + torch.exp(0.5 * logvar) * eps
+        return F.normalize(self.key_head(codes), dim=1)
+
+    def estimate(self, z: Tensor, x: Tensor, key_noise: Optional[Tensor] = None) -> Tensor:
+        r"""I_NCE of queries ``z`` (R, D) against the keys of ``x`` (R, ...) and the queue's
+        negatives (class docstring), 0-d in z's dtype, <= log(n + 1). With gradients enabled
+        (a training step) the batch's keys are kept in :attr:`pending` for :meth:`update` to
+        enqueue; under ``torch.no_grad`` (evaluation) they are not."""
+        if not isinstance(z, Tensor) or z.dim() != 2 or not isinstance(x, Tensor) or x.shape[0] != z.shape[0]:
+            raise EdvaeError(
+                f"the momentum critic needs codes z (R, D) and their R inputs x, got z {_shape(z)} "
+                f"and x {_shape(x)}; pass the batch's inputs as x."
+            )
+        queries = self.embed(z)
+        keys = self.keys(x, key_noise).to(queries.dtype)
+        # a copy, so that enqueueing before the backward pass leaves the saved negatives intact
+        negatives = self.queue[: int(self.size)].to(queries.dtype, copy=True)
+        positive = (queries * keys).sum(1, keepdim=True)
+        logits = torch.cat([positive, queries @ negatives.T], dim=1).to(_ACC) / self.temperature
+        if torch.is_grad_enabled():  # a training step; evaluation passes feed no queue
+            self.pending = keys
+        estimate = (logits[:, 0] - torch.logsumexp(logits, dim=1)).mean() + math.log(logits.shape[1])
+        return estimate.to(z.dtype)
+
+    def forward(self, z: Tensor, mu: Optional[Tensor] = None, logvar: Optional[Tensor] = None,
+                x: Optional[Tensor] = None, *, row_offset: int = 0, validate: bool = True,
+                key_noise: Optional[Tensor] = None) -> Tensor:
+        """:meth:`estimate` of ``z`` and ``x``; ``mu``, ``logvar`` and ``row_offset`` are unused
+        (the negatives come from the queue, not from the batch's columns)."""
+        if x is None:
+            raise EdvaeError("the momentum critic needs the batch's inputs; call critic(z, mu, logvar, x).")
+        return self.estimate(z, x, key_noise)
+
+    @torch.no_grad()
+    def momentum_update(self, encoder: nn.Module) -> None:
+        """xi <- m xi + (1 - m) theta for the key encoder (from ``encoder``) and the key head
+        (from :attr:`head`); buffers are copied."""
+        for target, source in ((self.key_encoder, encoder), (self.key_head, self.head)):
+            params = dict(source.named_parameters())
+            keys = [name for name, _ in target.named_parameters()]
+            if sorted(keys) != sorted(params) or any(p.shape != params[n].shape for n, p in target.named_parameters()):
+                raise EdvaeError(
+                    f"momentum_update got an encoder of type {type(source).__name__} whose parameters "
+                    "differ from the key encoder's; pass the (unwrapped) encoder the critic was built from."
+                )
+            for name, p in target.named_parameters():
+                p.lerp_(params[name].to(p.dtype), 1.0 - self.momentum)
+            buffers = dict(source.named_buffers())
+            for name, b in target.named_buffers():
+                b.copy_(buffers[name])
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Write ``keys`` (n, E) into the ring buffer at :attr:`pointer` (wrapping around; of
+        more than K keys only the last K are kept), advance the pointer by n mod K and the fill
+        size to min(size + n, K). Keys are cast to the queue's dtype and device."""
+        if not isinstance(keys, Tensor) or keys.dim() != 2 or keys.shape[1] != self.queue.shape[1]:
+            raise EdvaeError(
+                f"enqueue needs keys of shape (n, {self.queue.shape[1]}), got {_shape(keys)}; pass the "
+                "output of critic.keys(x)."
+            )
+        n, k = keys.shape[0], self.queue_size
+        kept = keys[max(0, n - k):].to(dtype=self.queue.dtype, device=self.queue.device)
+        start = (int(self.pointer) + n - kept.shape[0]) % k
+        index = (start + torch.arange(kept.shape[0], device=self.queue.device)) % k
+        self.queue[index] = kept
+        self.pointer.fill_((int(self.pointer) + n) % k)
+        self.size.fill_(min(int(self.size) + n, k))
+
+    def update(self, encoder: nn.Module, gather: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+        """After an optimiser step: :meth:`momentum_update` from ``encoder``, then enqueue the
+        keys of the last :meth:`estimate` (all processes' keys, in rank order, when ``gather``
+        maps the local (n, E) keys to the concatenation over processes)."""
+        self.momentum_update(encoder)
+        if self.pending is not None:
+            self.enqueue(self.pending if gather is None else gather(self.pending))
+            self.pending = None
+
+
+def _shape(value: object) -> object:
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(module)
+    clone.requires_grad_(False)
+    return clone
+
+
+# --------------------------------------------------------------------------------------------
+# construction by name
+
+CRITICS: tuple[str, ...] = ("encoder", "bilinear", "mlp", "momentum")
+
+#: Options of each critic and their defaults (K = queue_size, tau = temperature, m = momentum).
+CRITIC_OPTIONS: dict[str, dict[str, Any]] = {
+    "encoder": {},
+    "bilinear": {},
+    "mlp": {"hidden": 128, "embedding": 32},
+    "momentum": {"queue_size": 4096, "temperature": 0.1, "momentum": 0.99, "projection": None,
+                 "hidden": 128, "key": "mean"},
+}
+
+
+def _positive_int(name: str, value: object, *, none_ok: bool = False) -> None:
+    if none_ok and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise EdvaeError(f"{name}={value!r} must be a positive integer{' or None' if none_ok else ''}.")
+
+
+def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    allowed = CRITIC_OPTIONS[name]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise EdvaeError(
+            f"critic {name!r} has no option {unknown[0]!r}; its options are "
+            f"{', '.join(allowed) if allowed else 'none'}."
+        )
+    merged = {**allowed, **options}
+    for key in ("hidden", "embedding", "queue_size", "projection"):
+        if key in merged:
+            _positive_int(key, merged[key], none_ok=key == "projection")
+    if name == "momentum":
+        tau, m = merged["temperature"], merged["momentum"]
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
+            raise EdvaeError(f"temperature (tau)={tau!r} must be a finite number > 0, e.g. 0.1.")
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
+            raise EdvaeError(f"momentum (m)={m!r} must be a number in [0, 1), e.g. 0.99.")
+        if merged["key"] not in ("mean", "sample"):
+            raise EdvaeError(f"key={merged['key']!r} must be 'mean' or 'sample'.")
+    return merged
+
+
+def make_critic(name: str, dim: int, encoder: Optional[nn.Module] = None, **options: Any) -> Critic:
+    r"""The InfoNCE critic ``name`` for codes of dimension ``dim`` (see the module docstring):
+
+    * ``"encoder"``: f = log q(z|x), no options; <= log B.
+    * ``"bilinear"``: f = z^T W mu, no options; <= log B.
+    * ``"mlp"``: f = g(z)^T h(mu) / sqrt(k), options ``hidden`` (128), ``embedding`` k (32);
+      <= log B.
+    * ``"momentum"``: MoCo-style (:class:`MomentumCritic`), needs ``encoder`` (x -> (mu, logvar));
+      options ``queue_size`` K (4096), ``temperature`` tau (0.1), ``momentum`` m (0.99),
+      ``projection`` (None: the code itself; an int: a projection head of that output size),
+      ``hidden`` (128, the head's width), ``key`` ("mean" or "sample"); <= log(K + 1).
+
+    ``encoder`` is ignored by the other critics. Bad names or options raise one-line
+    :class:`EdvaeError` s.
+    """
+    if name not in CRITICS:
+        raise EdvaeError(f"critic={name!r} is unknown; use one of {', '.join(CRITICS)}.")
+    _positive_int("dim", dim)
+    merged = _check_options(name, options)
+    if name == "encoder":
+        return EncoderCritic()
+    if name == "bilinear":
+        return ScoreCritic(BilinearCritic(dim))
+    if name == "mlp":
+        return ScoreCritic(MLPCritic(dim, hidden=merged["hidden"], embedding=merged["embedding"]))
+    if not isinstance(encoder, nn.Module):
+        raise EdvaeError(
+            "critic='momentum' needs the encoder (an nn.Module x -> (mu, logvar)) to copy; pass "
+            "make_critic('momentum', dim, encoder=model.encoder)."
+        )
+    return MomentumCritic(encoder, dim, **merged)

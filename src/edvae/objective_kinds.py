@@ -1,0 +1,167 @@
+r"""Training objectives as objects, registered by ``objective.kind``.
+
+The functional objectives (:func:`edvae.objectives.elbo`, :func:`edvae.objectives.ed_elbo`)
+take tensors and serve any loop. The trainer needs a little more of an objective, and each
+class here says it in one place:
+
+* how to build itself from the ``objective`` section of a config (:meth:`from_config`, which
+  only reads attributes: this module imports neither the config nor the trainer);
+* whether a step needs the posteriors (mu, logvar) of the whole global batch, which the
+  processes must then gather (:meth:`reads_batch_columns`);
+* which terms it logs (:attr:`logged_terms`, on a logged step);
+* any state it carries from step to step (:meth:`state_dict`, stored in the checkpoint).
+
+Adding a kind is one class in one module, decorated with :func:`register_objective`; the
+config accepts its name as soon as the module is imported. The module is torch-free at import
+(the functional objectives load when an objective is built), so the config validates before
+torch loads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+from edvae.errors import EdvaeError
+
+__all__ = ["OBJECTIVES", "EDObjective", "ELBOObjective", "TrainingObjective", "build_objective", "register_objective"]
+
+#: objective kind -> class; filled by :func:`register_objective`
+OBJECTIVES: dict[str, type["TrainingObjective"]] = {}
+
+
+def register_objective(kind: str) -> Callable[[type["TrainingObjective"]], type["TrainingObjective"]]:
+    """Class decorator: make a :class:`TrainingObjective` subclass the objective ``kind``
+    (``objective.kind = "<kind>"`` in a config)."""
+
+    def add(cls: type[TrainingObjective]) -> type[TrainingObjective]:
+        if kind in OBJECTIVES and OBJECTIVES[kind] is not cls:
+            raise EdvaeError(f"objective kind {kind!r} is already registered ({OBJECTIVES[kind].__name__})")
+        cls.kind = kind
+        OBJECTIVES[kind] = cls
+        return cls
+
+    return add
+
+
+def build_objective(config: Any, dataset_size: int) -> "TrainingObjective":
+    """The objective a config's ``objective`` section names, for N = ``dataset_size``."""
+    cls = OBJECTIVES.get(config.kind)
+    if cls is None:
+        raise EdvaeError(f"objective.kind={config.kind!r} is unknown; use one of {', '.join(OBJECTIVES)}")
+    return cls.from_config(config, dataset_size)
+
+
+class TrainingObjective:
+    """An objective as the trainer calls it: ``objective(out, prior, mu, logvar, row_offset,
+    diagnostics=True) -> edvae.objectives.Objective``.
+
+    ``out`` is the model output of this process's rows (``log_px``, ``z``, ``mu``, ``logvar``);
+    ``mu``, ``logvar`` are the posteriors the objective reads: the whole global batch's when
+    :meth:`reads_batch_columns` is True (rows ``row_offset ..`` are this process's), else this
+    process's own (``row_offset = 0``). ``diagnostics=False`` lets it skip terms that only
+    report (the trainer sets it True on logged steps and in validation). Inputs are not checked
+    for NaN/Inf: the trainer checks the loss and the gradients, without a host synchronisation.
+    """
+
+    kind: ClassVar[str]
+    #: the names of the terms a logged step reports (``loss`` among them)
+    logged_terms: ClassVar[tuple[str, ...]]
+
+    def __init__(self, *, dataset_size: int) -> None:
+        self.dataset_size = dataset_size
+
+    @classmethod
+    def from_config(cls, config: Any, dataset_size: int) -> "TrainingObjective":
+        """Build from a config's ``objective`` section (reads its attributes only)."""
+        return cls(dataset_size=dataset_size)
+
+    def reads_batch_columns(self, diagnostics: bool) -> bool:
+        """Whether a step (with these ``diagnostics``) reads the posteriors of the whole global batch."""
+        return False
+
+    def __call__(self, out: Any, prior: Any, mu: Any, logvar: Any, row_offset: int, diagnostics: bool = True) -> Any:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried from step to step (for example a queue of past codes); stored in the
+        checkpoint when not empty."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+@register_objective("elbo")
+class ELBOObjective(TrainingObjective):
+    """The ELBO (:func:`edvae.objectives.elbo`): reconstruction - KL(q(z|x) || p(z)), per row,
+    so it never reads other rows' posteriors. ``kl``: ``"auto"``, ``"analytic"`` or ``"mc"``."""
+
+    logged_terms = ("reconstruction", "kl", "elbo", "loss")
+
+    def __init__(self, *, dataset_size: int, kl: str = "auto") -> None:
+        from edvae.objectives import elbo
+
+        super().__init__(dataset_size=dataset_size)
+        self.kl = kl
+        self._elbo = elbo
+
+    @classmethod
+    def from_config(cls, config: Any, dataset_size: int) -> "ELBOObjective":
+        return cls(dataset_size=dataset_size, kl=config.kl)
+
+    def __call__(self, out: Any, prior: Any, mu: Any, logvar: Any, row_offset: int, diagnostics: bool = True) -> Any:
+        return self._elbo(out.log_px, out.z, out.mu, out.logvar, prior, kl=self.kl, validate=False)
+
+
+@register_objective("ed")
+class EDObjective(TrainingObjective):
+    r"""The ED-VAE objective (:func:`edvae.objectives.ed_elbo`):
+    L = -R + w_mi I_hat - w_ent H_hat[q(z)] + w_ce CE_hat, log q_hat over the global batch with
+    N = ``dataset_size``. It reads the whole batch's posteriors whenever it evaluates log q_hat
+    (:func:`edvae.objectives.uses_aggregate_posterior`): always on logged steps, and in between
+    unless one shared estimate serves both terms at w_mi = w_ent."""
+
+    logged_terms = (
+        "reconstruction", "cross_entropy", "loss", "mi", "entropy", "marginal_kl", "posterior_entropy", "elbo_mc",
+    )
+    settings = ("mi_weight", "entropy_weight", "cross_entropy_weight", "mi_estimator", "entropy_estimator")
+
+    def __init__(
+        self,
+        *,
+        dataset_size: int,
+        mi_weight: float = 1.0,
+        entropy_weight: float = 1.0,
+        cross_entropy_weight: float = 1.0,
+        mi_estimator: str = "mss",
+        entropy_estimator: str = "mss",
+    ) -> None:
+        from edvae.objectives import ed_elbo, uses_aggregate_posterior
+
+        super().__init__(dataset_size=dataset_size)
+        self.options = dict(
+            mi_weight=mi_weight, entropy_weight=entropy_weight, cross_entropy_weight=cross_entropy_weight,
+            mi_estimator=mi_estimator, entropy_estimator=entropy_estimator,
+        )
+        self._ed_elbo = ed_elbo
+        self._reads = {  # by diagnostics
+            d: uses_aggregate_posterior(
+                mi_weight=mi_weight, entropy_weight=entropy_weight,
+                mi_estimator=mi_estimator, entropy_estimator=entropy_estimator, diagnostics=d,
+            )
+            for d in (False, True)
+        }
+
+    @classmethod
+    def from_config(cls, config: Any, dataset_size: int) -> "EDObjective":
+        return cls(dataset_size=dataset_size, **{name: getattr(config, name) for name in cls.settings})
+
+    def reads_batch_columns(self, diagnostics: bool) -> bool:
+        return self._reads[diagnostics]
+
+    def __call__(self, out: Any, prior: Any, mu: Any, logvar: Any, row_offset: int, diagnostics: bool = True) -> Any:
+        return self._ed_elbo(
+            out.log_px, out.z, mu, logvar, prior,
+            dataset_size=self.dataset_size, row_offset=row_offset, validate=False, diagnostics=diagnostics,
+            **self.options,
+        )

@@ -1,0 +1,95 @@
+r"""Reading prior samples s_1..s_K from files (``.npy``, ``.pt``, ``.csv``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from edvae.errors import EdvaeError, require
+from edvae.priors.base import _validated_samples
+
+__all__ = ["load_samples"]
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    start = 1 if rows and not _is_numeric_row(rows[0]) else 0  # skip a header line
+    if len(rows) <= start:
+        return np.empty((0, 0))
+    widths = [len(line.split(",")) for line in rows[start:]]
+    ragged = next((i for i, w in enumerate(widths) if w != widths[0]), None)
+    if ragged is not None:
+        raise ValueError(f"data row {ragged} has {widths[ragged]} values but row 0 has {widths[0]}")
+    return np.loadtxt(rows[start:], delimiter=",", ndmin=2, dtype=np.float64)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:  # numpy tries to unpickle anything without the .npy header
+        if "pickle" in str(exc):
+            raise ValueError("it is not a numeric array written by numpy.save") from None
+        raise
+
+
+def _is_numeric_row(line: str) -> bool:
+    try:
+        [float(field) for field in line.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+def _read_pt(path: Path) -> Any:
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch's message is about its own unpickler, not the file
+        raise ValueError("it is not a tensor written by torch.save (or it holds objects other than tensors)") from None
+    if not isinstance(value, Tensor):
+        raise TypeError(f"it holds a {type(value).__name__}, not a tensor")
+    return value
+
+
+_READERS: dict[str, Callable[[Path], Any]] = {
+    ".npy": _read_npy,
+    ".pt": _read_pt,
+    ".csv": _read_csv,
+}
+
+
+def load_samples(path: str | os.PathLike[str], dim: int | None = None) -> Tensor:
+    r"""Read prior samples s_1..s_K from a file into a (K, D) tensor of the default dtype.
+
+    Formats: ``.npy`` (``numpy.save``), ``.pt`` (a tensor saved with ``torch.save``) and
+    ``.csv`` (comma-separated numbers, one sample per line, an optional header line). The
+    samples must form a 2-D array with at least 2 rows and no NaN or Inf; with ``dim`` given,
+    D must equal it. Every problem raises :class:`EdvaeError` naming the file.
+    """
+    require(isinstance(path, (str, os.PathLike)),
+            f"the sample file path must be a string, got {type(path).__name__}; pass "
+            "the path of a .npy, .pt or .csv file")
+    require(str(path).strip() != "",
+            "the sample file path is empty; pass the path of a .npy, .pt or .csv file "
+            "(as in prior='samples:PATH')")
+    path = Path(path)
+    source = f"sample file {path}"
+    require(path.is_file(), f"{source} does not exist or is not a file; check the path")
+    suffix = path.suffix.lower()
+    require(
+        suffix in _READERS,
+        f"{source} has unsupported extension {suffix or '(none)'!r}; save the samples as one "
+        f"of {', '.join(_READERS)}",
+    )
+    try:
+        raw = _READERS[suffix](path)
+    except Exception as exc:  # noqa: BLE001 - every reader failure is the file's problem
+        raise EdvaeError(
+            f"{source} could not be read as {suffix} ({exc}); re-save it as a (K, D) array"
+        ) from None
+    return _validated_samples(raw, source, dim).to(torch.get_default_dtype())

@@ -1,0 +1,86 @@
+"""What keeps a run safe: stop signals, non-finite checks, and the words of their errors."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from edvae.checkpoint import CHECKPOINT_NAME
+from edvae.errors import TrainingError
+
+__all__ = ["MAX_CONSECUTIVE_SKIPS", "StopFlag", "checkpoint_due", "diverged", "kept_checkpoint", "nonfinite_flag"]
+
+MAX_CONSECUTIVE_SKIPS = 50
+
+
+class StopFlag:
+    """SIGINT/SIGTERM handler that asks the loop to stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    """What a run stopped by a non-finite value leaves behind, for its error message."""
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        return f"the last good checkpoint in {run_dir} is kept"
+    return f"no checkpoint was written to {run_dir} yet"
+
+
+def diverged(outputs: list[Any], step: int, epoch: int, run_dir: Path) -> TrainingError | None:
+    """The error to raise when a non-finite step came from non-finite encoder outputs.
+
+    Non-finite (mu, logvar, z) mean that the previous update made the parameters diverge, and no
+    later step can recover: a :class:`TrainingError` (exit code 1) naming the step, even with
+    ``train.on_nonfinite=skip``. None when the encoder outputs (of every micro-batch) are finite.
+    """
+    if all(bool(torch.isfinite(t).all()) for out in outputs for t in (out.mu, out.logvar, out.z)):
+        return None
+    return TrainingError(
+        f"the encoder outputs became non-finite at step {step} (epoch {epoch + 1}): the parameters diverged; "
+        f"{kept_checkpoint(run_dir)}. Lower train.lr or set train.grad_clip"
+    )
+
+
+def nonfinite_flag(loss: Tensor, params: list[Tensor], clip: float | None) -> Tensor:
+    """A (1,) float tensor: 1 if the loss or any gradient holds NaN or Inf, else 0 (not read here).
+
+    With ``clip`` the gradients are first clipped to that total norm (|loss| + the norm is finite
+    iff both are); without, one fused pass over the loss and every gradient sets the flag
+    (GradScaler's check, with a scale of 1, which leaves every value unchanged).
+    """
+    if clip is not None:
+        return (~torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip) + loss.detach().abs())).float()
+    found_inf = torch.zeros(1, device=loss.device)
+    tensors = [loss.detach().reshape(1).clone(), *(p.grad for p in params if p.grad is not None)]
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, torch.ones_like(found_inf))
+    return found_inf
+
+
+def checkpoint_due(fabric: Any, last_save: float, interval: float) -> bool:
+    """Whether ``interval`` seconds have passed since the last checkpoint, as rank 0 sees it
+    (broadcast, so that every process takes the same decision)."""
+    due = time.monotonic() - last_save >= interval
+    return bool(fabric.broadcast(due, src=0)) if fabric.world_size > 1 else due
