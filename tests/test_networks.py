@@ -53,6 +53,13 @@ def test_optimal_scale_keeps_a_running_variance_and_evaluates_with_it() -> None:
     lik.log_prob(x, means)
     expected = (1 - RUNNING_SCALE_MOMENTUM) * 1.0 + RUNNING_SCALE_MOMENTUM * (x - means).square().mean(0)
     assert torch.allclose(lik.log_scale, 0.5 * expected.log(), atol=1e-12)
+    assert torch.equal(lik.running_log_scale, lik.log_scale)
+    lik.calibrate(torch.full((5,), 4.0, dtype=torch.float64))  # the end of training: eval scale only
+    assert torch.allclose(lik.running_log_scale, 0.5 * expected.log(), atol=1e-12)
+    lik.log_prob(x, means)  # training resumes from the running value, not the calibrated one
+    again = (1 - RUNNING_SCALE_MOMENTUM) * expected + RUNNING_SCALE_MOMENTUM * (x - means).square().mean(0)
+    assert torch.allclose(lik.log_scale, 0.5 * again.log(), atol=1e-12)
+    lik.calibrate(torch.full((5,), 4.0, dtype=torch.float64))
     lik.eval()  # a fixed model: one example's log-density does not depend on the rest of the batch
     alone = lik.log_prob(x[:1], means[:1])
     assert torch.allclose(lik.log_prob(x, means)[:1], alone)

@@ -78,7 +78,12 @@ class ModelConfig(_Strict):
     hidden: list[int] = Field(default_factory=lambda: [128, 128])
     likelihood: Literal["auto", "gaussian", "bernoulli"] = "auto"
     decoder_scale: Literal["learned", "optimal", "fixed"] = Field(
-        "learned", description="Gaussian decoder scale: trained, the batch's maximum-likelihood value, or fixed (edvae.networks.GaussianLikelihood)"
+        "optimal",
+        description=(
+            "Gaussian decoder scale: the batch's maximum-likelihood value in training and the training set's at the end "
+            "(calibrated, the default: a learned scale starting at 1 needs thousands of steps to reach the data's noise "
+            "level), trained with the rest, or fixed (edvae.networks.GaussianLikelihood)"
+        ),
     )
     decoder_log_scale: float = Field(0.0, ge=-7.0, le=10.0, description="initial (learned) or constant (fixed) log standard deviation of the Gaussian decoder")
     prior: str = "normal"
@@ -157,7 +162,8 @@ class TrainConfig(_Strict):
             "micro-batches per optimisation step: each global batch of batch_size is cut into this many "
             "consecutive micro-batches of batch_size / grad_accum_steps rows, forward and backward one at a "
             "time, gradients summed with weight 1/grad_accum_steps, one optimiser step. The aggregate-posterior "
-            "estimators see each micro-batch on its own (B = batch_size / grad_accum_steps, N unchanged), and "
+            "estimators and a calibrated decoder's scale (model.decoder_scale='optimal') see each micro-batch on its "
+            "own (B = batch_size / grad_accum_steps, N unchanged), and "
             "validation uses batches of that size too; the data order, the noise and the steps per epoch are "
             "those of grad_accum_steps=1. batch_size must be divisible by grad_accum_steps x processes"
         ),

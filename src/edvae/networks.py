@@ -172,11 +172,13 @@ class GaussianLikelihood(nn.Module):
       mode s is the maximum-likelihood scale of the batch's residuals,
       s_d^2 = mean_i (x_id - m_d(z_i))^2, which maximises sum_i log p(x_i|z_i) over s exactly.
       It carries no gradient; as d/ds of the batch log-likelihood vanishes at s*, detaching it
-      leaves the gradients of every other parameter unchanged (envelope theorem). A buffer keeps
-      a running mean of s^2 (momentum :data:`RUNNING_SCALE_MOMENTUM`, reduced across processes)
-      for validation, and :meth:`calibrate` sets it to the training-set value at the end of
-      training (:func:`edvae.model.calibrate_decoder`). In eval mode the buffer is used, so ELBO
-      and IWAE are bounds of one fixed model.
+      leaves the gradients of every other parameter unchanged (envelope theorem). The buffer
+      ``running_log_scale`` keeps a running mean of s^2 (momentum :data:`RUNNING_SCALE_MOMENTUM`,
+      reduced across processes), and every training step copies it to ``log_scale``, the scale
+      of eval mode (validation during training); :meth:`calibrate` sets ``log_scale`` alone to
+      the training-set value at the end of training (:func:`edvae.model.calibrate_decoder`), so
+      a run resumed for more epochs continues from the running value exactly as an uninterrupted
+      run. In eval mode ``log_scale`` is used, so ELBO and IWAE are bounds of one fixed model.
     * ``"fixed"``: s = exp(``init_log_scale``), a buffer.
     """
 
@@ -190,6 +192,8 @@ class GaussianLikelihood(nn.Module):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
+        if scale == "optimal":
+            self.register_buffer("running_log_scale", log_scale.clone())
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         """log p(x|z) per example, ``(B,)``, for decoder outputs ``params`` (the means)."""
@@ -209,8 +213,9 @@ class GaussianLikelihood(nn.Module):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(sums)
         variance = (sums[:-1] / sums[-1]).view_as(self.log_scale)
-        running = (1 - RUNNING_SCALE_MOMENTUM) * (2 * self.log_scale).exp() + RUNNING_SCALE_MOMENTUM * variance
-        self.log_scale.copy_(0.5 * running.clamp(min=math.exp(2 * LOG_SCALE_MIN)).log())
+        running = (1 - RUNNING_SCALE_MOMENTUM) * (2 * self.running_log_scale).exp() + RUNNING_SCALE_MOMENTUM * variance
+        self.running_log_scale.copy_(0.5 * running.clamp(min=math.exp(2 * LOG_SCALE_MIN)).log())
+        self.log_scale.copy_(self.running_log_scale)
         return 0.5 * variance.clamp(min=math.exp(2 * LOG_SCALE_MIN)).log()
 
     @torch.no_grad()
