@@ -139,7 +139,7 @@ def write_report(study: "Study", records: list[dict[str, Any]], out_dir: str | P
     """Write results.json, results.csv, results.md and figures/ into ``out_dir``."""
     out_dir = Path(out_dir)
     summary = summarise(records)
-    clean = [{k: r[k] for k in ("dataset", "model", "seed", "metrics")} for r in records]
+    clean = [{k: r[k] for k in ("dataset", "model", "seed", "converged", "improvement", "window", "metrics") if k in r} for r in records]
     result = {
         "study": study.name,
         "title": study.title,

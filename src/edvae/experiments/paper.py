@@ -18,12 +18,12 @@ DATASETS: dict[str, dict[str, Any]] = {
     "complex": {"data": {"name": "complex"}},
 }
 
-MODELS = ["vae-std", "vae-true", "edvae", "edvae-paper"]
+MODELS = ["vae-std", "vae-true", "vae-true-learned", "edvae", "edvae-paper"]
 
 
 def paper_study(*, quick: bool = False, seeds: int | None = None, overrides: dict[str, Any] | None = None) -> Study:
     """The main study; ``quick`` uses fewer epochs and importance samples, and 2 seeds."""
-    seeds = default_seeds(seeds, quick, full=5)
+    seeds = default_seeds(seeds, quick)
     base = merge(BASE, QUICK) if quick else BASE
     shown = shared_config(base, overrides)
     return Study(

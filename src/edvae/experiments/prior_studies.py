@@ -132,8 +132,9 @@ def unknown_prior_study(*, quick: bool = False, seeds: int | None = None, overri
             "spline flow (1000 Adam steps, fit report in each run's prior_fit.json). References: the ED-VAE with the "
             "exact ring density, and a traditional VAE with N(0, I) (analytic KL). ED objective at unit weights."
         )),
-        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick, full=3), overrides),
+        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick), overrides),
         metrics=_METRICS,
+        reference="edvae-exact",
         prepare=write_prior_samples,
     )
 
@@ -160,8 +161,9 @@ def learned_prior_study(*, quick: bool = False, seeds: int | None = None, overri
             "flow (3 transforms); N(0, I) and the exact ring prior as references. ED objective at unit weights, "
             "whose gradient equals the Monte-Carlo ELBO's."
         )),
-        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick, full=3), overrides),
+        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick), overrides),
         metrics=_METRICS,
+        reference="exact",
     )
 
 
@@ -193,8 +195,9 @@ def misspecified_study(*, quick: bool = False, seeds: int | None = None, overrid
             "traditional ELBO with a Monte-Carlo KL (vae) and the paper's ED-VAE variant (InfoNCE estimate of I, "
             "maximised with weight -1, plus the entropy and cross-entropy terms; edvae-paper)."
         )),
-        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick, full=3), overrides),
+        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick), overrides),
         metrics=_METRICS,
+        reference="vae-true",
     )
 
 
@@ -218,6 +221,7 @@ def ablation_study(*, quick: bool = False, seeds: int | None = None, overrides: 
             "'unit' (all weights 1) is the negative Monte-Carlo ELBO. 'no-X' sets one weight to 0; 'X-x0.5' and "
             "'X-x2' set it to 0.5 or 2 (mi: w_mi, entropy: w_ent, ce: w_ce)."
         )),
-        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick, full=3), overrides),
+        runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick), overrides),
         metrics=_METRICS,
+        reference="unit",
     )

@@ -71,7 +71,7 @@ def real_study(*, quick: bool = False, seeds: int | None = None, overrides: dict
     ``overrides`` (e.g. from ``edvae reproduce --set``) apply to every run and win over the
     per-data-set budget and the model variants.
     """
-    seeds = default_seeds(seeds, quick, full=3)
+    seeds = default_seeds(seeds, quick)
     base = merge(BASE, {"eval": {"iwae_samples": 100}}) if quick else BASE
     datasets = {name: merge(spec, {"train": {"epochs": _QUICK_EPOCHS[name]}}) if quick else spec for name, spec in DATASETS.items()}
     shown = {name: shared_config(base, overrides, spec) for name, spec in datasets.items()}  # what the runs get
@@ -93,6 +93,7 @@ def real_study(*, quick: bool = False, seeds: int | None = None, overrides: dict
         ),
         runs=build_runs(base, datasets, MODELS, seeds, overrides),
         metrics=list(METRICS),
+        reference="vae",
         notes=[
             "nll = -IWAE bound (nats per image, lower is better); bpd = nll / (pixels * ln 2) (bits per pixel).",
             "mse: per pixel, decoder mean at the posterior mean against the binarised test image.",

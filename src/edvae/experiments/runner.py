@@ -23,15 +23,16 @@ import torch
 
 from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic
 from edvae.config import RunConfig
+from edvae.convergence import convergence, validation_elbos
 from edvae.errors import EdvaeError
 from edvae.evaluate import evaluate_run, true_log_likelihoods
 from edvae.experiments.study import RunSpec, Study
 from edvae.model import build_model
 from edvae.report import write_report
-from edvae.runs import EVALUATION_NAME, LATENTS_NAME, load_data, load_run
+from edvae.runs import EVALUATION_NAME, LATENTS_NAME, METRICS_NAME, load_data, load_run
 from edvae.train import train
 
-__all__ = ["RunSpec", "Study", "run_study", "run_one", "preflight"]
+__all__ = ["RunSpec", "Study", "run_study", "run_one", "run_convergence", "preflight"]
 
 
 def _save_latents(run_dir: Path, spec: RunSpec) -> None:
@@ -96,7 +97,15 @@ def run_one(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> dict
         _save_latents(run_dir, spec)
         evaluation.write_text(json.dumps(metrics, indent=2) + "\n")
     metrics = json.loads(evaluation.read_text())
-    return {"dataset": spec.dataset, "model": spec.model, "seed": spec.seed, "metrics": metrics, "run_dir": str(run_dir)}
+    record = {"dataset": spec.dataset, "model": spec.model, "seed": spec.seed, "metrics": metrics, "run_dir": str(run_dir)}
+    return record | run_convergence(run_dir)
+
+
+def run_convergence(run_dir: str | Path) -> dict[str, Any]:
+    """``{"converged", "improvement", "window"}`` of a run folder's validation-ELBO history
+    (:func:`edvae.convergence.convergence`; not converged when the run logged no validation)."""
+    path = Path(run_dir) / METRICS_NAME
+    return convergence(validation_elbos(path) if path.exists() else [])
 
 
 def _worker(args: tuple[RunSpec, str, bool]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ objective differ. ``"true"`` as prior means the data set's own generating prior.
 * ``vae-true``: traditional VAE with the true prior, Monte-Carlo KL.
 * ``edvae``: the ED objective with unit weights and the MSS estimator, true prior (equal in
   expectation to the ELBO: a control that isolates estimator effects).
+* ``vae-true-learned``: ``vae-true`` with the Gaussian decoder's scale learned by gradient
+  descent instead of calibrated (``model.decoder_scale = "learned"``): what the calibration buys.
 * ``edvae-paper``: the seed paper's variant: I(x;z) estimated by InfoNCE and *maximised*
   (mi_weight < 0) to encourage informative codes, plus the entropy and cross-entropy terms.
 """
@@ -23,6 +25,7 @@ __all__ = ["VARIANTS", "apply_variant", "merge"]
 VARIANTS: dict[str, dict[str, Any]] = {
     "vae-std": {"model": {"prior": "normal"}, "objective": {"kind": "elbo", "kl": "auto"}},
     "vae-true": {"model": {"prior": "true"}, "objective": {"kind": "elbo", "kl": "mc"}},
+    "vae-true-learned": {"model": {"prior": "true", "decoder_scale": "learned"}, "objective": {"kind": "elbo", "kl": "mc"}},
     "edvae": {
         "model": {"prior": "true"},
         "objective": {"kind": "ed", "mi_estimator": "mss", "entropy_estimator": "mss"},

@@ -318,6 +318,9 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Mean objective terms and MC ELBO over the validation split, reduced across processes.
 
+        The reparameterisation noise is drawn from a generator seeded by ``train.seed`` alone, the
+        same in every epoch (common random numbers); it never touches the training noise.
+
         Full batches of the training (micro-)batch size; a validation split smaller than one
         batch is validated as one batch of (a multiple of the process count of) its own size.
         """
@@ -328,7 +331,9 @@ class Trainer:
         if batch_size < max(2, world):
             return {}
         model.eval()
-        gen = torch.Generator().manual_seed(self.tc.seed * 7919 + self.state.epoch)
+        # Common random numbers: the same noise every epoch, so epoch-to-epoch changes of the
+        # validation ELBO are the model's, not the sampler's (the convergence criterion reads them).
+        gen = torch.Generator().manual_seed(derive_seed(self.tc.seed, "validation"))
         sums: Tensor | None = None
         names: list[str] = []
         count = 0
