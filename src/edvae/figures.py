@@ -235,8 +235,10 @@ def draw_aggregate_posterior(
         if legend and len(classes) <= 20:
             handles, names = sc.legend_elements(num=list(classes))
             ax.legend(handles, names, fontsize=6, markerscale=0.6, loc="best", title="label", title_fontsize=6)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    in_latent = z.shape[1] == 2
+    ax.set_xlabel("z[0] (latent units)" if in_latent else "principal component 1 of z (latent units)", fontsize=6)
+    ax.set_ylabel("z[1] (latent units)" if in_latent else "principal component 2 of z (latent units)", fontsize=6)
+    ax.tick_params(labelsize=5)
     ax.set_title(f"{title}\n{text}", fontsize=7)
 
 

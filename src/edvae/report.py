@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from edvae import __version__
+from edvae.convergence import CONVERGENCE_TOL
 from edvae.figures import draw_aggregate_posterior
 from edvae.runs import LATENTS_NAME, METRICS_NAME
 from edvae.stats import HIGHER_IS_BETTER, paired_comparisons, verdict
@@ -31,7 +32,20 @@ from edvae.stats import HIGHER_IS_BETTER, paired_comparisons, verdict
 if TYPE_CHECKING:
     from edvae.experiments.study import Study
 
-__all__ = ["BETTER", "HEADLINE", "summarise", "write_report", "markdown_table", "study_comparisons", "comparisons_table"]
+__all__ = [
+    "BETTER",
+    "HEADLINE",
+    "build_result",
+    "comparisons_table",
+    "convergence_counts",
+    "convergence_table",
+    "markdown_table",
+    "render_headline",
+    "render_markdown",
+    "study_comparisons",
+    "summarise",
+    "write_report",
+]
 
 #: Which way is better for the metrics that have a direction (others are descriptive).
 BETTER: dict[str, str] = {name: "max" if up else "min" for name, up in HIGHER_IS_BETTER.items()}
@@ -135,48 +149,84 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def write_report(study: "Study", records: list[dict[str, Any]], out_dir: str | Path, *, wall_seconds: float | None = None) -> dict[str, Any]:
-    """Write results.json, results.csv, results.md and figures/ into ``out_dir``."""
-    out_dir = Path(out_dir)
-    summary = summarise(records)
-    clean = [{k: r[k] for k in ("dataset", "model", "seed", "converged", "improvement", "window", "metrics") if k in r} for r in records]
-    result = {
+def convergence_counts(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, int]]]:
+    """``counts[dataset][model] = {"converged", "runs"}``: how many seeds of each model met the
+    convergence criterion (:mod:`edvae.convergence`; records without the field count as not)."""
+    counts: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
+    for r in records:
+        c = counts[r["dataset"]].setdefault(r["model"], {"converged": 0, "runs": 0})
+        c["runs"] += 1
+        c["converged"] += int(bool(r.get("converged", False)))
+    return dict(counts)
+
+
+def build_result(study: "Study", records: list[dict[str, Any]], *, figures: list[str] | None = None, wall_seconds: float | None = None) -> dict[str, Any]:
+    """The content of results.json: everything :func:`render_markdown` and the docs need."""
+    clean = [{k: r[k] for k in _RECORD_KEYS if k in r} for r in records]
+    return {
         "study": study.name,
         "title": study.title,
         "description": study.description,
+        "metrics": list(study.metrics),
+        "notes": list(study.notes),
+        "reference": getattr(study, "reference", None),
         "records": clean,
-        "summary": summary,
+        "summary": summarise(clean),
+        "convergence": convergence_counts(clean),
         "comparisons": study_comparisons(study, clean),
+        "figures": list(figures or []),
+        "wall_seconds": wall_seconds,
         "environment": _environment(),
     }
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    metric_names = sorted({m for r in clean for m in r["metrics"]})
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["dataset", "model", "seed", *metric_names])
-        for r in clean:
-            writer.writerow([r["dataset"], r["model"], r["seed"], *(r["metrics"].get(m, "") for m in metric_names)])
-    figures = _figures(study, records, summary, out_dir / "figures")
-    if getattr(study, "extra_figures", None) is not None:
-        figures += study.extra_figures(study, records, out_dir / "figures")
-    seeds = sorted({r["seed"] for r in clean})
+
+
+#: What a record of results.json keeps of a run's record (not its folder).
+_RECORD_KEYS = ("dataset", "model", "seed", "converged", "improvement", "window", "metrics")
+
+
+def convergence_table(result: dict[str, Any]) -> str:
+    """Per data set and model: seeds converged / seeds, and the largest late improvement."""
+    lines = ["| data set | model | converged / seeds | largest late improvement (nats) |", "|---|---|---|---|"]
+    for dataset, models in result.get("convergence", {}).items():
+        for model, c in models.items():
+            gains = [r["improvement"] for r in result["records"] if r["dataset"] == dataset and r["model"] == model and "improvement" in r]
+            worst = f"{max(gains):+.4f}" if gains and all(math.isfinite(g) for g in gains) else "–"
+            lines.append(f"| {dataset} | {model} | {c['converged']}/{c['runs']} | {worst} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") -> str:
+    """results.md from the content of results.json alone (the docs use the same renderer):
+    ``figure_prefix`` + a figure's file name is the link to it."""
+    seeds = sorted({r["seed"] for r in result["records"]})
     md = [
-        f"# {study.title}",
+        f"# {result['title']}",
         "",
-        study.description,
+        result["description"],
         "",
         f"Mean ± standard deviation over {len(seeds)} seed(s); best mean per column in bold "
         f"(higher is better for {', '.join(m for m, up in HIGHER_IS_BETTER.items() if up)}; "
         f"lower for {', '.join(m for m, up in HIGHER_IS_BETTER.items() if not up)}). "
-        "All values in nats per example except mse (per element) and times (seconds).",
+        "All values in nats per example except mse (per element) and times (seconds; measured on a "
+        "shared machine, in results.json only).",
         "",
-        markdown_table(summary, study.metrics),
+        markdown_table(result["summary"], [m for m in result["metrics"] if m != "train_seconds"]),
     ]
-    md += [f"- {note}" for note in study.notes]
-    if result["comparisons"]:
+    md += [f"- {note}" for note in result.get("notes", [])]
+    if result.get("convergence"):
         md += [
             "",
-            f"## Paired comparisons with {study.reference}",
+            "## Convergence",
+            "",
+            "A run converged when its best validation ELBO over the last tenth of its epochs exceeds its best "
+            f"before them by less than {CONVERGENCE_TOL} nats (edvae.convergence).",
+            "",
+            convergence_table(result),
+        ]
+    if result.get("comparisons"):
+        md += [
+            "",
+            f"## Paired comparisons with {result['reference']}",
             "",
             "Mean over seeds of the per-seed difference model - reference (same data set and seed), with "
             "its 95% Student-t interval; 'better / seeds' counts the seeds where the model is better in the "
@@ -184,11 +234,45 @@ def write_report(study: "Study", records: list[dict[str, Any]], out_dir: str | P
             "",
             comparisons_table(result["comparisons"]),
         ]
-    if figures:
-        md += ["", "## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures]
-    if wall_seconds is not None:
-        md += ["", f"Wall time of the study: {wall_seconds:.0f} s."]
-    (out_dir / "results.md").write_text("\n".join(md) + "\n")
+    if result.get("figures"):
+        md += ["", "## Figures", ""] + [f"![{Path(name).stem}]({figure_prefix}{name})" for name in result["figures"]]
+    if result.get("wall_seconds") is not None:
+        md += ["", f"Wall time of the study: {result['wall_seconds']:.0f} s."]
+    return "\n".join(md) + "\n"
+
+
+def render_headline(result: dict[str, Any]) -> str:
+    """The short form for the README: the headline metrics (mean ± std), the runs converged,
+    and the paired comparisons with the reference."""
+    present = {m for r in result["records"] for m in r["metrics"]}
+    headline = [m for m in dict.fromkeys([m if m != "ll_gap" or "ll_gap" in present else "nll" for m in HEADLINE]) if m in present]
+    parts = [markdown_table(result["summary"], headline)]
+    counts = [c for models in result.get("convergence", {}).values() for c in models.values()]
+    if counts:
+        parts.append(f"Runs converged: {sum(c['converged'] for c in counts)} of {sum(c['runs'] for c in counts)}.\n")
+    if result.get("comparisons"):
+        shown = [c for c in result["comparisons"] if c["metric"] in headline]
+        parts.append(f"Paired with {result['reference']} (model - reference, 95% interval):\n\n" + comparisons_table(shown))
+    return "\n".join(parts)
+
+
+def write_report(study: "Study", records: list[dict[str, Any]], out_dir: str | Path, *, wall_seconds: float | None = None) -> dict[str, Any]:
+    """Write results.json, results.csv, results.md (:func:`render_markdown` of results.json) and
+    figures/ into ``out_dir``; returns results.json's content."""
+    out_dir = Path(out_dir)
+    clean = [{k: r[k] for k in _RECORD_KEYS if k in r} for r in records]
+    figures = _figures(study, records, summarise(clean), out_dir / "figures")
+    if getattr(study, "extra_figures", None) is not None:
+        figures += study.extra_figures(study, records, out_dir / "figures")
+    result = build_result(study, records, figures=[p.name for p in figures], wall_seconds=wall_seconds)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    metric_names = sorted({m for r in clean for m in r["metrics"]})
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "model", "seed", "converged", *metric_names])
+        for r in clean:
+            writer.writerow([r["dataset"], r["model"], r["seed"], r.get("converged", ""), *(r["metrics"].get(m, "") for m in metric_names)])
+    (out_dir / "results.md").write_text(render_markdown(result))
     return result
 
 
@@ -225,41 +309,81 @@ def _figures(study: "Study", records: list[dict[str, Any]], summary: dict[str, A
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
 
-    # Training curves of every logged term.
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
-    for r in shown:
-        path = Path(r["run_dir"]) / METRICS_NAME
-        if not path.exists():
+    written.append(_training_curves(plt, shown, datasets, fig_dir / "training_curves.png"))
+    written.append(_decomposition(plt, summary, datasets, models, fig_dir / "decomposition.png"))
+    return written
+
+
+#: Line styles cycled over the models of a figure, so that curves which coincide (``edvae`` and
+#: ``vae-true`` do, by design) stay visible: a dashed line over a solid one, markers at different epochs.
+_STYLES = [("-", "o", 2.4), ("--", "s", 1.6), (":", "^", 2.0), ("-.", "v", 1.6), ((0, (5, 1, 1, 1)), "D", 1.4)]
+
+
+def _training_curves(plt: Any, shown: list[dict[str, Any]], datasets: list[str], path: Path) -> Path:
+    """The validation ELBO after every epoch, one panel per data set, one styled line per model."""
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
+    lows: dict[str, list[float]] = defaultdict(list)
+    for i, r in enumerate(shown):
+        path_metrics = Path(r["run_dir"]) / METRICS_NAME
+        if not path_metrics.exists():
             continue
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-        val = [row for row in rows if row["split"] == "val"]
+        rows = [json.loads(line) for line in path_metrics.read_text().splitlines()]
+        val = [row for row in rows if row.get("split") == "val"]
+        if not val:
+            continue
         ax = axes[0][datasets.index(r["dataset"])]
         key = "elbo_mc" if "elbo_mc" in val[0] else "elbo"
-        ax.plot([row["epoch"] for row in val], [row[key] for row in val], label=r["model"])
-        ax.set_title(f"{r['dataset']}: validation ELBO (one-sample MC) per epoch", fontsize=9)
+        epochs = [row["epoch"] for row in val]
+        values = [row[key] for row in val]
+        style, marker, width = _STYLES[i % len(_STYLES)]
+        every = max(1, len(epochs) // 8)
+        ax.plot(epochs, values, linestyle=style, marker=marker, markevery=(i % every, every), markersize=4, linewidth=width, label=r["model"], alpha=0.85)
+        lows[r["dataset"]].append(min(values[len(values) // 10:]) if len(values) > 1 else values[0])
+    for dataset, ax in zip(datasets, axes[0]):
+        ax.set_title(f"{dataset}: validation ELBO per epoch (one-sample MC, the same noise every epoch)", fontsize=9)
         ax.set_xlabel("epoch")
-    for ax in axes[0]:
-        ax.legend(fontsize=8)
+        ax.set_ylabel("validation ELBO (nats per example)")
+        if lows[dataset]:
+            top = ax.get_ylim()[1]
+            low = min(lows[dataset])
+            ax.set_ylim(low - 0.05 * (top - low), top)  # the first tenth of the epochs may fall below
+            ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
-    written.append(fig_dir / "training_curves.png")
-    fig.savefig(written[-1], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
-    # The decomposition per model as bars.
-    terms = ["reconstruction", "mi", "marginal_kl", "kl"]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+
+def _decomposition(plt: Any, summary: dict[str, Any], datasets: list[str], models: list[str], path: Path) -> Path:
+    """ELBO = R - I - (H[q(z), p(z)] - H[q(z)]) per model, drawn so that the parts add up.
+
+    For each model a bar rises from 0 to the reconstruction term R; beside it the KL is a stack
+    hanging down from R, first I(x; z), then the marginal KL H[q(z), p(z)] - H[q(z)]; its bottom
+    is R - KL, and the measured ELBO is marked with a black bar (they differ by the evaluation's
+    Monte Carlo error only). Means over seeds."""
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(6.0, 1.3 * len(models) + 2) * len(datasets), 4.6), squeeze=False)
+    colours = {"reconstruction": "tab:blue", "mi": "tab:orange", "marginal_kl": "tab:red"}
     for di, dataset in enumerate(datasets):
         ax = axes[0][di]
-        width = 0.8 / len(terms)
-        names = [m for m in models if m in summary.get(dataset, {})]
-        for ti, term in enumerate(terms):
-            vals = [summary[dataset][m].get(term, {}).get("mean", float("nan")) for m in names]
-            ax.bar([i + ti * width for i in range(len(names))], vals, width, label=term)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, fontsize=8)
-        ax.set_title(f"{dataset}: ELBO = reconstruction - MI - KL(q(z)||p(z))", fontsize=9)
-        ax.legend(fontsize=8)
+        names = [m for m in models if all(t in summary.get(dataset, {}).get(m, {}) for t in ("reconstruction", "mi", "marginal_kl", "elbo"))]
+        width = 0.38
+        for i, name in enumerate(names):
+            stats = summary[dataset][name]
+            recon, mi, mkl, elbo = (stats[t]["mean"] for t in ("reconstruction", "mi", "marginal_kl", "elbo"))
+            first = i == 0
+            ax.bar(i - width / 2, recon, width, color=colours["reconstruction"], label="R = E log p(x|z)" if first else None)
+            ax.bar(i + width / 2, -mi, width, bottom=recon, color=colours["mi"], label="I(x; z)" if first else None)
+            ax.bar(i + width / 2, -mkl, width, bottom=recon - mi, color=colours["marginal_kl"], label="H[q(z), p(z)] - H[q(z)]" if first else None)
+            ax.hlines(elbo, i - width, i + width, colors="black", linewidth=2.5, label="ELBO (measured)" if first else None)
+            ax.annotate(f"KL = {mi + mkl:.2f}", (i + width / 2, recon - (mi + mkl) / 2), ha="center", va="center", fontsize=6, rotation=90)
+        ax.set_xticks(range(len(names)), names, fontsize=8, rotation=20 if len(names) > 4 else 0)
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_ylabel("nats per example")
+        ax.set_title(f"{dataset}: ELBO = R - KL, KL = I(x; z) + (H[q(z), p(z)] - H[q(z)])", fontsize=9)
+        if names:
+            ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    written.append(fig_dir / "decomposition.png")
-    fig.savefig(written[-1], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return written
+    return path
