@@ -283,6 +283,21 @@ def reproduce(
 
 @app.command()
 @_friendly
+def publish(
+    results_dir: Annotated[str, typer.Argument(help="The --out folder of `edvae reproduce` (holds results.json).")],
+    name: Annotated[str, typer.Option("--name", help="Name in the docs: docs/results/NAME.json/.md, README block results:NAME.")],
+    docs: Annotated[str, typer.Option("--docs", help="Folder of the generated result pages.")] = "docs/results",
+    readme: Annotated[str, typer.Option("--readme", help="README whose results:NAME block is regenerated.")] = "README.md",
+) -> None:
+    """Publish a study's results into the docs: copy results.json and figures, regenerate the page and README block."""
+    from edvae.publish import publish as publish_results
+
+    for path in publish_results(results_dir, name, docs, readme):
+        typer.echo(str(path))
+
+
+@app.command()
+@_friendly
 def bench(
     out_dir: Annotated[str, typer.Option("--out", help="Folder for bench.json, bench.md, scaling.png and README-snippet.md.")],
     quick: Annotated[bool, typer.Option("--quick", help="A short version (under a minute).")] = False,

@@ -199,18 +199,18 @@ def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") 
     """results.md from the content of results.json alone (the docs use the same renderer):
     ``figure_prefix`` + a figure's file name is the link to it."""
     seeds = sorted({r["seed"] for r in result["records"]})
+    shown = [m for m in result["metrics"] if m != "train_seconds"]  # times measure the machine's load; kept in the JSON
     md = [
         f"# {result['title']}",
         "",
         result["description"],
         "",
         f"Mean ± standard deviation over {len(seeds)} seed(s); best mean per column in bold "
-        f"(higher is better for {', '.join(m for m, up in HIGHER_IS_BETTER.items() if up)}; "
-        f"lower for {', '.join(m for m, up in HIGHER_IS_BETTER.items() if not up)}). "
-        "All values in nats per example except mse (per element) and times (seconds; measured on a "
-        "shared machine, in results.json only).",
+        f"(higher is better for {', '.join(m for m in shown if HIGHER_IS_BETTER.get(m) is True)}; "
+        f"lower for {', '.join(m for m in shown if HIGHER_IS_BETTER.get(m) is False)}). "
+        "Values in nats per example except mse (per element); training times are in results.json only.",
         "",
-        markdown_table(result["summary"], [m for m in result["metrics"] if m != "train_seconds"]),
+        markdown_table(result["summary"], shown),
     ]
     md += [f"- {note}" for note in result.get("notes", [])]
     if result.get("convergence"):
