@@ -194,3 +194,30 @@ def test_an_objective_kind_registered_outside_the_package_trains_by_name(tmp_pat
         tiny_config(objective={"kind": "half-kl"})
     with pytest.raises(EdvaeError, match="already registered"):
         register_objective("elbo")(type("Other", (TrainingObjective,), {}))
+
+
+def test_validation_noise_is_the_same_every_epoch_and_never_touches_training(tmp_path, tiny_config, monkeypatch):
+    """Common random numbers: validating the same parameters at another epoch gives the same
+    numbers (epoch-to-epoch changes of the validation ELBO are the model's), and the trained
+    parameters are those of a run that never validates."""
+    from edvae.training import Trainer
+
+    cfg = tiny_config(train={"epochs": 2})
+    validate = Trainer.validate
+    checked = []
+
+    def twice(self):
+        first = validate(self)
+        self.state.epoch += 3
+        again = validate(self)
+        self.state.epoch -= 3
+        checked.append(first == again and bool(first))
+        return first
+
+    monkeypatch.setattr(Trainer, "validate", twice)
+    train(cfg, tmp_path / "validated")
+    assert checked == [True, True]
+    monkeypatch.setattr(Trainer, "validate", lambda self: {})
+    train(cfg, tmp_path / "unvalidated")
+    a, b = load_checkpoint(tmp_path / "validated")["model"], load_checkpoint(tmp_path / "unvalidated")["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)
