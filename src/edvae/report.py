@@ -382,7 +382,10 @@ def _decomposition(plt: Any, summary: dict[str, Any], datasets: list[str], model
         ax.set_ylabel("nats per example")
         ax.set_title(f"{dataset}: ELBO = R - KL, KL = I(x; z) + (H[q(z), p(z)] - H[q(z)])", fontsize=9)
         if names:
-            ax.legend(fontsize=7, loc="best")
+            heights = [summary[dataset][m][t]["mean"] for m in names for t in ("reconstruction", "elbo")] + [0.0]
+            low, high = min(heights), max(heights)
+            ax.set_ylim(low - 0.06 * (high - low), high + 0.06 * (high - low))
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
