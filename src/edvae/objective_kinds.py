@@ -194,37 +194,26 @@ class DecomposedObjective(TrainingObjective):
         "reconstruction", "cross_entropy", "loss", "kl", "elbo", "mi", "entropy", "marginal_kl",
         "total_correlation", "dimwise_kl",
     )
-    settings = (
-        "kl_weight", "mi_weight", "entropy_weight", "cross_entropy_weight", "tc_weight", "dimwise_kl_weight", "kl",
-    )
+    #: the weights and their values when neither the class's :attr:`defaults` nor the caller set them
+    weights = dict(kl_weight=0.0, mi_weight=1.0, entropy_weight=1.0, cross_entropy_weight=1.0, tc_weight=0.0,
+                   dimwise_kl_weight=0.0)
+    #: the config settings it reads (its estimator is ``entropy_estimator``)
+    settings = (*weights, "kl")
 
-    def __init__(
-        self,
-        *,
-        dataset_size: int,
-        kl_weight: float = 0.0,
-        mi_weight: float = 1.0,
-        entropy_weight: float = 1.0,
-        cross_entropy_weight: float = 1.0,
-        tc_weight: float = 0.0,
-        dimwise_kl_weight: float = 0.0,
-        kl: str = "auto",
-        estimator: str = "mss",
-    ) -> None:
+    def __init__(self, *, dataset_size: int, kl: str = "auto", estimator: str = "mss", **weights: float) -> None:
+        """``weights``: any of :attr:`weights`; the rest come from the class's :attr:`defaults`
+        (a preset), then from :attr:`weights`."""
         from edvae.objectives import decomposed_elbo, decomposed_reads_batch
 
+        unknown = set(weights) - set(self.weights)
+        if unknown:
+            raise EdvaeError(f"unknown weight(s) {', '.join(sorted(unknown))} for objective {self.kind!r}; use {', '.join(self.weights)}")
         super().__init__(dataset_size=dataset_size)
-        self.options = dict(
-            kl_weight=kl_weight, mi_weight=mi_weight, entropy_weight=entropy_weight,
-            cross_entropy_weight=cross_entropy_weight, tc_weight=tc_weight, dimwise_kl_weight=dimwise_kl_weight,
-            kl=kl, estimator=estimator,
-        )
+        chosen = {**self.weights, **{k: v for k, v in self.defaults.items() if k in self.weights}, **weights}
+        self.options = dict(chosen, kl=kl, estimator=estimator)
         self._objective = decomposed_elbo
-        self._reads = {
-            d: decomposed_reads_batch(mi_weight=mi_weight, entropy_weight=entropy_weight, tc_weight=tc_weight,
-                                      dimwise_kl_weight=dimwise_kl_weight, diagnostics=d)
-            for d in (False, True)
-        }
+        reads = {name: chosen[name] for name in ("mi_weight", "entropy_weight", "tc_weight", "dimwise_kl_weight")}
+        self._reads = {d: decomposed_reads_batch(**reads, diagnostics=d) for d in (False, True)}
 
     @classmethod
     def from_config(cls, config: Any, dataset_size: int) -> "DecomposedObjective":
