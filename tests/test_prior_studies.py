@@ -287,3 +287,12 @@ def test_bad_samples_files_are_one_clear_line_and_exit_2(tmp_path, name, content
     for word in words:
         assert word in lines[0]
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_every_study_runs_five_seeds_against_a_reference_it_trains(name):
+    study, quick = get_study(name), get_study(name, quick=True)
+    pairs = {(r.dataset, r.model) for r in study.runs}
+    assert sorted({r.seed for r in study.runs}) == list(range(5))
+    assert len(study.runs) == 5 * len(pairs) and len(quick.runs) == 2 * len(pairs)
+    assert study.reference is not None and all((d, study.reference) in pairs for d, _ in pairs)

@@ -114,7 +114,8 @@ def test_real_study_builds_every_model_prior_and_dataset():
     study = get_study("real")
     assert study.metrics == METRICS and study.extra_figures is not None
     combos = {(r.dataset, r.model, r.seed) for r in study.runs}
-    assert combos == {(d, m, s) for d in ("digits", "mnist5k") for m in MODELS for s in range(3)}
+    assert study.reference == "vae"
+    assert combos == {(d, m, s) for d in ("digits", "mnist5k") for m in MODELS for s in range(5)}
     assert set(MODELS) == {"vae", "edvae", "edvae-paper", "vae-mix", "edvae-mix", "edvae-paper-mix"}
     for run in study.runs:
         cfg = run.config
