@@ -38,7 +38,7 @@ from edvae.estimators import dataset_decomposition_terms, kl_divergence, log_pos
 from edvae.model import VAE
 from edvae.runs import load_run  # also importable from here, its former home
 
-__all__ = ["evaluate_model", "evaluate_run", "evaluation_seed", "load_run", "mean_true_log_likelihood", "true_log_likelihoods", "sliced_wasserstein", "active_units"]
+__all__ = ["evaluate_model", "fit_logistic_regression", "evaluate_run", "evaluation_seed", "load_run", "mean_true_log_likelihood", "true_log_likelihoods", "sliced_wasserstein", "active_units"]
 
 #: Importance samples times examples held in memory at once during evaluation.
 _SAMPLES_PER_CHUNK = 100_000
@@ -64,18 +64,45 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> int:
     return int((mu.double().var(dim=0) > threshold).sum())
 
 
-def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor, seed: int) -> float:
-    """Accuracy on (x_eval, y_eval) of a logistic regression fitted to the posterior means of
-    the training split, as the model sees its inputs: with dynamic binarisation (binary test
-    images) the training images are binarised once with ``seed``, not left in grey levels."""
-    from sklearn.linear_model import LogisticRegression
+def fit_logistic_regression(features: Tensor, labels: Tensor, *, iterations: int = 500, tolerance: float = 1e-9) -> tuple[Tensor, Tensor]:
+    r"""Multinomial logistic regression with an L2 penalty on the weights (not the intercept):
 
+        (W, b) = argmin  sum_n -log softmax(W f_n + b)_{y_n} + 1/2 ||W||_F^2,
+
+    the objective of scikit-learn's ``LogisticRegression()`` (C = 1), strictly convex, so its
+    minimiser is unique; found by L-BFGS in float64 until the gradient's largest entry is below
+    ``tolerance``. ``labels`` are integers 0..C-1 (C = the largest label + 1). Returns (W (C, F), b (C,)).
+    """
+    x = features.detach().double()
+    y = labels.detach().long()
+    classes = int(y.max()) + 1
+    weight = torch.zeros(classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=iterations, tolerance_grad=tolerance,
+                                  tolerance_change=0.0, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, y, reduction="sum") + 0.5 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor, seed: int) -> float:
+    """Accuracy on (x_eval, y_eval) of a logistic regression (:func:`fit_logistic_regression`)
+    fitted to the posterior means of the training split, as the model sees its inputs: with
+    dynamic binarisation (binary test images) the training images are binarised once with
+    ``seed``, not left in grey levels."""
     x_fit = binarize_batch(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
-    feats_train = model.encode(x_fit)[0].double().numpy()
-    feats_eval = model.encode(x_eval)[0].double().numpy()
-    probe = LogisticRegression(max_iter=2000)
-    probe.fit(feats_train, data.train_labels.numpy())
-    return float(probe.score(feats_eval, y_eval.numpy()))
+    features, labels = model.encode(x_fit)[0], data.train_labels
+    with torch.inference_mode(False):  # evaluation runs under inference mode; the fit needs gradients
+        weight, bias = fit_logistic_regression(features.clone(), labels.clone())
+    predicted = (model.encode(x_eval)[0].double() @ weight.T + bias).argmax(1)
+    return float((predicted == y_eval.long()).double().mean())
 
 
 def evaluation_seed(seed: int, purpose: str = "noise") -> int:
