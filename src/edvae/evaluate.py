@@ -64,32 +64,61 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> int:
     return int((mu.double().var(dim=0) > threshold).sum())
 
 
-def fit_logistic_regression(features: Tensor, labels: Tensor, *, iterations: int = 500, tolerance: float = 1e-9) -> tuple[Tensor, Tensor]:
+def fit_logistic_regression(features: Tensor, labels: Tensor, *, iterations: int = 100, tolerance: float = 1e-10) -> tuple[Tensor, Tensor]:
     r"""Multinomial logistic regression with an L2 penalty on the weights (not the intercept):
 
-        (W, b) = argmin  sum_n -log softmax(W f_n + b)_{y_n} + 1/2 ||W||_F^2,
+        (W, b) = argmin  L(W, b) = sum_n -log softmax(W f_n + b)_{y_n} + 1/2 ||W||_F^2,
 
-    the objective of scikit-learn's ``LogisticRegression()`` (C = 1), strictly convex, so its
-    minimiser is unique; found by L-BFGS in float64 until the gradient's largest entry is below
-    ``tolerance``. ``labels`` are integers 0..C-1 (C = the largest label + 1). Returns (W (C, F), b (C,)).
+    the objective of scikit-learn's ``LogisticRegression()`` (C = 1). It is convex, and strictly
+    so up to adding one constant to every intercept (softmax ignores it); its minimiser is found
+    by Newton's method in float64 from zero, with the Hessian (with p_n = softmax(W f_n + b),
+    g_n = (f_n, 1))
+
+        d^2 L / d theta_{c,i} d theta_{d,j} = sum_n (delta_cd p_nc - p_nc p_nd) g_ni g_nj + delta_cd delta_ij [i is a weight],
+
+    a step halved until L decreases, stopping when the gradient's largest entry is below
+    ``tolerance`` times N. The flat direction (one constant added to every intercept) gets
+    curvature 1 in the Newton system; the gradient is orthogonal to it, so the intercepts keep
+    summing to zero, as scikit-learn's do. ``labels``: integers 0..C-1, C = the
+    largest label + 1. Returns (W (C, F), b (C,)).
     """
     x = features.detach().double()
     y = labels.detach().long()
+    n, dims = x.shape
     classes = int(y.max()) + 1
-    weight = torch.zeros(classes, x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=iterations, tolerance_grad=tolerance,
-                                  tolerance_change=0.0, history_size=20, line_search_fn="strong_wolfe")
+    g = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], 1)  # (N, F + 1): the intercept as a feature
+    onehot = torch.nn.functional.one_hot(y, classes).double()
+    theta = torch.zeros(classes, dims + 1, dtype=torch.float64)
+    penalised = torch.ones_like(theta)
+    penalised[:, -1] = 0.0
 
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, y, reduction="sum") + 0.5 * weight.square().sum()
-        loss.backward()
-        return loss
+    def loss(t: Tensor) -> Tensor:
+        return torch.nn.functional.cross_entropy(g @ t.T, y, reduction="sum") + 0.5 * (penalised * t.square()).sum()
 
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return weight.detach(), bias.detach()
+    size = classes * (dims + 1)
+    shift = (1.0 - penalised).reshape(-1) / math.sqrt(classes)  # unit vector: one constant added to every intercept
+    current = loss(theta)
+    for _ in range(iterations):
+        p = torch.softmax(g @ theta.T, 1)
+        grad = (p - onehot).T @ g + penalised * theta
+        if float(grad.abs().max()) < tolerance * n:
+            break
+        pg = (p.unsqueeze(2) * g.unsqueeze(1)).reshape(n, size)  # p_nc g_ni
+        hessian = -(pg.T @ pg)
+        blocks = torch.einsum("nc,ni,nj->cij", p, g, g)
+        for c in range(classes):
+            hessian[c * (dims + 1):(c + 1) * (dims + 1), c * (dims + 1):(c + 1) * (dims + 1)] += blocks[c]
+        hessian += torch.diag(penalised.reshape(-1)) + torch.outer(shift, shift)  # shift: the flat direction, given curvature 1
+        step = torch.linalg.solve(hessian, grad.reshape(-1)).reshape(classes, dims + 1)
+        scale = 1.0
+        while scale > 1e-6:
+            candidate = theta - scale * step
+            value = loss(candidate)
+            if value <= current:
+                break
+            scale /= 2
+        theta, current = candidate, value
+    return theta[:, :-1].contiguous(), theta[:, -1].contiguous()
 
 
 def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor, seed: int) -> float:
@@ -99,8 +128,7 @@ def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor
     ``seed``, not left in grey levels."""
     x_fit = binarize_batch(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
     features, labels = model.encode(x_fit)[0], data.train_labels
-    with torch.inference_mode(False):  # evaluation runs under inference mode; the fit needs gradients
-        weight, bias = fit_logistic_regression(features.clone(), labels.clone())
+    weight, bias = fit_logistic_regression(features, labels)
     predicted = (model.encode(x_eval)[0].double() @ weight.T + bias).argmax(1)
     return float((predicted == y_eval.long()).double().mean())
 
