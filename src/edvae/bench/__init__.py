@@ -98,16 +98,24 @@ def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 1, sca
         with tempfile.TemporaryDirectory(prefix="edvae-bench-") as tmp:
             work = Path(tmp)
             tasks = ["synthetic"] if quick else ["synthetic", "mnist-mlp"]
-            report["overhead"] = [overhead(task, quick=quick, work=work) for task in tasks]
-            report["matmul"] = matmul_rate()
-            report["limits"] = [step_limits(t["task"], t["results"], report["matmul"], quick=quick, work=work) for t in report["overhead"]]
-            report["peers"] = peers(quick=quick, work=work)
-            report["profile"] = profile_step(quick=quick, work=work)
-            report["hygiene"] = hygiene(work)
-            report["start_up"] = start_up(quick=quick, work=work)
-            report["threads"] = thread_table(quick=quick, work=work, default_threads=default_threads)
-        report["scaling"] = scaling(quick=quick, out_dir=out_dir, threads=scaling_threads)
-        report["correctness"] = mi_correctness(quick=quick)
+            sections: dict[str, float] = {}
+
+            def timed(name: str, run: Any) -> Any:
+                started = time.perf_counter()
+                report[name] = run()
+                sections[name] = time.perf_counter() - started
+
+            timed("overhead", lambda: [overhead(task, quick=quick, work=work) for task in tasks])
+            timed("matmul", matmul_rate)
+            timed("limits", lambda: [step_limits(t["task"], t["results"], report["matmul"], quick=quick, work=work) for t in report["overhead"]])
+            timed("peers", lambda: peers(quick=quick, work=work))
+            timed("profile", lambda: profile_step(quick=quick, work=work))
+            timed("hygiene", lambda: hygiene(work))
+            timed("start_up", lambda: start_up(quick=quick, work=work))
+            timed("threads", lambda: thread_table(quick=quick, work=work, default_threads=default_threads))
+            timed("scaling", lambda: scaling(quick=quick, out_dir=out_dir, threads=scaling_threads))
+            timed("correctness", lambda: mi_correctness(quick=quick))
+        report["section_seconds"] = sections
     finally:
         torch.set_num_threads(previous_threads)
     report["seconds"] = time.perf_counter() - start

@@ -155,7 +155,7 @@ def start_up(*, quick: bool, work: Path) -> dict[str, Any]:
     ``edvae evaluate``'s work after its imports (100 importance samples, true
     log-likelihood cached), in a fresh process."""
     repeats = 1 if quick else 5
-    run = work / "start-up-run"
+    run = work / "start-up-run"  # quick: a smaller test split (the truth's quadrature is the slow part)
     train_args = ["-c", _FIRST_STEP, "--out", str(run), "--overwrite", "--set", "data.name=complex",
                   "--set", "train.epochs=1", "--set", "train.progress=false"]
     sides = {
@@ -174,10 +174,12 @@ def start_up(*, quick: bool, work: Path) -> dict[str, Any]:
     from edvae.runs import load_data
     from edvae.train import train
 
-    config = validate_config(_raw_config({"data": {"name": "complex"}, "train": {"progress": False}}, "vae-std", None, 1))
+    data_config = {"name": "complex", "options": {"n_train": 2560, "n_val": 512, "n_test": 512}} if quick else {"name": "complex"}
+    config = validate_config(_raw_config({"data": data_config, "train": {"progress": False}}, "vae-std", None, 1))
     train(config, run, overwrite=True)
     truth = work / "true-ll.pt"
-    torch.save(true_log_likelihoods(load_data(config), "test"), truth)
+    truth_values = true_log_likelihoods(load_data(config), "test")
+    torch.save(truth_values, truth)
     evaluations = [_subprocess_json(["-c", _EVALUATE, str(run), "100", str(truth)], 1) for _ in range(1 if quick else 3)]
     return {
         "repeats": repeats,
@@ -186,6 +188,7 @@ def start_up(*, quick: bool, work: Path) -> dict[str, Any]:
         "lightning_fabric_import": seconds["import torch, lightning_fabric"] - seconds["import torch"],
         "imported_by_first_step": [m for m in _HEAVY if m in modules],
         "evaluate_after_imports_seconds": _median([e["seconds"] for e in evaluations]),
+        "evaluate_test_examples": int(truth_values.shape[0]),
         "evaluate_imported": [m for m in _HEAVY if m in set(evaluations[-1]["modules"])],
     }
 
@@ -199,13 +202,13 @@ def threads(*, quick: bool, work: Path, default_threads: int) -> dict[str, Any]:
 
     counts = sorted({1, 2, default_threads})
     tasks = ["synthetic"] if quick else ["synthetic", "mnist-mlp"]
-    steps, repeats = (10, 1) if quick else (60, 3)
+    steps, repeats = (8, 1) if quick else (60, 3)
     previous = torch.get_num_threads()
     table: dict[str, Any] = {}
     try:
         for task in tasks:
             base, data, _ = _load_task_data(task, quick)
-            for variant, prior in (("vae-std", None), ("edvae-paper", "normal")):
+            for variant, prior in (("vae-std", None),) if quick else (("vae-std", None), ("edvae-paper", "normal")):
                 config = validate_config(_raw_config(base, variant, prior, 1))
 
                 def timed(n: int):

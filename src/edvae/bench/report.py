@@ -207,7 +207,7 @@ def _limits_markdown(report: dict[str, Any]) -> list[str]:
             f"{su['lightning_fabric_import']:.2f} s: its `wrappers` module imports `torch._dynamo` unconditionally, and every "
             "submodule (the checkpoint I/O plugin included) imports the package first. Imported by the first step: "
             f"{', '.join(su['imported_by_first_step']) or 'none of the optional heavy modules'}.",
-            f"`edvae evaluate` of a synthetic run (100 importance samples, true log-likelihood cached): "
+            f"`edvae evaluate` of a synthetic run ({su['evaluate_test_examples']} test examples, 100 importance samples, true log-likelihood cached): "
             f"{su['evaluate_after_imports_seconds']:.2f} s after its imports (target <= {TARGETS['evaluate_seconds']:.0f} s); "
             f"imported by then: {', '.join(su['evaluate_imported']) or 'none of the optional heavy modules'}.",
         ]
