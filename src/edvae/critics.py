@@ -50,6 +50,7 @@ __all__ = [
     "EncoderCritic",
     "MomentumCritic",
     "ScoreCritic",
+    "check_critic",
     "make_critic",
 ]
 
@@ -72,6 +73,10 @@ class Critic(nn.Module):
 
     def update(self, encoder: nn.Module, gather: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         """Called by the trainer after each optimiser step; stateless critics do nothing."""
+
+    def skip(self) -> None:
+        """Called instead of :meth:`update` after a skipped step (non-finite loss or gradient):
+        forget what the last estimate kept for the update; stateless critics do nothing."""
 
 
 class EncoderCritic(Critic):
@@ -253,6 +258,10 @@ class MomentumCritic(Critic):
         self.pointer.fill_((int(self.pointer) + n) % k)
         self.size.fill_(min(int(self.size) + n, k))
 
+    def skip(self) -> None:
+        """A skipped step: its keys are not enqueued and the key encoder does not move."""
+        self.pending = None
+
     def update(self, encoder: nn.Module, gather: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         """After an optimiser step: :meth:`momentum_update` from ``encoder``, then enqueue the
         keys of the last :meth:`estimate` (all processes' keys, in rank order, when ``gather``
@@ -318,6 +327,16 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def check_critic(name: object, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of critic ``name`` with their defaults filled in, after checking the name
+    (one of :data:`CRITICS`) and every option (a name of :data:`CRITIC_OPTIONS` [name] with a
+    valid value); anything else raises a one-line :class:`EdvaeError`. What :func:`make_critic`
+    checks, without building anything (a config validates with it)."""
+    if name not in CRITICS:
+        raise EdvaeError(f"critic={name!r} is unknown; use one of {', '.join(CRITICS)}.")
+    return _check_options(str(name), dict(options))
+
+
 def make_critic(name: str, dim: int, encoder: Optional[nn.Module] = None, **options: Any) -> Critic:
     r"""The InfoNCE critic ``name`` for codes of dimension ``dim`` (see the module docstring):
 
@@ -333,10 +352,8 @@ def make_critic(name: str, dim: int, encoder: Optional[nn.Module] = None, **opti
     ``encoder`` is ignored by the other critics. Bad names or options raise one-line
     :class:`EdvaeError` s.
     """
-    if name not in CRITICS:
-        raise EdvaeError(f"critic={name!r} is unknown; use one of {', '.join(CRITICS)}.")
+    merged = check_critic(name, options)
     _positive_int("dim", dim)
-    merged = _check_options(name, options)
     if name == "encoder":
         return EncoderCritic()
     if name == "bilinear":
