@@ -113,6 +113,12 @@ def test_skipped_steps_enqueue_nothing(tmp_path, poison_objective):
     assert int(state["size"]) == (STEPS_PER_EPOCH - 2) * 64
 
 
+def test_momentum_critic_enqueues_every_micro_batch(tmp_path):
+    cfg = validate_config(merge_train(_critic_raw("momentum", queue_size=1000), grad_accum_steps=2, epochs=1))
+    train(cfg, tmp_path / "run")
+    assert int(load_checkpoint(tmp_path / "run")["objective"]["critic"]["size"]) == STEPS_PER_EPOCH * 64
+
+
 def merge_train(raw, **train_options):
     raw["train"].update(train_options)
     return raw

@@ -195,8 +195,9 @@ class MomentumCritic(Critic):
     def estimate(self, z: Tensor, x: Tensor, key_noise: Optional[Tensor] = None) -> Tensor:
         r"""I_NCE of queries ``z`` (R, D) against the keys of ``x`` (R, ...) and the queue's
         negatives (class docstring), 0-d in z's dtype, <= log(n + 1). With gradients enabled
-        (a training step) the batch's keys are kept in :attr:`pending` for :meth:`update` to
-        enqueue; under ``torch.no_grad`` (evaluation) they are not."""
+        (a training step) the batch's keys are appended to :attr:`pending` (every micro-batch
+        of a step, in order) for :meth:`update` to enqueue; under ``torch.no_grad``
+        (evaluation) they are not."""
         if not isinstance(z, Tensor) or z.dim() != 2 or not isinstance(x, Tensor) or x.shape[0] != z.shape[0]:
             raise EdvaeError(
                 f"the momentum critic needs codes z (R, D) and their R inputs x, got z {_shape(z)} "
@@ -208,8 +209,8 @@ class MomentumCritic(Critic):
         negatives = self.queue[: int(self.size)].to(queries.dtype, copy=True)
         positive = (queries * keys).sum(1, keepdim=True)
         logits = torch.cat([positive, queries @ negatives.T], dim=1).to(_ACC) / self.temperature
-        if torch.is_grad_enabled():  # a training step; evaluation passes feed no queue
-            self.pending = keys
+        if torch.is_grad_enabled():  # a training step (its micro-batches in order); evaluation feeds no queue
+            self.pending = keys if self.pending is None else torch.cat([self.pending, keys])
         estimate = (logits[:, 0] - torch.logsumexp(logits, dim=1)).mean() + math.log(logits.shape[1])
         return estimate.to(z.dtype)
 
@@ -264,7 +265,7 @@ class MomentumCritic(Critic):
 
     def update(self, encoder: nn.Module, gather: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         """After an optimiser step: :meth:`momentum_update` from ``encoder``, then enqueue the
-        keys of the last :meth:`estimate` (all processes' keys, in rank order, when ``gather``
+        keys of the training :meth:`estimate` s since the last update (all processes' keys, in rank order, when ``gather``
         maps the local (n, E) keys to the concatenation over processes)."""
         self.momentum_update(encoder)
         if self.pending is not None:
