@@ -4,6 +4,7 @@ its headline table of the seed's three claims."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from edvae.checkpoint import load_checkpoint
 from edvae.config import validate_config
 from edvae.errors import EdvaeError
 from edvae.experiments import get_study
-from edvae.experiments.readings import CLAIMS, REFERENCE, claim_verdict, claims_table
+from edvae.experiments.readings import CLAIMS, REFERENCE, TABLE_MARKERS, claim_verdict, claims_table, insert_table, main
 from edvae.experiments.runner import preflight
 from edvae.experiments.study import BASE, Study, build_runs
 from edvae.experiments.variants import READING_GRID, READINGS, VARIANTS, reading_name
@@ -197,3 +198,17 @@ def test_report_puts_the_headline_first(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert md.index("## Headline") < md.index("## All models") < md.index("Mean ± standard deviation")
     assert claims_table(result["comparisons"]) in md
+
+
+def test_table_goes_between_the_readme_markers(tmp_path):
+    comparisons = paired_comparisons(_records({"kl": [1.0, 1.1, 1.2]}), REFERENCE, ["mse", "kl", "elbo", "iwae"])
+    results, readme = tmp_path / "results.json", tmp_path / "README.md"
+    results.write_text(json.dumps({"comparisons": comparisons}))
+    start, end = TABLE_MARKERS
+    readme.write_text(f"# t\n\ntext\n{start}\nold table\n{end}\nafter\n")
+    assert main([str(results), str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text == f"# t\n\ntext\n{start}\n{claims_table(comparisons)}{end}\nafter\n"
+    assert main([str(results), str(readme)]) == 0 and readme.read_text() == text  # idempotent
+    with pytest.raises(EdvaeError, match="needs one"):
+        insert_table("no markers", "x")

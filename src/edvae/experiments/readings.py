@@ -19,8 +19,8 @@ The headline table (:func:`claims_table`) answers the three claims per reading a
 with the paired 95% interval of model - vae-true over the seeds (:mod:`edvae.stats`) and a
 verdict: ``reproduced`` when the interval lies entirely on the claimed side, ``not reproduced``
 when entirely on the other, ``within noise`` otherwise; the IWAE difference beside them is the
-cost (or gain) in likelihood. ``python -m edvae.experiments.readings OUT/results.json`` prints
-the table from a results file.
+cost (or gain) in likelihood. ``python -m edvae.experiments.readings OUT/results.json [README.md]``
+prints the table from a results file, or writes it between the README's markers.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edvae.errors import EdvaeError
 from edvae.experiments.paper import DATASETS
 from edvae.experiments.study import BASE, QUICK, Study, build_runs, default_seeds, shared_config
 from edvae.experiments.variants import READINGS, merge
 from edvae.stats import verdict
 
-__all__ = ["CLAIMS", "EPOCHS", "QUICK_EPOCHS", "REFERENCE", "claim_verdict", "claims_table", "readings_study"]
+__all__ = ["CLAIMS", "EPOCHS", "QUICK_EPOCHS", "REFERENCE", "claim_verdict", "claims_table", "insert_table", "readings_study"]
 
 #: Training epochs of the study (the paper study uses 120): 5 seeds of 12 models on 2 data sets
 #: fit in 30 minutes on 2 cores with ``--workers 2``.
@@ -134,14 +135,35 @@ def readings_study(*, quick: bool = False, seeds: int | None = None, overrides: 
     )
 
 
+#: The markers in a Markdown file between which :func:`insert_table` puts the table.
+TABLE_MARKERS = ("<!-- readings-table -->", "<!-- /readings-table -->")
+
+
+def insert_table(markdown: str, table: str) -> str:
+    """``markdown`` with the text between :data:`TABLE_MARKERS` replaced by ``table``."""
+    start, end = TABLE_MARKERS
+    if markdown.count(start) != 1 or markdown.count(end) != 1 or markdown.index(start) > markdown.index(end):
+        raise EdvaeError(f"the file needs one {start} line followed by one {end} line where the table goes")
+    head, rest = markdown.split(start)
+    return f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m edvae.experiments.readings RESULTS.json``: print the headline table."""
+    """``python -m edvae.experiments.readings RESULTS.json [README.md]``: print the headline
+    table of a readings results file, or write it between the markers of README.md."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not Path(args[0]).is_file():
-        print("usage: python -m edvae.experiments.readings OUT/results.json", file=sys.stderr)
+    if len(args) not in (1, 2) or not all(Path(a).is_file() for a in args):
+        print("usage: python -m edvae.experiments.readings OUT/results.json [README.md]", file=sys.stderr)
         return 2
-    result = json.loads(Path(args[0]).read_text())
-    print(claims_table(result.get("comparisons", []), REFERENCE), end="")
+    table = claims_table(json.loads(Path(args[0]).read_text()).get("comparisons", []), REFERENCE)
+    if len(args) == 1:
+        print(table, end="")
+        return 0
+    try:
+        Path(args[1]).write_text(insert_table(Path(args[1]).read_text(), table))
+    except EdvaeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
