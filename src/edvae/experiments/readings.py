@@ -39,8 +39,12 @@ from edvae.stats import verdict
 __all__ = ["CLAIMS", "EPOCHS", "QUICK_EPOCHS", "REFERENCE", "claim_verdict", "claims_table", "insert_table", "readings_study"]
 
 #: Training epochs of the study (the paper study uses 120): 5 seeds of 12 models on 2 data sets
-#: fit in 30 minutes on 2 cores with ``--workers 2``.
-EPOCHS = 20
+#: in about 27 minutes on 2 shared cores with ``--workers 2``. Measured (one thread, 1-seed runs on
+#: ``complex``, other jobs on the machine): 0.5 s per epoch for a VAE, 0.6 s for the encoder,
+#: bilinear and MLP critics, 4.1 s for the momentum critic (its 256 x 4097 logits), ~9 s to
+#: evaluate a run with 1000 importance samples: 14 s per epoch for the 12 models of one data set
+#: and seed, so 10 x (15 x 14 + 12 x 9) s / 2 workers ~ 27 min.
+EPOCHS = 15
 #: Epochs of ``--quick`` (2 seeds, 200 importance samples).
 QUICK_EPOCHS = 5
 #: The traditional VAE every reading is compared with.
