@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edvae.errors import EdvaeError
+from edvae.experiments.disentangle import disentangle_study
 from edvae.experiments.paper import paper_study
 from edvae.experiments.prior_studies import ablation_study, learned_prior_study, misspecified_study, unknown_prior_study
 from edvae.experiments.readings import readings_study
@@ -27,6 +28,7 @@ STUDIES: dict[str, Callable[..., Study]] = {
     "ablation": ablation_study,
     "real": real_study,
     "readings": readings_study,
+    "disentangle": disentangle_study,
 }
 
 
