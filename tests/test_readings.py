@@ -14,7 +14,8 @@ from edvae.checkpoint import load_checkpoint
 from edvae.config import validate_config
 from edvae.errors import EdvaeError
 from edvae.experiments import get_study
-from edvae.experiments.readings import CLAIMS, REFERENCE, TABLE_MARKERS, claim_verdict, claims_table, insert_table, main
+from edvae.experiments.readings import CLAIMS, REFERENCE, claim_verdict, claims_table
+from edvae.experiments.readings_table import TABLE_MARKERS, insert_table, main
 from edvae.experiments.runner import preflight
 from edvae.experiments.study import BASE, Study, build_runs
 from edvae.experiments.variants import READING_GRID, READINGS, VARIANTS, reading_name
@@ -177,9 +178,9 @@ def test_claim_verdicts_follow_the_claimed_side_of_the_interval():
     table = claims_table(comparisons)
     row = next(line for line in table.splitlines() if line.startswith("| d | ed-x |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2].endswith(" reproduced") and cells[2].startswith("-0.011 [")
+    assert cells[2].endswith(" reproduced") and cells[2].startswith("-0.0110 [")  # 3 significant digits
     assert cells[3].endswith("not reproduced") and cells[4].endswith("within noise")
-    assert cells[5].startswith("-2.000 [") and "reproduced" not in cells[5] and "noise" not in cells[5]
+    assert cells[5].startswith("-2.00 [") and "reproduced" not in cells[5] and "noise" not in cells[5]
 
 
 def test_claimed_increase_of_the_elbo_is_reproduced_only_above_zero():

@@ -19,24 +19,21 @@ The headline table (:func:`claims_table`) answers the three claims per reading a
 with the paired 95% interval of model - vae-true over the seeds (:mod:`edvae.stats`) and a
 verdict: ``reproduced`` when the interval lies entirely on the claimed side, ``not reproduced``
 when entirely on the other, ``within noise`` otherwise; the IWAE difference beside them is the
-cost (or gain) in likelihood. ``python -m edvae.experiments.readings OUT/results.json [README.md]``
-prints the table from a results file, or writes it between the README's markers.
+cost (or gain) in likelihood. ``python -m edvae.experiments.readings_table OUT/results.json
+[README.md]`` prints the table from a results file, or writes it between the README's markers.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
+import math
 from typing import Any
 
-from edvae.errors import EdvaeError
 from edvae.experiments.paper import DATASETS
 from edvae.experiments.study import BASE, QUICK, Study, build_runs, default_seeds, shared_config
 from edvae.experiments.variants import READINGS, merge
 from edvae.stats import verdict
 
-__all__ = ["CLAIMS", "EPOCHS", "QUICK_EPOCHS", "REFERENCE", "claim_verdict", "claims_table", "insert_table", "readings_study"]
+__all__ = ["CLAIMS", "EPOCHS", "QUICK_EPOCHS", "REFERENCE", "claim_verdict", "claims_table", "readings_study"]
 
 #: Training epochs of the study (the paper study uses 120): 5 seeds of 12 models on 2 data sets
 #: in about 27 minutes on 2 shared cores with ``--workers 2``. Measured (one thread, 1-seed runs on
@@ -72,8 +69,9 @@ def claim_verdict(comparison: dict[str, Any], lower: bool) -> str:
 def _cell(c: dict[str, Any] | None, lower: bool | None) -> str:
     if c is None:
         return "–"
-    digits = 3 if abs(c["mean_diff"]) < 10 else 2
-    interval = "no interval" if c["ci_low"] != c["ci_low"] else f"{c['ci_low']:+.{digits}f}, {c['ci_high']:+.{digits}f}"
+    values = [abs(v) for v in (c["mean_diff"], c["ci_low"], c["ci_high"]) if math.isfinite(v) and v != 0]
+    digits = max(1, 2 - math.floor(math.log10(max(values)))) if values else 3  # 3 significant digits on the largest
+    interval = "no interval" if math.isnan(c["ci_low"]) else f"{c['ci_low']:+.{digits}f}, {c['ci_high']:+.{digits}f}"
     text = f"{c['mean_diff']:+.{digits}f} [{interval}]"
     return text if lower is None else f"{text} {claim_verdict(c, lower)}"
 
@@ -137,39 +135,3 @@ def readings_study(*, quick: bool = False, seeds: int | None = None, overrides: 
         reference=REFERENCE,
         headline=_headline,
     )
-
-
-#: The markers in a Markdown file between which :func:`insert_table` puts the table.
-TABLE_MARKERS = ("<!-- readings-table -->", "<!-- /readings-table -->")
-
-
-def insert_table(markdown: str, table: str) -> str:
-    """``markdown`` with the text between :data:`TABLE_MARKERS` replaced by ``table``."""
-    start, end = TABLE_MARKERS
-    if markdown.count(start) != 1 or markdown.count(end) != 1 or markdown.index(start) > markdown.index(end):
-        raise EdvaeError(f"the file needs one {start} line followed by one {end} line where the table goes")
-    head, rest = markdown.split(start)
-    return f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m edvae.experiments.readings RESULTS.json [README.md]``: print the headline
-    table of a readings results file, or write it between the markers of README.md."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 2) or not all(Path(a).is_file() for a in args):
-        print("usage: python -m edvae.experiments.readings OUT/results.json [README.md]", file=sys.stderr)
-        return 2
-    table = claims_table(json.loads(Path(args[0]).read_text()).get("comparisons", []), REFERENCE)
-    if len(args) == 1:
-        print(table, end="")
-        return 0
-    try:
-        Path(args[1]).write_text(insert_table(Path(args[1]).read_text(), table))
-    except EdvaeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
