@@ -50,6 +50,7 @@ __all__ = [
     "EncoderCritic",
     "MomentumCritic",
     "ScoreCritic",
+    "check_critic",
     "make_critic",
 ]
 
@@ -72,6 +73,10 @@ class Critic(nn.Module):
 
     def update(self, encoder: nn.Module, gather: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         """Called by the trainer after each optimiser step; stateless critics do nothing."""
+
+    def skip(self) -> None:
+        """Called instead of :meth:`update` after a skipped step (non-finite loss or gradient):
+        forget what the last estimate kept for the update; stateless critics do nothing."""
 
 
 class EncoderCritic(Critic):
@@ -190,8 +195,9 @@ class MomentumCritic(Critic):
     def estimate(self, z: Tensor, x: Tensor, key_noise: Optional[Tensor] = None) -> Tensor:
         r"""I_NCE of queries ``z`` (R, D) against the keys of ``x`` (R, ...) and the queue's
         negatives (class docstring), 0-d in z's dtype, <= log(n + 1). With gradients enabled
-        (a training step) the batch's keys are kept in :attr:`pending` for :meth:`update` to
-        enqueue; under ``torch.no_grad`` (evaluation) they are not."""
+        (a training step) the batch's keys are appended to :attr:`pending` (every micro-batch
+        of a step, in order) for :meth:`update` to enqueue; under ``torch.no_grad``
+        (evaluation) they are not."""
         if not isinstance(z, Tensor) or z.dim() != 2 or not isinstance(x, Tensor) or x.shape[0] != z.shape[0]:
             raise EdvaeError(
                 f"the momentum critic needs codes z (R, D) and their R inputs x, got z {_shape(z)} "
@@ -203,8 +209,8 @@ class MomentumCritic(Critic):
         negatives = self.queue[: int(self.size)].to(queries.dtype, copy=True)
         positive = (queries * keys).sum(1, keepdim=True)
         logits = torch.cat([positive, queries @ negatives.T], dim=1).to(_ACC) / self.temperature
-        if torch.is_grad_enabled():  # a training step; evaluation passes feed no queue
-            self.pending = keys
+        if torch.is_grad_enabled():  # a training step (its micro-batches in order); evaluation feeds no queue
+            self.pending = keys if self.pending is None else torch.cat([self.pending, keys])
         estimate = (logits[:, 0] - torch.logsumexp(logits, dim=1)).mean() + math.log(logits.shape[1])
         return estimate.to(z.dtype)
 
@@ -253,9 +259,13 @@ class MomentumCritic(Critic):
         self.pointer.fill_((int(self.pointer) + n) % k)
         self.size.fill_(min(int(self.size) + n, k))
 
+    def skip(self) -> None:
+        """A skipped step: its keys are not enqueued and the key encoder does not move."""
+        self.pending = None
+
     def update(self, encoder: nn.Module, gather: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         """After an optimiser step: :meth:`momentum_update` from ``encoder``, then enqueue the
-        keys of the last :meth:`estimate` (all processes' keys, in rank order, when ``gather``
+        keys of the training :meth:`estimate` s since the last update (all processes' keys, in rank order, when ``gather``
         maps the local (n, E) keys to the concatenation over processes)."""
         self.momentum_update(encoder)
         if self.pending is not None:
@@ -318,6 +328,16 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def check_critic(name: object, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of critic ``name`` with their defaults filled in, after checking the name
+    (one of :data:`CRITICS`) and every option (a name of :data:`CRITIC_OPTIONS` [name] with a
+    valid value); anything else raises a one-line :class:`EdvaeError`. What :func:`make_critic`
+    checks, without building anything (a config validates with it)."""
+    if name not in CRITICS:
+        raise EdvaeError(f"critic={name!r} is unknown; use one of {', '.join(CRITICS)}.")
+    return _check_options(str(name), dict(options))
+
+
 def make_critic(name: str, dim: int, encoder: Optional[nn.Module] = None, **options: Any) -> Critic:
     r"""The InfoNCE critic ``name`` for codes of dimension ``dim`` (see the module docstring):
 
@@ -333,10 +353,8 @@ def make_critic(name: str, dim: int, encoder: Optional[nn.Module] = None, **opti
     ``encoder`` is ignored by the other critics. Bad names or options raise one-line
     :class:`EdvaeError` s.
     """
-    if name not in CRITICS:
-        raise EdvaeError(f"critic={name!r} is unknown; use one of {', '.join(CRITICS)}.")
+    merged = check_critic(name, options)
     _positive_int("dim", dim)
-    merged = _check_options(name, options)
     if name == "encoder":
         return EncoderCritic()
     if name == "bilinear":
