@@ -139,6 +139,13 @@ def comparisons_table(comparisons: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _headline(study: "Study", comparisons: list[dict[str, Any]]) -> list[str]:
+    """The study's own headline section (``Study.headline``), or nothing."""
+    hook = getattr(study, "headline", None)
+    text = hook(study, comparisons) if hook is not None else ""
+    return ["## Headline", "", text, "## All models", ""] if text else []
+
+
 def _environment() -> dict[str, Any]:
     return {
         "edvae": __version__,
@@ -205,6 +212,7 @@ def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") 
         "",
         result["description"],
         "",
+        *_headline(study, result["comparisons"]),
         f"Mean ± standard deviation over {len(seeds)} seed(s); best mean per column in bold "
         f"(higher is better for {', '.join(m for m in shown if HIGHER_IS_BETTER.get(m) is True)}; "
         f"lower for {', '.join(m for m in shown if HIGHER_IS_BETTER.get(m) is False)}). "
