@@ -139,11 +139,10 @@ def comparisons_table(comparisons: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _headline(study: "Study", comparisons: list[dict[str, Any]]) -> list[str]:
-    """The study's own headline section (``Study.headline``), or nothing."""
+def _headline(study: "Study", comparisons: list[dict[str, Any]]) -> str:
+    """The study's own headline (``Study.headline``, Markdown), or ""."""
     hook = getattr(study, "headline", None)
-    text = hook(study, comparisons) if hook is not None else ""
-    return ["## Headline", "", text, "## All models", ""] if text else []
+    return hook(study, comparisons) if hook is not None else ""
 
 
 def _environment() -> dict[str, Any]:
@@ -170,6 +169,7 @@ def convergence_counts(records: list[dict[str, Any]]) -> dict[str, dict[str, dic
 def build_result(study: "Study", records: list[dict[str, Any]], *, figures: list[str] | None = None, wall_seconds: float | None = None) -> dict[str, Any]:
     """The content of results.json: everything :func:`render_markdown` and the docs need."""
     clean = [{k: r[k] for k in _RECORD_KEYS if k in r} for r in records]
+    comparisons = study_comparisons(study, clean)
     return {
         "study": study.name,
         "title": study.title,
@@ -180,7 +180,8 @@ def build_result(study: "Study", records: list[dict[str, Any]], *, figures: list
         "records": clean,
         "summary": summarise(clean),
         "convergence": convergence_counts(clean),
-        "comparisons": study_comparisons(study, clean),
+        "comparisons": comparisons,
+        "headline": _headline(study, comparisons),
         "figures": list(figures or []),
         "wall_seconds": wall_seconds,
         "environment": _environment(),
@@ -212,7 +213,7 @@ def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") 
         "",
         result["description"],
         "",
-        *_headline(study, result["comparisons"]),
+        *(["## Headline", "", result["headline"], "## All models", ""] if result.get("headline") else []),
         f"Mean ± standard deviation over {len(seeds)} seed(s); best mean per column in bold "
         f"(higher is better for {', '.join(m for m in shown if HIGHER_IS_BETTER.get(m) is True)}; "
         f"lower for {', '.join(m for m in shown if HIGHER_IS_BETTER.get(m) is False)}). "
