@@ -6,6 +6,7 @@ See :mod:`edvae.training` for what it guarantees and how to extend it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from edvae.runs import CONFIG_NAME, PRIOR_FIT_NAME, load_data
 from edvae.training.run_dir import MetricsLog, prepare_run_dir
 from edvae.training.state import TrainState
 
-__all__ = ["HOOKS", "TrainResult", "Trainer", "load_data", "train"]
+__all__ = ["HOOKS", "TrainResult", "Trainer", "follow_new_total", "load_data", "train"]
 
 #: The callback hooks, each fired through ``fabric.call`` with keyword arguments (a callback
 #: declares the ones it wants): ``on_train_start(trainer, state)``,
@@ -101,7 +102,9 @@ def train(
     ``resume=True`` continues from ``run_dir/checkpoint.pt`` (the config stored there wins for
     everything but ``train.epochs`` and where the run executes: ``train.devices``,
     ``num_nodes``, ``accelerator``, ``threads``, ``progress``; a run may resume on another
-    number of processes, it sees the same global batches and noise). ``stop_at_step`` stops
+    number of processes, it sees the same global batches and noise). ``train.epochs`` may grow
+    (never below the epochs already trained); a cosine schedule then follows the new total number
+    of steps (see :func:`follow_new_total`). ``stop_at_step`` stops
     gracefully after that many steps, exactly as a SIGTERM would (for tests and time-boxed runs).
     ``callbacks``: objects with any of the methods in :data:`HOOKS` (see :mod:`edvae.training`).
     """
@@ -112,6 +115,12 @@ def train(
         stored = validate_config(saved["config"], source=str(run_dir / CHECKPOINT_NAME))
         placement = {k: getattr(config.train, k) for k in ("epochs", *_PLACEMENT)} if config is not None else {}
         config = stored.model_copy(update={"train": stored.train.model_copy(update=placement)})
+        started = saved["epoch"] + (saved["batch_in_epoch"] > 0)  # epochs finished or begun
+        if config.train.epochs < started:
+            raise EdvaeError(
+                f"cannot resume {run_dir} with train.epochs={config.train.epochs}: it has already trained {saved['epoch']} "
+                f"epochs{' and begun the next' if saved['batch_in_epoch'] else ''}; pass train.epochs={started} or more"
+            )
     tc = config.train
     if tc.accelerator == "gpu" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         raise EdvaeError("train.accelerator='gpu' but torch sees no GPU on this machine; set train.accelerator=cpu or auto")
@@ -173,6 +182,8 @@ class Trainer:
         )
         if saved is not None:
             self.state.load_state_dict(saved, source=run_dir)
+            if scheduler is not None:
+                follow_new_total(scheduler, self.total_steps)
 
         s = self.state
         self.log = MetricsLog(run_dir, fabric.is_global_zero, purge_step=s.step + 1 if saved else None,
@@ -410,6 +421,27 @@ class Trainer:
         if self.progress is not None:
             self.progress.close()
         self.log.close()
+
+
+def follow_new_total(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, total_steps: int) -> None:
+    """Put a resumed cosine schedule on the curve of the run's (new) total number of steps.
+
+    The rule: the learning rate after t steps of a run of T = epochs x steps-per-epoch steps is
+    lr_t = eta_min + (lr_0 - eta_min) (1 + cos(pi t / T)) / 2, with T that of the epochs the run
+    now has. Resuming with more epochs keeps t (``last_epoch``) and sets ``T_max = T``: the rate
+    moves at once to the new curve's value at t, and the run ends at eta_min = 0 after T steps,
+    exactly as a fresh run with those epochs does from step t on. The optimiser's rates are set
+    to the closed form because torch's cosine scheduler updates them recursively (a ratio times
+    the previous rate), which would otherwise continue from the old curve's rate.
+    """
+    if scheduler.T_max == total_steps:
+        return
+    scheduler.T_max = total_steps
+    t = scheduler.last_epoch
+    rates = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / total_steps)) / 2 for base in scheduler.base_lrs]
+    for group, lr in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = lr
+    scheduler._last_lr = list(rates)
 
 
 def _mean_objective(objectives: list[Objective]) -> Objective:
