@@ -380,3 +380,17 @@ def test_a_non_finite_objective_term_is_named_with_its_step(files, tmp_path, poi
                     "--set", "train.checkpoint_seconds=0")
     assert_one_line_error(result, "was non-finite for 51 steps in a row at step 56 (epoch 7); giving up; the last good checkpoint", code=1)
     assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "skip")["model"].values())
+
+
+def test_a_folder_holding_a_failed_runs_logs_says_so_and_overwrite_reuses_it(files, tmp_path):
+    """A run that diverged before its first checkpoint leaves logs and no checkpoint: train must
+    not send the user to --resume (which has nothing to resume), and --overwrite must work."""
+    early = tmp_path / "early"
+    assert_one_line_error(invoke("train", files["tiny"], "--out", early, "--set", "train.lr=1e4"), "no checkpoint", code=1)
+    assert not (early / CHECKPOINT_NAME).exists() and any(early.iterdir())
+    line = assert_one_line_error(invoke("train", files["tiny"], "--out", early), "stopped before its first checkpoint")
+    assert "--overwrite" in line and "--resume" not in line
+    assert_one_line_error(invoke("train", "--resume", early), "holds no checkpoint.pt")
+    result = invoke("train", files["tiny"], "--out", early, "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert load_checkpoint(early)["completed"]

@@ -173,7 +173,10 @@ def train(
         if any(not o.startswith("train.") for o in overrides):
             raise EdvaeError("on --resume only train.* settings may change (e.g. --set train.epochs=100)")
         from edvae.checkpoint import load_checkpoint
+        from edvae.training.run_dir import check_resumable
 
+        if resume.is_dir():
+            check_resumable(resume)
         stored = load_checkpoint(resume)["config"]
         from edvae.config import apply_overrides
 
