@@ -9,7 +9,10 @@ import warnings
 from pathlib import Path
 
 from edvae.errors import EdvaeError
-from edvae.runs import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, PRIOR_FIT_NAME, TENSORBOARD_DIR
+from edvae.runs import (
+    CHECKPOINT_NAME, CONFIG_NAME, DATA_RECORD_NAME, EVALUATION_NAME, LATENTS_NAME, METRICS_NAME, PRIOR_FIT_NAME,
+    STORED_DATA_NAME, TENSORBOARD_DIR,
+)
 
 __all__ = ["MetricsLog", "check_resumable", "prepare_run_dir"]
 
@@ -36,7 +39,8 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             "pass --overwrite to replace them, or choose another --out"
         )
     if holds_run or holds_logs:
-        for name in (CHECKPOINT_NAME, METRICS_NAME, CONFIG_NAME, PRIOR_FIT_NAME):
+        for name in (CHECKPOINT_NAME, METRICS_NAME, CONFIG_NAME, PRIOR_FIT_NAME, DATA_RECORD_NAME, STORED_DATA_NAME,
+                     EVALUATION_NAME, LATENTS_NAME):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
     try:

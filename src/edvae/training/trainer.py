@@ -28,7 +28,7 @@ from edvae.objective_kinds import TrainingObjective, build_objective
 from edvae.objectives import Objective
 from edvae.training.batches import epoch_order, micro_batch_rows
 from edvae.training.guards import MAX_CONSECUTIVE_SKIPS, StopFlag, checkpoint_due, diverged, kept_checkpoint, nonfinite_flag
-from edvae.runs import CONFIG_NAME, PRIOR_FIT_NAME, load_data
+from edvae.runs import CONFIG_NAME, PRIOR_FIT_NAME, check_data, load_data, record_data
 from edvae.training.run_dir import MetricsLog, prepare_run_dir
 from edvae.training.state import TrainState
 
@@ -107,6 +107,11 @@ def train(
     of steps (see :func:`follow_new_total`). ``stop_at_step`` stops
     gracefully after that many steps, exactly as a SIGTERM would (for tests and time-boxed runs).
     ``callbacks``: objects with any of the methods in :data:`HOOKS` (see :mod:`edvae.training`).
+
+    ``data`` trains on data in memory instead of the data the config names; the run folder then
+    keeps a copy (``data.pt``, the stored config reading it back), so that evaluating the run
+    uses exactly that data. File data are recorded by absolute path and sha256, and a resumed
+    run refuses a data file that changed (:func:`edvae.runs.record_data`, :func:`~edvae.runs.check_data`).
     """
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
@@ -128,7 +133,11 @@ def train(
     if tc.threads:  # after the launch, which sets cores / processes threads unless OMP_NUM_THREADS is set
         torch.set_num_threads(tc.threads)
     fabric.seed_everything(tc.seed, verbose=False)
-    data = data if data is not None else load_data(config)
+    if saved is None:  # record the data: absolute file paths and hashes, data in memory saved in the run folder
+        config = record_data(config, run_dir, data, write=fabric.is_global_zero)
+    elif data is None:
+        check_data(run_dir, config)
+    data = data if data is not None else load_data(config, run_dir)
     trainer = Trainer(config, run_dir, fabric, data, saved=saved, stop_at_step=stop_at_step)
     return trainer.fit()
 
