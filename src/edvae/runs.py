@@ -68,6 +68,8 @@ TENSORBOARD_DIR = "tensorboard"
 PRIOR_FIT_NAME = "prior_fit.json"
 EVALUATION_NAME = "evaluation.json"
 LATENTS_NAME = "latents.pt"
+#: The prefix of the names under which prior objects passed to :func:`edvae.fit` are registered.
+OBJECT_PRIOR_PREFIX = "python_object_"
 DATA_RECORD_NAME = "data.json"
 STORED_DATA_NAME = "data.pt"
 #: Options of the ``file`` data set that name a file (recorded and checked like ``data.path``).
@@ -169,6 +171,14 @@ def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, 
     """
     state = load_checkpoint(run_dir)
     config = validate_config(state["config"], source=f"the config stored in {run_dir}")
+    if config.model.prior.startswith(OBJECT_PRIOR_PREFIX):
+        from edvae import priors
+
+        if config.model.prior not in priors.names(in_model=True):
+            raise EdvaeError(
+                f"{run_dir} was trained with a prior passed to edvae.fit as a Python object; load it from Python with "
+                "the same kind of object: edvae.load(run_dir, prior=...)"
+            )
     if data is None:
         folder = Path(run_dir).parent if Path(run_dir).is_file() else Path(run_dir)
         check_data(folder, config)
