@@ -17,7 +17,7 @@ from typing import Any
 
 from edvae.errors import EdvaeError
 
-__version__ = "0.1.0"
+from edvae._version import __version__
 
 __all__ = ["EdvaeError", "Run", "__version__", "fit", "load"]
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edvae import __version__
+from edvae._version import __version__
 from edvae.figures import draw_aggregate_posterior
 from edvae.runs import LATENTS_NAME, METRICS_NAME
 from edvae.stats import HIGHER_IS_BETTER, paired_comparisons, verdict
