@@ -83,7 +83,8 @@ def _first_step_gradients(tmp_path, tiny_config, name, **train_options):
             grads.extend(p.grad.clone() for p in trainer.params)
             objectives.append(objective)
 
-    cfg = tiny_config(objective={"kind": "elbo"}, model={"prior": "normal"}, train=train_options)
+    # a learned decoder scale: a calibrated one takes each micro-batch's own maximum-likelihood scale
+    cfg = tiny_config(objective={"kind": "elbo"}, model={"prior": "normal", "decoder_scale": "learned"}, train=train_options)
     train(cfg, tmp_path / name, stop_at_step=1, callbacks=[Capture()])
     return grads, objectives[0]
 

@@ -77,9 +77,31 @@ class ModelConfig(_Strict):
     latent_dim: int = Field(2, ge=1, le=4096)
     hidden: list[int] = Field(default_factory=lambda: [128, 128])
     likelihood: Literal["auto", "gaussian", "bernoulli"] = "auto"
-    learn_scale: bool = True
+    decoder_scale: Literal["learned", "optimal", "fixed"] = Field(
+        "optimal",
+        description=(
+            "Gaussian decoder scale: the batch's maximum-likelihood value in training and the training set's at the end "
+            "(calibrated, the default: a learned scale starting at 1 needs thousands of steps to reach the data's noise "
+            "level), trained with the rest, or fixed (edvae.networks.GaussianLikelihood)"
+        ),
+    )
+    decoder_log_scale: float = Field(0.0, ge=-7.0, le=10.0, description="initial (learned) or constant (fixed) log standard deviation of the Gaussian decoder")
     prior: str = "normal"
     prior_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_learn_scale(cls, raw: Any) -> Any:
+        """Configs written before ``decoder_scale`` existed said ``learn_scale = true/false``."""
+        if isinstance(raw, dict) and "learn_scale" in raw:
+            raw = dict(raw)
+            learn = raw.pop("learn_scale")
+            if not isinstance(learn, bool):
+                raise ValueError(f"learn_scale must be true or false (it is now decoder_scale = 'learned' or 'fixed'), got {learn!r}")
+            if "decoder_scale" in raw:
+                raise ValueError("give decoder_scale only (learn_scale is its old spelling)")
+            raw["decoder_scale"] = "learned" if learn else "fixed"
+        return raw
 
     @model_validator(mode="after")
     def _positive_widths(self) -> "ModelConfig":
@@ -146,7 +168,8 @@ class TrainConfig(_Strict):
             "micro-batches per optimisation step: each global batch of batch_size is cut into this many "
             "consecutive micro-batches of batch_size / grad_accum_steps rows, forward and backward one at a "
             "time, gradients summed with weight 1/grad_accum_steps, one optimiser step. The aggregate-posterior "
-            "estimators see each micro-batch on its own (B = batch_size / grad_accum_steps, N unchanged), and "
+            "estimators and a calibrated decoder's scale (model.decoder_scale='optimal') see each micro-batch on its "
+            "own (B = batch_size / grad_accum_steps, N unchanged), and "
             "validation uses batches of that size too; the data order, the noise and the steps per epoch are "
             "those of grad_accum_steps=1. batch_size must be divisible by grad_accum_steps x processes"
         ),

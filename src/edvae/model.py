@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from edvae.config import ModelConfig
     from edvae.data import DataSplits
 
-__all__ = ["ModelOutput", "VAE", "build_model", "resolve_likelihood"]
+__all__ = ["ModelOutput", "VAE", "build_model", "calibrate_decoder", "resolve_likelihood"]
 
 
 @dataclass
@@ -114,8 +114,36 @@ def build_model(config: "ModelConfig", data: "DataSplits", *, fit_prior: bool = 
     kind = resolve_likelihood(config, data)
     likelihood: nn.Module
     if kind == "gaussian":
-        likelihood = GaussianLikelihood(x_shape, learn_scale=config.learn_scale)
+        likelihood = GaussianLikelihood(x_shape, scale=config.decoder_scale, init_log_scale=config.decoder_log_scale)
     else:
         likelihood = BernoulliLikelihood()
     prior = _build_prior(config, data, encoder, fit=fit_prior)
     return VAE(encoder, decoder, likelihood, prior, config.latent_dim)
+
+
+@torch.no_grad()
+def calibrate_decoder(model: VAE, x: Tensor, *, generator: torch.Generator, batch_size: int = 1024) -> bool:
+    """Set a calibrated (``scale="optimal"``) Gaussian decoder's scale to its maximum-likelihood
+    value on ``x`` (the training split), the rule evaluation relies on:
+
+        s_d^2 = mean_n (x_nd - m_d(z_n))^2,   z_n = mu(x_n) + sigma(x_n) * eps_n,  eps_n ~ N(0, I),
+
+    which maximises the Monte-Carlo reconstruction term sum_n log p(x_n|z_n) over s. The noise
+    comes from ``generator`` (seeded by the caller, so a seed fixes it). Returns whether the
+    model has such a decoder (a learned or fixed scale, or a Bernoulli decoder, is left alone).
+    """
+    likelihood = model.likelihood
+    if getattr(likelihood, "scale", None) != "optimal":
+        return False
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(likelihood.log_scale.shape, dtype=torch.float64)
+    for start in range(0, x.shape[0], batch_size):
+        batch = x[start:start + batch_size]
+        mu, logvar = model.encode(batch)
+        eps = torch.randn(mu.shape, generator=generator).to(mu)
+        residual = batch - model.decode(mu + torch.exp(0.5 * logvar) * eps)
+        total += residual.double().square().sum(0).cpu()
+    likelihood.calibrate(total / x.shape[0])
+    model.train(was_training)
+    return True

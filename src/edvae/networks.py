@@ -21,6 +21,7 @@ from edvae.errors import EdvaeError
 __all__ = [
     "LOGVAR_RANGE",
     "LOG_SCALE_MIN",
+    "DECODER_SCALES",
     "mlp",
     "Encoder",
     "MLPEncoder",
@@ -151,28 +152,80 @@ class ConvDecoder(nn.Module):
         return self.deconv(self.fc(z).view(z.shape[0], *self.start)).reshape(z.shape[0], *self.x_shape)
 
 
+#: How the Gaussian decoder's scale is set: see :class:`GaussianLikelihood`.
+DECODER_SCALES: tuple[str, ...] = ("learned", "optimal", "fixed")
+
+#: Weight of the newest batch in the running maximum-likelihood variance of ``scale="optimal"``.
+RUNNING_SCALE_MOMENTUM: float = 0.1
+
+
 class GaussianLikelihood(nn.Module):
-    """p(x|z) = N(x; m(z), diag s^2) with a learned per-dimension log standard deviation.
+    """p(x|z) = N(x; m(z), diag s^2) with a per-dimension standard deviation s.
 
     log p(x|z) = sum_d [ -0.5 ((x_d - m_d)/s_d)^2 - log s_d - 0.5 log(2 pi) ], with
-    log s_d >= :data:`LOG_SCALE_MIN`. A learned variance makes the ELBO a true log-density
-    rather than a rescaled squared error.
+    log s_d >= :data:`LOG_SCALE_MIN`, so the ELBO is a true log-density rather than a rescaled
+    squared error. ``scale`` chooses how s is set:
+
+    * ``"learned"``: log s is a parameter trained with the rest, starting at ``init_log_scale``
+      (Adam moves it by about the learning rate per step).
+    * ``"optimal"`` (the calibrated decoder of Rybkin, Daniilidis & Levine, 2021): in training
+      mode s is the maximum-likelihood scale of the batch's residuals,
+      s_d^2 = mean_i (x_id - m_d(z_i))^2, which maximises sum_i log p(x_i|z_i) over s exactly.
+      It carries no gradient; as d/ds of the batch log-likelihood vanishes at s*, detaching it
+      leaves the gradients of every other parameter unchanged (envelope theorem). The buffer
+      ``running_log_scale`` keeps a running mean of s^2 (momentum :data:`RUNNING_SCALE_MOMENTUM`,
+      reduced across processes), and every training step copies it to ``log_scale``, the scale
+      of eval mode (validation during training); :meth:`calibrate` sets ``log_scale`` alone to
+      the training-set value at the end of training (:func:`edvae.model.calibrate_decoder`), so
+      a run resumed for more epochs continues from the running value exactly as an uninterrupted
+      run. In eval mode ``log_scale`` is used, so ELBO and IWAE are bounds of one fixed model.
+    * ``"fixed"``: s = exp(``init_log_scale``), a buffer.
     """
 
-    def __init__(self, x_shape: Sequence[int], learn_scale: bool = True, init_log_scale: float = 0.0) -> None:
+    def __init__(self, x_shape: Sequence[int], scale: str = "learned", init_log_scale: float = 0.0) -> None:
         super().__init__()
+        if scale not in DECODER_SCALES:
+            raise EdvaeError(f"decoder scale {scale!r} is unknown; use one of {', '.join(DECODER_SCALES)}")
+        self.scale = scale
         log_scale = torch.full(tuple(x_shape), float(init_log_scale))
-        if learn_scale:
+        if scale == "learned":
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
+        if scale == "optimal":
+            self.register_buffer("running_log_scale", log_scale.clone())
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         """log p(x|z) per example, ``(B,)``, for decoder outputs ``params`` (the means)."""
-        log_s = self.log_scale.clamp(min=LOG_SCALE_MIN)
+        if self.scale == "optimal" and self.training:
+            log_s = self._batch_log_scale(x, params)
+        else:
+            log_s = self.log_scale.clamp(min=LOG_SCALE_MIN)
         r = (x - params) * torch.exp(-log_s)
         log_p = -0.5 * r.square() - log_s - 0.5 * math.log(2 * math.pi)
         return log_p.flatten(1).sum(1)
+
+    @torch.no_grad()
+    def _batch_log_scale(self, x: Tensor, params: Tensor) -> Tensor:
+        """The batch's maximum-likelihood log s (over every process's rows), and a step of the
+        running variance kept in the ``log_scale`` buffer."""
+        sums = torch.cat([(x - params).square().sum(0).flatten(), torch.tensor([float(x.shape[0])], device=x.device)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+        variance = (sums[:-1] / sums[-1]).view_as(self.log_scale)
+        running = (1 - RUNNING_SCALE_MOMENTUM) * (2 * self.running_log_scale).exp() + RUNNING_SCALE_MOMENTUM * variance
+        self.running_log_scale.copy_(0.5 * running.clamp(min=math.exp(2 * LOG_SCALE_MIN)).log())
+        self.log_scale.copy_(self.running_log_scale)
+        return 0.5 * variance.clamp(min=math.exp(2 * LOG_SCALE_MIN)).log()
+
+    @torch.no_grad()
+    def calibrate(self, mean_square_residual: Tensor) -> None:
+        """Set the scale of a non-learned decoder to the maximum-likelihood value for residuals
+        with this per-dimension mean square: log s_d = 0.5 log mean_n (x_nd - m_d(z_n))^2."""
+        if self.scale == "learned":
+            raise EdvaeError("a learned decoder scale is trained, not calibrated; use scale='optimal' or 'fixed'")
+        variance = mean_square_residual.to(self.log_scale).view_as(self.log_scale)
+        self.log_scale.copy_(0.5 * variance.clamp(min=math.exp(2 * LOG_SCALE_MIN)).log())
 
     def mean(self, params: Tensor) -> Tensor:
         """E[x|z]: the decoder output itself."""

@@ -20,10 +20,10 @@ from torch import Tensor
 from edvae.checkpoint import CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint
 from edvae.config import RunConfig, validate_config
 from edvae.data import DataSplits
-from edvae.data.sampling import binarize_with_uniforms
+from edvae.data.sampling import binarize_with_uniforms, derive_seed
 from edvae.distributed import gather_columns
 from edvae.errors import EdvaeError, TrainingError
-from edvae.model import build_model
+from edvae.model import build_model, calibrate_decoder
 from edvae.objective_kinds import TrainingObjective, build_objective
 from edvae.objectives import Objective
 from edvae.training.batches import epoch_order, micro_batch_rows
@@ -234,6 +234,8 @@ class Trainer:
                         self.save_checkpoint()
                         break
                     self.end_epoch()
+                    if s.epoch >= tc.epochs:
+                        self.calibrate_decoder()
                     if s.epoch >= tc.epochs or checkpoint_due(self.fabric, last_save, tc.checkpoint_seconds):
                         self.save_checkpoint(completed=s.epoch >= tc.epochs)
                         last_save = time.monotonic()
@@ -259,6 +261,14 @@ class Trainer:
                 self._account_time()
                 self.save_checkpoint()
         return True
+
+    def calibrate_decoder(self) -> None:
+        """At the end of training, a calibrated Gaussian decoder (``model.decoder_scale =
+        "optimal"``) takes the maximum-likelihood scale of the training split under the final
+        model (:func:`edvae.model.calibrate_decoder`, noise seeded from ``train.seed``): the
+        fixed scale evaluation uses. Other decoders are left alone."""
+        generator = torch.Generator().manual_seed(derive_seed(self.tc.seed, "decoder-scale"))
+        calibrate_decoder(self.state.model, self.x_train, generator=generator)
 
     def end_epoch(self) -> None:
         """Validate the finished epoch, log the result and move to the next epoch."""
