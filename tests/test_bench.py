@@ -78,3 +78,18 @@ def test_a_file_as_output_folder_is_refused(tmp_path):
     target.write_text("")
     result = CliRunner().invoke(app, ["bench", "--out", str(target), "--quick"])
     assert result.exit_code == 2 and "is a file" in result.output
+
+
+def test_the_beta_tcvae_terms_are_compared_with_their_closed_forms():
+    """The full-data-set estimates of I, TC and the dimension-wise KL of the Gaussian case agree
+    with the closed forms (finite-mixture error ~0.03 nats); pythae's row is there iff installed."""
+    import importlib.util
+
+    result = bench.tcvae_terms_correctness(quick=True)
+    rows = result["results"]
+    closed = rows["closed form (Gaussian q(z))"]
+    assert closed["tc"]["mean"] > 0.1 and closed["dimwise_kl"]["mean"] > 0.1 and closed["mi"]["mean"] > 1
+    for term in ("mi", "tc", "dimwise_kl"):
+        assert abs(rows["edvae full data set"][term]["error"]) < 0.05
+        assert rows["edvae MSS"][term]["std_over_batches"] > 0
+    assert ("pythae BetaTCVAE MSS" in rows) == (importlib.util.find_spec("pythae") is not None)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from edvae.errors import EdvaeError
 from edvae.estimator_names import ENTROPY_ESTIMATORS, MI_ESTIMATORS
-from edvae.objective_kinds import OBJECTIVES
+from edvae.objective_kinds import OBJECTIVES, kind_defaults
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -129,6 +129,30 @@ class ObjectiveConfig(_Strict):
     cross_entropy_weight: float = 1.0
     mi_estimator: str = "mss"
     entropy_estimator: str = "mss"
+    # The splits of beta-VAE and beta-TCVAE (kinds "decomposed", "beta-vae", "beta-tcvae", see
+    # edvae.objectives.decomposed_elbo): weights on the whole KL, the total correlation and the
+    # dimension-wise KL. A preset kind fills in every weight the config leaves out.
+    kl_weight: float = 0.0
+    tc_weight: float = 0.0
+    dimwise_kl_weight: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_weights(cls, raw: Any) -> Any:
+        """``kind = "beta-tcvae"`` alone is the whole preset: the kind's defaults fill the
+        settings the config leaves out (:func:`edvae.objective_kinds.kind_defaults`)."""
+        if isinstance(raw, dict) and isinstance(raw.get("kind"), str):
+            return {**kind_defaults(raw["kind"]), **raw}
+        return raw
+
+    @model_validator(mode="after")
+    def _split_weights_are_read(self) -> "ObjectiveConfig":
+        """The split weights only act in the kinds that read them: refuse them elsewhere."""
+        reads = getattr(OBJECTIVES.get(self.kind), "settings", ())
+        for name in ("kl_weight", "tc_weight", "dimwise_kl_weight"):
+            if getattr(self, name) != 0 and name not in reads:
+                raise ValueError(f"{name} acts only with objective.kind 'decomposed', 'beta-vae' or 'beta-tcvae', not {self.kind!r}")
+        return self
 
     @field_validator("kind", "mi_estimator", "entropy_estimator")
     @classmethod

@@ -79,7 +79,9 @@ __all__ = [
     "dataset_decomposition_terms",
     "decompose",
     "infonce",
+    "factorised_log_prob",
     "kl_divergence",
+    "log_aggregate_marginals",
     "log_aggregate_posterior",
     "log_posterior",
     "mss_log_weights",
@@ -876,6 +878,38 @@ def log_aggregate_posterior(
     plans = tuple(_plan(m, z.shape[0], mu.shape[0], dataset_size, row_offset) for m in methods)
     log_q = _log_q(z, mu, logvar, plans if isinstance(method, tuple) else plans[0], chunk_size)
     return log_q.to(_result_dtype(z, mu, logvar))
+
+
+def log_aggregate_marginals(
+    z: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    *,
+    dataset_size: Optional[int] = None,
+    method: str = "mss",
+    chunk_size: Optional[int] = None,
+    row_offset: int = 0,
+    validate: bool = True,
+) -> Tensor:
+    r"""Estimate log q_d(z_id) of every one-dimensional marginal of the aggregate posterior,
+    shape (R, D):
+
+        log q_hat_d(z_id) = logsumexp_j ( log W[i, j] + log q(z_id | x_j) ),
+
+    the weights W of ``method`` (the same as :func:`log_aggregate_posterior`'s, so that
+    mean_i [log q_hat(z_i) - sum_d log q_hat_d(z_id)] is the total correlation and
+    mean_i [log q_hat_d(z_id) - log p_d(z_id)] the dimension-wise KL of beta-TCVAE, Chen et
+    al. 2018), one logsumexp per dimension. Arguments as for :func:`log_aggregate_posterior`.
+    """
+    _check_inputs(z, mu, logvar, validate)
+    plan = _plan(method, z.shape[0], mu.shape[0], dataset_size, row_offset)
+    return _log_q_marginals(z, mu, logvar, plan, chunk_size).to(_result_dtype(z, mu, logvar))
+
+
+def factorised_log_prob(prior: PriorLike, z: Tensor) -> Optional[Tensor]:
+    r"""(R, D) per-dimension log p_d(z_id) when the prior is a product over dimensions,
+    p(z) = prod_d p_d(z_d) (an ``Independent`` distribution over one batch dimension), else None."""
+    return _factorised_log_prob(resolve_prior(prior, z.shape[1]), z)
 
 
 # --------------------------------------------------------------------------------------------

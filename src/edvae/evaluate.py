@@ -19,7 +19,13 @@ weights w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x):
 * ``prior_swd``: sliced 2-Wasserstein distance between aggregate-posterior samples and prior
   samples (how well q(z) matches p(z));
 * ``true_ll`` and ``ll_gap`` = true_ll - iwae on synthetic data (distance to the best model);
-* ``probe_accuracy``: a linear probe (logistic regression) on posterior means, when labelled.
+* ``probe_accuracy``: a linear probe (logistic regression) on posterior means, when labelled;
+* on data with known generating factors (``DataSplits.{split}_factors``, :mod:`edvae.data.factors`):
+  ``mig`` (mutual information gap), ``dci`` and ``dci_completeness`` (DCI disentanglement and
+  completeness) of the split's posteriors (:mod:`edvae.disentanglement`), and the total
+  correlation ``tc`` and dimension-wise KL ``dimwise_kl`` (summed over dimensions; factorised
+  priors) of its aggregate posterior (:func:`edvae.estimators.dataset_decomposition`), see
+  :func:`disentanglement_metrics`.
 """
 
 from __future__ import annotations
@@ -43,7 +49,10 @@ from edvae.estimators import dataset_decomposition_terms, kl_divergence, log_pos
 from edvae.model import VAE
 from edvae.runs import load_data, load_run  # load_run also importable from here, its former home
 
-__all__ = ["CACHE_DIR_NAME", "cached_true_log_likelihoods", "evaluate_model", "evaluate_run", "evaluation_seed", "load_run", "run_cache_dir", "mean_true_log_likelihood", "true_log_likelihoods", "sliced_wasserstein", "active_units"]
+__all__ = [
+    "CACHE_DIR_NAME", "cached_true_log_likelihoods", "evaluate_model", "evaluate_run", "evaluation_seed", "load_run", "run_cache_dir",
+    "mean_true_log_likelihood", "true_log_likelihoods", "sliced_wasserstein", "active_units", "disentanglement_metrics",
+]
 
 #: Importance samples times examples held in memory at once during evaluation.
 _SAMPLES_PER_CHUNK = 100_000
@@ -218,7 +227,34 @@ def evaluate_model(
     metrics["prior_swd"] = sliced_wasserstein(z_agg, prior_samples, generator=gen)
     if labels is not None and getattr(data, "train_labels", None) is not None:
         metrics["probe_accuracy"] = _probe_accuracy(model, data, x_all, labels, evaluation_seed(config.seed, "probe"))
+    factors = getattr(data, f"{split}_factors", None)
+    if factors is not None:
+        metrics.update(disentanglement_metrics(mu_all, logvar_all, factors, prior, seed=evaluation_seed(config.seed, "factors")))
     return metrics
+
+
+# ----------------------------------------------------------------------------- known factors
+#: Examples the disentanglement metrics use at most (MIG and TC cost O(N^2 D))
+DISENTANGLEMENT_EXAMPLES = 2000
+
+
+def disentanglement_metrics(mu: Tensor, logvar: Tensor, factors: Tensor, prior: object, *, seed: int) -> dict[str, float]:
+    """``mig``, ``dci``, ``dci_completeness``, ``tc`` and (factorised prior) ``dimwise_kl`` of
+    the posteriors (N, D) of examples with known ``factors`` (N, K), on at most
+    :data:`DISENTANGLEMENT_EXAMPLES` of them (the first), all random draws from ``seed``."""
+    from edvae.disentanglement import dci, mutual_information_gap
+    from edvae.estimators import dataset_decomposition
+
+    mu, logvar, factors = (t[:DISENTANGLEMENT_EXAMPLES] for t in (mu, logvar, factors))
+    gen = torch.Generator().manual_seed(seed)
+    out = {"mig": mutual_information_gap(mu, logvar, factors, generator=gen).score}
+    scores = dci(mu, factors, seed=seed)
+    out.update(dci=scores.disentanglement, dci_completeness=scores.completeness)
+    split = dataset_decomposition(mu, logvar, prior, generator=gen, per_dimension=True)
+    out["tc"] = float(split.total_correlation)
+    if split.dimwise_kl is not None:
+        out["dimwise_kl"] = float(split.dimwise_kl.sum())
+    return out
 
 
 def true_log_likelihoods(data: DataSplits, split: str = "test") -> Tensor:

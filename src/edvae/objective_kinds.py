@@ -23,7 +23,10 @@ from typing import Any, Callable, ClassVar
 
 from edvae.errors import EdvaeError
 
-__all__ = ["OBJECTIVES", "EDObjective", "ELBOObjective", "TrainingObjective", "build_objective", "register_objective"]
+__all__ = [
+    "OBJECTIVES", "BetaTCVAEObjective", "BetaVAEObjective", "DecomposedObjective", "EDObjective", "ELBOObjective",
+    "TrainingObjective", "build_objective", "kind_defaults", "register_objective",
+]
 
 #: objective kind -> class; filled by :func:`register_objective`
 OBJECTIVES: dict[str, type["TrainingObjective"]] = {}
@@ -41,6 +44,13 @@ def register_objective(kind: str) -> Callable[[type["TrainingObjective"]], type[
         return cls
 
     return add
+
+
+def kind_defaults(kind: str) -> dict[str, Any]:
+    """The settings the objective ``kind`` gives a config that leaves them out (a preset's
+    weights, e.g. ``tc_weight = 6`` for ``"beta-tcvae"``); ``{}`` for an unknown kind."""
+    cls = OBJECTIVES.get(kind)
+    return dict(cls.defaults) if cls is not None else {}
 
 
 def build_objective(config: Any, dataset_size: int) -> "TrainingObjective":
@@ -66,6 +76,10 @@ class TrainingObjective:
     kind: ClassVar[str]
     #: the names of the terms a logged step reports (``loss`` among them)
     logged_terms: ClassVar[tuple[str, ...]]
+    #: the config settings this kind fills in when a config leaves them out (a preset's weights;
+    #: read by the config through :func:`kind_defaults`, so ``objective.kind = "beta-tcvae"``
+    #: alone is the whole preset, and an explicit setting wins)
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, dataset_size: int) -> None:
         self.dataset_size = dataset_size
@@ -165,3 +179,88 @@ class EDObjective(TrainingObjective):
             dataset_size=self.dataset_size, row_offset=row_offset, validate=False, diagnostics=diagnostics,
             **self.options,
         )
+
+
+@register_objective("decomposed")
+class DecomposedObjective(TrainingObjective):
+    r"""Every split of the KL in one objective (:func:`edvae.objectives.decomposed_elbo`):
+    L = -R + w_kl KL + w_mi I + w_tc TC + w_dim sum_d KL(q_d || p_d) - w_ent H[q(z)] + w_ce H[q(z), p(z)],
+    log q_hat and its marginals from one estimator (``entropy_estimator``, MSS by default) over
+    the global batch with N = ``dataset_size``. With the config's defaults (w_mi = w_ent = w_ce = 1,
+    the others 0) it is the negative Monte-Carlo ELBO. The presets below are this class with
+    other :attr:`defaults`."""
+
+    logged_terms = (
+        "reconstruction", "cross_entropy", "loss", "kl", "elbo", "mi", "entropy", "marginal_kl",
+        "total_correlation", "dimwise_kl",
+    )
+    #: the weights and their values when neither the class's :attr:`defaults` nor the caller set them
+    weights = dict(kl_weight=0.0, mi_weight=1.0, entropy_weight=1.0, cross_entropy_weight=1.0, tc_weight=0.0,
+                   dimwise_kl_weight=0.0)
+    #: the config settings it reads (its estimator is ``entropy_estimator``)
+    settings = (*weights, "kl")
+
+    def __init__(self, *, dataset_size: int, kl: str = "auto", estimator: str = "mss", **weights: float) -> None:
+        """``weights``: any of :attr:`weights`; the rest come from the class's :attr:`defaults`
+        (a preset), then from :attr:`weights`."""
+        from edvae.objectives import decomposed_elbo, decomposed_reads_batch
+
+        unknown = set(weights) - set(self.weights)
+        if unknown:
+            raise EdvaeError(f"unknown weight(s) {', '.join(sorted(unknown))} for objective {self.kind!r}; use {', '.join(self.weights)}")
+        super().__init__(dataset_size=dataset_size)
+        chosen = {**self.weights, **{k: v for k, v in self.defaults.items() if k in self.weights}, **weights}
+        self.options = dict(chosen, kl=kl, estimator=estimator)
+        self._objective = decomposed_elbo
+        reads = {name: chosen[name] for name in ("mi_weight", "entropy_weight", "tc_weight", "dimwise_kl_weight")}
+        self._reads = {d: decomposed_reads_batch(**reads, diagnostics=d) for d in (False, True)}
+
+    @classmethod
+    def from_config(cls, config: Any, dataset_size: int) -> "DecomposedObjective":
+        if config.mi_estimator != config.entropy_estimator:
+            raise EdvaeError(
+                f"objective.kind={cls.kind!r} estimates I, H, TC and the dimension-wise KL with one estimator "
+                f"(entropy_estimator={config.entropy_estimator!r}), so mi_estimator={config.mi_estimator!r} "
+                "cannot apply; set mi_estimator equal to entropy_estimator."
+            )
+        settings = {name: getattr(config, name) for name in cls.settings}
+        return cls(dataset_size=dataset_size, estimator=config.entropy_estimator, **settings)
+
+    def reads_batch_columns(self, diagnostics: bool) -> bool:
+        return self._reads[diagnostics]
+
+    def __call__(self, out: Any, prior: Any, mu: Any, logvar: Any, row_offset: int, diagnostics: bool = True) -> Any:
+        return self._objective(
+            out.log_px, out.z, mu, logvar, prior,
+            dataset_size=self.dataset_size, row_offset=row_offset, validate=False, diagnostics=diagnostics,
+            **self.options,
+        )
+
+
+#: beta of the beta-VAE preset: Higgins et al. (2017) use beta = 4 on dSprites
+BETA_VAE_BETA = 4.0
+#: (alpha, beta, gamma) of the beta-TCVAE preset: Chen et al. (2018), alpha = gamma = 1, beta = 6
+BETA_TCVAE_WEIGHTS = (1.0, 6.0, 1.0)
+
+_NO_SPLIT = dict(kl_weight=0.0, mi_weight=0.0, entropy_weight=0.0, cross_entropy_weight=0.0, tc_weight=0.0,
+                 dimwise_kl_weight=0.0)
+
+
+@register_objective("beta-vae")
+class BetaVAEObjective(DecomposedObjective):
+    r"""beta-VAE (Higgins et al., 2017): L = -R + beta mean_i KL(q(z|x_i) || p(z)), beta =
+    ``kl_weight`` (default :data:`BETA_VAE_BETA` = 4, their dSprites setting), the KL analytic
+    where registered (``kl = "auto"``). At beta = 1 it is the ELBO."""
+
+    defaults = {**_NO_SPLIT, "kl_weight": BETA_VAE_BETA}
+
+
+@register_objective("beta-tcvae")
+class BetaTCVAEObjective(DecomposedObjective):
+    r"""beta-TCVAE (Chen et al., 2018): L = -R + alpha I + beta TC + gamma sum_d KL(q_d(z_d) || p_d(z_d))
+    with alpha = ``mi_weight``, beta = ``tc_weight``, gamma = ``dimwise_kl_weight`` (defaults
+    :data:`BETA_TCVAE_WEIGHTS` = 1, 6, 1), MSS by default; needs a factorised prior. At
+    alpha = beta = gamma = 1 it is the negative Monte-Carlo ELBO."""
+
+    defaults = {**_NO_SPLIT, "mi_weight": BETA_TCVAE_WEIGHTS[0], "tc_weight": BETA_TCVAE_WEIGHTS[1],
+                "dimwise_kl_weight": BETA_TCVAE_WEIGHTS[2]}

@@ -32,8 +32,10 @@ from edvae.errors import EdvaeError
 from edvae.estimators import (
     KL_METHODS,
     PriorLike,
+    factorised_log_prob,
     infonce,
     kl_divergence,
+    log_aggregate_marginals,
     log_aggregate_posterior,
     log_posterior,
     own_posteriors,
@@ -42,7 +44,10 @@ from edvae.estimators import (
 )
 from edvae.estimator_names import ENTROPY_ESTIMATORS, MI_ESTIMATORS
 
-__all__ = ["ENTROPY_ESTIMATORS", "MI_ESTIMATORS", "Objective", "ed_elbo", "elbo", "uses_aggregate_posterior"]
+__all__ = [
+    "ENTROPY_ESTIMATORS", "MI_ESTIMATORS", "Objective", "decomposed_elbo", "decomposed_reads_batch", "ed_elbo", "elbo",
+    "uses_aggregate_posterior",
+]
 
 
 class Objective(NamedTuple):
@@ -246,3 +251,146 @@ def ed_elbo(
             elbo_mc=reconstruction - (log_q_own - log_p).mean(),
         )
     return Objective(loss, _detached(**terms))
+
+
+# --------------------------------------------------------------------------------------------
+# every split of the KL in one objective: ELBO surgery, ED-VAE, beta-VAE, beta-TCVAE
+
+
+def _nonzero(weight: object) -> bool:
+    """Whether a coefficient may be non-zero (a tensor always may: checking would sync)."""
+    return isinstance(weight, Tensor) or weight != 0
+
+
+def _split_coefficients(
+    mi_weight: object, entropy_weight: object, tc_weight: object, dimwise_kl_weight: object
+) -> tuple[object, object]:
+    """Coefficients of mean_i log q_hat(z_i) and of mean_i sum_d log q_hat_d(z_id) in the loss of
+    :func:`decomposed_elbo` (0 when those estimates cancel)."""
+    return entropy_weight - mi_weight + tc_weight, dimwise_kl_weight - tc_weight
+
+
+def decomposed_reads_batch(
+    *,
+    mi_weight: float = 1.0,
+    entropy_weight: float = 1.0,
+    tc_weight: float = 0.0,
+    dimwise_kl_weight: float = 0.0,
+    diagnostics: bool = True,
+) -> bool:
+    """Whether :func:`decomposed_elbo` with these weights estimates log q_hat (or its marginals),
+    and so reads the posteriors of the whole batch: on diagnostic steps, and whenever an
+    estimate does not cancel from the loss."""
+    on_q, on_marginals = _split_coefficients(mi_weight, entropy_weight, tc_weight, dimwise_kl_weight)
+    return diagnostics or _nonzero(on_q) or _nonzero(on_marginals)
+
+
+def decomposed_elbo(
+    log_px: Tensor,
+    z: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    prior: PriorLike,
+    *,
+    dataset_size: int,
+    kl_weight: float = 0.0,
+    mi_weight: float = 1.0,
+    entropy_weight: float = 1.0,
+    cross_entropy_weight: float = 1.0,
+    tc_weight: float = 0.0,
+    dimwise_kl_weight: float = 0.0,
+    estimator: str = "mss",
+    kl: str = "auto",
+    row_offset: int = 0,
+    chunk_size: Optional[int] = None,
+    validate: bool = True,
+    diagnostics: bool = True,
+) -> Objective:
+    r"""Every split of the KL term in one objective, a loss to minimise.
+
+    Averaged over the data, the KL term of the ELBO splits three ways (Hoffman & Johnson 2016;
+    ED-VAE; Chen et al. 2018, the last for a factorised prior p(z) = prod_d p_d(z_d)):
+
+        mean_n KL(q(z|x_n) || p(z)) = I(x; z) + KL(q(z) || p(z))
+                                    = I(x; z) + H[q(z), p(z)] - H[q(z)]
+                                    = I(x; z) + TC(q(z)) + sum_d KL(q_d(z_d) || p_d(z_d)),
+
+    and the loss weights every piece:
+
+        L = -R + w_kl KL + w_mi I_hat - w_ent H_hat + w_ce CE_hat + w_tc TC_hat + w_dim sum_d KL_hat_d,
+
+    R = mean_i log p(x_i|z_i), KL = mean_i KL(q(z|x_i) || p(z)) (``kl``: analytic where
+    registered for ``"auto"``, see :func:`elbo`), I_hat = mean_i [log q(z_i|x_i) - log q_hat(z_i)],
+    H_hat = -mean_i log q_hat(z_i), CE_hat = -mean_i log p(z_i),
+    TC_hat = mean_i [log q_hat(z_i) - sum_d log q_hat_d(z_id)] and
+    KL_hat_d = mean_i [log q_hat_d(z_id) - log p_d(z_id)], with log q_hat and the marginals
+    log q_hat_d from ONE ``estimator`` (:func:`edvae.estimators.log_aggregate_posterior`,
+    :func:`edvae.estimators.log_aggregate_marginals`, the same weights; N = ``dataset_size``).
+
+    Presets: the ED objective (w_mi, w_ent, w_ce; the defaults give the negative Monte Carlo
+    ELBO); beta-VAE (Higgins et al. 2017): w_kl = beta, the rest 0; beta-TCVAE (Chen et al.
+    2018): w_mi = alpha, w_tc = beta, w_dim = gamma, the rest 0. Because the same estimates
+    enter every term, the loss is computed in the collected form
+
+        L = -R + w_kl KL + w_mi mean log q(z_i|x_i) + (w_ent - w_mi + w_tc) mean log q_hat(z_i)
+            + (w_dim - w_tc) mean sum_d log q_hat_d(z_id) - (w_ce + w_dim) mean log p(z_i),
+
+    and an estimate whose coefficient is 0 is not computed for the loss (its gradient is exactly
+    0). So beta-TCVAE at alpha = beta = gamma = 1 IS the negative Monte Carlo ELBO,
+    -mean_i [log p(x_i|z_i) + log p(z_i) - log q(z_i|x_i)], whatever the estimator, and
+    beta-VAE at beta = 1 is :func:`elbo` with the same ``kl``. Any w_dim != 0 needs a factorised
+    prior (the one-line error says so). Weights other than those make L something other than
+    an ELBO: evaluate models with :func:`elbo`.
+
+    Terms: ``reconstruction``, ``cross_entropy``, ``loss``, and with ``diagnostics`` also
+    ``kl``, ``elbo`` (= R - KL), ``mi``, ``entropy``, ``marginal_kl``, ``total_correlation``
+    and (factorised prior) ``dimwise_kl`` (summed over d). ``diagnostics=False`` computes only
+    what the loss needs; the loss is the same either way.
+    """
+    _check_choice("estimator", estimator, ENTROPY_ESTIMATORS)
+    _check_choice("kl", kl, KL_METHODS)
+    weights = dict(kl_weight=kl_weight, mi_weight=mi_weight, entropy_weight=entropy_weight,
+                   cross_entropy_weight=cross_entropy_weight, tc_weight=tc_weight, dimwise_kl_weight=dimwise_kl_weight)
+    for name, weight in weights.items():
+        _check_weight(name, weight)
+    mu_rows, logvar_rows = own_posteriors(z, mu, logvar, row_offset=row_offset, validate=validate)
+    _check_log_px(log_px, z)
+    p = resolve_prior(prior, z.shape[1])
+    log_p = p.log_prob(z)
+    log_p_d = factorised_log_prob(p, z)
+    if log_p_d is None and _nonzero(dimwise_kl_weight):
+        raise EdvaeError(
+            f"dimwise_kl_weight={dimwise_kl_weight!r} needs a prior that factorises over the latent dimensions, "
+            f"p(z) = prod_d p_d(z_d), but the prior is a {type(p).__name__}; use a factorised prior (normal, "
+            "diag_normal, laplace, student_t) or set dimwise_kl_weight=0."
+        )
+    on_q, on_marginals = _split_coefficients(mi_weight, entropy_weight, tc_weight, dimwise_kl_weight)
+    shared = dict(dataset_size=dataset_size, method=estimator, row_offset=row_offset, chunk_size=chunk_size, validate=False)
+    log_q = log_q_d = kl_values = None
+    if diagnostics or _nonzero(on_q):
+        with nullcontext() if _nonzero(on_q) else torch.no_grad():
+            log_q = log_aggregate_posterior(z, mu, logvar, **shared)
+    if diagnostics or _nonzero(on_marginals):
+        with nullcontext() if _nonzero(on_marginals) else torch.no_grad():
+            log_q_d = log_aggregate_marginals(z, mu, logvar, **shared).sum(1)
+    if diagnostics or _nonzero(kl_weight):
+        kl_values = kl_divergence(mu_rows, logvar_rows, p, z, method=kl, validate=False).mean()
+    log_q_own = log_posterior(z, mu_rows, logvar_rows, validate=False)
+    reconstruction = log_px.mean()
+    cross_entropy = -log_p.mean()
+    loss = -reconstruction
+    for coefficient, values in ((kl_weight, kl_values), (mi_weight, log_q_own), (on_q, log_q),
+                                (on_marginals, log_q_d), (-(cross_entropy_weight + dimwise_kl_weight), log_p)):
+        if _nonzero(coefficient):
+            loss = loss + coefficient * values.mean()
+    terms = dict(reconstruction=reconstruction, cross_entropy=cross_entropy, loss=loss)
+    if diagnostics:
+        entropy = -log_q.mean()
+        terms.update(
+            kl=kl_values, elbo=reconstruction - kl_values, mi=(log_q_own - log_q).mean(), entropy=entropy,
+            marginal_kl=cross_entropy - entropy, total_correlation=(log_q - log_q_d).mean(),
+        )
+        if log_p_d is not None:
+            terms["dimwise_kl"] = (log_q_d - log_p_d.sum(1)).mean()
+    return Objective(loss, _detached(**terms))
+

@@ -31,6 +31,7 @@ __all__ = ["HIGHER_IS_BETTER", "paired_comparisons", "t_interval", "verdict", "V
 #: decomposition_gap, standard errors ...) are descriptive: no model is "better" for them.
 HIGHER_IS_BETTER: dict[str, bool] = {
     **dict.fromkeys(["elbo", "iwae", "true_ll", "reconstruction", "probe_accuracy"], True),
+    **dict.fromkeys(["mig", "dci", "dci_completeness"], True),  # disentanglement (data with known factors)
     **dict.fromkeys(
         ["mse", "kl", "ll_gap", "nll", "bpd", "marginal_kl", "prior_swd", "train_seconds"], False
     ),

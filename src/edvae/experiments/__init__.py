@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edvae.errors import EdvaeError
+from edvae.experiments.disentangle import disentangle_study
 from edvae.experiments.paper import paper_study
 from edvae.experiments.prior_studies import ablation_study, learned_prior_study, misspecified_study, unknown_prior_study
 from edvae.experiments.real import real_study
@@ -25,6 +26,7 @@ STUDIES: dict[str, Callable[..., Study]] = {
     "misspecified": misspecified_study,
     "ablation": ablation_study,
     "real": real_study,
+    "disentangle": disentangle_study,
 }
 
 

@@ -9,6 +9,10 @@ objective differ. ``"true"`` as prior means the data set's own generating prior.
   expectation to the ELBO: a control that isolates estimator effects).
 * ``edvae-paper``: the seed paper's variant: I(x;z) estimated by InfoNCE and *maximised*
   (mi_weight < 0) to encourage informative codes, plus the entropy and cross-entropy terms.
+* ``beta-vae``: beta-VAE (Higgins et al., 2017), N(0, I) prior, beta = 4 on the analytic KL
+  (the objective preset ``"beta-vae"`` of :mod:`edvae.objective_kinds`).
+* ``beta-tcvae``: beta-TCVAE (Chen et al., 2018), N(0, I) prior, alpha I + beta TC + gamma
+  sum_d KL(q_d || p_d) with alpha = gamma = 1, beta = 6, MSS (the preset ``"beta-tcvae"``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "model": {"prior": "true"},
         "objective": {"kind": "ed", "mi_estimator": "infonce", "mi_weight": -1.0, "entropy_estimator": "mss"},
     },
+    # the presets' weights live in their objective kinds (edvae.objective_kinds)
+    "beta-vae": {"model": {"prior": "normal"}, "objective": {"kind": "beta-vae"}},
+    "beta-tcvae": {"model": {"prior": "normal"}, "objective": {"kind": "beta-tcvae"}},
 }
 
 
