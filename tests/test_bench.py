@@ -52,6 +52,20 @@ def test_quick_bench_writes_every_file_with_the_expected_schema(tmp_path):
     assert profile["top"] and profile["scalar_reads_per_step"] >= 0
     assert report["hygiene"]["evaluation_inference_mode"] is True
 
+    assert report["matmul"]["gflops"] > 0
+    (limits,) = report["limits"]
+    for name in ("vae-std", "edvae-paper"):
+        v = limits["variants"][name]
+        # the step's FLOPs are at least the three-layer MLPs' products: 2 * 3 * B * sum of layer sizes, forward alone
+        assert v["flops_per_step"] >= 2 * 3 * 256 * (16 * 128 + 128 * 128) and v["top"]
+        assert v["achieved_gflops"] == pytest.approx(v["flops_per_step"] / v["ms_per_step"] / 1e6)
+    start = report["start_up"]
+    assert set(start["seconds"]) == {"import torch", "import torch, lightning_fabric", "edvae train: first step"}
+    assert start["seconds"]["edvae train: first step"] > start["seconds"]["import torch"] > 0
+    assert "sklearn" not in start["evaluate_imported"] and start["evaluate_after_imports_seconds"] > 0
+    table = report["threads"]
+    assert 1 in table["threads"] and all(set(row) == {"idle", "with a competing process"} for row in table["ms_per_step"].values())
+
     mi = report["correctness"]["results"]
     truth = mi["truth (full data set)"]["mi"]
     assert truth > report["correctness"]["log_B"] + 3  # the case is far above log B
@@ -59,7 +73,7 @@ def test_quick_bench_writes_every_file_with_the_expected_schema(tmp_path):
     assert mi["edvae batch (InfoNCE bound)"]["mi"] <= report["correctness"]["log_B"] + 1e-9
 
     markdown = (out / "bench.md").read_text()
-    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5."):
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "### 4b.", "### 4c.", "### 4d.", "## 5."):
         assert heading in markdown
     snippet = (out / "README-snippet.md").read_text().splitlines()
     assert snippet[0] == "## Performance" and len(snippet) <= 10

@@ -258,3 +258,23 @@ def test_evaluation_noise_is_not_the_training_noise(trained, monkeypatch):
     seeds = {evaluation_seed(s, p) for s in range(50) for p in ("noise", "binarise", "prior", "probe")}
     training = {f(s, e) for s in range(50) for e in range(500) for f in (lambda s, e: s, lambda s, e: s * 1_000_003 + e, lambda s, e: s * 7919 + e)}
     assert len(seeds) == 200 and not seeds & training
+
+
+def test_the_logistic_regression_probe_is_the_penalised_optimum_that_sklearn_finds():
+    """fit_logistic_regression minimises sum_n CE_n + ||W||^2 / 2 (sklearn's C = 1 objective, strictly
+    convex): its gradient vanishes at the result, and sklearn's own solver lands on the same weights."""
+    from sklearn.linear_model import LogisticRegression
+
+    from edvae.evaluate import fit_logistic_regression
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (600,), generator=gen)
+    features = torch.randn(600, 3, generator=gen, dtype=torch.float64) + 1.5 * torch.nn.functional.one_hot(labels, 4)[:, :3]
+    weight, bias = fit_logistic_regression(features, labels)
+    w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+    objective = torch.nn.functional.cross_entropy(features @ w.T + b, labels, reduction="sum") + 0.5 * w.square().sum()
+    objective.backward()
+    assert float(w.grad.abs().max()) < 1e-6 and float(b.grad.abs().max()) < 1e-6
+    reference = LogisticRegression(max_iter=10_000, tol=1e-10).fit(features.numpy(), labels.numpy())
+    assert torch.allclose(weight, torch.from_numpy(reference.coef_), atol=1e-4)
+    assert torch.allclose(bias, torch.from_numpy(reference.intercept_), atol=1e-4)

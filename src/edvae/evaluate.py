@@ -50,8 +50,9 @@ from edvae.model import VAE
 from edvae.runs import load_data, load_run  # load_run also importable from here, its former home
 
 __all__ = [
-    "CACHE_DIR_NAME", "cached_true_log_likelihoods", "evaluate_model", "evaluate_run", "evaluation_seed", "load_run", "run_cache_dir",
-    "mean_true_log_likelihood", "true_log_likelihoods", "sliced_wasserstein", "active_units", "disentanglement_metrics",
+    "CACHE_DIR_NAME", "cached_true_log_likelihoods", "evaluate_model", "evaluate_run", "evaluation_seed", "fit_logistic_regression",
+    "load_run", "run_cache_dir", "mean_true_log_likelihood", "true_log_likelihoods", "sliced_wasserstein", "active_units",
+    "disentanglement_metrics",
 ]
 
 #: Importance samples times examples held in memory at once during evaluation.
@@ -90,18 +91,73 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> int:
     return int((mu.double().var(dim=0) > threshold).sum())
 
 
-def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor, seed: int) -> float:
-    """Accuracy on (x_eval, y_eval) of a logistic regression fitted to the posterior means of
-    the training split, as the model sees its inputs: with dynamic binarisation (binary test
-    images) the training images are binarised once with ``seed``, not left in grey levels."""
-    from sklearn.linear_model import LogisticRegression
+def fit_logistic_regression(features: Tensor, labels: Tensor, *, iterations: int = 100, tolerance: float = 1e-10) -> tuple[Tensor, Tensor]:
+    r"""Multinomial logistic regression with an L2 penalty on the weights (not the intercept):
 
+        (W, b) = argmin  L(W, b) = sum_n -log softmax(W f_n + b)_{y_n} + 1/2 ||W||_F^2,
+
+    the objective of scikit-learn's ``LogisticRegression()`` (C = 1). It is convex, and strictly
+    so up to adding one constant to every intercept (softmax ignores it); its minimiser is found
+    by Newton's method in float64 from zero, with the Hessian (with p_n = softmax(W f_n + b),
+    g_n = (f_n, 1))
+
+        d^2 L / d theta_{c,i} d theta_{d,j} = sum_n (delta_cd p_nc - p_nc p_nd) g_ni g_nj + delta_cd delta_ij [i is a weight],
+
+    a step halved until L decreases, stopping when the gradient's largest entry is below
+    ``tolerance`` times N. The flat direction (one constant added to every intercept) gets
+    curvature 1 in the Newton system; the gradient is orthogonal to it, so the intercepts keep
+    summing to zero, as scikit-learn's do. ``labels``: integers 0..C-1, C = the
+    largest label + 1. Returns (W (C, F), b (C,)).
+    """
+    x = features.detach().double()
+    y = labels.detach().long()
+    n, dims = x.shape
+    classes = int(y.max()) + 1
+    g = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], 1)  # (N, F + 1): the intercept as a feature
+    onehot = torch.nn.functional.one_hot(y, classes).double()
+    theta = torch.zeros(classes, dims + 1, dtype=torch.float64)
+    penalised = torch.ones_like(theta)
+    penalised[:, -1] = 0.0
+
+    def loss(t: Tensor) -> Tensor:
+        return torch.nn.functional.cross_entropy(g @ t.T, y, reduction="sum") + 0.5 * (penalised * t.square()).sum()
+
+    size = classes * (dims + 1)
+    shift = (1.0 - penalised).reshape(-1) / math.sqrt(classes)  # unit vector: one constant added to every intercept
+    current = loss(theta)
+    for _ in range(iterations):
+        p = torch.softmax(g @ theta.T, 1)
+        grad = (p - onehot).T @ g + penalised * theta
+        if float(grad.abs().max()) < tolerance * n:
+            break
+        pg = (p.unsqueeze(2) * g.unsqueeze(1)).reshape(n, size)  # p_nc g_ni
+        hessian = -(pg.T @ pg)
+        blocks = torch.einsum("nc,ni,nj->cij", p, g, g)
+        for c in range(classes):
+            hessian[c * (dims + 1):(c + 1) * (dims + 1), c * (dims + 1):(c + 1) * (dims + 1)] += blocks[c]
+        hessian += torch.diag(penalised.reshape(-1)) + torch.outer(shift, shift)  # shift: the flat direction, given curvature 1
+        step = torch.linalg.solve(hessian, grad.reshape(-1)).reshape(classes, dims + 1)
+        scale = 1.0
+        while scale > 1e-6:
+            candidate = theta - scale * step
+            value = loss(candidate)
+            if value <= current:
+                break
+            scale /= 2
+        theta, current = candidate, value
+    return theta[:, :-1].contiguous(), theta[:, -1].contiguous()
+
+
+def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor, seed: int) -> float:
+    """Accuracy on (x_eval, y_eval) of a logistic regression (:func:`fit_logistic_regression`)
+    fitted to the posterior means of the training split, as the model sees its inputs: with
+    dynamic binarisation (binary test images) the training images are binarised once with
+    ``seed``, not left in grey levels."""
     x_fit = binarize_batch(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
-    feats_train = model.encode(x_fit)[0].double().numpy()
-    feats_eval = model.encode(x_eval)[0].double().numpy()
-    probe = LogisticRegression(max_iter=2000)
-    probe.fit(feats_train, data.train_labels.numpy())
-    return float(probe.score(feats_eval, y_eval.numpy()))
+    features, labels = model.encode(x_fit)[0], data.train_labels
+    weight, bias = fit_logistic_regression(features, labels)
+    predicted = (model.encode(x_eval)[0].double() @ weight.T + bias).argmax(1)
+    return float((predicted == y_eval.long()).double().mean())
 
 
 def evaluation_seed(seed: int, purpose: str = "noise") -> int:

@@ -24,6 +24,14 @@
   in a fresh subprocess (:func:`peak_memory`), with the fitted log-log slopes and a plot.
 * **Profile and hygiene.** The top operators of the ED training loop (``torch.profiler``),
   host synchronisations per step, and where evaluation runs under ``torch.inference_mode``.
+* **Distance to the limit.** The FLOPs of a training step (``torch.utils.flop_counter``) over
+  its time, next to the machine's float32 matrix-multiply rate at the same thread count, and
+  the top operators of the training steps (:mod:`edvae.bench.limits`).
+* **Fixed costs.** Seconds from a fresh interpreter to the first step of ``edvae train`` next
+  to a bare ``import torch`` (and ``import torch, lightning_fabric``), the modules imported by
+  then, and ``edvae evaluate``'s work after its imports with the true log-likelihood cached.
+* **Threads.** ms per step at 1, 2 and torch's default threads, idle and next to a spinning
+  CPU-bound process.
 * **Correctness side by side.** The mutual information of a case with a known answer far above
   log B: edvae's MSS estimate, pythae's beta-TCVAE mutual-information term on the same tensors,
   the batch (InfoNCE) bound, and the full-data-set value. And the three beta-TCVAE terms
@@ -50,6 +58,7 @@ import torch
 
 from edvae.bench.common import BENCH_FORMAT, TARGETS, machine_info
 from edvae.bench.correctness import mi_correctness, tcvae_terms_correctness
+from edvae.bench.limits import matmul_rate, start_up, step_limits, threads as thread_table
 from edvae.bench.report import _markdown, _snippet
 from edvae.bench.scaling import peak_memory, scaling
 from edvae.bench.training import hygiene, overhead, peers, profile_step
@@ -57,6 +66,15 @@ from edvae.errors import EdvaeError
 
 
 __all__ = ["BENCH_FORMAT", "machine_info", "mi_correctness", "peak_memory", "run_bench", "tcvae_terms_correctness"]
+
+
+def _default_threads() -> int:
+    """The threads a run uses by default: ``train.threads`` of a default config, its 0 meaning
+    torch's default (one per available core)."""
+    from edvae.config import RunConfig
+
+    configured = RunConfig().train.threads
+    return configured or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 1, scaling_threads: int | None = None) -> dict[str, Any]:
@@ -72,6 +90,7 @@ def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 1, sca
         raise EdvaeError(f"--out {out_dir} is a file, not a folder; choose another output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     previous_threads = torch.get_num_threads()
+    default_threads = _default_threads()
     torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
@@ -81,13 +100,25 @@ def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 1, sca
         with tempfile.TemporaryDirectory(prefix="edvae-bench-") as tmp:
             work = Path(tmp)
             tasks = ["synthetic"] if quick else ["synthetic", "mnist-mlp"]
-            report["overhead"] = [overhead(task, quick=quick, work=work) for task in tasks]
-            report["peers"] = peers(quick=quick, work=work)
-            report["profile"] = profile_step(quick=quick, work=work)
-            report["hygiene"] = hygiene(work)
-        report["scaling"] = scaling(quick=quick, out_dir=out_dir, threads=scaling_threads)
-        report["correctness"] = mi_correctness(quick=quick)
-        report["tcvae_terms"] = tcvae_terms_correctness(quick=quick)
+            sections: dict[str, float] = {}
+
+            def timed(name: str, run: Any) -> Any:
+                started = time.perf_counter()
+                report[name] = run()
+                sections[name] = time.perf_counter() - started
+
+            timed("overhead", lambda: [overhead(task, quick=quick, work=work) for task in tasks])
+            timed("matmul", matmul_rate)
+            timed("limits", lambda: [step_limits(t["task"], t["results"], report["matmul"], quick=quick, work=work) for t in report["overhead"]])
+            timed("peers", lambda: peers(quick=quick, work=work))
+            timed("profile", lambda: profile_step(quick=quick, work=work))
+            timed("hygiene", lambda: hygiene(work))
+            timed("start_up", lambda: start_up(quick=quick, work=work))
+            timed("threads", lambda: thread_table(quick=quick, work=work, default_threads=default_threads))
+            timed("scaling", lambda: scaling(quick=quick, out_dir=out_dir, threads=scaling_threads))
+            timed("correctness", lambda: mi_correctness(quick=quick))
+            timed("tcvae_terms", lambda: tcvae_terms_correctness(quick=quick))
+        report["section_seconds"] = sections
     finally:
         torch.set_num_threads(previous_threads)
     report["seconds"] = time.perf_counter() - start

@@ -114,6 +114,7 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     for row in pr["top"]:
         lines.append(f"| `{row['name']}` | {row['self_cpu_ms_per_step']:.3f} | {100 * row['share']:.1f}% | {row['calls_per_step']:.1f} |")
+    lines += _limits_markdown(report)
     h = report["hygiene"]
     lines += [
         "",
@@ -157,6 +158,80 @@ def _markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {measured} | {'yes' if ok else 'no'} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _limits_markdown(report: dict[str, Any]) -> list[str]:
+    """Sections 4b-4d: distance to the matrix-multiply rate, fixed costs, threads."""
+    lines: list[str] = []
+    if "limits" in report:
+        mm = report["matmul"]
+        lines += [
+            "",
+            "### 4b. Distance to the limit",
+            "",
+            f"Machine rate: a {mm['n']}^3 float32 matrix product at {mm['threads']} thread(s) runs at {mm['gflops']:.1f} GFLOP/s (best of 5).",
+            "FLOPs of one training step counted by `torch.utils.flop_counter.FlopCounterMode` (matrix products, forward and",
+            "backward); the step time is the overhead study's median.",
+            "",
+            "| task / variant | MFLOP / step | ms / step | GFLOP/s | share of the matmul rate |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for task in report["limits"]:
+            for name, v in task["variants"].items():
+                lines.append(f"| {task['task']} / {name} | {v['flops_per_step'] / 1e6:.1f} | {v['ms_per_step']:.2f} | "
+                             f"{v['achieved_gflops']:.1f} | {v['share_of_matmul_rate']:.2f} |")
+        for task in report["limits"]:
+            for name, v in task["variants"].items():
+                lines += [
+                    "",
+                    f"Where a step goes, {task['task']} / {name} (training steps only, {v['profiled_steps']} steps profiled, "
+                    f"{v['self_cpu_ms_per_step_total']:.2f} ms of self CPU time per step with the profiler's overhead):",
+                    "",
+                    "| operator | ms / step | share | calls / step |",
+                    "| --- | ---: | ---: | ---: |",
+                ]
+                lines += [f"| `{r['name']}` | {r['self_cpu_ms_per_step']:.3f} | {100 * r['share']:.1f}% | {r['calls_per_step']:.1f} |" for r in v["top"]]
+    if "start_up" in report:
+        su = report["start_up"]
+        lines += [
+            "",
+            "### 4c. Fixed costs a user waits for",
+            "",
+            f"Fresh processes, interleaved, median of {su['repeats']}:",
+            "",
+            "| from a fresh interpreter to | seconds |",
+            "| --- | ---: |",
+        ]
+        lines += [f"| {name} | {sec:.2f} |" for name, sec in su["seconds"].items()]
+        lines += [
+            "",
+            f"`edvae train` reaches its first step {su['first_step_after_torch_import']:.2f} s after a bare `import torch` "
+            f"(target <= {TARGETS['first_step_after_torch_seconds']:.1f} s), of which importing lightning_fabric takes "
+            f"{su['lightning_fabric_import']:.2f} s: its `wrappers` module imports `torch._dynamo` unconditionally, and every "
+            "submodule (the checkpoint I/O plugin included) imports the package first. Imported by the first step: "
+            f"{', '.join(su['imported_by_first_step']) or 'none of the optional heavy modules'}.",
+            f"`edvae evaluate` of a synthetic run ({su['evaluate_test_examples']} test examples, 100 importance samples, true log-likelihood cached): "
+            f"{su['evaluate_after_imports_seconds']:.2f} s after its imports (target <= {TARGETS['evaluate_seconds']:.0f} s); "
+            f"imported by then: {', '.join(su['evaluate_imported']) or 'none of the optional heavy modules'}.",
+        ]
+    if "threads" in report:
+        th = report["threads"]
+        counts = [str(n) for n in th["threads"]]
+        lines += [
+            "",
+            "### 4d. Threads",
+            "",
+            f"ms per training step ({th['steps']} steps per run, the first 3 not timed, median of {th['repeats']}) at each torch "
+            f"thread count (default: {th['default']}), idle and next to a spinning CPU-bound subprocess.",
+            "",
+            "| network / variant | load | " + " | ".join(f"{n} thread(s)" for n in counts) + " | default / best |",
+            "| --- | --- | " + " | ".join("---:" for _ in counts) + " | ---: |",
+        ]
+        for name, row in th["ms_per_step"].items():
+            for load, ms in row.items():
+                ratio = ms[str(th["default"])] / min(ms.values())
+                lines.append(f"| {name} | {load} | " + " | ".join(f"{ms[n]:.2f}" for n in counts) + f" | {ratio:.2f} |")
+    return lines
 
 
 def _tcvae_section(t: dict[str, Any] | None) -> list[str]:
@@ -205,6 +280,17 @@ def _targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
         out.append((f"edvae loop / pythae >= {TARGETS['vs_pythae']}x", f"{r['vs_pythae']:.2f}x", r["vs_pythae"] >= TARGETS["vs_pythae"]))
     out.append((f"edvae loop / hand-written >= {TARGETS['vs_hand_written']}x", f"{r['vs_hand_written']:.2f}x",
                 r["vs_hand_written"] >= TARGETS["vs_hand_written"]))
+    if "limits" in report:
+        for task in report["limits"]:
+            v = task["variants"]["vae-std"]
+            out.append((f"{task['task']}: vae-std step at >= {TARGETS['share_of_matmul_rate']:.2f} of the matmul rate",
+                        f"{v['share_of_matmul_rate']:.2f}", v["share_of_matmul_rate"] >= TARGETS["share_of_matmul_rate"]))
+    if "start_up" in report:
+        su = report["start_up"]
+        out.append((f"edvae train: first step <= import torch + {TARGETS['first_step_after_torch_seconds']:.0f} s",
+                    f"+{su['first_step_after_torch_import']:.2f} s", su["first_step_after_torch_import"] <= TARGETS["first_step_after_torch_seconds"]))
+        out.append((f"edvae evaluate (synthetic, K = 100, truth cached) <= {TARGETS['evaluate_seconds']:.0f} s after imports",
+                    f"{su['evaluate_after_imports_seconds']:.2f} s", su["evaluate_after_imports_seconds"] <= TARGETS["evaluate_seconds"]))
     s = report["scaling"]
     big = [p for p in s["mss_forward_backward"] if p["B"] == 16384]
     if big:
@@ -237,8 +323,16 @@ def _snippet(report: dict[str, Any]) -> str:
         f"{s['dataset_decomposition'][-1]['N']} takes {s['dataset_decomposition'][-1]['seconds']:.1f} s;",
         f"* with I(x; z) = {c['truth (full data set)']['mi']:.2f} nats far above log 64, MSS estimates {c['edvae MSS']['mi']:.2f}"
         + (f", pythae's beta-TCVAE term {c['pythae BetaTCVAE MSS']['mi']:.2f}." if "pythae BetaTCVAE MSS" in c else "."),
-        "Details: [benchmarks/results/bench.md](benchmarks/results/bench.md).",
     ]
-    return "\n".join(lines[:10]) + "\n"
+    if "limits" in report and "start_up" in report:
+        v = report["limits"][0]["variants"]["vae-std"]
+        su = report["start_up"]
+        lines.append(
+            f"* a synthetic vae-std step runs at {v['achieved_gflops']:.0f} GFLOP/s, {v['share_of_matmul_rate']:.2f} of this core's "
+            f"float32 matrix-multiply rate; `edvae train` steps {su['first_step_after_torch_import']:.1f} s after `import torch`, "
+            f"`edvae evaluate` (synthetic, K = 100) takes {su['evaluate_after_imports_seconds']:.1f} s after its imports."
+        )
+    lines.append("Details: [benchmarks/results/bench.md](benchmarks/results/bench.md).")
+    return "\n".join(lines) + "\n"
 
 

@@ -197,7 +197,7 @@ def peers(*, quick: bool, work: Path) -> dict[str, Any]:
     options = {"n_train": 2560, "n_val": 512, "n_test": 512} if quick else _SYNTHETIC["data"]["options"]
     data = load_dataset("complex", **options)
     hidden, latent, batch, lr, seed = [128, 128], 2, 256, 1e-3, 0
-    fixed_scale = {"model": {"learn_scale": False}, "train": {"seed": seed, "log_every": 20}}
+    fixed_scale = {"model": {"decoder_scale": "fixed"}, "train": {"seed": seed, "log_every": 20}}
     base = merge(_SYNTHETIC, {"data": {"options": options}})
     ours = validate_config(_raw_config(base, "vae-std", None, epochs, **fixed_scale))
     ours_ed = validate_config(_raw_config(base, "edvae", "normal", epochs, **fixed_scale))
