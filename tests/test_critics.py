@@ -277,6 +277,21 @@ def test_update_enqueues_the_last_training_keys_gathered_in_order():
     assert int(critic.size) == 8
 
 
+def test_update_enqueues_every_micro_batch_of_the_step_in_order():
+    critic = filled_critic(dim=3, queue_size=20, fill=0)
+    x1, x2 = torch.randn(4, 3, dtype=F64), torch.randn(2, 3, dtype=F64)
+    critic.estimate(torch.randn(4, 3, dtype=F64), x1)
+    critic.estimate(torch.randn(2, 3, dtype=F64), x2)
+    expected = torch.cat([critic.keys(x1), critic.keys(x2)])
+    critic.update(critic.key_encoder)
+    assert int(critic.size) == 6
+    torch.testing.assert_close(critic.queue[:6], expected, rtol=0, atol=0)
+    critic.estimate(torch.randn(4, 3, dtype=F64), x1)
+    critic.skip()  # a skipped step enqueues nothing
+    critic.update(critic.key_encoder)
+    assert int(critic.size) == 6
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpointing and gradients
 

@@ -129,6 +129,36 @@ class ObjectiveConfig(_Strict):
     cross_entropy_weight: float = 1.0
     mi_estimator: str = "mss"
     entropy_estimator: str = "mss"
+    critic: str | None = Field(
+        None,
+        description=(
+            "the InfoNCE critic of mi_estimator='infonce' (kind='ed'): 'encoder' (log q(z|x), <= log B; the "
+            "default when unset), 'bilinear' or 'mlp' (learned scores, <= log B), 'momentum' (MoCo-style momentum "
+            "encoder and a queue of K past codes as negatives, <= log(K + 1)); see edvae.critics"
+        ),
+    )
+    critic_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options of the critic (edvae.critics.CRITIC_OPTIONS), e.g. {queue_size = 4096, temperature = 0.1, momentum = 0.99}",
+    )
+
+    @model_validator(mode="after")
+    def _critic_fits(self) -> "ObjectiveConfig":
+        """A critic goes with the ED objective's InfoNCE estimate; its options are its own."""
+        if self.critic is None:
+            if self.critic_options:
+                raise ValueError("objective.critic_options needs objective.critic (encoder, bilinear, mlp or momentum)")
+            return self
+        if self.kind != "ed" or self.mi_estimator != "infonce":
+            raise ValueError(
+                f"objective.critic={self.critic!r} scores the InfoNCE estimate of I(x; z): set objective.kind='ed' "
+                f"and objective.mi_estimator='infonce' (got kind={self.kind!r}, mi_estimator={self.mi_estimator!r})"
+            )
+        from edvae.critics import check_critic  # torch loads only for a config that names a critic
+
+        check_critic(self.critic, self.critic_options)
+        return self
+
     # The splits of beta-VAE and beta-TCVAE (kinds "decomposed", "beta-vae", "beta-tcvae", see
     # edvae.objectives.decomposed_elbo): weights on the whole KL, the total correlation and the
     # dimension-wise KL. A preset kind fills in every weight the config leaves out.

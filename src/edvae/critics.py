@@ -50,10 +50,10 @@ __all__ = [
     "EncoderCritic",
     "MomentumCritic",
     "ScoreCritic",
+    "check_critic",
     "make_critic",
 ]
 
-_ACC = torch.float64  # dtype of the logits' logsumexp, as in edvae.estimators
 
 
 class Critic(nn.Module):
@@ -72,6 +72,10 @@ class Critic(nn.Module):
 
     def update(self, encoder: nn.Module, gather: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         """Called by the trainer after each optimiser step; stateless critics do nothing."""
+
+    def skip(self) -> None:
+        """Called instead of :meth:`update` after a skipped step (non-finite loss or gradient):
+        forget what the last estimate kept for the update; stateless critics do nothing."""
 
 
 class EncoderCritic(Critic):
@@ -126,7 +130,7 @@ class MomentumCritic(Critic):
         I_NCE = mean_i [ l_i0 - logsumexp(l_i0, l_i1, ..., l_in) ] + log(n + 1)
               <= log(n + 1) <= log(K + 1)
 
-    exactly in float64 (the logsumexp includes l_i0; the result is then cast to z's dtype).
+    in the codes' precision, exactly (the logsumexp includes l_i0, so each term is <= 0).
     It is a lower bound on I(x; z) in expectation when the negatives are keys of independent
     x's under the same key encoder; the queue's keys are up to K / B steps old, a drift of order
     (1 - m) per step that MoCo accepts (m near 1 keeps old and new keys consistent). Cosines lie
@@ -190,8 +194,9 @@ class MomentumCritic(Critic):
     def estimate(self, z: Tensor, x: Tensor, key_noise: Optional[Tensor] = None) -> Tensor:
         r"""I_NCE of queries ``z`` (R, D) against the keys of ``x`` (R, ...) and the queue's
         negatives (class docstring), 0-d in z's dtype, <= log(n + 1). With gradients enabled
-        (a training step) the batch's keys are kept in :attr:`pending` for :meth:`update` to
-        enqueue; under ``torch.no_grad`` (evaluation) they are not."""
+        (a training step) the batch's keys are appended to :attr:`pending` (every micro-batch
+        of a step, in order) for :meth:`update` to enqueue; under ``torch.no_grad``
+        (evaluation) they are not."""
         if not isinstance(z, Tensor) or z.dim() != 2 or not isinstance(x, Tensor) or x.shape[0] != z.shape[0]:
             raise EdvaeError(
                 f"the momentum critic needs codes z (R, D) and their R inputs x, got z {_shape(z)} "
@@ -202,11 +207,13 @@ class MomentumCritic(Critic):
         # a copy, so that enqueueing before the backward pass leaves the saved negatives intact
         negatives = self.queue[: int(self.size)].to(queries.dtype, copy=True)
         positive = (queries * keys).sum(1, keepdim=True)
-        logits = torch.cat([positive, queries @ negatives.T], dim=1).to(_ACC) / self.temperature
-        if torch.is_grad_enabled():  # a training step; evaluation passes feed no queue
-            self.pending = keys
-        estimate = (logits[:, 0] - torch.logsumexp(logits, dim=1)).mean() + math.log(logits.shape[1])
-        return estimate.to(z.dtype)
+        logits = torch.cat([positive, queries @ negatives.T], dim=1) / self.temperature
+        if torch.is_grad_enabled():  # a training step (its micro-batches in order); evaluation feeds no queue
+            self.pending = keys if self.pending is None else torch.cat([self.pending, keys])
+        # mean_i log_softmax(l_i)_0: one fused pass, <= 0 in any precision (l_i0 - max <= 0 and
+        # logsumexp - max >= 0), so the estimate never exceeds log(n + 1)
+        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return -torch.nn.functional.cross_entropy(logits, target) + math.log(logits.shape[1])
 
     def forward(self, z: Tensor, mu: Optional[Tensor] = None, logvar: Optional[Tensor] = None,
                 x: Optional[Tensor] = None, *, row_offset: int = 0, validate: bool = True,
@@ -253,9 +260,13 @@ class MomentumCritic(Critic):
         self.pointer.fill_((int(self.pointer) + n) % k)
         self.size.fill_(min(int(self.size) + n, k))
 
+    def skip(self) -> None:
+        """A skipped step: its keys are not enqueued and the key encoder does not move."""
+        self.pending = None
+
     def update(self, encoder: nn.Module, gather: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         """After an optimiser step: :meth:`momentum_update` from ``encoder``, then enqueue the
-        keys of the last :meth:`estimate` (all processes' keys, in rank order, when ``gather``
+        keys of the training :meth:`estimate` s since the last update (all processes' keys, in rank order, when ``gather``
         maps the local (n, E) keys to the concatenation over processes)."""
         self.momentum_update(encoder)
         if self.pending is not None:
@@ -318,6 +329,16 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def check_critic(name: object, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of critic ``name`` with their defaults filled in, after checking the name
+    (one of :data:`CRITICS`) and every option (a name of :data:`CRITIC_OPTIONS` [name] with a
+    valid value); anything else raises a one-line :class:`EdvaeError`. What :func:`make_critic`
+    checks, without building anything (a config validates with it)."""
+    if name not in CRITICS:
+        raise EdvaeError(f"critic={name!r} is unknown; use one of {', '.join(CRITICS)}.")
+    return _check_options(str(name), dict(options))
+
+
 def make_critic(name: str, dim: int, encoder: Optional[nn.Module] = None, **options: Any) -> Critic:
     r"""The InfoNCE critic ``name`` for codes of dimension ``dim`` (see the module docstring):
 
@@ -333,10 +354,8 @@ def make_critic(name: str, dim: int, encoder: Optional[nn.Module] = None, **opti
     ``encoder`` is ignored by the other critics. Bad names or options raise one-line
     :class:`EdvaeError` s.
     """
-    if name not in CRITICS:
-        raise EdvaeError(f"critic={name!r} is unknown; use one of {', '.join(CRITICS)}.")
+    merged = check_critic(name, options)
     _positive_int("dim", dim)
-    merged = _check_options(name, options)
     if name == "encoder":
         return EncoderCritic()
     if name == "bilinear":

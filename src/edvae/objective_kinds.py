@@ -9,7 +9,10 @@ class here says it in one place:
 * whether a step needs the posteriors (mu, logvar) of the whole global batch, which the
   processes must then gather (:meth:`reads_batch_columns`);
 * which terms it logs (:attr:`logged_terms`, on a logged step);
-* any state it carries from step to step (:meth:`state_dict`, stored in the checkpoint).
+* any state it carries from step to step (:meth:`state_dict`, stored in the checkpoint);
+* parts of its own that read the model or are trained with it (:meth:`setup` once the model is
+  built, :meth:`parameters` added to the optimiser after the model's, :meth:`after_step` after
+  every optimiser step), and whether its call needs the batch's inputs (:attr:`reads_inputs`).
 
 Adding a kind is one class in one module, decorated with :func:`register_objective`; the
 config accepts its name as soon as the module is imported. The module is torch-free at import
@@ -76,6 +79,8 @@ class TrainingObjective:
     kind: ClassVar[str]
     #: the names of the terms a logged step reports (``loss`` among them)
     logged_terms: ClassVar[tuple[str, ...]]
+    #: whether the trainer passes the rows' inputs as ``x=`` to the call
+    reads_inputs: bool = False
     #: the config settings this kind fills in when a config leaves them out (a preset's weights;
     #: read by the config through :func:`kind_defaults`, so ``objective.kind = "beta-tcvae"``
     #: alone is the whole preset, and an explicit setting wins)
@@ -103,6 +108,20 @@ class TrainingObjective:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+
+    def setup(self, model: Any) -> None:
+        """Called once the model is built (on its device), before the optimiser and before a
+        checkpoint is loaded: build the parts that read the model (e.g. a critic that copies
+        the encoder). They stay outside the model: its state and parameters do not change."""
+
+    def parameters(self) -> list[Any]:
+        """The objective's own trainable parameters (trained with the model's, by the same optimiser)."""
+        return []
+
+    def after_step(self, model: Any, *, applied: bool, gather: Callable[[Any], Any] | None = None) -> None:
+        """Called after every optimisation step, with the (unwrapped) model: ``applied`` is False
+        for a skipped step (non-finite loss or gradient); ``gather`` concatenates a tensor of
+        this process's rows over the processes, in rank order."""
 
 
 @register_objective("elbo")
@@ -139,6 +158,8 @@ class EDObjective(TrainingObjective):
         "reconstruction", "cross_entropy", "loss", "mi", "entropy", "marginal_kl", "posterior_entropy", "elbo_mc",
     )
     settings = ("mi_weight", "entropy_weight", "cross_entropy_weight", "mi_estimator", "entropy_estimator")
+    #: the InfoNCE critic's settings (:mod:`edvae.critics`), read from the config beside :attr:`settings`
+    critic_settings = ("critic", "critic_options")
 
     def __init__(
         self,
@@ -149,6 +170,8 @@ class EDObjective(TrainingObjective):
         cross_entropy_weight: float = 1.0,
         mi_estimator: str = "mss",
         entropy_estimator: str = "mss",
+        critic: str | None = None,
+        critic_options: dict[str, Any] | None = None,
     ) -> None:
         from edvae.objectives import ed_elbo, uses_aggregate_posterior
 
@@ -165,21 +188,74 @@ class EDObjective(TrainingObjective):
             )
             for d in (False, True)
         }
+        self._init_critic(critic, critic_options or {})
 
     @classmethod
     def from_config(cls, config: Any, dataset_size: int) -> "EDObjective":
-        return cls(dataset_size=dataset_size, **{name: getattr(config, name) for name in cls.settings})
+        names = (*cls.settings, *(name for name in cls.critic_settings if hasattr(config, name)))
+        return cls(dataset_size=dataset_size, **{name: getattr(config, name) for name in names})
 
     def reads_batch_columns(self, diagnostics: bool) -> bool:
-        return self._reads[diagnostics]
+        return self._reads[diagnostics] or self.critic_name not in (None, "encoder")
 
-    def __call__(self, out: Any, prior: Any, mu: Any, logvar: Any, row_offset: int, diagnostics: bool = True) -> Any:
+    def __call__(self, out: Any, prior: Any, mu: Any, logvar: Any, row_offset: int, diagnostics: bool = True,
+                 x: Any = None) -> Any:
+        if self.critic_name is not None and self.critic is None:
+            raise EdvaeError(f"the ED objective's critic {self.critic_name!r} is built by objective.setup(model); call it first")
         return self._ed_elbo(
             out.log_px, out.z, mu, logvar, prior,
             dataset_size=self.dataset_size, row_offset=row_offset, validate=False, diagnostics=diagnostics,
-            **self.options,
+            critic=self.critic, x=x, **self.options,
         )
 
+    # ------------------------------------------------------------------ the InfoNCE critic
+    # objective.critic: the InfoNCE estimate's critic (edvae.critics), each with its cap:
+    #   "encoder"  f = log q(z|x), the batch's other codes as negatives   I_NCE <= log B
+    #   "bilinear" f = z^T W mu, learned                                   I_NCE <= log B
+    #   "mlp"      f = g(z)^T h(mu) / sqrt(k), learned                     I_NCE <= log B
+    #   "momentum" cosine / tau against a momentum encoder's keys, a queue
+    #              of K past keys as negatives (MoCo)                      I_NCE <= log(K + 1)
+
+    def _init_critic(self, name: str | None, options: dict[str, Any]) -> None:
+        if name is not None:
+            from edvae.critics import check_critic
+
+            check_critic(name, options)
+        self.critic_name, self.critic_options = name, dict(options)
+        self.critic: Any = None  # built by setup(model)
+        self.reads_inputs = name == "momentum"
+
+    def setup(self, model: Any) -> None:
+        """Build the critic for the model's latent size (the momentum critic copies its encoder),
+        on the model's device."""
+        if self.critic_name is None:
+            return
+        from edvae.critics import make_critic
+
+        device = next(iter(model.parameters())).device
+        critic = make_critic(self.critic_name, model.latent_dim, encoder=model.encoder, **self.critic_options)
+        self.critic = critic.to(device)
+
+    def parameters(self) -> list[Any]:
+        return [] if self.critic is None else [p for p in self.critic.parameters() if p.requires_grad]
+
+    def after_step(self, model: Any, *, applied: bool, gather: Callable[[Any], Any] | None = None) -> None:
+        """The critic's update (the momentum critic's EMA and queue), or its skip."""
+        if self.critic is None:
+            return
+        if applied:
+            self.critic.update(model.encoder, gather=gather)
+        else:
+            self.critic.skip()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The critic's parameters and buffers (the momentum critic's key encoder and queue)."""
+        state = {} if self.critic is None else self.critic.state_dict()
+        return {"critic": state} if state else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "critic" in state and self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
 
 @register_objective("decomposed")
 class DecomposedObjective(TrainingObjective):

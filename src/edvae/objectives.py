@@ -28,6 +28,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from edvae.critics import Critic, EncoderCritic
 from edvae.errors import EdvaeError
 from edvae.estimators import (
     KL_METHODS,
@@ -113,7 +114,8 @@ def _telescopes(mi_method: str, entropy_estimator: str, mi_weight: object, entro
 def _mi_method(mi_estimator: str, critic: object) -> str:
     """InfoNCE with the encoder as critic IS the mutual information of the "batch" estimator
     (edvae.estimators.infonce), so it shares the one pass over log q(z_i|x_j) with log q_hat."""
-    return "batch" if mi_estimator == "infonce" and critic is None else mi_estimator
+    encoder = critic is None or isinstance(critic, EncoderCritic)
+    return "batch" if mi_estimator == "infonce" and encoder else mi_estimator
 
 
 def elbo(
@@ -163,7 +165,8 @@ def ed_elbo(
     cross_entropy_weight: float = 1.0,
     mi_estimator: str = "mss",
     entropy_estimator: str = "mss",
-    critic: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    critic: Optional[Callable[..., Tensor]] = None,
+    x: Optional[Tensor] = None,
     row_offset: int = 0,
     chunk_size: Optional[int] = None,
     validate: bool = True,
@@ -179,7 +182,9 @@ def ed_elbo(
     When ``mi_estimator == entropy_estimator`` ONE estimate of log q_hat serves both terms, so at
     unit weights L = -(R - mean_i [log q(z_i|x_i) - log p(z_i)]), the negative Monte Carlo ELBO,
     up to rounding. ``mi_estimator="infonce"`` uses :func:`edvae.estimators.infonce` (with
-    ``critic`` if given; a negative ``mi_weight`` then maximises it). Any weight != 1 makes L
+    ``critic`` if given: a score f(z, mu) -> (R, B), or an :class:`edvae.critics.Critic`, called
+    as ``critic(z, mu, logvar, x)`` with ``x`` the rows' inputs; a negative ``mi_weight`` then
+    maximises it). Any weight != 1 makes L
     something other than an ELBO: evaluate models with :func:`elbo`.
 
     Terms: ``reconstruction``, ``mi``, ``entropy``, ``cross_entropy``, ``marginal_kl``,
@@ -221,7 +226,9 @@ def ed_elbo(
     p = resolve_prior(prior, z.shape[1])
     _check_log_px(log_px, z)
     log_q_own = log_posterior(z, mu, logvar, row_offset=row_offset, validate=validate and log_q is None)
-    if mi_method == "infonce":  # a learned critic
+    if mi_method == "infonce" and isinstance(critic, Critic):  # e.g. a momentum encoder and a queue
+        mi = critic(z, mu, logvar, x, row_offset=row_offset, validate=False)
+    elif mi_method == "infonce":  # a learned score
         mi = infonce(
             z, mu, logvar, critic=critic, row_offset=row_offset, chunk_size=chunk_size,
             validate=False,

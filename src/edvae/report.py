@@ -125,6 +125,13 @@ def comparisons_table(comparisons: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _headline(study: "Study", comparisons: list[dict[str, Any]]) -> list[str]:
+    """The study's own headline section (``Study.headline``), or nothing."""
+    hook = getattr(study, "headline", None)
+    text = hook(study, comparisons) if hook is not None else ""
+    return ["## Headline", "", text, "## All models", ""] if text else []
+
+
 def _environment() -> dict[str, Any]:
     return {
         "edvae": __version__,
@@ -165,6 +172,7 @@ def write_report(study: "Study", records: list[dict[str, Any]], out_dir: str | P
         "",
         study.description,
         "",
+        *_headline(study, result["comparisons"]),
         f"Mean ± standard deviation over {len(seeds)} seed(s); best mean per column in bold "
         f"(higher is better for {', '.join(m for m, up in HIGHER_IS_BETTER.items() if up)}; "
         f"lower for {', '.join(m for m, up in HIGHER_IS_BETTER.items() if not up)}). "

@@ -12,6 +12,7 @@ from edvae.errors import EdvaeError
 from edvae.experiments.disentangle import disentangle_study
 from edvae.experiments.paper import paper_study
 from edvae.experiments.prior_studies import ablation_study, learned_prior_study, misspecified_study, unknown_prior_study
+from edvae.experiments.readings import readings_study
 from edvae.experiments.real import real_study
 from edvae.experiments.runner import run_study
 from edvae.experiments.study import RunSpec, Study
@@ -26,6 +27,7 @@ STUDIES: dict[str, Callable[..., Study]] = {
     "misspecified": misspecified_study,
     "ablation": ablation_study,
     "real": real_study,
+    "readings": readings_study,
     "disentangle": disentangle_study,
 }
 

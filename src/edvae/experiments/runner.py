@@ -27,6 +27,7 @@ from edvae.errors import EdvaeError
 from edvae.evaluate import cached_true_log_likelihoods, evaluate_run
 from edvae.experiments.study import RunSpec, Study
 from edvae.model import build_model
+from edvae.objective_kinds import build_objective
 from edvae.report import write_report
 from edvae.runs import EVALUATION_NAME, LATENTS_NAME, load_data, load_run
 from edvae.train import train
@@ -133,13 +134,14 @@ def preflight(study: Study) -> None:
     seen: set[str] = set()
     for spec in study.runs:
         data_key = json.dumps(spec.config.data.model_dump(), sort_keys=True)
-        key = data_key + json.dumps(spec.config.model.model_dump(), sort_keys=True)
+        key = data_key + json.dumps([spec.config.model.model_dump(), spec.config.objective.model_dump()], sort_keys=True)
         if key in seen:
             continue
         seen.add(key)
         if data_key not in datasets:
             datasets[data_key] = load_data(spec.config)
-        build_model(spec.config.model, datasets[data_key], fit_prior=False)  # a check: fitting waits for training
+        model = build_model(spec.config.model, datasets[data_key], fit_prior=False)  # a check: fitting waits for training
+        build_objective(spec.config.objective, datasets[data_key].train.shape[0]).setup(model)  # e.g. its critic
 
 
 def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:

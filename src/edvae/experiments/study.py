@@ -68,6 +68,10 @@ class Study:
     #: Called as ``extra_figures(study, records, fig_dir)`` by the report after its own figures;
     #: returns the paths of the PNGs it wrote (e.g. per-model image figures, :mod:`edvae.figures`).
     extra_figures: Callable[["Study", list[dict[str, Any]], Path], list[Path]] | None = None
+    #: Called as ``headline(study, comparisons)`` by the report with its paired comparisons
+    #: (results.json's ``comparisons``); returns Markdown shown first in results.md, under
+    #: "Headline" (a study's answer to its question, e.g. ``edvae.experiments.readings.claims_table``).
+    headline: Callable[["Study", list[dict[str, Any]]], str] | None = None
 
 
 def build_runs(

@@ -21,7 +21,7 @@ from edvae.checkpoint import CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoin
 from edvae.config import RunConfig, validate_config
 from edvae.data import DataSplits
 from edvae.data.sampling import binarize_with_uniforms, derive_seed
-from edvae.distributed import gather_columns
+from edvae.distributed import gather_columns, gather_rows
 from edvae.errors import EdvaeError, TrainingError
 from edvae.model import build_model, calibrate_decoder
 from edvae.objective_kinds import TrainingObjective, build_objective
@@ -171,20 +171,23 @@ class Trainer:
             raise EdvaeError(f"train.batch_size={tc.batch_size} exceeds the {n_train} training examples; lower it")
 
         model = build_model(config.model, data, fit_prior=saved is None).to(fabric.device)  # resume: weights from the checkpoint
+        self.objective: TrainingObjective = build_objective(config.objective, n_train)
+        self.objective.setup(model)  # parts of the objective that read the model (a critic), kept outside it
+        trained = [*model.parameters(), *self.objective.parameters()]  # fixed order: the model's, then the objective's
         # fused Adam: one kernel for all parameters instead of ~12 ops per tensor (4-5x less time)
-        fused = all(t.device.type in ("cpu", "cuda") for t in model.parameters())
-        optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=fused or None)
+        fused = all(t.device.type in ("cpu", "cuda") for t in trained)
+        optimizer = torch.optim.Adam(trained, lr=tc.lr, fused=fused or None)
         self.total_steps = tc.epochs * self.batches_per_epoch
         scheduler = (  # a constant learning rate needs none
             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.total_steps) if tc.lr_schedule == "cosine" else None
         )
         self.wrapped = self.world > 1 or fabric.device.type != "cpu"
         self.step_model = fabric.setup(model, optimizer)[0] if self.wrapped else model
-        self.objective: TrainingObjective = build_objective(config.objective, n_train)
+        self.objective_params = [p for p in self.objective.parameters() if p.requires_grad]
         self.gather = {d: self.objective.reads_batch_columns(d) for d in (False, True)}  # by diagnostics
         self.micro_rows = micro_batch_rows(tc.batch_size, tc.grad_accum_steps, self.world, self.rank)
         self.dynamic = getattr(data, "binarize", "none") == "dynamic"
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in model.parameters() if p.requires_grad] + self.objective_params
         self.state = TrainState(
             config=config, model=model, optimizer=optimizer, scheduler=scheduler,
             noise=torch.Generator().manual_seed(tc.seed), objective=self.objective, world_size=self.world,
@@ -308,11 +311,14 @@ class Trainer:
                 mu, logvar, offset = gather_columns(out.mu, out.logvar)
             else:  # the objective reads this process's rows only
                 mu, logvar, offset = out.mu, out.logvar, 0
-            obj = self.objective(out, s.model.prior_distribution(), mu, logvar, offset, diagnostics=log_now)
+            inputs = {"x": x} if self.objective.reads_inputs else {}
+            obj = self.objective(out, s.model.prior_distribution(), mu, logvar, offset, diagnostics=log_now, **inputs)
             self._backward(obj.loss if k == 1 else obj.loss / k, sync=j == k - 1)
             outputs.append(out)
             objectives.append(obj)
         obj = objectives[0] if k == 1 else _mean_objective(objectives)
+        if self.world > 1 and self.objective_params:  # outside the DDP module: average their gradients here
+            self._average_gradients(self.objective_params)
         found_inf = nonfinite_flag(obj.loss, self.params, tc.grad_clip)
         if self.world > 1:
             signalled = torch.tensor(float(self._stop_flag.signal_name is not None), device=found_inf.device)
@@ -322,11 +328,13 @@ class Trainer:
         s.step += 1
         if nonfinite:
             self._skip_or_stop(obj, outputs)
+            self.objective.after_step(s.model, applied=False)
         else:
             self._consecutive_skips = 0
             s.optimizer.step()
             if s.scheduler is not None:
                 s.scheduler.step()
+            self.objective.after_step(s.model, applied=True, gather=gather_rows)
             if log_now:
                 self._log_step(obj)
         if self.progress is not None and log_now:
@@ -360,7 +368,7 @@ class Trainer:
             x = x_val[rows]
             out = model(x, eps_all[rank * per_rank:(rank + 1) * per_rank].to(x.device))
             mu, logvar, offset = gather_columns(out.mu, out.logvar)
-            obj = self.objective(out, prior, mu, logvar, offset)
+            obj = self.objective(out, prior, mu, logvar, offset, **({"x": x} if self.objective.reads_inputs else {}))
             names = list(obj.terms)
             values = torch.stack([obj.terms[k].float() for k in names]) * per_rank
             sums = values if sums is None else sums + values
@@ -377,7 +385,7 @@ class Trainer:
         """Write :meth:`TrainState.state_dict` atomically to ``checkpoint.pt``; refuses (with a
         :class:`TrainingError`, leaving the last good checkpoint) when a parameter is non-finite."""
         s = self.state
-        if not all(bool(torch.isfinite(p).all()) for p in s.model.parameters()):
+        if not all(bool(torch.isfinite(p).all()) for p in [*s.model.parameters(), *self.objective.parameters()]):
             raise TrainingError(
                 f"the parameters became non-finite by step {s.step} (epoch {s.epoch + 1}); {kept_checkpoint(self.run_dir)}. "
                 "Lower train.lr or set train.grad_clip"
@@ -397,6 +405,13 @@ class Trainer:
         else:  # a micro-batch before the last: no gradient all-reduce yet
             with self.fabric.no_backward_sync(self.step_model):
                 self.fabric.backward(loss)
+
+    def _average_gradients(self, params: list[Tensor]) -> None:
+        """Mean of the processes' gradients of ``params`` (what DDP does for the model's), one all-reduce."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.fabric.all_reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
+        for p, part in zip(params, flat.split([g.numel() for g in grads])):
+            p.grad = part.view_as(p).clone()
 
     def _skip_or_stop(self, obj: Objective, outputs: list[Any]) -> None:
         """A step with a non-finite loss or gradient: stop with a clear error, or (with
