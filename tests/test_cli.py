@@ -380,3 +380,98 @@ def test_a_non_finite_objective_term_is_named_with_its_step(files, tmp_path, poi
                     "--set", "train.checkpoint_seconds=0")
     assert_one_line_error(result, "was non-finite for 51 steps in a row at step 56 (epoch 7); giving up; the last good checkpoint", code=1)
     assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "skip")["model"].values())
+
+
+def test_a_folder_holding_a_failed_runs_logs_says_so_and_overwrite_reuses_it(files, tmp_path):
+    """A run that diverged before its first checkpoint leaves logs and no checkpoint: train must
+    not send the user to --resume (which has nothing to resume), and --overwrite must work."""
+    early = tmp_path / "early"
+    assert_one_line_error(invoke("train", files["tiny"], "--out", early, "--set", "train.lr=1e4"), "no checkpoint", code=1)
+    assert not (early / CHECKPOINT_NAME).exists() and any(early.iterdir())
+    line = assert_one_line_error(invoke("train", files["tiny"], "--out", early), "stopped before its first checkpoint")
+    assert "--overwrite" in line and "--resume" not in line
+    assert_one_line_error(invoke("train", "--resume", early), "holds no checkpoint.pt")
+    result = invoke("train", files["tiny"], "--out", early, "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert load_checkpoint(early)["completed"]
+
+
+# --------------------------------------------------------------------------------------------
+# the data a run is evaluated on is the data it was trained on
+
+
+def test_a_run_trained_on_data_in_memory_is_evaluated_on_exactly_that_data(tmp_path, tiny_config):
+    import json
+
+    from edvae.data import DataSplits
+    from edvae.evaluate import evaluate_model
+    from edvae.runs import load_run
+    from edvae.train import train
+
+    gen = torch.Generator().manual_seed(3)
+    x = 5 + 2 * torch.randn(400, 6, generator=gen)  # not the config's synthetic data set (16-D)
+    mine = DataSplits("mine", x[:256], x[256:320], x[320:], (6,), "gaussian")
+    cfg = tiny_config(train={"epochs": 1}, model={"prior": "normal"})
+    train(cfg, tmp_path / "run", data=mine)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["name"] == "stored"
+    result = invoke("evaluate", tmp_path / "run", "--json")
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    model = load_run(tmp_path / "run")[0]
+    expected = evaluate_model(model, mine, cfg.eval)
+    assert metrics["elbo"] == pytest.approx(expected["elbo"], rel=1e-12) and metrics["mse"] == pytest.approx(expected["mse"], rel=1e-12)
+    assert "true_ll" not in metrics  # no ground truth for the user's data
+    (tmp_path / "run" / "data.pt").write_bytes(b"changed")
+    assert_one_line_error(invoke("evaluate", tmp_path / "run"), "data.pt changed since this run was trained")
+
+
+def test_file_data_is_recorded_by_absolute_path_and_hash_and_checked_before_evaluation(tmp_path, monkeypatch):
+    import json
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "work").mkdir()
+    np.save(tmp_path / "work" / "mine.npy", rng.random((300, 5)).astype(np.float32))
+    toml = TINY_TOML.replace('prior = "true"', 'prior = "normal"').replace('options = { n_train = 512, n_val = 256, n_test = 256 }', "")
+    (tmp_path / "tiny.toml").write_text(toml)
+    monkeypatch.chdir(tmp_path / "work")
+    result = invoke("train", tmp_path / "tiny.toml", "--data", "mine.npy", "--out", "run")
+    assert result.exit_code == 0, result.stderr
+    stored = load_checkpoint(tmp_path / "work" / "run")["config"]["data"]
+    assert stored["name"] == "file" and stored["path"] == str(tmp_path / "work" / "mine.npy")
+    monkeypatch.chdir(tmp_path)  # a relative --data path works from another folder
+    result = invoke("evaluate", "work/run", "--json")
+    assert result.exit_code == 0, result.stderr
+    before = json.loads(result.stdout)
+    np.save(tmp_path / "work" / "mine.npy", rng.random((300, 5)).astype(np.float32))  # the file changes
+    line = assert_one_line_error(invoke("evaluate", "work/run"), f"the data file {tmp_path / 'work' / 'mine.npy'} changed")
+    assert "--data" in line
+    assert_one_line_error(invoke("train", "--resume", "work/run", "--set", "train.epochs=2"), "changed since this run was trained")
+    result = invoke("evaluate", "work/run", "--json", "--data", "work/mine.npy")  # evaluating on another file: explicit
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["elbo"] != before["elbo"]
+    (tmp_path / "work" / "mine.npy").unlink()
+    assert_one_line_error(invoke("evaluate", "work/run"), "mine.npy this run was trained on is missing")
+    assert_one_line_error(invoke("evaluate", "work/run", "--data", "nothing.npy"), "--data nothing.npy is not a file")
+
+
+def test_evaluate_caches_the_true_log_likelihood_per_data_set(files, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from edvae.data import GroundTruth
+    from edvae.evaluate import CACHE_DIR_NAME
+
+    run = tmp_path / "runs" / "a"
+    shutil.copytree(files["run"], run)
+    first = invoke("evaluate", run, "--json")
+    assert first.exit_code == 0, first.stderr
+    assert len(list((tmp_path / "runs" / CACHE_DIR_NAME).glob("true_ll-*.pt"))) == 1
+
+    def never(*args, **kwargs):
+        raise AssertionError("the cached true log-likelihood was recomputed")
+
+    monkeypatch.setattr(GroundTruth, "true_log_likelihood", never)
+    second = invoke("evaluate", run, "--json")
+    assert second.exit_code == 0, second.stderr
+    assert json.loads(second.stdout)["true_ll"] == json.loads(first.stdout)["true_ll"]
+    assert invoke("evaluate", run, "--json", "--split", "val").exception is not None  # another split: not that cache

@@ -420,7 +420,7 @@ def _cli_vectors(blocker: str, junk_file: str) -> st.SearchStrategy[list[str]]:
     options = st.sampled_from([
         "--out", "--set", "--prior", "--data", "--resume", "--devices", "--num-nodes", "--iwae-samples",
         "--seeds", "--workers", "--study", "--split", "--json", "--quick", "--overwrite", "--no-true-ll",
-        "--bogus", "--help", "-h",
+        "--progress", "--no-progress", "--bogus", "--help", "-h",
     ])
     values = st.sampled_from([
         "0", "-1", "1", "2", "zero", "1e9", "", " ", "x=1", "train.epochs=0", "train.epochs=1",

@@ -96,3 +96,27 @@ def test_bad_study_input_is_one_clear_line(tmp_path, args, message):
 def test_unknown_study_raises():
     with pytest.raises(EdvaeError, match="paper"):
         get_study("nope")
+
+
+def test_a_study_reuses_matching_runs_and_never_replaces_a_finished_run_without_overwrite(tmp_path, tiny_config, monkeypatch):
+    from edvae.checkpoint import load_checkpoint
+    from edvae.experiments import RunSpec, Study, run_study
+
+    monkeypatch.setattr("edvae.report._figures", lambda *args, **kwargs: [])
+
+    def study(epochs: int) -> Study:
+        runs = [RunSpec("complex", "edvae", seed, tiny_config(train={"epochs": epochs, "seed": seed}, eval={"iwae_samples": 20, "true_ll": False}))
+                for seed in (0, 1)]
+        return Study(name="tiny", title="tiny", description="two tiny runs", runs=runs)
+
+    first = run_study(study(1), tmp_path, workers=1, progress=False)
+    assert first["plan"] == {"reuse": 0, "evaluate": 0, "resume": 0, "train": 2, "refuse": 0}
+    folder = tmp_path / "runs" / study(1).runs[0].folder
+    before = (folder / "checkpoint.pt").read_bytes()
+    assert run_study(study(1), tmp_path, workers=1, progress=False)["plan"]["reuse"] == 2  # same config: reused
+    with pytest.raises(EdvaeError, match=r"0 runs reused, 0 trained, 2 refused: nothing was run; .*s0 \(and 1 other finished run\) "
+                                         r"holds a finished run with another config \(train.epochs differ\); pass --overwrite"):
+        run_study(study(2), tmp_path, workers=1, progress=False)
+    assert (folder / "checkpoint.pt").read_bytes() == before  # untouched
+    replaced = run_study(study(2), tmp_path, workers=1, overwrite=True, progress=False)
+    assert replaced["plan"]["train"] == 2 and load_checkpoint(folder)["config"]["train"]["epochs"] == 2

@@ -221,3 +221,40 @@ def test_validation_noise_is_the_same_every_epoch_and_never_touches_training(tmp
     train(cfg, tmp_path / "unvalidated")
     a, b = load_checkpoint(tmp_path / "validated")["model"], load_checkpoint(tmp_path / "unvalidated")["model"]
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+class _LearningRates:
+    """Records the learning rate after every optimisation step."""
+
+    def __init__(self) -> None:
+        self.rates: dict[int, float] = {}
+
+    def on_step_end(self, state, step):
+        self.rates[step] = state.optimizer.param_groups[0]["lr"]
+
+
+def test_a_resumed_cosine_schedule_follows_the_new_total_and_ends_at_zero(tmp_path, tiny_config):
+    import math
+
+    cosine = {"lr_schedule": "cosine", "epochs": 2}
+    train(tiny_config(train=cosine), tmp_path / "r")
+    resumed = _LearningRates()
+    train(tiny_config(train=dict(cosine, epochs=4)), tmp_path / "r", resume=True, callbacks=[resumed])
+    fresh = _LearningRates()
+    train(tiny_config(train=dict(cosine, epochs=4)), tmp_path / "fresh", callbacks=[fresh])
+    total, lr = 4 * STEPS_PER_EPOCH, 3e-3
+    assert sorted(resumed.rates) == list(range(2 * STEPS_PER_EPOCH + 1, total + 1))
+    for step, rate in resumed.rates.items():  # the fresh run's rates, i.e. the closed form of the new curve
+        assert rate == pytest.approx(fresh.rates[step], rel=1e-9, abs=1e-15)
+        assert rate == pytest.approx(lr * (1 + math.cos(math.pi * step / total)) / 2, rel=1e-9, abs=1e-15)
+    assert resumed.rates[total] == pytest.approx(0.0, abs=1e-15)
+    saved = load_checkpoint(tmp_path / "r")
+    assert saved["scheduler"]["T_max"] == total and saved["config"]["train"]["epochs"] == 4
+
+
+def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path, tiny_config):
+    train(tiny_config(train={"epochs": 2}), tmp_path / "r")
+    before = load_checkpoint(tmp_path / "r")
+    with pytest.raises(EdvaeError, match="already trained 2 epochs; pass train.epochs=2 or more"):
+        train(tiny_config(train={"epochs": 1}), tmp_path / "r", resume=True)
+    assert load_checkpoint(tmp_path / "r")["config"] == before["config"]  # nothing rewritten

@@ -173,7 +173,10 @@ def train(
         if any(not o.startswith("train.") for o in overrides):
             raise EdvaeError("on --resume only train.* settings may change (e.g. --set train.epochs=100)")
         from edvae.checkpoint import load_checkpoint
+        from edvae.training.run_dir import check_resumable
 
+        if resume.is_dir():
+            check_resumable(resume)
         stored = load_checkpoint(resume)["config"]
         from edvae.config import apply_overrides
 
@@ -230,8 +233,13 @@ def evaluate(
     split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
     no_true_ll: Annotated[bool, typer.Option("--no-true-ll", help="Skip the true log-likelihood of synthetic data (quadrature).")] = False,
     set_: Annotated[list[str], typer.Option("--set", help="Override an evaluation setting: --set eval.seed=1 (repeatable).")] = [],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluate on this data file instead of the run's own (same options and split seed).")] = None,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bars on stderr (default: on a terminal).")] = None,
 ) -> None:
-    """Evaluate a trained model with the same metrics as every other (ELBO, IWAE, MI, ...)."""
+    """Evaluate a trained model with the same metrics as every other (ELBO, IWAE, MI, ...).
+
+    The true log-likelihood of synthetic data is cached per data set in .edvae-cache/ next to
+    the run folder (shared by the runs of one parent folder)."""
     from edvae.config import EvalConfig, apply_overrides
 
     if split not in ("test", "val"):
@@ -243,14 +251,24 @@ def evaluate(
         overrides.append(f"eval.iwae_samples={iwae_samples}")
     if no_true_ll:
         overrides.append("eval.true_ll=false")
+    if data is not None and not data.is_file():
+        raise EdvaeError(f"--data {data} is not a file; give the data file to evaluate on")
     from edvae.checkpoint import load_checkpoint
     from edvae.config import validate_config
 
     stored = load_checkpoint(run_dir)["config"]
-    eval_config: EvalConfig = validate_config(apply_overrides(stored, overrides), source=f"the config stored in {run_dir}").eval
-    from edvae.evaluate import evaluate_run
+    run_config = validate_config(apply_overrides(stored, overrides), source=f"the config stored in {run_dir}")
+    from edvae.evaluate import evaluate_run, run_cache_dir
+    from edvae.runs import load_data
 
-    metrics = evaluate_run(run_dir, config=eval_config, split=split)
+    other = None
+    if data is not None:  # the stored data options (scaling, labels, split) on another file
+        options = run_config.data.options if run_config.data.name == "file" else {}
+        new_data = run_config.data.model_copy(update={"name": "file", "path": str(data.resolve()), "options": options})
+        other = load_data(run_config.model_copy(update={"data": new_data}))
+    show = sys.stderr.isatty() if progress is None else progress
+    metrics = evaluate_run(run_dir, config=run_config.eval, data=other, split=split,
+                           cache_dir=run_cache_dir(run_dir) if other is None else None, progress=show)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
     else:
@@ -278,7 +296,9 @@ def reproduce(
     overrides = apply_overrides({}, list(set_)) if set_ else None
     chosen = get_study(study, quick=quick, seeds=seeds, overrides=overrides)
     result = run_study(chosen, out, workers=workers, overwrite=overwrite)
-    typer.echo(f"{len(result['records'])} runs; report: {out / 'results.md'}")
+    from edvae.experiments.runner import plan_line
+
+    typer.echo(f"{len(result['records'])} runs ({plan_line(result['plan'])}); report: {out / 'results.md'}")
 
 
 @app.command()

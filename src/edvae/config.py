@@ -200,7 +200,13 @@ class TrainConfig(_Strict):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(1e-3, gt=0, le=1e6)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description=(
+            "cosine: lr_t = lr (1 + cos(pi t / T)) / 2 after t of T = epochs x steps-per-epoch steps; on resume with "
+            "more epochs T becomes the new total and t is kept, so the rate continues on the new curve and ends at 0"
+        ),
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1)
     grad_clip: float | None = Field(None, gt=0)
     on_nonfinite: Literal["stop", "skip"] = "stop"
@@ -225,7 +231,15 @@ class TrainConfig(_Strict):
     devices: int = Field(1, ge=1)
     num_nodes: int = Field(1, ge=1)
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
-    threads: int = Field(0, ge=0, le=1024, description="torch threads per process; 0 leaves torch's default")
+    threads: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description=(
+            "torch threads per process (set for the whole process); 0 leaves torch's default. 1 by measurement: on a "
+            "shared 2-core machine the study networks train 20-50x faster with 1 thread than with 2 (docs/performance.md)"
+        ),
+    )
     progress: bool = True
 
 

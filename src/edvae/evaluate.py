@@ -30,24 +30,45 @@ weights w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from edvae.config import EvalConfig
+from edvae.checkpoint import save_atomic
+from edvae.config import EvalConfig, RunConfig
 from edvae.data import DataSplits, binarize_batch
 from edvae.errors import EdvaeError
 from edvae.data.sampling import derive_seed
 from edvae.estimators import dataset_decomposition_terms, kl_divergence, log_posterior
 from edvae.model import VAE
-from edvae.runs import load_run  # also importable from here, its former home
+from edvae.runs import load_data, load_run  # load_run also importable from here, its former home
 
-__all__ = ["evaluate_model", "fit_logistic_regression", "evaluate_run", "evaluation_seed", "load_run", "mean_true_log_likelihood", "true_log_likelihoods", "sliced_wasserstein", "active_units", "disentanglement_metrics"]
+__all__ = [
+    "CACHE_DIR_NAME", "cached_true_log_likelihoods", "evaluate_model", "evaluate_run", "evaluation_seed", "fit_logistic_regression",
+    "load_run", "run_cache_dir", "mean_true_log_likelihood", "true_log_likelihoods", "sliced_wasserstein", "active_units",
+    "disentanglement_metrics",
+]
 
 #: Importance samples times examples held in memory at once during evaluation.
 _SAMPLES_PER_CHUNK = 100_000
+#: The folder, next to a run folder, where ``edvae evaluate`` caches per-data-set results.
+CACHE_DIR_NAME = ".edvae-cache"
+
+
+def _progress(items: Iterable[Any], *, enabled: bool, total: int | None = None, desc: str = "") -> Iterator[Any]:
+    """``items``, with a tqdm bar on stderr when ``enabled``."""
+    if not enabled:
+        yield from items
+        return
+    from tqdm.auto import tqdm
+
+    yield from tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def sliced_wasserstein(a: Tensor, b: Tensor, *, projections: int = 256, generator: torch.Generator | None = None) -> float:
@@ -166,8 +187,10 @@ def evaluate_model(
     *,
     split: str = "test",
     true_ll: Tensor | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
-    """Every metric of the module docstring for ``model`` on ``data``'s ``split``.
+    """Every metric of the module docstring for ``model`` on ``data``'s ``split``
+    (``progress``: bars on stderr for the importance-sampling pass and the true likelihood).
 
     Monte Carlo errors: every metric that is a mean over the N examples of a per-example value
     v_n (elbo, iwae, kl, reconstruction, mse, nll, bpd, true_ll, ll_gap; mi, entropy,
@@ -202,7 +225,8 @@ def evaluate_model(
     chunk = max(1, min(config.batch_size, _SAMPLES_PER_CHUNK // k))
     per_example: dict[str, list[Tensor]] = {"elbo": [], "iwae": [], "kl": [], "reconstruction": [], "mse": []}
     mus, logvars = [], []
-    for start in range(0, x_all.shape[0], chunk):
+    starts = range(0, x_all.shape[0], chunk)
+    for start in _progress(starts, enabled=progress, total=len(starts), desc=f"evaluate ({k} importance samples)"):
         x = x_all[start:start + chunk]
         b = x.shape[0]
         mu, logvar = model.encode(x)
@@ -243,7 +267,10 @@ def evaluate_model(
                 f"true_ll has shape {tuple(true_ll.shape)} but the {split} split has {n} examples; "
                 "pass the per-example log p_true(x) of that split (edvae.evaluate.true_log_likelihoods)"
             )
-        values["true_ll"] = true_ll if true_ll is not None else true_log_likelihoods(data, split)
+        if true_ll is None:
+            for _ in _progress(range(1), enabled=progress, total=1, desc=f"true log-likelihood of {n} examples"):
+                true_ll = true_log_likelihoods(data, split)
+        values["true_ll"] = true_ll
         values["ll_gap"] = values["true_ll"] - values["iwae"]
     metrics: dict[str, float] = {}
     for name, per in values.items():
@@ -297,6 +324,48 @@ def mean_true_log_likelihood(data: DataSplits, split: str = "test") -> float:
     return float(true_log_likelihoods(data, split).mean())
 
 
+def run_cache_dir(run_dir: str | Path) -> Path:
+    """Where ``edvae evaluate`` caches per-data-set results for a run: ``.edvae-cache/`` in the
+    run folder's parent, shared by the runs of one parent folder (a study keeps its own,
+    ``OUT/cache``). Deleting it is always safe."""
+    run_dir = Path(run_dir)
+    folder = run_dir.parent if run_dir.is_file() else run_dir
+    return folder.resolve().parent / CACHE_DIR_NAME
+
+
+def cached_true_log_likelihoods(
+    config: RunConfig, cache_dir: str | Path, *, split: str = "test", data: DataSplits | None = None
+) -> Tensor | None:
+    """log p_true(x_n) of every example of ``split`` of the data set ``config.data`` names,
+    (N,) float64, computed once per data set and cached in ``cache_dir``.
+
+    The key is the sha256 of the data config (name, seed, options; it fixes the synthetic data
+    and so its exact likelihood). ``None`` when ``config.eval.true_ll`` is off or the data have
+    no ground truth (real data, files, data stored from memory). A cache that cannot be written
+    is skipped (the value is still returned).
+    """
+    if not config.eval.true_ll or config.data.name in ("file", "stored"):
+        return None
+    key = hashlib.sha256(json.dumps(config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / (f"true_ll-{key}.pt" if split == "test" else f"true_ll-{key}-{split}.pt")
+    if path.is_file():
+        try:
+            cached = torch.load(path, weights_only=True).get("log_p_true")
+        except (RuntimeError, EOFError, AttributeError, OSError):
+            cached = None
+        if isinstance(cached, Tensor):
+            return cached
+    data = data if data is not None else load_data(config)
+    if data.ground_truth is None:
+        return None
+    value = true_log_likelihoods(data, split)
+    try:
+        save_atomic({"log_p_true": value, "data": config.data.model_dump()}, path)
+    except OSError:
+        pass
+    return value
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -304,9 +373,19 @@ def evaluate_run(
     data: DataSplits | None = None,
     split: str = "test",
     true_ll: Tensor | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
-    """Evaluate the model saved in ``run_dir``; adds ``train_seconds`` from its checkpoint."""
-    model, run_config, state, data = load_run(run_dir, data)
-    metrics = evaluate_model(model, data, config or run_config.eval, split=split, true_ll=true_ll)
+    """Evaluate the model saved in ``run_dir``; adds ``train_seconds`` from its checkpoint.
+
+    ``data``: other data to evaluate on (default: the run's own, checked against the recorded
+    hashes); ``cache_dir``: where the true log-likelihood is cached per data set
+    (:func:`cached_true_log_likelihoods`; not used with ``data``)."""
+    model, run_config, state, data_used = load_run(run_dir, data)
+    config = config or run_config.eval
+    if true_ll is None and cache_dir is not None and data is None and config.true_ll:
+        with_eval = run_config.model_copy(update={"eval": config})
+        true_ll = cached_true_log_likelihoods(with_eval, cache_dir, split=split, data=data_used)
+    metrics = evaluate_model(model, data_used, config, split=split, true_ll=true_ll, progress=progress)
     metrics["train_seconds"] = float(state["train_seconds"])
     return metrics

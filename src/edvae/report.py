@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edvae import __version__
+from edvae._version import __version__
 from edvae.convergence import CONVERGENCE_TOL
 from edvae.figures import draw_aggregate_posterior
 from edvae.runs import LATENTS_NAME, METRICS_NAME

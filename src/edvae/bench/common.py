@@ -67,7 +67,7 @@ def machine_info(threads: int) -> dict[str, Any]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import numpy
 
-    from edvae import __version__
+    from edvae._version import __version__
 
     return {
         "cores": os.cpu_count(),

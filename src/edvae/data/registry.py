@@ -14,7 +14,7 @@ from typing import Any
 from edvae.data.factors import nongaussian_factors_dataset, sprites_dataset
 from edvae.data.files import load_file
 from edvae.data.real import digits_dataset, mnist5k_dataset
-from edvae.data.splits import DataSplits
+from edvae.data.splits import DataSplits, load_stored
 from edvae.data.synthetic import complex_dataset, gaussian_dataset
 from edvae.errors import EdvaeError
 
@@ -28,7 +28,10 @@ _BUILDERS: dict[str, Callable[..., DataSplits]] = {
     "file": load_file,
     "sprites": sprites_dataset,
     "nongaussian-factors": nongaussian_factors_dataset,
+    "stored": load_stored,  # data a run folder holds (edvae.runs.record_data)
 }
+#: The data sets read from ``path``.
+_READ_FROM_PATH = ("file", "stored")
 
 
 def dataset_names() -> list[str]:
@@ -77,7 +80,7 @@ def load_dataset(
         raise EdvaeError(
             f"dataset {name!r} has no option {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}"
         )
-    if name == "file":
+    if name in _READ_FROM_PATH:
         return builder(seed=seed, path=path, **options)
     if path is not None:
         raise EdvaeError(f"path is only used by dataset 'file', not {name!r}; drop path or use name='file'")

@@ -139,6 +139,21 @@ class DataSplits:
         return ", ".join(parts)
 
 
+def load_stored(*, seed: int, path: Any) -> DataSplits:
+    """Data saved by :func:`edvae.runs.record_data` (``data.pt`` in a run folder): the splits
+    exactly as they were passed to training (``seed`` is not used: nothing is drawn again)."""
+    from pathlib import Path
+
+    if path is None or not Path(path).is_file():
+        raise EdvaeError(f"stored data {path} is missing; data.name='stored' reads the data.pt a run folder holds")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return DataSplits(**{**saved, "x_shape": tuple(saved["x_shape"]), "factor_names": tuple(saved.get("factor_names", ())),
+                             "info": {"source": str(path)}})
+    except (RuntimeError, KeyError, TypeError, EOFError) as err:
+        raise EdvaeError(f"stored data {path} is damaged ({type(err).__name__}); re-run training") from None
+
+
 def check_split(split: Any, source: str) -> tuple[float, float, float]:
     """Validate the ``split`` option: three positive fractions summing to 1."""
     try:

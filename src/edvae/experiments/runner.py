@@ -11,9 +11,9 @@ of workers).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,7 +25,7 @@ from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic
 from edvae.config import RunConfig
 from edvae.convergence import convergence, validation_elbos
 from edvae.errors import EdvaeError
-from edvae.evaluate import evaluate_run, true_log_likelihoods
+from edvae.evaluate import cached_true_log_likelihoods, evaluate_run
 from edvae.experiments.study import RunSpec, Study
 from edvae.model import build_model
 from edvae.objective_kinds import build_objective
@@ -33,7 +33,7 @@ from edvae.report import write_report
 from edvae.runs import EVALUATION_NAME, LATENTS_NAME, METRICS_NAME, load_data, load_run
 from edvae.train import train
 
-__all__ = ["RunSpec", "Study", "run_study", "run_one", "run_convergence", "preflight"]
+__all__ = ["ACTIONS", "RunSpec", "Study", "plan_run", "run_study", "run_one", "run_convergence", "preflight"]
 
 
 def _save_latents(run_dir: Path, spec: RunSpec) -> None:
@@ -53,48 +53,60 @@ def _save_latents(run_dir: Path, spec: RunSpec) -> None:
     torch.save(payload, run_dir / LATENTS_NAME)
 
 
-def _cached_true_ll(spec: RunSpec, out_dir: Path) -> torch.Tensor | None:
-    """log p_true(x_n) of every test example, computed once per data config and cached on disk."""
-    if not spec.config.eval.true_ll:
-        return None
-    key = hashlib.sha256(json.dumps(spec.config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
-    path = out_dir / "cache" / f"true_ll-{key}.pt"
-    if path.exists() and isinstance(cached := torch.load(path, weights_only=True).get("log_p_true"), torch.Tensor):
-        return cached
-    data = load_data(spec.config)
-    if data.ground_truth is None:
-        return None
-    value = true_log_likelihoods(data)
-    save_atomic({"log_p_true": value, "data": spec.config.data.model_dump()}, path)
-    return value
-
-
-def _same_config(stored: dict[str, Any], spec: RunSpec) -> bool:
-    """Whether a checkpoint's config is the run's (settings added since it was written take
-    their defaults)."""
+def _config_differences(stored: dict[str, Any], spec: RunSpec) -> list[str]:
+    """The dotted keys where a checkpoint's config differs from the run's (settings added since
+    it was written take their defaults); ``["config"]`` when the stored one is no longer valid."""
     try:
-        return RunConfig.model_validate(stored).model_dump() == spec.config.model_dump()
+        old = RunConfig.model_validate(stored).model_dump()
     except ValueError:
-        return False
+        return ["config"]
+    return _differences(old, spec.config.model_dump())
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(set(a) | set(b)) for d in _differences(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+#: What :func:`run_one` does with a run's folder (see :func:`plan_run`).
+ACTIONS = ("reuse", "evaluate", "resume", "train", "refuse")
+
+
+def plan_run(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> tuple[str, list[str]]:
+    """What to do with one run's folder, and the config keys that differ from the stored run's.
+
+    * ``reuse``: a finished run (completed checkpoint and evaluation) with the same config;
+    * ``evaluate``: a completed checkpoint with the same config, not yet evaluated;
+    * ``resume``: an interrupted run with the same config (continued from its checkpoint);
+    * ``train``: no checkpoint, an interrupted run with another config (the study owns its
+      folders and starts it afresh), or ``overwrite``;
+    * ``refuse``: a finished run whose config differs: never replaced without ``overwrite``.
+    """
+    run_dir = Path(out_dir) / "runs" / spec.folder
+    if overwrite or not (run_dir / CHECKPOINT_NAME).exists():
+        return "train", []
+    state = load_checkpoint(run_dir)
+    differences = _config_differences(state["config"], spec)
+    if not state.get("completed", False):
+        return ("train" if differences else "resume"), differences
+    if differences:
+        return "refuse", differences
+    return ("reuse" if (run_dir / EVALUATION_NAME).exists() else "evaluate"), []
 
 
 def run_one(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Train and evaluate one run (reusing a finished one); returns its record."""
+    """Train and evaluate one run (reusing a finished one, see :func:`plan_run`); returns its
+    record. A finished run with another config is refused (:class:`EdvaeError`) unless ``overwrite``."""
     run_dir = Path(out_dir) / "runs" / spec.folder
     evaluation = run_dir / EVALUATION_NAME
-    done = evaluation.exists() and (run_dir / CHECKPOINT_NAME).exists() and not overwrite
-    if done:
-        state = load_checkpoint(run_dir)
-        done = state.get("completed", False) and _same_config(state["config"], spec)
-    if not done:
-        # The study owns its run folders: continue a matching interrupted run, else start afresh.
-        resume = (
-            not overwrite
-            and (run_dir / CHECKPOINT_NAME).exists()
-            and _same_config(load_checkpoint(run_dir)["config"], spec)
-        )
-        train(spec.config, run_dir, resume=resume, overwrite=not resume)
-        metrics = evaluate_run(run_dir, true_ll=_cached_true_ll(spec, Path(out_dir)))
+    action, differences = plan_run(spec, out_dir, overwrite)
+    if action == "refuse":
+        raise EdvaeError(_refusal(run_dir, differences))
+    if action in ("resume", "train"):
+        train(spec.config, run_dir, resume=action == "resume", overwrite=action == "train")
+    if action != "reuse":
+        metrics = evaluate_run(run_dir, true_ll=cached_true_log_likelihoods(spec.config, Path(out_dir) / "cache"))
         _save_latents(run_dir, spec)
         evaluation.write_text(json.dumps(metrics, indent=2) + "\n")
     metrics = json.loads(evaluation.read_text())
@@ -107,6 +119,15 @@ def run_convergence(run_dir: str | Path) -> dict[str, Any]:
     (:func:`edvae.convergence.convergence`; not converged when the run logged no validation)."""
     path = Path(run_dir) / METRICS_NAME
     return convergence(validation_elbos(path) if path.exists() else [])
+
+
+def _refusal(run_dir: Path, differences: list[str], others: int = 0) -> str:
+    shown = ", ".join(differences[:4]) + (", ..." if len(differences) > 4 else "")
+    more = f" (and {others} other finished run{'s' if others > 1 else ''})" if others else ""
+    return (
+        f"{run_dir}{more} holds a finished run with another config ({shown} differ); "
+        f"pass --overwrite to retrain it, or choose another --out"
+    )
 
 
 def _worker(args: tuple[RunSpec, str, bool]) -> dict[str, Any]:
@@ -144,6 +165,16 @@ def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite:
     preflight(study)
     for spec in study.runs:
         spec.config = spec.config.model_copy(update={"train": spec.config.train.model_copy(update={"progress": False, "threads": 1})})
+    plans = [plan_run(spec, out_dir, overwrite) for spec in study.runs]
+    counts = {action: sum(1 for a, _ in plans if a == action) for action in ACTIONS}
+    refused = [(spec, d) for spec, (a, d) in zip(study.runs, plans) if a == "refuse"]
+    if refused:
+        spec, differences = refused[0]
+        raise EdvaeError(
+            f"{plan_line(counts)}: nothing was run; " + _refusal(out_dir / "runs" / spec.folder, differences, len(refused) - 1)
+        )
+    if progress:
+        print(plan_line(counts), file=sys.stderr)
     jobs = [(spec, str(out_dir), overwrite) for spec in study.runs]
     records: list[dict[str, Any]] = []
     bar = None
@@ -165,4 +196,12 @@ def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite:
                     bar.update(1)
     if bar is not None:
         bar.close()
-    return write_report(study, records, out_dir, wall_seconds=time.perf_counter() - started)
+    result = write_report(study, records, out_dir, wall_seconds=time.perf_counter() - started)
+    result["plan"] = counts
+    return result
+
+
+def plan_line(counts: dict[str, int]) -> str:
+    """``"2 runs reused, 1 trained, 0 refused"`` (evaluated-only runs count as reused, resumed as trained)."""
+    reused, trained = counts["reuse"] + counts["evaluate"], counts["train"] + counts["resume"]
+    return f"{reused} run{'s' if reused != 1 else ''} reused, {trained} trained, {counts['refuse']} refused"

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edvae import __version__
+from edvae._version import __version__
 from edvae.checkpoint import CHECKPOINT_FORMAT, load_weights
 
 __all__ = ["TrainState", "rng_state", "set_rng_state"]

@@ -6,6 +6,7 @@ See :mod:`edvae.training` for what it guarantees and how to extend it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -27,11 +28,11 @@ from edvae.objective_kinds import TrainingObjective, build_objective
 from edvae.objectives import Objective
 from edvae.training.batches import epoch_order, micro_batch_rows
 from edvae.training.guards import MAX_CONSECUTIVE_SKIPS, StopFlag, checkpoint_due, diverged, kept_checkpoint, nonfinite_flag
-from edvae.runs import CONFIG_NAME, PRIOR_FIT_NAME, load_data
+from edvae.runs import CONFIG_NAME, PRIOR_FIT_NAME, check_data, load_data, record_data
 from edvae.training.run_dir import MetricsLog, prepare_run_dir
 from edvae.training.state import TrainState
 
-__all__ = ["HOOKS", "TrainResult", "Trainer", "load_data", "train"]
+__all__ = ["HOOKS", "TrainResult", "Trainer", "follow_new_total", "load_data", "train"]
 
 #: The callback hooks, each fired through ``fabric.call`` with keyword arguments (a callback
 #: declares the ones it wants): ``on_train_start(trainer, state)``,
@@ -101,9 +102,16 @@ def train(
     ``resume=True`` continues from ``run_dir/checkpoint.pt`` (the config stored there wins for
     everything but ``train.epochs`` and where the run executes: ``train.devices``,
     ``num_nodes``, ``accelerator``, ``threads``, ``progress``; a run may resume on another
-    number of processes, it sees the same global batches and noise). ``stop_at_step`` stops
+    number of processes, it sees the same global batches and noise). ``train.epochs`` may grow
+    (never below the epochs already trained); a cosine schedule then follows the new total number
+    of steps (see :func:`follow_new_total`). ``stop_at_step`` stops
     gracefully after that many steps, exactly as a SIGTERM would (for tests and time-boxed runs).
     ``callbacks``: objects with any of the methods in :data:`HOOKS` (see :mod:`edvae.training`).
+
+    ``data`` trains on data in memory instead of the data the config names; the run folder then
+    keeps a copy (``data.pt``, the stored config reading it back), so that evaluating the run
+    uses exactly that data. File data are recorded by absolute path and sha256, and a resumed
+    run refuses a data file that changed (:func:`edvae.runs.record_data`, :func:`~edvae.runs.check_data`).
     """
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
@@ -112,6 +120,12 @@ def train(
         stored = validate_config(saved["config"], source=str(run_dir / CHECKPOINT_NAME))
         placement = {k: getattr(config.train, k) for k in ("epochs", *_PLACEMENT)} if config is not None else {}
         config = stored.model_copy(update={"train": stored.train.model_copy(update=placement)})
+        started = saved["epoch"] + (saved["batch_in_epoch"] > 0)  # epochs finished or begun
+        if config.train.epochs < started:
+            raise EdvaeError(
+                f"cannot resume {run_dir} with train.epochs={config.train.epochs}: it has already trained {saved['epoch']} "
+                f"epochs{' and begun the next' if saved['batch_in_epoch'] else ''}; pass train.epochs={started} or more"
+            )
     tc = config.train
     if tc.accelerator == "gpu" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         raise EdvaeError("train.accelerator='gpu' but torch sees no GPU on this machine; set train.accelerator=cpu or auto")
@@ -119,7 +133,11 @@ def train(
     if tc.threads:  # after the launch, which sets cores / processes threads unless OMP_NUM_THREADS is set
         torch.set_num_threads(tc.threads)
     fabric.seed_everything(tc.seed, verbose=False)
-    data = data if data is not None else load_data(config)
+    if saved is None:  # record the data: absolute file paths and hashes, data in memory saved in the run folder
+        config = record_data(config, run_dir, data, write=fabric.is_global_zero)
+    elif data is None:
+        check_data(run_dir, config)
+    data = data if data is not None else load_data(config, run_dir)
     trainer = Trainer(config, run_dir, fabric, data, saved=saved, stop_at_step=stop_at_step)
     return trainer.fit()
 
@@ -176,6 +194,8 @@ class Trainer:
         )
         if saved is not None:
             self.state.load_state_dict(saved, source=run_dir)
+            if scheduler is not None:
+                follow_new_total(scheduler, self.total_steps)
 
         s = self.state
         self.log = MetricsLog(run_dir, fabric.is_global_zero, purge_step=s.step + 1 if saved else None,
@@ -440,6 +460,27 @@ class Trainer:
         if self.progress is not None:
             self.progress.close()
         self.log.close()
+
+
+def follow_new_total(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, total_steps: int) -> None:
+    """Put a resumed cosine schedule on the curve of the run's (new) total number of steps.
+
+    The rule: the learning rate after t steps of a run of T = epochs x steps-per-epoch steps is
+    lr_t = eta_min + (lr_0 - eta_min) (1 + cos(pi t / T)) / 2, with T that of the epochs the run
+    now has. Resuming with more epochs keeps t (``last_epoch``) and sets ``T_max = T``: the rate
+    moves at once to the new curve's value at t, and the run ends at eta_min = 0 after T steps,
+    exactly as a fresh run with those epochs does from step t on. The optimiser's rates are set
+    to the closed form because torch's cosine scheduler updates them recursively (a ratio times
+    the previous rate), which would otherwise continue from the old curve's rate.
+    """
+    if scheduler.T_max == total_steps:
+        return
+    scheduler.T_max = total_steps
+    t = scheduler.last_epoch
+    rates = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / total_steps)) / 2 for base in scheduler.base_lrs]
+    for group, lr in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = lr
+    scheduler._last_lr = list(rates)
 
 
 def _mean_objective(objectives: list[Objective]) -> Objective:
