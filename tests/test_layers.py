@@ -25,7 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "edvae"
 
 #: The mathematics and what it may import from edvae (besides itself).
-MATHEMATICS = ("edvae.priors", "edvae.estimators", "edvae.estimator_names", "edvae.objectives", "edvae.objective_kinds", "edvae.critics")
+MATHEMATICS = ("edvae.priors", "edvae.estimators", "edvae.estimator_names", "edvae.objectives", "edvae.objective_kinds", "edvae.critics", "edvae.disentanglement")
 MATHEMATICS_MAY_IMPORT = ("edvae.errors",)
 
 #: Edges ``(importer, imported)`` allowed to close a cycle, each with a comment saying why and
