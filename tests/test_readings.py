@@ -4,7 +4,6 @@ its headline table of the seed's three claims."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -15,7 +14,6 @@ from edvae.config import validate_config
 from edvae.errors import EdvaeError
 from edvae.experiments import get_study
 from edvae.experiments.readings import CLAIMS, REFERENCE, claim_verdict, claims_table
-from edvae.experiments.readings_table import TABLE_MARKERS, insert_table, main
 from edvae.experiments.runner import preflight
 from edvae.experiments.study import BASE, Study, build_runs
 from edvae.experiments.variants import READING_GRID, READINGS, VARIANTS, reading_name
@@ -201,15 +199,16 @@ def test_report_puts_the_headline_first(tmp_path):
     assert claims_table(result["comparisons"]) in md
 
 
-def test_table_goes_between_the_readme_markers(tmp_path):
-    comparisons = paired_comparisons(_records({"kl": [1.0, 1.1, 1.2]}), REFERENCE, ["mse", "kl", "elbo", "iwae"])
-    results, readme = tmp_path / "results.json", tmp_path / "README.md"
-    results.write_text(json.dumps({"comparisons": comparisons}))
-    start, end = TABLE_MARKERS
-    readme.write_text(f"# t\n\ntext\n{start}\nold table\n{end}\nafter\n")
-    assert main([str(results), str(readme)]) == 0
-    text = readme.read_text()
-    assert "old table" not in text and text == f"# t\n\ntext\n{start}\n{claims_table(comparisons)}{end}\nafter\n"
-    assert main([str(results), str(readme)]) == 0 and readme.read_text() == text  # idempotent
-    with pytest.raises(EdvaeError, match="needs one"):
-        insert_table("no markers", "x")
+def test_the_readme_block_of_the_study_is_its_claims_table(tmp_path):
+    """`edvae publish` puts the readings study's own headline (the claims table) in its README block."""
+    from edvae.publish import readme_blocks, update_readme
+    from edvae.report import render_headline
+
+    records = [dict(r, run_dir=str(tmp_path / "none")) for r in _records({"kl": [1.0, 1.1, 1.2]})]
+    study = Study(name="readings", title="t", description="d", runs=[], metrics=["mse", "kl", "elbo", "iwae"],
+                  reference=REFERENCE, headline=lambda study, comparisons: claims_table(comparisons, study.reference))
+    result = write_report(study, records, tmp_path)
+    assert render_headline(result).startswith(claims_table(result["comparisons"], REFERENCE))
+    readme = "# t\n<!-- results:readings -->\nold\n<!-- /results:readings -->\nafter\n"
+    body = readme_blocks(update_readme(readme, {"readings": result}))["readings"]
+    assert claims_table(result["comparisons"], REFERENCE) in body and "old" not in body

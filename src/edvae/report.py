@@ -251,14 +251,16 @@ def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") 
 
 
 def render_headline(result: dict[str, Any]) -> str:
-    """The short form for the README: the headline metrics (mean ± std), the runs converged,
-    and the paired comparisons with the reference."""
+    """The short form for the README: the study's own headline table when it has one (the
+    readings study's claims), else the headline metrics (mean ± std) and the paired comparisons
+    with the reference; and the runs converged."""
+    counts = [c for models in result.get("convergence", {}).values() for c in models.values()]
+    converged = [f"Runs converged: {sum(c['converged'] for c in counts)} of {sum(c['runs'] for c in counts)}.\n"] if counts else []
+    if result.get("headline"):
+        return "\n".join([result["headline"], *converged])
     present = {m for r in result["records"] for m in r["metrics"]}
     headline = [m for m in dict.fromkeys([m if m != "ll_gap" or "ll_gap" in present else "nll" for m in HEADLINE]) if m in present]
-    parts = [markdown_table(result["summary"], headline)]
-    counts = [c for models in result.get("convergence", {}).values() for c in models.values()]
-    if counts:
-        parts.append(f"Runs converged: {sum(c['converged'] for c in counts)} of {sum(c['runs'] for c in counts)}.\n")
+    parts = [markdown_table(result["summary"], headline), *converged]
     if result.get("comparisons"):
         shown = [c for c in result["comparisons"] if c["metric"] in headline]
         parts.append(f"Paired with {result['reference']} (model - reference, 95% interval):\n\n" + comparisons_table(shown))

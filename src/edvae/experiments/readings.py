@@ -19,8 +19,8 @@ The headline table (:func:`claims_table`) answers the three claims per reading a
 with the paired 95% interval of model - vae-true over the seeds (:mod:`edvae.stats`) and a
 verdict: ``reproduced`` when the interval lies entirely on the claimed side, ``not reproduced``
 when entirely on the other, ``within noise`` otherwise; the IWAE difference beside them is the
-cost (or gain) in likelihood. ``python -m edvae.experiments.readings_table OUT/results.json
-[README.md]`` prints the table from a results file, or writes it between the README's markers.
+cost (or gain) in likelihood. The table is the study's headline in results.md, and its README
+block (``edvae publish OUT --name readings``).
 """
 
 from __future__ import annotations
