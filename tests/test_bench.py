@@ -107,3 +107,15 @@ def test_the_beta_tcvae_terms_are_compared_with_their_closed_forms():
         assert abs(rows["edvae full data set"][term]["error"]) < 0.05
         assert rows["edvae MSS"][term]["std_over_batches"] > 0
     assert ("pythae BetaTCVAE MSS" in rows) == (importlib.util.find_spec("pythae") is not None)
+
+
+def test_the_step_probe_profiles_a_run_shorter_than_its_steps(tiny_config, tmp_path):
+    """Regression: on a task with fewer steps per epoch than the probe asked for, the full bench
+    died with "'_StepProbe' object has no attribute 'events'"."""
+    from edvae.bench.limits import _StepProbe
+    from edvae.train import train
+
+    probe = _StepProbe(steps=100)
+    train(tiny_config(train={"epochs": 1}), tmp_path / "run", callbacks=[probe])
+    assert probe.flops > 0 and probe.profile is None
+    assert any("addmm" in e.key or "mm" in e.key for e in probe.events)

@@ -83,7 +83,7 @@ class _StepProbe:
     profiles the next ``steps`` steps of the loop (validation and checkpoints excluded)."""
 
     def __init__(self, steps: int) -> None:
-        self.steps, self.flops, self.profile = steps, 0, None
+        self.steps, self.flops, self.profile, self.events = steps, 0, None, []
 
     def on_train_start(self, trainer: Any) -> None:
         from torch.profiler import ProfilerActivity, profile
@@ -99,9 +99,17 @@ class _StepProbe:
 
     def on_step_end(self, step: int) -> None:
         if self.profile is not None and step == self._first + self.steps:
-            self.profile.__exit__(None, None, None)
-            self.events = [e for e in self.profile.key_averages() if not e.key.startswith("ProfilerStep")]
-            self.profile = None
+            self._stop()
+
+    def on_train_end(self) -> None:
+        """A run shorter than ``steps`` (its epochs ran out first) is profiled over the steps it had."""
+        if self.profile is not None:
+            self._stop()
+
+    def _stop(self) -> None:
+        self.profile.__exit__(None, None, None)
+        self.events = [e for e in self.profile.key_averages() if not e.key.startswith("ProfilerStep")]
+        self.profile = None
 
 
 def step_limits(task: str, overhead_rows: dict[str, Any], rate: dict[str, Any], *, quick: bool, work: Path, rows: int = 12) -> dict[str, Any]:
@@ -115,7 +123,8 @@ def step_limits(task: str, overhead_rows: dict[str, Any], rate: dict[str, Any], 
     steps = 5 if quick else 20
     out: dict[str, Any] = {"task": task, "matmul_gflops": rate["gflops"], "variants": {}}
     for name, variant, prior in (("vae-std", "vae-std", None), ("edvae-paper", "edvae-paper", "normal")):
-        config = validate_config(_raw_config(base, variant, prior, 1))
+        # epochs enough for the probe's steps on any task (stop_at_step ends the run before)
+        config = validate_config(_raw_config(base, variant, prior, steps + 2))
         probe = _StepProbe(steps)
         train(config, work / f"limits-{task}-{name}", data=data, overwrite=True, stop_at_step=steps + 1, callbacks=[probe])
         events = probe.events
