@@ -8,35 +8,10 @@ from __future__ import annotations
 
 from edvae.config import ObjectiveConfig
 from edvae.objective_kinds import TrainingObjective, build_objective
-from edvae.training import (
-    METRICS_NAME,
-    PRIOR_FIT_NAME,
-    TENSORBOARD_DIR,
-    TrainResult,
-    TrainState,
-    Trainer,
-    epoch_order,
-    load_data,
-    rank_indices,
-    shard_rows,
-    train,
-)
+from edvae import training
+from edvae.training import *  # noqa: F403 - this module is the old import path of training's public names
 
-__all__ = [
-    "METRICS_NAME",
-    "PRIOR_FIT_NAME",
-    "TENSORBOARD_DIR",
-    "TrainResult",
-    "TrainState",
-    "Trainer",
-    "epoch_order",
-    "load_data",
-    "make_objective",
-    "rank_indices",
-    "reads_batch_columns",
-    "shard_rows",
-    "train",
-]
+__all__ = [*training.__all__, "make_objective", "reads_batch_columns"]
 
 
 def make_objective(config: ObjectiveConfig, dataset_size: int) -> TrainingObjective:
