@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from edvae.errors import EdvaeError
-from edvae.stats import HIGHER_IS_BETTER, paired_comparisons, t_interval, verdict
+from edvae.stats import HIGHER_IS_BETTER, best_models, paired_comparisons, t_interval, verdict
 
 
 def _records(values: dict[tuple[str, str], list[float]], metric: str = "iwae", seeds=None):
@@ -147,3 +147,48 @@ def test_the_report_writes_comparisons_with_the_studys_reference(tmp_path):
     study.reference = None
     assert write_report(study, records, tmp_path)["comparisons"] == []
     assert "Paired comparisons" not in (tmp_path / "results.md").read_text()
+
+
+def test_best_model_is_a_conclusion_only_when_no_other_is_within_noise():
+    """A model better than every other on every seed by a margin far above the seed-to-seed
+    spread of the differences is the only one listed; a model whose differences with the best
+    straddle 0, and a bit-identical copy of the best, are within noise of it."""
+    base = [0.30, 0.52, 0.41, 0.38, 0.47]  # shared by a seed's runs
+    values = {
+        ("d", "clear"): [b - 0.20 for b in base],
+        ("d", "other"): [b + 0.00 for b in base],
+        ("d", "copy"): [b - 0.20 for b in base],
+        ("d", "noisy"): [b - 0.20 + e for b, e in zip(base, [0.05, -0.06, 0.04, -0.05, 0.03])],
+        ("e", "other"): [b + 0.00 for b in base],
+        ("e", "clear"): [b - 0.20 for b in base],
+    }
+    best = best_models(_records(values, "ll_gap"), "ll_gap")
+    assert best["d"]["best"] == "clear"  # "copy" ties it exactly; the first listed wins
+    assert best["d"]["tied"] == ["clear", "copy", "noisy"]
+    assert list(best["d"]["means"]) == ["clear", "copy", "noisy", "other"]
+    assert best["d"]["means"]["other"] == pytest.approx(sum(base) / 5)
+    assert best["e"]["tied"] == ["clear"] and best["e"]["metric"] == "ll_gap"
+    # leaving the winners out makes the next model the best; the direction follows the metric
+    assert best_models(_records(values, "ll_gap"), "ll_gap", models=["other", "noisy"])["d"]["tied"] == ["noisy"]
+    assert best_models(_records(values, "iwae"), "iwae")["d"]["tied"] == ["other"]
+
+
+def test_best_model_with_one_seed_has_no_interval_so_every_model_ties():
+    best = best_models(_records({("d", "a"): [1.0], ("d", "b"): [2.0]}, "kl"), "kl")["d"]
+    assert best["best"] == "a" and best["tied"] == ["a", "b"]
+    with pytest.raises(EdvaeError, match="no direction"):
+        best_models(_records({("d", "a"): [1.0]}, "mi"), "mi")
+
+
+def test_the_report_ranks_only_the_studys_contenders(tmp_path):
+    from edvae.experiments.runner import Study
+    from edvae.report import render_headline, render_markdown, write_report
+
+    values = {("d", "ref"): [1.0, 1.1, 1.2], ("d", "good"): [0.5, 0.61, 0.69], ("d", "diag"): [0.1, 0.2, 0.3]}
+    records = [dict(r, run_dir=str(tmp_path)) for r in _records(values, "ll_gap")]
+    study = Study("s", "S", "d", [], metrics=["ll_gap"], reference="ref", contenders=["ref", "good"])
+    result = write_report(study, records, tmp_path)
+    assert result["best"]["d"]["best"] == "good" and result["best"]["d"]["tied"] == ["good"]
+    assert "diag" not in result["best"]["d"]["means"]
+    for text in (render_markdown(result), render_headline(result)):
+        assert "| d | ll_gap | good (0.6) | none |" in text and "Not ranked (diagnostic): diag." in text

@@ -27,7 +27,7 @@ from edvae._version import __version__
 from edvae.convergence import CONVERGENCE_TOL
 from edvae.figures import draw_aggregate_posterior
 from edvae.runs import LATENTS_NAME, METRICS_NAME
-from edvae.stats import HIGHER_IS_BETTER, paired_comparisons, verdict
+from edvae.stats import HIGHER_IS_BETTER, best_models, paired_comparisons, verdict
 
 if TYPE_CHECKING:
     from edvae.experiments.study import Study
@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BETTER",
     "HEADLINE",
+    "best_table",
     "build_result",
+    "study_best",
     "comparisons_table",
     "convergence_counts",
     "convergence_table",
@@ -116,6 +118,35 @@ def study_comparisons(study: "Study", records: list[dict[str, Any]]) -> list[dic
     return paired_comparisons(records, reference, metrics)
 
 
+def _ranking_metric(records: list[dict[str, Any]]) -> str | None:
+    """The metric the best model is chosen by: ``ll_gap`` with a ground truth, else ``nll``."""
+    present = {m for r in records for m in r["metrics"]}
+    return next((m for m in ("ll_gap", "nll") if m in present), None)
+
+
+def study_best(study: "Study", records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per data set, the best of ``study.contenders`` (every model when None) on ``ll_gap``
+    (``nll`` without a ground truth) and the models within noise of it
+    (:func:`edvae.stats.best_models`); empty when the records hold neither metric."""
+    metric = _ranking_metric(records)
+    if metric is None:
+        return {}
+    return best_models(records, metric, models=getattr(study, "contenders", None))
+
+
+def best_table(result: dict[str, Any]) -> str:
+    """Per data set: the best model, the models a paired 95% interval cannot tell from it, and
+    the models left out of the ranking."""
+    best = result.get("best") or {}
+    lines = ["| data set | metric | best (mean) | within noise of the best |", "|---|---|---|---|"]
+    for dataset, b in best.items():
+        others = ", ".join(b["tied"][1:]) or "none"
+        lines.append(f"| {dataset} | {b['metric']} | {b['best']} ({b['means'][b['best']]:.4g}) | {others} |")
+    left_out = sorted({r["model"] for r in result["records"]} - {m for b in best.values() for m in b["means"]})
+    note = f"\nNot ranked (diagnostic): {', '.join(left_out)}.\n" if left_out else ""
+    return "\n".join(lines) + "\n" + note
+
+
 def _fmt_diff(c: dict[str, Any]) -> str:
     scale = max(abs(c["mean_diff"]), abs(c["ci_low"]) if math.isfinite(c["ci_low"]) else 0.0, 1e-12)
     digits = 2 if scale >= 10 else 3 if scale >= 1 else 4
@@ -181,6 +212,7 @@ def build_result(study: "Study", records: list[dict[str, Any]], *, figures: list
         "summary": summarise(clean),
         "convergence": convergence_counts(clean),
         "comparisons": comparisons,
+        "best": study_best(study, clean),
         "headline": _headline(study, comparisons),
         "figures": list(figures or []),
         "wall_seconds": wall_seconds,
@@ -232,6 +264,17 @@ def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") 
             "",
             convergence_table(result),
         ]
+    if result.get("best"):
+        md += [
+            "",
+            "## Best model per data set",
+            "",
+            "The model with the best mean, and every model whose paired 95% interval of the difference "
+            "with it contains 0 (edvae.stats.best_models): a single best model is a conclusion only when "
+            "that list is empty.",
+            "",
+            best_table(result),
+        ]
     if result.get("comparisons"):
         md += [
             "",
@@ -261,6 +304,8 @@ def render_headline(result: dict[str, Any]) -> str:
     present = {m for r in result["records"] for m in r["metrics"]}
     headline = [m for m in dict.fromkeys([m if m != "ll_gap" or "ll_gap" in present else "nll" for m in HEADLINE]) if m in present]
     parts = [markdown_table(result["summary"], headline), *converged]
+    if result.get("best"):
+        parts.append("Best model per data set (and those a paired 95% interval cannot tell from it):\n\n" + best_table(result))
     if result.get("comparisons"):
         shown = [c for c in result["comparisons"] if c["metric"] in headline]
         parts.append(f"Paired with {result['reference']} (model - reference, 95% interval):\n\n" + comparisons_table(shown))

@@ -23,7 +23,7 @@ from typing import Any
 
 from edvae.errors import EdvaeError
 
-__all__ = ["HIGHER_IS_BETTER", "paired_comparisons", "t_interval", "verdict", "VERDICTS"]
+__all__ = ["HIGHER_IS_BETTER", "best_models", "paired_comparisons", "t_interval", "verdict", "VERDICTS"]
 
 #: The direction of every metric that has one: True where higher is better (likelihoods and
 #: their bounds, reconstruction, probe accuracy), False where lower is better (errors,
@@ -139,3 +139,53 @@ def verdict(comparison: Mapping[str, Any]) -> str:
         return "within noise"
     higher = low > 0
     return "better" if higher == comparison["higher_is_better"] else "worse"
+
+
+def best_models(
+    records: Iterable[Mapping[str, Any]],
+    metric: str,
+    *,
+    models: Iterable[str] | None = None,
+    higher_is_better: Mapping[str, bool] | None = None,
+    confidence: float = _CONFIDENCE,
+) -> dict[str, dict[str, Any]]:
+    r"""Per data set, the model with the best mean of ``metric`` and the models a paired test
+    cannot tell from it.
+
+    Among ``models`` (default: every model of the records), the best is the one whose mean over
+    seeds is best in the metric's direction; ``tied`` lists, best first and then by mean, every
+    model whose per-seed differences with the best have a 95% t-interval (:func:`t_interval`)
+    that contains 0, or have no interval (one common seed): the set of models the data do not
+    rank below the best. A study's conclusion "model m is best on this data set" is supported
+    only when ``tied == [m]``. Returns ``{dataset: {"metric", "best", "tied", "means"}}``, with
+    ``means`` the per-model means in ranking order.
+    """
+    directions = HIGHER_IS_BETTER if higher_is_better is None else higher_is_better
+    if metric not in directions:
+        raise EdvaeError(f"metric {metric!r} has no direction; rank by one of {', '.join(directions)}")
+    up = directions[metric]
+    wanted = None if models is None else set(models)
+    groups = _by_seed(records)
+    datasets = list(dict.fromkeys(dataset for dataset, _ in groups))
+    out: dict[str, dict[str, Any]] = {}
+    for dataset in datasets:
+        values = {
+            model: {s: float(m[metric]) for s, m in runs.items() if metric in m}
+            for (d, model), runs in groups.items()
+            if d == dataset and (wanted is None or model in wanted)
+        }
+        means = {model: math.fsum(v.values()) / len(v) for model, v in values.items() if v}
+        if not means:
+            continue
+        ranked = sorted(means, key=lambda model: -means[model] if up else means[model])
+        best = ranked[0]
+        tied = [best]
+        for model in ranked[1:]:
+            seeds = sorted(values[model].keys() & values[best].keys())
+            if not seeds:
+                continue
+            _, low, high = t_interval([values[model][s] - values[best][s] for s in seeds], confidence)
+            if math.isnan(low) or low <= 0 <= high:
+                tied.append(model)
+        out[dataset] = {"metric": metric, "best": best, "tied": tied, "means": {m: means[m] for m in ranked}}
+    return out

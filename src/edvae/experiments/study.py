@@ -75,6 +75,10 @@ class Study:
     #: (results.json's ``comparisons``); returns Markdown shown first in results.md, under
     #: "Headline" (a study's answer to its question, e.g. ``edvae.experiments.readings.claims_table``).
     headline: Callable[["Study", list[dict[str, Any]]], str] | None = None
+    #: The models ranked for "best model per data set" (results.json's ``best``,
+    #: :func:`edvae.stats.best_models`); None: every model. A diagnostic variant (e.g. the paper
+    #: study's learned decoder scale, there to show what calibration changes) is left out.
+    contenders: list[str] | None = None
 
 
 def build_runs(

@@ -1,0 +1,33 @@
+"""Recompute the derived parts of a published results file from its records, after a change of
+the report code (e.g. a new table), without retraining: every field :func:`edvae.report.build_result`
+computes from the records (summary, convergence, comparisons, best, headline) plus the study's
+description, notes and contenders; the records, figures, wall time and environment of the run
+that made them are kept. Then the page and README block are re-rendered as `edvae publish` does.
+
+    python scripts/rederive_result.py paper            # docs/results/paper.json, .md, README block
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from edvae.experiments import get_study
+from edvae.publish import docs_markdown, update_readme
+from edvae.report import build_result
+
+
+def main(name: str, docs_dir: Path = Path("docs/results"), readme: Path = Path("README.md")) -> None:
+    path = docs_dir / f"{name}.json"
+    old = json.loads(path.read_text())
+    study = get_study(old["study"])  # published studies are default (not --quick) runs
+    new = build_result(study, old["records"], figures=old["figures"], wall_seconds=old["wall_seconds"])
+    new["environment"] = old["environment"]
+    path.write_text(json.dumps(new, indent=2) + "\n")
+    (docs_dir / f"{name}.md").write_text(docs_markdown(new, name))
+    readme.write_text(update_readme(readme.read_text(), {name: new}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
