@@ -38,30 +38,80 @@ _FLOW_LR = 2e-3
 # The kernel density estimate
 
 
+_EXP_FLOOR = -700.0  # exp of a float64 below ~-708 takes a slow path; e^-700 ~ 1e-304 is 0 beside a sum >= 1
+
+
+def _kernel_sums_and_means(
+    queries: Tensor, samples: Tensor, half_precisions: Tensor, chunk_size: int | None, *, means: bool
+) -> tuple[Tensor, Tensor | None]:
+    r"""S[g, q] = log sum_k exp(-a_g ||z_q - s_k||^2) with a_g = 1 / (2 h_g^2), and (if ``means``)
+    the kernel-weighted means m[g, q] = sum_k w_gqk s_k, w_gqk = softmax_k(-a_g ||z_q - s_k||^2).
+
+    float64, one (chunk, chunk) block of queries x samples at a time with a running (online)
+    log-sum-exp: per block, the running maximum M, sum and weighted sum are rescaled by
+    exp(M_old - M_new), so memory is O(chunk^2), never O(Q * K * D). Squared distances come
+    from ||z||^2 + ||s||^2 - 2 z.s, clamped at 0. Each exponent is floored at
+    :data:`_EXP_FLOOR` below the running maximum, which changes no sum (the maximum's own term
+    is 1) but keeps float64 exp off its slow path for narrow bandwidths.
+    Shapes: ``queries`` (Q, D), ``samples`` (K, D), ``half_precisions`` (G,); returns (G, Q)
+    and (G, Q, D) or None.
+    """
+    z, s, a = queries.to(torch.float64), samples.to(torch.float64), half_precisions.to(torch.float64)
+    step = chunk_size or max(len(z), len(s), 1)
+    s_blocks = list(zip(s.split(step), (s * s).sum(-1).split(step)))
+    sums, weighted = [], []
+    for zc in z.split(step):
+        zc_sq = (zc * zc).sum(-1, keepdim=True)
+        top = zc.new_full((len(a), len(zc)), -math.inf)
+        total = zc.new_zeros(len(a), len(zc))
+        moment = zc.new_zeros(len(a), len(zc), z.shape[-1]) if means else None
+        for sc, sc_sq in s_blocks:
+            exponent = -a.view(-1, 1, 1) * (zc_sq + sc_sq - 2.0 * zc @ sc.T).clamp_min(0.0)  # (G, q, k)
+            new_top = torch.maximum(top, exponent.amax(-1))
+            rescale = torch.exp(top - new_top)  # 0 on the first block (top = -inf)
+            w = torch.exp((exponent - new_top.unsqueeze(-1)).clamp_min(_EXP_FLOOR))
+            total = total * rescale + w.sum(-1)
+            if moment is not None:
+                moment = moment * rescale.unsqueeze(-1) + w @ sc
+            top = new_top
+        sums.append(top + total.log())
+        if moment is not None:
+            weighted.append(moment / total.unsqueeze(-1))
+    if not sums:
+        return z.new_zeros(len(a), 0), (z.new_zeros(len(a), 0, z.shape[-1]) if means else None)
+    return torch.cat(sums, dim=-1), (torch.cat(weighted, dim=-2) if means else None)
+
+
 def _log_kernel_sums(
     queries: Tensor, samples: Tensor, bandwidths: Tensor, chunk_size: int | None
 ) -> Tensor:
-    r"""S[g, q] = log sum_k exp(-||z_q - s_k||^2 / (2 h_g^2)), in float64 and in chunks.
+    r"""S[g, q] = log sum_k exp(-||z_q - s_k||^2 / (2 h_g^2)) for several bandwidths, no gradient
+    (:func:`_kernel_sums_and_means`); ``queries`` (Q, D), ``samples`` (K, D), ``bandwidths`` (G,);
+    returns (G, Q)."""
+    with torch.no_grad():
+        half_precision = 0.5 / bandwidths.to(torch.float64) ** 2
+        return _kernel_sums_and_means(queries, samples, half_precision, chunk_size, means=False)[0]
 
-    Squared distances come from ||z||^2 + ||s||^2 - 2 z.s, one (chunk, chunk) block at a time,
-    with a running logsumexp over the blocks of samples; memory is O(chunk^2), never
-    O(Q * K * D). ``queries`` (Q, D), ``samples`` (K, D), ``bandwidths`` (G,); returns (G, Q).
-    """
-    z = queries.to(torch.float64)
-    s = samples.to(torch.float64)
-    half_precision = 0.5 / bandwidths.to(torch.float64) ** 2
-    step = chunk_size or max(len(z), len(s), 1)
-    s_blocks = list(zip(s.split(step), (s * s).sum(-1).split(step)))
-    rows = []
-    for zc in z.split(step):
-        zc_sq = (zc * zc).sum(-1, keepdim=True)
-        total = None
-        for sc, sc_sq in s_blocks:
-            sq_dist = (zc_sq + sc_sq - 2.0 * zc @ sc.T).clamp_min(0.0)
-            block = torch.stack([torch.logsumexp(-a * sq_dist, dim=-1) for a in half_precision])
-            total = block if total is None else torch.logaddexp(total, block)
-        rows.append(total)
-    return torch.cat(rows, dim=-1) if rows else z.new_zeros(len(bandwidths), 0)
+
+class _KernelLogSum(torch.autograd.Function):
+    r"""S(z) = log sum_k exp(-a ||z - s_k||^2), differentiable in z with the closed form
+
+        dS/dz = -2a (z - m(z)),   m(z) = sum_k softmax_k(-a ||z - s_k||^2) s_k,
+
+    so the backward pass is O(Q D) from the kernel-weighted means the forward pass keeps,
+    instead of autograd through the (Q, K) blocks. Samples and bandwidth get no gradient (the
+    KDE's are fixed buffers)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, samples: Tensor, half_precision: Tensor, chunk_size: int | None) -> Tensor:
+        sums, means = _kernel_sums_and_means(z, samples, half_precision.reshape(1), chunk_size, means=True)
+        ctx.save_for_backward(z, means[0], half_precision)
+        return sums[0]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        z, means, half_precision = ctx.saved_tensors
+        return grad.unsqueeze(-1) * (-2.0 * half_precision) * (z - means), None, None, None
 
 
 def _kde_log_norm(dim: int, n_samples: int, bandwidth: Tensor) -> Tensor:
@@ -115,7 +165,8 @@ class KernelDensity(Distribution):
             self._validate_sample(value)
         dim = self.event_shape[0]
         flat = value.reshape(-1, dim)
-        sums = _log_kernel_sums(flat, self.samples, self.bandwidth.reshape(1), self.chunk_size)[0]
+        bandwidth = self.bandwidth.detach().to(torch.float64)
+        sums = _KernelLogSum.apply(flat.to(torch.float64), self.samples.detach(), 0.5 / bandwidth**2, self.chunk_size)
         log_norm = _kde_log_norm(dim, len(self.samples), self.bandwidth.to(torch.float64))
         return (sums - log_norm).reshape(value.shape[:-1]).to(value.dtype)
 
