@@ -66,14 +66,16 @@ def _kernel_sums_and_means(
         total = zc.new_zeros(len(a), len(zc))
         moment = zc.new_zeros(len(a), len(zc), z.shape[-1]) if means else None
         for sc, sc_sq in s_blocks:
-            exponent = -a.view(-1, 1, 1) * (zc_sq + sc_sq - 2.0 * zc @ sc.T).clamp_min(0.0)  # (G, q, k)
-            new_top = torch.maximum(top, exponent.amax(-1))
-            rescale = torch.exp(top - new_top)  # 0 on the first block (top = -inf)
-            w = torch.exp((exponent - new_top.unsqueeze(-1)).clamp_min(_EXP_FLOOR))
-            total = total * rescale + w.sum(-1)
-            if moment is not None:
-                moment = moment * rescale.unsqueeze(-1) + w @ sc
-            top = new_top
+            sq_dist = torch.addmm(sc_sq.unsqueeze(0), zc, sc.T, alpha=-2.0).add_(zc_sq).clamp_min_(0.0)  # (q, k)
+            nearest = sq_dist.amin(-1)
+            for g in range(len(a)):  # in place: no autograd runs here
+                new_top = torch.maximum(top[g], -a[g] * nearest)
+                rescale = torch.exp(top[g] - new_top)  # 0 on the first block (top = -inf)
+                w = sq_dist.mul(-a[g]).sub_(new_top.unsqueeze(-1)).clamp_min_(_EXP_FLOOR).exp_()
+                total[g] = total[g] * rescale + w.sum(-1)
+                if moment is not None:
+                    moment[g] = moment[g] * rescale.unsqueeze(-1) + w @ sc
+                top[g] = new_top
         sums.append(top + total.log())
         if moment is not None:
             weighted.append(moment / total.unsqueeze(-1))
@@ -166,7 +168,10 @@ class KernelDensity(Distribution):
         dim = self.event_shape[0]
         flat = value.reshape(-1, dim)
         bandwidth = self.bandwidth.detach().to(torch.float64)
-        sums = _KernelLogSum.apply(flat.to(torch.float64), self.samples.detach(), 0.5 / bandwidth**2, self.chunk_size)
+        if torch.is_grad_enabled() and flat.requires_grad:
+            sums = _KernelLogSum.apply(flat.to(torch.float64), self.samples.detach(), 0.5 / bandwidth**2, self.chunk_size)
+        else:  # no gradient wanted: skip the kernel-weighted means
+            sums = _log_kernel_sums(flat, self.samples, bandwidth.reshape(1), self.chunk_size)[0]
         log_norm = _kde_log_norm(dim, len(self.samples), self.bandwidth.to(torch.float64))
         return (sums - log_norm).reshape(value.shape[:-1]).to(value.dtype)
 
