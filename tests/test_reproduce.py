@@ -120,3 +120,20 @@ def test_a_study_reuses_matching_runs_and_never_replaces_a_finished_run_without_
     assert (folder / "checkpoint.pt").read_bytes() == before  # untouched
     replaced = run_study(study(2), tmp_path, workers=1, overwrite=True, progress=False)
     assert replaced["plan"]["train"] == 2 and load_checkpoint(folder)["config"]["train"]["epochs"] == 2
+
+
+def test_a_pool_worker_whose_study_process_is_gone_starts_no_run(tmp_path, tiny_config):
+    """Killing `edvae reproduce` leaves its pool processes with the jobs already queued for them;
+    a job handed over by a process that is no longer this worker's parent returns None and
+    creates nothing, while the same job from the live parent trains."""
+    import os
+
+    from edvae.experiments import RunSpec
+    from edvae.experiments.runner import _pool_worker
+
+    spec = RunSpec("complex", "edvae", 0, tiny_config(train={"epochs": 1, "seed": 0}, eval={"iwae_samples": 5, "true_ll": False}))
+    gone = os.getppid() + 1 if os.getppid() + 1 != os.getpid() else os.getppid() + 2
+    assert _pool_worker((spec, str(tmp_path / "orphan"), False, gone)) is None
+    assert not (tmp_path / "orphan").exists()
+    record = _pool_worker((spec, str(tmp_path / "live"), False, os.getppid()))
+    assert record is not None and (tmp_path / "live" / "runs" / spec.folder / "checkpoint.pt").is_file()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -135,6 +136,18 @@ def _worker(args: tuple[RunSpec, str, bool]) -> dict[str, Any]:
     return run_one(*args)
 
 
+def _pool_worker(args: tuple[RunSpec, str, bool, int]) -> dict[str, Any] | None:
+    """:func:`_worker` in a pool process, given the study process's pid last: None, without
+    running, once that process is gone. A pool process keeps the jobs queued for it when
+    ``edvae reproduce`` is killed (and a stop signal only ends its current run, with a
+    checkpoint), so without this check an orphaned worker would go on training runs into the
+    study folder that nobody collects."""
+    *job, parent = args
+    if os.getppid() != parent:
+        return None
+    return _worker((job[0], job[1], job[2]))
+
+
 def preflight(study: Study) -> None:
     """Build the data and model of every distinct run config once, so that a bad data set,
     prior or network setting fails before any training starts."""
@@ -190,7 +203,7 @@ def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite:
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for record in pool.map(_worker, jobs):
+            for record in pool.map(_pool_worker, [(*job, os.getpid()) for job in jobs]):
                 records.append(record)
                 if bar is not None:
                     bar.update(1)
