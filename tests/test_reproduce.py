@@ -113,7 +113,9 @@ def test_a_study_reuses_matching_runs_and_never_replaces_a_finished_run_without_
     assert first["plan"] == {"reuse": 0, "evaluate": 0, "resume": 0, "train": 2, "refuse": 0}
     folder = tmp_path / "runs" / study(1).runs[0].folder
     before = (folder / "checkpoint.pt").read_bytes()
+    assert "runs were reused" not in (tmp_path / "results.md").read_text()
     assert run_study(study(1), tmp_path, workers=1, progress=False)["plan"]["reuse"] == 2  # same config: reused
+    assert "2 of 2 runs were reused from an earlier one" in (tmp_path / "results.md").read_text()  # its wall time is not the study's
     with pytest.raises(EdvaeError, match=r"0 runs reused, 0 trained, 2 refused: nothing was run; .*s0 \(and 1 other finished run\) "
                                          r"holds a finished run with another config \(train.epochs differ\); pass --overwrite"):
         run_study(study(2), tmp_path, workers=1, progress=False)

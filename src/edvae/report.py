@@ -197,8 +197,17 @@ def convergence_counts(records: list[dict[str, Any]]) -> dict[str, dict[str, dic
     return dict(counts)
 
 
-def build_result(study: "Study", records: list[dict[str, Any]], *, figures: list[str] | None = None, wall_seconds: float | None = None) -> dict[str, Any]:
-    """The content of results.json: everything :func:`render_markdown` and the docs need."""
+def build_result(
+    study: "Study",
+    records: list[dict[str, Any]],
+    *,
+    figures: list[str] | None = None,
+    wall_seconds: float | None = None,
+    plan: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The content of results.json: everything :func:`render_markdown` and the docs need.
+    ``plan`` counts the runs the invocation that wrote it reused, trained ... (its wall time
+    covers only those it trained or evaluated)."""
     clean = [{k: r[k] for k in _RECORD_KEYS if k in r} for r in records]
     comparisons = study_comparisons(study, clean)
     return {
@@ -216,6 +225,7 @@ def build_result(study: "Study", records: list[dict[str, Any]], *, figures: list
         "headline": _headline(study, comparisons),
         "figures": list(figures or []),
         "wall_seconds": wall_seconds,
+        **({"plan": dict(plan)} if plan is not None else {}),
         "environment": _environment(),
     }
 
@@ -289,7 +299,10 @@ def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") 
     if result.get("figures"):
         md += ["", "## Figures", ""] + [f"![{Path(name).stem}]({figure_prefix}{name})" for name in result["figures"]]
     if result.get("wall_seconds") is not None:
-        md += ["", f"Wall time of the study: {result['wall_seconds']:.0f} s."]
+        plan = result.get("plan")
+        reused = (plan or {}).get("reuse", 0) + (plan or {}).get("evaluate", 0)
+        of = f" (the invocation that finished it; {reused} of {len(result['records'])} runs were reused from an earlier one)" if reused else ""
+        md += ["", f"Wall time of the study: {result['wall_seconds']:.0f} s{of}."]
     return "\n".join(md) + "\n"
 
 
@@ -312,7 +325,14 @@ def render_headline(result: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_report(study: "Study", records: list[dict[str, Any]], out_dir: str | Path, *, wall_seconds: float | None = None) -> dict[str, Any]:
+def write_report(
+    study: "Study",
+    records: list[dict[str, Any]],
+    out_dir: str | Path,
+    *,
+    wall_seconds: float | None = None,
+    plan: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """Write results.json, results.csv, results.md (:func:`render_markdown` of results.json) and
     figures/ into ``out_dir``; returns results.json's content."""
     out_dir = Path(out_dir)
@@ -320,7 +340,7 @@ def write_report(study: "Study", records: list[dict[str, Any]], out_dir: str | P
     figures = _figures(study, records, summarise(clean), out_dir / "figures")
     if getattr(study, "extra_figures", None) is not None:
         figures += study.extra_figures(study, records, out_dir / "figures")
-    result = build_result(study, records, figures=[p.name for p in figures], wall_seconds=wall_seconds)
+    result = build_result(study, records, figures=[p.name for p in figures], wall_seconds=wall_seconds, plan=plan)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     metric_names = sorted({m for r in clean for m in r["metrics"]})
     with open(out_dir / "results.csv", "w", newline="") as f:

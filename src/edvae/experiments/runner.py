@@ -209,8 +209,7 @@ def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite:
                     bar.update(1)
     if bar is not None:
         bar.close()
-    result = write_report(study, records, out_dir, wall_seconds=time.perf_counter() - started)
-    result["plan"] = counts
+    result = write_report(study, records, out_dir, wall_seconds=time.perf_counter() - started, plan=counts)
     return result
 
 
