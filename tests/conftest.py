@@ -71,3 +71,19 @@ def poison_objective(monkeypatch):
         return calls
 
     return apply
+
+
+def run_small_study(study: Any, keep: set[tuple[str, str]], out_dir: Any, metrics: list[str]) -> dict[str, Any]:
+    """Run the (data set, model) pairs ``keep`` of ``study`` in one process and check that every
+    record holds a finite value of each of ``metrics``; returns results.json's content."""
+    import math
+
+    from edvae.experiments import run_study
+
+    study.runs = [r for r in study.runs if (r.dataset, r.model) in keep]
+    result = run_study(study, out_dir, workers=1, progress=False)
+    assert len(result["records"]) == len(keep)
+    for record in result["records"]:
+        for metric in metrics:
+            assert math.isfinite(record["metrics"][metric]), (record["model"], metric)
+    return result

@@ -142,10 +142,10 @@ def _pool_worker(args: tuple[RunSpec, str, bool, int]) -> dict[str, Any] | None:
     ``edvae reproduce`` is killed (and a stop signal only ends its current run, with a
     checkpoint), so without this check an orphaned worker would go on training runs into the
     study folder that nobody collects."""
-    *job, parent = args
+    spec, out_dir, overwrite, parent = args
     if os.getppid() != parent:
         return None
-    return _worker((job[0], job[1], job[2]))
+    return _worker((spec, out_dir, overwrite))
 
 
 def preflight(study: Study) -> None:
