@@ -39,8 +39,13 @@ def _setup(batch: int, dim: int, rank: int, world: int):
     from edvae.networks import GaussianLikelihood, MLPDecoder, MLPEncoder
 
     torch.manual_seed(0)
-    model = VAE(MLPEncoder((X_DIM,), dim, HIDDEN), MLPDecoder((X_DIM,), dim, HIDDEN[::-1]),
-                GaussianLikelihood((X_DIM,)), priors.make("normal", dim), dim)
+    model = VAE(
+        MLPEncoder((X_DIM,), dim, HIDDEN),
+        MLPDecoder((X_DIM,), dim, HIDDEN[::-1]),
+        GaussianLikelihood((X_DIM,)),
+        priors.make("normal", dim),
+        dim,
+    )
     step_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(1)
@@ -62,8 +67,17 @@ def _step_seconds(batch: int, dim: int, steps: int, rank: int, world: int) -> fl
         tick = time.perf_counter()
         out = step_model(x, eps)
         mu, logvar, offset = gather_columns(out.mu, out.logvar)
-        obj = ed_elbo(out.log_px, out.z, mu, logvar, model.prior_distribution(), dataset_size=N_TRAIN,
-                      entropy_weight=1.5, row_offset=offset, validate=False)
+        obj = ed_elbo(
+            out.log_px,
+            out.z,
+            mu,
+            logvar,
+            model.prior_distribution(),
+            dataset_size=N_TRAIN,
+            entropy_weight=1.5,
+            row_offset=offset,
+            validate=False,
+        )
         optimizer.zero_grad(set_to_none=True)
         obj.loss.backward()
         optimizer.step()
@@ -120,13 +134,17 @@ def main() -> None:
     single = [None if args.no_single else _step_seconds(b, d, args.steps, 0, 1) for b, d in cases]
 
     print(f"{WORLD} processes, gloo on CPU, 1 thread each; torch {torch.__version__}; median of {args.steps} steps\n")
-    print("| B | D | gathered: 2BD floats (KiB) | if z too: 3BD (KiB) | gather fwd+bwd (ms) | step, 2 proc. (ms) | gather share | step, 1 proc. (ms) |")
+    print(
+        "| B | D | gathered: 2BD floats (KiB) | if z too: 3BD (KiB) | gather fwd+bwd (ms) | step, 2 proc. (ms) | gather share | step, 1 proc. (ms) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (batch, dim), (gather, step), one in zip(cases, measured, single):
         two_bd, three_bd = 2 * batch * dim, 3 * batch * dim
         ref = "-" if one is None else f"{1e3 * one:.2f}"
-        print(f"| {batch} | {dim} | {two_bd} ({two_bd * 4 / 1024:.0f}) | {three_bd} ({three_bd * 4 / 1024:.0f}) "
-              f"| {1e3 * gather:.2f} | {1e3 * step:.2f} | {100 * gather / step:.1f}% | {ref} |")
+        print(
+            f"| {batch} | {dim} | {two_bd} ({two_bd * 4 / 1024:.0f}) | {three_bd} ({three_bd * 4 / 1024:.0f}) "
+            f"| {1e3 * gather:.2f} | {1e3 * step:.2f} | {100 * gather / step:.1f}% | {ref} |"
+        )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,17 @@ def main() -> None:
     hashes: dict[str, str] = {}
     for config in sorted((ROOT / "configs").glob("*.toml")):
         run = work / config.stem
-        _edvae("train", str(config), "--out", str(run), "--overwrite", "--set", "train.threads=1", "--set", "train.progress=false")
+        _edvae(
+            "train",
+            str(config),
+            "--out",
+            str(run),
+            "--overwrite",
+            "--set",
+            "train.threads=1",
+            "--set",
+            "train.progress=false",
+        )
         hashes[f"configs/{config.name}"] = parameter_hash(run / "checkpoint.pt")
     if not args.skip_quick:
         study = work / "quick"

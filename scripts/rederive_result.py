@@ -22,7 +22,9 @@ def main(name: str, docs_dir: Path = Path("docs/results"), readme: Path = Path("
     path = docs_dir / f"{name}.json"
     old = json.loads(path.read_text())
     study = get_study(old["study"])  # published studies are default (not --quick) runs
-    new = build_result(study, old["records"], figures=old["figures"], wall_seconds=old["wall_seconds"], plan=old.get("plan"))
+    new = build_result(
+        study, old["records"], figures=old["figures"], wall_seconds=old["wall_seconds"], plan=old.get("plan")
+    )
     new["environment"] = old["environment"]
     path.write_text(json.dumps(new, indent=2) + "\n")
     (docs_dir / f"{name}.md").write_text(docs_markdown(new, name))

@@ -61,7 +61,9 @@ def poison_objective(monkeypatch):
                     if torch.is_grad_enabled():
                         calls["n"] += 1
                         if bad(calls["n"]):
-                            return Objective(obj.loss * float("nan"), dict(obj.terms, **{term: torch.tensor(float("nan"))}))
+                            return Objective(
+                                obj.loss * float("nan"), dict(obj.terms, **{term: torch.tensor(float("nan"))})
+                            )
                     return obj
 
             return Poisoned

@@ -70,7 +70,9 @@ def test_decompose_is_the_full_data_set_decomposition_and_load_gives_the_same_ru
 
     with torch.inference_mode():
         mu, logvar = fitted.model.encode(fitted.data.test)
-        direct = dataset_decomposition(mu, logvar, fitted.model.prior_distribution(), generator=torch.Generator().manual_seed(0))
+        direct = dataset_decomposition(
+            mu, logvar, fitted.model.prior_distribution(), generator=torch.Generator().manual_seed(0)
+        )
     assert terms == {k: float(getattr(direct, k)) for k in terms}
     # mean KL(q(z|x) || p(z)) = I + KL(q(z) || p(z)), up to the Monte-Carlo error of one draw per example
     assert terms["mi"] + terms["marginal_kl"] == pytest.approx(terms["kl"], abs=0.5)
@@ -84,9 +86,17 @@ def test_decompose_is_the_full_data_set_decomposition_and_load_gives_the_same_ru
 
 
 def test_objectives_and_overrides_in_every_form(array, tmp_path):
-    run = edvae.fit(array, out=tmp_path / "vae", objective="vae", epochs=1, overrides=[f"{k}={json.dumps(v)}" for k, v in FAST.items()])
+    run = edvae.fit(
+        array,
+        out=tmp_path / "vae",
+        objective="vae",
+        epochs=1,
+        overrides=[f"{k}={json.dumps(v)}" for k, v in FAST.items()],
+    )
     assert run.config.objective.kind == "elbo" and run.config.model.prior == "normal"
-    run = edvae.fit(array, out=tmp_path / "w", objective={"kind": "ed", "entropy_weight": 1.5}, epochs=1, overrides=FAST)
+    run = edvae.fit(
+        array, out=tmp_path / "w", objective={"kind": "ed", "entropy_weight": 1.5}, epochs=1, overrides=FAST
+    )
     assert run.config.objective.entropy_weight == 1.5
     with pytest.raises(EdvaeError, match="unknown objective 'nope'; use one of"):
         edvae.fit(array, out=tmp_path / "x", objective="nope")
@@ -99,25 +109,34 @@ def test_a_distribution_prior_is_trained_saved_and_needs_the_object_to_load(arra
     labels = (array[:, 0] > 0).astype(np.int64)
     run = edvae.fit((torch.from_numpy(array), labels), out=tmp_path / "laplace", prior=prior, epochs=1, overrides=FAST)
     assert run.config.model.latent_dim == 3  # from the prior's dimension
-    assert run.model.prior_distribution().log_prob(torch.zeros(3)) == pytest.approx(float(prior.log_prob(torch.zeros(3))))
+    assert run.model.prior_distribution().log_prob(torch.zeros(3)) == pytest.approx(
+        float(prior.log_prob(torch.zeros(3)))
+    )
     assert 0 <= run.evaluate()["probe_accuracy"] <= 1  # the labels reached the evaluation
     code = f"import edvae; edvae.load({str(run.dir)!r})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "pass an object of the same kind again: edvae.load(run_dir, prior=...)" in done.stderr
-    code = ("import torch, edvae; d = torch.distributions.Independent(torch.distributions.Laplace(torch.zeros(3), torch.ones(3)), 1); "
-            f"print(edvae.load({str(run.dir)!r}, prior=d).decompose()['kl'])")
+    assert (
+        done.returncode != 0 and "pass an object of the same kind again: edvae.load(run_dir, prior=...)" in done.stderr
+    )
+    code = (
+        "import torch, edvae; d = torch.distributions.Independent(torch.distributions.Laplace(torch.zeros(3), torch.ones(3)), 1); "
+        f"print(edvae.load({str(run.dir)!r}, prior=d).decompose()['kl'])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) == pytest.approx(run.decompose()["kl"], rel=1e-6)
 
 
-@pytest.mark.parametrize("x, message", [
-    (np.zeros(10), r"x must have shape \(N, features...\)"),
-    (np.array([[1.0, np.nan]] * 10), "contains NaN"),
-    (np.array([["a", "b"]] * 10), "x must hold real numbers"),
-    ((np.zeros((10, 2)), np.zeros(9)), "labels must be 10 whole numbers"),
-    ((np.zeros((10, 2)),), "a pair"),
-])
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (np.zeros(10), r"x must have shape \(N, features...\)"),
+        (np.array([[1.0, np.nan]] * 10), "contains NaN"),
+        (np.array([["a", "b"]] * 10), "x must hold real numbers"),
+        ((np.zeros((10, 2)), np.zeros(9)), "labels must be 10 whole numbers"),
+        ((np.zeros((10, 2)),), "a pair"),
+    ],
+)
 def test_bad_arrays_are_one_line_errors(x, message, tmp_path):
     with pytest.raises(EdvaeError, match=message) as info:
         edvae.fit(x, out=tmp_path / "bad", epochs=1, overrides=FAST)

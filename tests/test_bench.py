@@ -64,7 +64,9 @@ def test_quick_bench_writes_every_file_with_the_expected_schema(tmp_path):
     assert start["seconds"]["edvae train: first step"] > start["seconds"]["import torch"] > 0
     assert "sklearn" not in start["evaluate_imported"] and start["evaluate_after_imports_seconds"] > 0
     table = report["threads"]
-    assert 1 in table["threads"] and all(set(row) == {"idle", "with a competing process"} for row in table["ms_per_step"].values())
+    assert 1 in table["threads"] and all(
+        set(row) == {"idle", "with a competing process"} for row in table["ms_per_step"].values()
+    )
 
     mi = report["correctness"]["results"]
     truth = mi["truth (full data set)"]["mi"]

@@ -19,8 +19,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -236,10 +237,22 @@ def test_sigkill_while_writing_checkpoints_never_loses_the_checkpoint(tmp_path, 
     (tmp_path / "child.py").write_text(SIGKILL_CHILD)
     seed = random.randrange(10**6)
     args = {
-        "toml": str(tmp_path / "a.toml"), "run_a": str(tmp_path / "a"), "ready": str(tmp_path / "ready"),
-        "run_b": str(tmp_path / "b"), "config_b": config_b.model_dump(), "seed": seed, "max_kills": 30, "want_mid_write": 3,
+        "toml": str(tmp_path / "a.toml"),
+        "run_a": str(tmp_path / "a"),
+        "ready": str(tmp_path / "ready"),
+        "run_b": str(tmp_path / "b"),
+        "config_b": config_b.model_dump(),
+        "seed": seed,
+        "max_kills": 30,
+        "want_mid_write": 3,
     }
-    done = subprocess.run([sys.executable, str(tmp_path / "child.py"), json.dumps(args)], env=_env(), capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "child.py"), json.dumps(args)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, f"seed {seed}:\n{done.stdout}\n{done.stderr}"
     report = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"\nSIGKILL child (seed {seed}): {report}")
@@ -280,7 +293,11 @@ def _start_then_signal(tmp_path: Path, cfg: RunConfig, sig: signal.Signals) -> t
     run = tmp_path / "run"
     proc = subprocess.Popen(
         [*_edvae(), "train", str(tmp_path / "run.toml"), "--out", str(run)],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         # a logged line means the loop (and its signal handler) is running
@@ -362,7 +379,12 @@ def test_the_same_seed_gives_the_same_results_json_with_one_or_two_workers(tmp_p
 
     def study() -> Study:
         runs = [
-            RunSpec("complex", "edvae", seed, tiny_config(train={"epochs": 1, "seed": seed}, eval={"iwae_samples": 20, "true_ll": False}))
+            RunSpec(
+                "complex",
+                "edvae",
+                seed,
+                tiny_config(train={"epochs": 1, "seed": seed}, eval={"iwae_samples": 20, "true_ll": False}),
+            )
             for seed in (0, 1)
         ]
         return Study(name="tiny", title="tiny", description="two tiny runs", runs=runs)
@@ -399,8 +421,18 @@ def _malicious(folder: Path, marker: Path, kind: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CHECKPOINT_NAME
     if kind == "torch.save, marker inside":  # a real-looking checkpoint with one poisoned entry
-        torch.save({"format": CHECKPOINT_FORMAT, "config": {}, "model": {"w": torch.zeros(2)},
-                    "step": 1, "epoch": 0, "completed": True, "extra": _Payload(marker, "exec")}, path)
+        torch.save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": {},
+                "model": {"w": torch.zeros(2)},
+                "step": 1,
+                "epoch": 0,
+                "completed": True,
+                "extra": _Payload(marker, "exec"),
+            },
+            path,
+        )
     elif kind == "torch.save, os.system":
         torch.save(_Payload(marker, "system"), path)
     else:  # a plain pickle, as older torch versions wrote them

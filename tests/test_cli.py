@@ -9,8 +9,8 @@ diverges ends with one line, exit code 1, and keeps its last good checkpoint.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -109,17 +109,33 @@ def files(tmp_path_factory) -> dict[str, Path]:
 TRAIN_ERRORS = [
     ("TOML syntax error", ["{bad toml}"], "is not valid TOML"),
     ("config file missing", ["{tmp}/nope.toml"], "does not exist"),
-    ("unknown key", ["{tiny}", "--set", "train.nope=1"], "unknown config key 'train.nope'; valid keys here: accelerator"),
+    (
+        "unknown key",
+        ["{tiny}", "--set", "train.nope=1"],
+        "unknown config key 'train.nope'; valid keys here: accelerator",
+    ),
     ("unknown section", ["{tiny}", "--set", "bogus.x=1"], "unknown config key 'bogus'"),
     ("wrong type", ["{tiny}", "--set", 'train.epochs="abc"'], "invalid value for 'train.epochs'"),
     ("boolean for a number", ["{tiny}", "--set", "train.epochs=true"], "expected a number, not a boolean"),
-    ("negative epochs", ["{tiny}", "--set", "train.epochs=-1"], "'train.epochs': Input should be greater than or equal to 1 (got -1)"),
+    (
+        "negative epochs",
+        ["{tiny}", "--set", "train.epochs=-1"],
+        "'train.epochs': Input should be greater than or equal to 1 (got -1)",
+    ),
     ("zero learning rate", ["{tiny}", "--set", "train.lr=0"], "'train.lr'"),
-    ("NaN weight", ["{tiny}", "--set", "objective.mi_weight=nan"], "'objective.mi_weight': Input should be a finite number"),
+    (
+        "NaN weight",
+        ["{tiny}", "--set", "objective.mi_weight=nan"],
+        "'objective.mi_weight': Input should be a finite number",
+    ),
     ("seed out of range", ["{tiny}", "--set", "train.seed=-1"], "'train.seed'"),
     ("zero-width layer", ["{tiny}", "--set", "model.hidden=[0]"], "hidden widths must be integers from 1 to"),
     ("too many threads", ["{tiny}", "--set", "train.threads=1000000"], "'train.threads'"),
-    ("unknown network", ["{tiny}", "--set", "model.network=transformer"], "'model.network': Input should be 'mlp' or 'conv'"),
+    (
+        "unknown network",
+        ["{tiny}", "--set", "model.network=transformer"],
+        "'model.network': Input should be 'mlp' or 'conv'",
+    ),
     ("--set without =", ["{tiny}", "--set", "train.epochs"], "--set expects key=value"),
     ("--set with an empty key", ["{tiny}", "--set", "=5"], "unknown config key"),
     ("--set through a value", ["{tiny}", "--set", "name.x=1"], "'name' is a value, not a section"),
@@ -131,8 +147,16 @@ TRAIN_ERRORS = [
     ("data file missing", ["--data", "{tmp}/nope.npy"], "does not exist"),
     ("data file garbage", ["--data", "{garbage}"], "could not be read as a .npy file"),
     ("unknown prior", ["{tiny}", "--prior", "nope"], "unknown prior name 'nope'; choose one of"),
-    ("unknown prior option", ["{tiny}", "--prior", "normal", "--set", "model.prior_options.bogus=1"], "unknown option(s) bogus"),
-    ("prior samples of another dimension", ["{tiny}", "--prior", "samples:{samples3}"], "dimension 3 but the latent dimension is 2"),
+    (
+        "unknown prior option",
+        ["{tiny}", "--prior", "normal", "--set", "model.prior_options.bogus=1"],
+        "unknown option(s) bogus",
+    ),
+    (
+        "prior samples of another dimension",
+        ["{tiny}", "--prior", "samples:{samples3}"],
+        "dimension 3 but the latent dimension is 2",
+    ),
     ("prior samples missing", ["{tiny}", "--prior", "samples:{tmp}/nope.npy"], "does not exist"),
     ("prior samples with NaN", ["{tiny}", "--prior", "samples:{samples_nan}"], "NaN or Inf"),
     ("true prior of another dimension", ["{tiny}", "--set", "model.latent_dim=3"], "make them agree"),
@@ -144,8 +168,16 @@ TRAIN_ERRORS = [
     ("no config", ["--out", "{out}"], "give a CONFIG file"),
     ("--resume of a missing folder", ["--resume", "{tmp}/nope", "--out", None], "no checkpoint at"),
     ("--resume of a folder that is not a run", ["--resume", "{not a run}", "--out", None], "no checkpoint at"),
-    ("--resume with a config", ["{tiny}", "--resume", "{run}", "--out", None], "--resume takes the config stored in the checkpoint"),
-    ("--resume changing the model", ["--resume", "{run}", "--set", "model.latent_dim=3", "--out", None], "only train.* settings may change"),
+    (
+        "--resume with a config",
+        ["{tiny}", "--resume", "{run}", "--out", None],
+        "--resume takes the config stored in the checkpoint",
+    ),
+    (
+        "--resume changing the model",
+        ["--resume", "{run}", "--set", "model.latent_dim=3", "--out", None],
+        "only train.* settings may change",
+    ),
     ("--resume into another folder", ["--resume", "{run}"], "--resume continues in its own folder"),
 ]
 
@@ -190,32 +222,45 @@ def test_a_checkpoint_file_can_be_named_directly_and_missing_ones_are_named(file
 
 
 def test_unknown_study_and_bad_reproduce_overrides(tmp_path):
-    assert_one_line_error(invoke("reproduce", "--out", tmp_path, "--study", "nope"), "unknown study 'nope'; choose one of")
-    assert_one_line_error(invoke("reproduce", "--out", tmp_path, "--set", "train.nope=1"), "unknown config key 'train.nope'")
+    assert_one_line_error(
+        invoke("reproduce", "--out", tmp_path, "--study", "nope"), "unknown study 'nope'; choose one of"
+    )
+    assert_one_line_error(
+        invoke("reproduce", "--out", tmp_path, "--set", "train.nope=1"), "unknown config key 'train.nope'"
+    )
     assert_one_line_error(invoke("reproduce", "--out", tmp_path, "--set", "noequals"), "--set expects key=value")
     (tmp_path / "file").write_text("x")
-    assert_one_line_error(invoke("reproduce", "--out", tmp_path / "file" / "sub", "--quick", "--seeds", "1"), "Not a directory")
+    assert_one_line_error(
+        invoke("reproduce", "--out", tmp_path / "file" / "sub", "--quick", "--seeds", "1"), "Not a directory"
+    )
 
 
-@pytest.mark.parametrize("args", [
-    ["evaluate", "somewhere", "--iwae-samples", "0"],
-    ["train", "--bogus"],
-    ["reproduce", "--out", "x", "--workers", "0"],
-    ["no-such-command"],
-    ["train", "--devices", "zero"],
-], ids=["option below its minimum", "unknown option", "workers 0", "unknown command", "not an integer"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["evaluate", "somewhere", "--iwae-samples", "0"],
+        ["train", "--bogus"],
+        ["reproduce", "--out", "x", "--workers", "0"],
+        ["no-such-command"],
+        ["train", "--devices", "zero"],
+    ],
+    ids=["option below its minimum", "unknown option", "workers 0", "unknown command", "not an integer"],
+)
 def test_option_parser_errors_are_one_line_too(args):
     """Regression: the parser's own errors printed a five-line usage box."""
     line = assert_one_line_error(invoke(*args), "--help")
     assert "Usage:" not in line and "─" not in line
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["train", "--devices", "0", "--out", "x"], "'--devices'"),
-    (["evaluate", "somewhere", "--iwae-samples", "0"], "'--iwae-samples'"),
-    (["reproduce", "--out", "x", "--seeds", "0"], "'--seeds'"),
-    (["evaluate"], "missing argument"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--devices", "0", "--out", "x"], "'--devices'"),
+        (["evaluate", "somewhere", "--iwae-samples", "0"], "'--iwae-samples'"),
+        (["reproduce", "--out", "x", "--seeds", "0"], "'--seeds'"),
+        (["evaluate"], "missing argument"),
+    ],
+)
 def test_range_errors_name_the_option(args, expected):
     assert_one_line_error(invoke(*args), expected)
 
@@ -234,11 +279,14 @@ def test_version_and_help():
     assert invoke().exit_code == 0 and "Usage" in invoke().stdout  # no arguments: the help
 
 
-@pytest.mark.parametrize("args", [
-    ["train", "--out", "", "--set", "train.epochs=1"],
-    ["train", "--resume", ""],
-    ["reproduce", "--out", " "],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--out", "", "--set", "train.epochs=1"],
+        ["train", "--resume", ""],
+        ["reproduce", "--out", " "],
+    ],
+)
 def test_an_empty_folder_option_is_refused(args, tmp_path, monkeypatch):
     """Regression: --out '' wrote the run into the current folder."""
     monkeypatch.chdir(tmp_path)
@@ -282,7 +330,10 @@ def test_library_error_messages_are_cut_at_a_sentence_end():
         "This is an internal miniz error. If you are seeing this error, there is a high likelihood that your "
         "checkpoint file is corrupted."
     )
-    assert first_sentence(torch_text) == "PytorchStreamReader failed reading zip archive: invalid header or archive is corrupted"
+    assert (
+        first_sentence(torch_text)
+        == "PytorchStreamReader failed reading zip archive: invalid header or archive is corrupted"
+    )
     long = "word " * 100
     cut = first_sentence(long)
     assert cut.endswith("word...") and len(cut) <= 163
@@ -338,10 +389,13 @@ def test_divergence_from_a_huge_learning_rate_is_one_line_exit_1_and_keeps_the_l
     assert_one_line_error(result, f"no checkpoint was written to {tmp_path / 'early'} yet", code=1)
 
 
-@pytest.mark.parametrize("checkpoint_every, nan_after, message, kept", [
-    (2, 3, "the encoder outputs became non-finite at step 4 (epoch 1): the parameters diverged", 2),
-    (3, 6, "the parameters became non-finite by step 6 (epoch 1)", 3),
-])
+@pytest.mark.parametrize(
+    "checkpoint_every, nan_after, message, kept",
+    [
+        (2, 3, "the encoder outputs became non-finite at step 4 (epoch 1): the parameters diverged", 2),
+        (3, 6, "the parameters became non-finite by step 6 (epoch 1)", 3),
+    ],
+)
 def test_parameters_that_diverge_in_an_update_are_caught_before_the_next_step_or_checkpoint(
     files, tmp_path, monkeypatch, checkpoint_every, nan_after, message, kept
 ):
@@ -376,9 +430,21 @@ def test_a_non_finite_objective_term_is_named_with_its_step(files, tmp_path, poi
     assert load_checkpoint(run)["step"] == 4
 
     calls["n"] = 0  # skipping: gives up after 50 non-finite steps in a row, the checkpoint stays finite
-    result = invoke("train", files["tiny"], "--out", tmp_path / "skip", "--set", "train.on_nonfinite=skip", "--set", "train.epochs=8",
-                    "--set", "train.checkpoint_seconds=0")
-    assert_one_line_error(result, "was non-finite for 51 steps in a row at step 56 (epoch 7); giving up; the last good checkpoint", code=1)
+    result = invoke(
+        "train",
+        files["tiny"],
+        "--out",
+        tmp_path / "skip",
+        "--set",
+        "train.on_nonfinite=skip",
+        "--set",
+        "train.epochs=8",
+        "--set",
+        "train.checkpoint_seconds=0",
+    )
+    assert_one_line_error(
+        result, "was non-finite for 51 steps in a row at step 56 (epoch 7); giving up; the last good checkpoint", code=1
+    )
     assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "skip")["model"].values())
 
 
@@ -386,7 +452,9 @@ def test_a_folder_holding_a_failed_runs_logs_says_so_and_overwrite_reuses_it(fil
     """A run that diverged before its first checkpoint leaves logs and no checkpoint: train must
     not send the user to --resume (which has nothing to resume), and --overwrite must work."""
     early = tmp_path / "early"
-    assert_one_line_error(invoke("train", files["tiny"], "--out", early, "--set", "train.lr=1e4"), "no checkpoint", code=1)
+    assert_one_line_error(
+        invoke("train", files["tiny"], "--out", early, "--set", "train.lr=1e4"), "no checkpoint", code=1
+    )
     assert not (early / CHECKPOINT_NAME).exists() and any(early.iterdir())
     line = assert_one_line_error(invoke("train", files["tiny"], "--out", early), "stopped before its first checkpoint")
     assert "--overwrite" in line and "--resume" not in line
@@ -419,7 +487,9 @@ def test_a_run_trained_on_data_in_memory_is_evaluated_on_exactly_that_data(tmp_p
     metrics = json.loads(result.stdout)
     model = load_run(tmp_path / "run")[0]
     expected = evaluate_model(model, mine, cfg.eval)
-    assert metrics["elbo"] == pytest.approx(expected["elbo"], rel=1e-12) and metrics["mse"] == pytest.approx(expected["mse"], rel=1e-12)
+    assert metrics["elbo"] == pytest.approx(expected["elbo"], rel=1e-12) and metrics["mse"] == pytest.approx(
+        expected["mse"], rel=1e-12
+    )
     assert "true_ll" not in metrics  # no ground truth for the user's data
     (tmp_path / "run" / "data.pt").write_bytes(b"changed")
     assert_one_line_error(invoke("evaluate", tmp_path / "run"), "data.pt changed since this run was trained")
@@ -431,7 +501,9 @@ def test_file_data_is_recorded_by_absolute_path_and_hash_and_checked_before_eval
     rng = np.random.default_rng(0)
     (tmp_path / "work").mkdir()
     np.save(tmp_path / "work" / "mine.npy", rng.random((300, 5)).astype(np.float32))
-    toml = TINY_TOML.replace('prior = "true"', 'prior = "normal"').replace('options = { n_train = 512, n_val = 256, n_test = 256 }', "")
+    toml = TINY_TOML.replace('prior = "true"', 'prior = "normal"').replace(
+        "options = { n_train = 512, n_val = 256, n_test = 256 }", ""
+    )
     (tmp_path / "tiny.toml").write_text(toml)
     monkeypatch.chdir(tmp_path / "work")
     result = invoke("train", tmp_path / "tiny.toml", "--data", "mine.npy", "--out", "run")
@@ -443,9 +515,13 @@ def test_file_data_is_recorded_by_absolute_path_and_hash_and_checked_before_eval
     assert result.exit_code == 0, result.stderr
     before = json.loads(result.stdout)
     np.save(tmp_path / "work" / "mine.npy", rng.random((300, 5)).astype(np.float32))  # the file changes
-    line = assert_one_line_error(invoke("evaluate", "work/run"), f"the data file {tmp_path / 'work' / 'mine.npy'} changed")
+    line = assert_one_line_error(
+        invoke("evaluate", "work/run"), f"the data file {tmp_path / 'work' / 'mine.npy'} changed"
+    )
     assert "--data" in line
-    assert_one_line_error(invoke("train", "--resume", "work/run", "--set", "train.epochs=2"), "changed since this run was trained")
+    assert_one_line_error(
+        invoke("train", "--resume", "work/run", "--set", "train.epochs=2"), "changed since this run was trained"
+    )
     result = invoke("evaluate", "work/run", "--json", "--data", "work/mine.npy")  # evaluating on another file: explicit
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["elbo"] != before["elbo"]

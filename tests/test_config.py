@@ -26,10 +26,18 @@ def test_defaults_are_a_valid_run():
 
 def test_overrides_parse_values_and_create_sections_without_touching_the_input():
     raw = {"train": {"epochs": 5}}
-    out = apply_overrides(raw, [
-        "train.epochs=10", "train.lr=1e-3", "model.hidden=[32, 16]", "model.prior=mog_ring",
-        "train.progress=false", "model.prior_options.radius = 1.5", "data.path=a=b.csv",
-    ])
+    out = apply_overrides(
+        raw,
+        [
+            "train.epochs=10",
+            "train.lr=1e-3",
+            "model.hidden=[32, 16]",
+            "model.prior=mog_ring",
+            "train.progress=false",
+            "model.prior_options.radius = 1.5",
+            "data.path=a=b.csv",
+        ],
+    )
     assert raw == {"train": {"epochs": 5}}
     assert out["train"] == {"epochs": 10, "lr": 1e-3, "progress": False}
     assert out["model"] == {"hidden": [32, 16], "prior": "mog_ring", "prior_options": {"radius": 1.5}}

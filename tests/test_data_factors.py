@@ -168,16 +168,17 @@ def test_datasplits_checks_the_factor_shape():
     "data, model",
     [
         ({"name": "sprites", "options": {"n": 200, "size": 16}}, {"network": "conv", "latent_dim": 4}),
-        ({"name": "nongaussian-factors", "options": {"n_train": 256, "n_val": 64, "n_test": 64}},
-         {"network": "mlp", "latent_dim": 4}),
+        (
+            {"name": "nongaussian-factors", "options": {"n_train": 256, "n_val": 64, "n_test": 64}},
+            {"network": "mlp", "latent_dim": 4},
+        ),
     ],
     ids=["sprites-conv", "nongaussian-factors-mlp"],
 )
 def test_a_tiny_run_trains_on_the_factor_data(tmp_path, data, model):
+    from conftest import tiny_raw
     from edvae.config import validate_config
     from edvae.train import train
-
-    from conftest import tiny_raw
 
     raw = tiny_raw(model=dict(model, prior="normal"), train={"epochs": 2, "batch_size": 64})
     raw["data"] = data  # replace, not merge: the data sets have different options

@@ -119,8 +119,10 @@ def test_idx_images_with_labels_file(tmp_path, images, compress):
     (tmp_path / f"train-images-idx3-ubyte{suffix}").write_bytes(opener(_idx_bytes(pixels)))
     (tmp_path / f"train-labels-idx1-ubyte{suffix}").write_bytes(opener(_idx_bytes(labels)))
     data = load_dataset(
-        "file", path=tmp_path / f"train-images-idx3-ubyte{suffix}",
-        labels_path=tmp_path / f"train-labels-idx1-ubyte{suffix}", binarize="none",
+        "file",
+        path=tmp_path / f"train-images-idx3-ubyte{suffix}",
+        labels_path=tmp_path / f"train-labels-idx1-ubyte{suffix}",
+        binarize="none",
     )
     assert data.x_shape == (1, 4, 5) and data.info["format"] == "idx"
     rows, got = _rows(data).double() * 255, _labels(data)
@@ -286,8 +288,20 @@ def test_bad_loader_options(tmp_path):
 
 
 # ----------------------------------------------------------------------------- user files through the CLI
-TRAIN_FAST = ["--set", "train.progress=false", "--set", "train.batch_size=32", "--set", "train.epochs=3",
-              "--set", "model.hidden=[32]", "--set", "model.latent_dim=4", "--set", "eval.iwae_samples=8"]
+TRAIN_FAST = [
+    "--set",
+    "train.progress=false",
+    "--set",
+    "train.batch_size=32",
+    "--set",
+    "train.epochs=3",
+    "--set",
+    "model.hidden=[32]",
+    "--set",
+    "model.latent_dim=4",
+    "--set",
+    "eval.iwae_samples=8",
+]
 
 
 def _images(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -336,8 +350,16 @@ def test_cli_round_trip_csv_with_header_label_column_and_conv(tmp_path):
     rows = [",".join(map(str, [*img.ravel(), label])) for img, label in zip(x, y)]
     (tmp_path / "bars.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
     m = _train_and_evaluate(
-        tmp_path, tmp_path / "bars.csv", "--set", "data.options.label_column=label",
-        "--set", "data.options.x_shape=[1,6,6]", "--set", "model.network=conv", "--set", "data.options.binarize=static",
+        tmp_path,
+        tmp_path / "bars.csv",
+        "--set",
+        "data.options.label_column=label",
+        "--set",
+        "data.options.x_shape=[1,6,6]",
+        "--set",
+        "model.network=conv",
+        "--set",
+        "data.options.binarize=static",
     )
     assert "probe_accuracy" in m and "bpd" in m
 
@@ -347,8 +369,14 @@ def test_cli_round_trip_idx_with_labels_file_and_gaussian_likelihood(tmp_path):
     _write_idx(tmp_path / "bars-idx3-ubyte.gz", x)
     _write_idx(tmp_path / "bars-idx1-ubyte", y)
     m = _train_and_evaluate(
-        tmp_path, tmp_path / "bars-idx3-ubyte.gz", "--set", f"data.options.labels_path={tmp_path / 'bars-idx1-ubyte'}",
-        "--set", "data.options.likelihood=gaussian", "--set", "model.network=conv",
+        tmp_path,
+        tmp_path / "bars-idx3-ubyte.gz",
+        "--set",
+        f"data.options.labels_path={tmp_path / 'bars-idx1-ubyte'}",
+        "--set",
+        "data.options.likelihood=gaussian",
+        "--set",
+        "model.network=conv",
     )
     assert "bpd" not in m and "probe_accuracy" in m  # bits per dimension only for binary data
 
@@ -382,7 +410,18 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
     return cases
 
 
-BAD = ["nan.npy", "inf.npy", "range.npy", "flat.npy", "none.npy", "empty.npz", "ragged.csv", "word.csv", "bad-idx3-ubyte", "short-idx3-ubyte"]
+BAD = [
+    "nan.npy",
+    "inf.npy",
+    "range.npy",
+    "flat.npy",
+    "none.npy",
+    "empty.npz",
+    "ragged.csv",
+    "word.csv",
+    "bad-idx3-ubyte",
+    "short-idx3-ubyte",
+]
 
 
 @pytest.mark.parametrize("name", BAD)
@@ -399,9 +438,13 @@ def test_cli_bad_user_file_is_one_line_naming_the_file_row_and_fix(tmp_path, nam
 
 def test_cli_bad_shape_for_the_network_and_missing_file(tmp_path):
     np.save(tmp_path / "flat.npy", np.full((200, 36), 0.5, dtype=np.float32))
-    result = _cli("train", "--data", tmp_path / "flat.npy", "--out", tmp_path / "run", *TRAIN_FAST, "--set", "model.network=conv")
+    result = _cli(
+        "train", "--data", tmp_path / "flat.npy", "--out", tmp_path / "run", *TRAIN_FAST, "--set", "model.network=conv"
+    )
     assert result.exit_code == 2 and "needs image data" in result.stderr and "x_shape" in result.stderr
-    result = _cli("train", "--data", tmp_path / "flat.npy", "--out", tmp_path / "run2", "--set", "data.options.x_shape=[1,5,5]")
+    result = _cli(
+        "train", "--data", tmp_path / "flat.npy", "--out", tmp_path / "run2", "--set", "data.options.x_shape=[1,5,5]"
+    )
     assert result.exit_code == 2 and "x_shape (1, 5, 5) needs 25 values" in result.stderr and "36" in result.stderr
     result = _cli("train", "--data", tmp_path / "missing.npy", "--out", tmp_path / "run3")
     assert result.exit_code == 2 and "does not exist" in result.stderr and "missing.npy" in result.stderr

@@ -43,13 +43,22 @@ def test_global_batch_binarisation_does_not_depend_on_the_number_of_processes(wo
 def test_both_binarisations_have_the_law_bernoulli_of_the_grey_level():
     x = torch.full((20_000, 2), 0.3)
     x[:, 1] = 0.8
-    for sample in (binarize_batch(x, 0), binarize_global_batch(x, torch.Generator().manual_seed(0), x.shape[0], slice(None))):
+    for sample in (
+        binarize_batch(x, 0),
+        binarize_global_batch(x, torch.Generator().manual_seed(0), x.shape[0], slice(None)),
+    ):
         assert set(sample.unique().tolist()) <= {0.0, 1.0}
         assert sample.mean(0).tolist() == pytest.approx([0.3, 0.8], abs=0.015)  # 5 standard errors
         assert torch.equal(binarize_batch(sample, 1), sample)  # binary data stay as they are
 
 
 def test_derive_seed_separates_purposes_and_seeds():
-    seeds = {derive_seed(0, "split"), derive_seed(0, "binarize", "val"), derive_seed(0, "binarize", "test"), derive_seed(1, "split"), derive_seed(2**40, "split")}
+    seeds = {
+        derive_seed(0, "split"),
+        derive_seed(0, "binarize", "val"),
+        derive_seed(0, "binarize", "test"),
+        derive_seed(1, "split"),
+        derive_seed(2**40, "split"),
+    }
     assert len(seeds) == 5 and all(0 <= s < 2**32 for s in seeds)
     assert derive_seed(7, "noise") == derive_seed(7, "noise")

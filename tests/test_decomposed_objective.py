@@ -49,15 +49,18 @@ def laplace(dim=3):
 
 def mixture(dim=3):
     locs = torch.tensor([[-1.0] * dim, [1.0] * dim], dtype=F64)
-    return MixtureSameFamily(Categorical(probs=torch.tensor([0.4, 0.6], dtype=F64)),
-                             Independent(Normal(locs, torch.full_like(locs, 0.5)), 1))
+    return MixtureSameFamily(
+        Categorical(probs=torch.tensor([0.4, 0.6], dtype=F64)), Independent(Normal(locs, torch.full_like(locs, 0.5)), 1)
+    )
 
 
 def grads(loss, inputs):
     return torch.autograd.grad(loss, inputs, retain_graph=True)
 
 
-TCVAE_1 = dict(kl_weight=0.0, mi_weight=1.0, entropy_weight=0.0, cross_entropy_weight=0.0, tc_weight=1.0, dimwise_kl_weight=1.0)
+TCVAE_1 = dict(
+    kl_weight=0.0, mi_weight=1.0, entropy_weight=0.0, cross_entropy_weight=0.0, tc_weight=1.0, dimwise_kl_weight=1.0
+)
 
 
 @pytest.mark.parametrize("estimator", ["mss", "mws", "batch"])
@@ -66,15 +69,21 @@ TCVAE_1 = dict(kl_weight=0.0, mi_weight=1.0, entropy_weight=0.0, cross_entropy_w
 def test_beta_tcvae_at_unit_weights_is_the_monte_carlo_elbo_loss_and_gradients(estimator, prior, diagnostics):
     log_px, z, mu, logvar = batch()
     p = prior()
-    out = decomposed_elbo(log_px, z, mu, logvar, p, dataset_size=N, estimator=estimator, diagnostics=diagnostics, **TCVAE_1)
+    out = decomposed_elbo(
+        log_px, z, mu, logvar, p, dataset_size=N, estimator=estimator, diagnostics=diagnostics, **TCVAE_1
+    )
     mc_elbo = log_px.mean() - (E.log_posterior(z, mu, logvar) - p.log_prob(z)).mean()
     torch.testing.assert_close(out.loss, -mc_elbo, rtol=0, atol=1e-12)
     for mine, reference in zip(grads(out.loss, (log_px, mu, logvar)), grads(-mc_elbo, (log_px, mu, logvar))):
         torch.testing.assert_close(mine, reference, rtol=0, atol=1e-12)
     if diagnostics:  # the split it reports adds up to the same Monte-Carlo KL
         t = out.terms
-        torch.testing.assert_close(t["mi"] + t["total_correlation"] + t["dimwise_kl"], -mc_elbo.detach() + log_px.mean().detach(),
-                                   rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            t["mi"] + t["total_correlation"] + t["dimwise_kl"],
+            -mc_elbo.detach() + log_px.mean().detach(),
+            rtol=0,
+            atol=1e-10,
+        )
 
 
 def test_beta_tcvae_weights_enter_the_terms_of_decompose():
@@ -83,7 +92,15 @@ def test_beta_tcvae_weights_enter_the_terms_of_decompose():
     log_px, z, mu, logvar = batch(seed=1)
     p = normal()
     alpha, beta, gamma = 2.0, 6.0, 0.5
-    out = decomposed_elbo(log_px, z, mu, logvar, p, dataset_size=N, **dict(TCVAE_1, mi_weight=alpha, tc_weight=beta, dimwise_kl_weight=gamma))
+    out = decomposed_elbo(
+        log_px,
+        z,
+        mu,
+        logvar,
+        p,
+        dataset_size=N,
+        **dict(TCVAE_1, mi_weight=alpha, tc_weight=beta, dimwise_kl_weight=gamma),
+    )
     dec = E.decompose(z, mu, logvar, p, dataset_size=N)
     expected = -log_px.mean() + alpha * dec.mi + beta * dec.total_correlation + gamma * dec.dimwise_kl.sum()
     torch.testing.assert_close(out.loss, expected, rtol=0, atol=1e-10)
@@ -92,8 +109,13 @@ def test_beta_tcvae_weights_enter_the_terms_of_decompose():
     torch.testing.assert_close(out.terms["mi"], dec.mi.detach(), rtol=0, atol=1e-10)
     # by hand, term by term
     log_q = E.log_aggregate_posterior(z, mu, logvar, dataset_size=N)
-    log_q_d = torch.stack([E.log_aggregate_posterior(z[:, d:d + 1], mu[:, d:d + 1], logvar[:, d:d + 1], dataset_size=N)
-                           for d in range(3)], 1)
+    log_q_d = torch.stack(
+        [
+            E.log_aggregate_posterior(z[:, d : d + 1], mu[:, d : d + 1], logvar[:, d : d + 1], dataset_size=N)
+            for d in range(3)
+        ],
+        1,
+    )
     mi = (E.log_posterior(z, mu, logvar) - log_q).mean()
     tc = (log_q - log_q_d.sum(1)).mean()
     dimwise = (log_q_d - Normal(0.0, 1.0).log_prob(z)).sum(1).mean()
@@ -125,15 +147,23 @@ def test_beta_vae_weights_the_closed_form_kl():
 def test_default_weights_are_the_ed_objective():
     log_px, z, mu, logvar = batch()
     out = decomposed_elbo(log_px, z, mu, logvar, mixture(), dataset_size=N)
-    torch.testing.assert_close(out.loss, ed_elbo(log_px, z, mu, logvar, mixture(), dataset_size=N).loss, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        out.loss, ed_elbo(log_px, z, mu, logvar, mixture(), dataset_size=N).loss, rtol=0, atol=1e-10
+    )
     weighted = dict(mi_weight=0.5, entropy_weight=2.0, cross_entropy_weight=3.0)
-    torch.testing.assert_close(decomposed_elbo(log_px, z, mu, logvar, mixture(), dataset_size=N, **weighted).loss,
-                               ed_elbo(log_px, z, mu, logvar, mixture(), dataset_size=N, **weighted).loss, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        decomposed_elbo(log_px, z, mu, logvar, mixture(), dataset_size=N, **weighted).loss,
+        ed_elbo(log_px, z, mu, logvar, mixture(), dataset_size=N, **weighted).loss,
+        rtol=0,
+        atol=1e-10,
+    )
 
 
 def test_a_dimension_wise_kl_refuses_a_prior_that_does_not_factorise():
     log_px, z, mu, logvar = batch()
-    with pytest.raises(EdvaeError, match="dimwise_kl_weight=1.0 needs a prior that factorises.*MixtureSameFamily.*dimwise_kl_weight=0"):
+    with pytest.raises(
+        EdvaeError, match="dimwise_kl_weight=1.0 needs a prior that factorises.*MixtureSameFamily.*dimwise_kl_weight=0"
+    ):
         decomposed_elbo(log_px, z, mu, logvar, mixture(), dataset_size=N, **TCVAE_1)
     # the total correlation alone concerns q(z) only: any prior will do
     out = decomposed_elbo(log_px, z, mu, logvar, mixture(), dataset_size=N, **dict(TCVAE_1, dimwise_kl_weight=0.0))
@@ -178,7 +208,14 @@ def test_bad_weights_are_named(name, value):
 # ----------------------------------------------------------------------------- presets
 def test_a_preset_kind_alone_is_the_whole_preset_and_explicit_settings_win():
     cfg = validate_config({"objective": {"kind": "beta-tcvae"}}).objective
-    assert (cfg.mi_weight, cfg.tc_weight, cfg.dimwise_kl_weight, cfg.entropy_weight, cfg.cross_entropy_weight, cfg.kl_weight) == (1, 6, 1, 0, 0, 0)
+    assert (
+        cfg.mi_weight,
+        cfg.tc_weight,
+        cfg.dimwise_kl_weight,
+        cfg.entropy_weight,
+        cfg.cross_entropy_weight,
+        cfg.kl_weight,
+    ) == (1, 6, 1, 0, 0, 0)
     assert validate_config({"objective": {"kind": "beta-tcvae", "tc_weight": 2}}).objective.tc_weight == 2
     cfg = validate_config({"objective": {"kind": "beta-vae"}}).objective
     assert (cfg.kl_weight, cfg.mi_weight, cfg.entropy_weight, cfg.cross_entropy_weight) == (4, 0, 0, 0)

@@ -7,9 +7,8 @@ import math
 import torch
 from torch.distributions import Independent, Normal
 
-from edvae.evaluate import disentanglement_metrics
 from conftest import run_small_study
-
+from edvae.evaluate import disentanglement_metrics
 from edvae.experiments import STUDIES, get_study
 from edvae.experiments.disentangle import METRICS, MODELS
 
@@ -24,7 +23,12 @@ def test_the_study_builds_every_model_on_both_data_sets_with_the_presets():
     assert objectives["vae"].kind == "elbo"
     assert (objectives["beta-vae"].kind, objectives["beta-vae"].kl_weight) == ("beta-vae", 4.0)
     tcvae = objectives["beta-tcvae"]
-    assert (tcvae.mi_weight, tcvae.tc_weight, tcvae.dimwise_kl_weight, tcvae.entropy_estimator) == (1.0, 6.0, 1.0, "mss")
+    assert (tcvae.mi_weight, tcvae.tc_weight, tcvae.dimwise_kl_weight, tcvae.entropy_estimator) == (
+        1.0,
+        6.0,
+        1.0,
+        "mss",
+    )
     assert all(spec.config.model.prior == "normal" for spec in study.runs)
     quick = get_study("disentangle", quick=True, overrides={"train": {"epochs": 2}})
     assert len(quick.runs) == 2 * 2 * len(MODELS) and all(s.config.train.epochs == 2 for s in quick.runs)
@@ -53,7 +57,9 @@ def test_a_tiny_disentangle_study_runs_end_to_end(tmp_path):
     keep = {("sprites", "beta-tcvae"), ("nongaussian-factors", "vae"), ("nongaussian-factors", "beta-vae")}
     for spec in study.runs:  # smaller data sets
         options = {"n": 600} if spec.dataset == "sprites" else {"n_train": 400, "n_val": 100, "n_test": 200}
-        spec.config = spec.config.model_copy(update={"data": spec.config.data.model_copy(update={"options": {**spec.config.data.options, **options}})})
+        spec.config = spec.config.model_copy(
+            update={"data": spec.config.data.model_copy(update={"options": {**spec.config.data.options, **options}})}
+        )
     run_small_study(study, keep, tmp_path, METRICS)
     md = (tmp_path / "results.md").read_text()
     assert "| model | mig | dci |" in md

@@ -44,8 +44,18 @@ CASES = [
     ("normal", "infonce", "batch", 0.5, 2.0),
 ]
 
-_RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE",
-                   "LOCAL_WORLD_SIZE", "GROUP_RANK", "TORCHELASTIC_RUN_ID", "PL_GLOBAL_SEED")
+_RENDEZVOUS_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "LOCAL_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "TORCHELASTIC_RUN_ID",
+    "PL_GLOBAL_SEED",
+)
 
 
 # ----------------------------------------------------------------------------- (a) equality
@@ -79,9 +89,17 @@ def _step(case: tuple, rank: int, world: int) -> dict[str, dict[str, torch.Tenso
     out = step_model(x[rows], eps[rows])
     mu, logvar, offset = gather_columns(out.mu, out.logvar)
     obj = ed_elbo(
-        out.log_px, out.z, mu, logvar, model.prior_distribution(),
-        dataset_size=N_TRAIN, mi_estimator=mi_estimator, entropy_estimator=entropy_estimator,
-        mi_weight=mi_weight, entropy_weight=entropy_weight, row_offset=offset,
+        out.log_px,
+        out.z,
+        mu,
+        logvar,
+        model.prior_distribution(),
+        dataset_size=N_TRAIN,
+        mi_estimator=mi_estimator,
+        entropy_estimator=entropy_estimator,
+        mi_weight=mi_weight,
+        entropy_weight=entropy_weight,
+        row_offset=offset,
     )
     obj.loss.backward()
     names = list(obj.terms)
@@ -128,7 +146,9 @@ def test_terms_and_gradients_of_two_processes_equal_one_process(spawned, index):
     assert any(g.abs().max() > 1e-3 for g in single["grads"].values())
     if CASES[index][0] in ("mixture", "vamp"):
         assert any(name.startswith("prior.") for name in single["grads"])
-    print(f"\n{CASES[index][0]}: max |2 processes - 1 process|: terms {errors['terms']:.2e}, gradients {errors['grads']:.2e}")
+    print(
+        f"\n{CASES[index][0]}: max |2 processes - 1 process|: terms {errors['terms']:.2e}, gradients {errors['grads']:.2e}"
+    )
 
 
 # ----------------------------------------------------------------------------- data split
@@ -238,7 +258,9 @@ def test_two_process_training_and_resume_match_one_process(tmp_path, objective_o
     one, two = tmp_path / "one", tmp_path / "two"
     train(validate_config(load_config(config_path)), one)
 
-    first = _edvae("train", str(config_path), "--out", str(two), "--devices", "2", "--set", "train.epochs=1", cwd=tmp_path)
+    first = _edvae(
+        "train", str(config_path), "--out", str(two), "--devices", "2", "--set", "train.epochs=1", cwd=tmp_path
+    )
     assert first.stdout.count("trained 8 steps") == 1  # rank 0 alone reports
     second = _edvae("train", "--resume", str(two), "--devices", "2", "--set", "train.epochs=2", cwd=tmp_path)
     assert second.stdout.count("trained 16 steps") == 1
@@ -262,12 +284,21 @@ def test_two_process_training_and_resume_match_one_process(tmp_path, objective_o
         # Adam amplifies rounding in entries with near-zero gradients; a missing gradient average
         # would move a weight by up to lr x steps = 0.05, far outside this tolerance
         torch.testing.assert_close(critic_two, critic_one, rtol=1e-3, atol=1e-4)
-        torch.testing.assert_close({k: v for k, v in saved_two["objective"].items() if k != "critic"},
-                                   {k: v for k, v in saved_one["objective"].items() if k != "critic"}, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            {k: v for k, v in saved_two["objective"].items() if k != "critic"},
+            {k: v for k, v in saved_one["objective"].items() if k != "critic"},
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
     log_one, log_two = _log(one), _log(two)
     assert [(r["split"], r["step"]) for r in log_two] == [(r["split"], r["step"]) for r in log_one]
-    worst_log = max(abs(b[k] - a[k]) / max(1.0, abs(a[k])) for a, b in zip(log_one, log_two) for k in a if k not in ("split", "step", "epoch"))
+    worst_log = max(
+        abs(b[k] - a[k]) / max(1.0, abs(a[k]))
+        for a, b in zip(log_one, log_two)
+        for k in a
+        if k not in ("split", "step", "epoch")
+    )
     assert worst_log < 1e-4
 
     metrics_one, metrics_two = _evaluate(one), _evaluate(two)
@@ -275,4 +306,6 @@ def test_two_process_training_and_resume_match_one_process(tmp_path, objective_o
     unseeded = ("prior_swd", "train_seconds")  # prior samples drawn from the global RNG; wall time
     worst_eval = max(abs(metrics_two[k] - v) / max(1.0, abs(v)) for k, v in metrics_one.items() if k not in unseeded)
     assert worst_eval < 1e-4, (metrics_one, metrics_two)
-    print(f"\n1 vs 2 processes: max relative difference of logged terms {worst_log:.2e}, of evaluation metrics {worst_eval:.2e}")
+    print(
+        f"\n1 vs 2 processes: max relative difference of logged terms {worst_log:.2e}, of evaluation metrics {worst_eval:.2e}"
+    )

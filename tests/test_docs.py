@@ -70,13 +70,17 @@ def test_publish_writes_pages_and_readme_blocks_that_stay_checked(study_out, tmp
     # Any hand edit of a generated number is caught, in the page and in the README block.
     page = (docs / "tiny.md").read_text()
     (docs / "tiny.md").write_text(page.replace(f"{elbo['mean']:.2f}", f"{elbo['mean'] + 1:.2f}", 1))
-    assert stale_docs(docs, readme) == [f"{docs / 'tiny.md'} is not what {docs / 'tiny'}.json renders to (run `edvae publish`)"]
+    assert stale_docs(docs, readme) == [
+        f"{docs / 'tiny.md'} is not what {docs / 'tiny'}.json renders to (run `edvae publish`)"
+    ]
     (docs / "tiny.md").write_text(page)
     readme.write_text(text.replace(f"{elbo['mean']:.2f}", f"{elbo['mean'] + 1:.2f}", 1))
     assert stale_docs(docs, readme) == [f"{readme}: block results:tiny is not what {docs / 'tiny'}.json renders to"]
 
 
 def test_publish_cli_refuses_a_folder_without_results(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "edvae.cli", "publish", str(tmp_path), "--name", "x"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "edvae.cli", "publish", str(tmp_path), "--name", "x"], capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert "results.json not found" in done.stderr and "Traceback" not in done.stderr

@@ -98,9 +98,7 @@ def method_kwargs(method: str, n: int) -> dict:
 def test_log_q_matches_brute_force(method, chunk_size):
     z, mu, logvar = posterior_batch(7, 3, seed=0)
     n = 7 if method == "full" else 50
-    got = E.log_aggregate_posterior(
-        z, mu, logvar, method=method, chunk_size=chunk_size, **method_kwargs(method, n)
-    )
+    got = E.log_aggregate_posterior(z, mu, logvar, method=method, chunk_size=chunk_size, **method_kwargs(method, n))
     torch.testing.assert_close(got, brute_log_q(z, mu, logvar, method, n), rtol=0, atol=1e-10)
 
 
@@ -110,9 +108,7 @@ def test_column_blocks_merge_exactly(method, monkeypatch):
     monkeypatch.setattr(E, "_MAX_BLOCK_COLUMNS", 2)
     z, mu, logvar = posterior_batch(7, 2, seed=1)
     n = 7 if method == "full" else 30
-    got = E.log_aggregate_posterior(
-        z, mu, logvar, method=method, chunk_size=3, **method_kwargs(method, n)
-    )
+    got = E.log_aggregate_posterior(z, mu, logvar, method=method, chunk_size=3, **method_kwargs(method, n))
     torch.testing.assert_close(got, brute_log_q(z, mu, logvar, method, n), rtol=0, atol=1e-10)
 
 
@@ -123,8 +119,13 @@ def test_rows_of_a_global_batch(method, rows, row_offset):
     z, mu, logvar = posterior_batch(9, 3, seed=2)
     whole = E.log_aggregate_posterior(z, mu, logvar, dataset_size=40, method=method)
     part = E.log_aggregate_posterior(
-        z[row_offset : row_offset + rows], mu, logvar, dataset_size=40, method=method,
-        row_offset=row_offset, chunk_size=2,
+        z[row_offset : row_offset + rows],
+        mu,
+        logvar,
+        dataset_size=40,
+        method=method,
+        row_offset=row_offset,
+        chunk_size=2,
     )
     torch.testing.assert_close(part, whole[row_offset : row_offset + rows], rtol=0, atol=1e-12)
     ref = brute_log_q(z[row_offset : row_offset + rows], mu, logvar, method, 40, row_offset)
@@ -134,10 +135,7 @@ def test_rows_of_a_global_batch(method, rows, row_offset):
 def test_rows_of_a_global_batch_decompose_and_infonce():
     z, mu, logvar = posterior_batch(8, 2, seed=3)
     prior = std_normal(2)
-    halves = [
-        E.decompose(z[o : o + 4], mu, logvar, prior, dataset_size=20, row_offset=o)
-        for o in (0, 4)
-    ]
+    halves = [E.decompose(z[o : o + 4], mu, logvar, prior, dataset_size=20, row_offset=o) for o in (0, 4)]
     whole = E.decompose(z, mu, logvar, prior, dataset_size=20)
     for name in ("mi", "entropy", "cross_entropy", "kl", "posterior_entropy"):
         mean = (getattr(halves[0], name) + getattr(halves[1], name)) / 2
@@ -167,9 +165,7 @@ def test_log_posterior_and_posterior_entropy():
     ref = Independent(Normal(mu, (0.5 * logvar).exp()), 1)
     torch.testing.assert_close(E.log_posterior(z, mu, logvar), ref.log_prob(z))
     torch.testing.assert_close(E.posterior_entropy(logvar), ref.entropy())
-    torch.testing.assert_close(
-        E.log_posterior(z[2:4], mu, logvar, row_offset=2), ref.log_prob(z)[2:4]
-    )
+    torch.testing.assert_close(E.log_posterior(z[2:4], mu, logvar, row_offset=2), ref.log_prob(z)[2:4])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,15 +292,14 @@ def _mean_over_batches(lg, method, batch, repeats=4):
         idx = torch.randperm(n, generator=g)[:batch]
         mu, logvar = lg["mu"][idx], lg["logvar"][idx]
         z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=g, dtype=F64)
-        out.append(E.decompose(z, mu, logvar, lg["prior"], dataset_size=n, method=method,
-                               per_dimension=False).as_dict())
+        out.append(
+            E.decompose(z, mu, logvar, lg["prior"], dataset_size=n, method=method, per_dimension=False).as_dict()
+        )
     return {k: sum(o[k] for o in out) / repeats for k in out[0]}
 
 
 def _report(name, truth, est):
-    cells = "  ".join(
-        f"{k}: {truth[k]:.4f} vs {est[k]:.4f} ({est[k] - truth[k]:+.4f})" for k in truth
-    )
+    cells = "  ".join(f"{k}: {truth[k]:.4f} vs {est[k]:.4f} ({est[k] - truth[k]:+.4f})" for k in truth)
     print(f"\n[{name}] true vs estimated  {cells}")
 
 
@@ -373,8 +368,7 @@ def test_telescoping_is_exact(method):
 )
 def test_telescoping_property(method, batch, dim, seed, mu_scale, n_extra):
     z, mu, logvar = posterior_batch(batch, dim, seed, mu_scale=mu_scale, logvar_range=(-8.0, 3.0))
-    d = E.decompose(z, mu, logvar, std_normal(dim), method=method,
-                    **method_kwargs(method, batch + n_extra))
+    d = E.decompose(z, mu, logvar, std_normal(dim), method=method, **method_kwargs(method, batch + n_extra))
     mc_entropy = -E.log_posterior(z, mu, logvar).mean()
     torch.testing.assert_close(d.entropy - d.mi, mc_entropy, rtol=0, atol=1e-9)
 
@@ -419,10 +413,10 @@ def test_mi_between_zero_and_log_n(method, batch, dim, seed, mu_scale, n_extra):
     _, mu, logvar = posterior_batch(batch, dim, seed, mu_scale=mu_scale, logvar_range=(-8.0, 3.0))
     logvar = logvar[:1].expand_as(mu)
     n = batch if method == "full" else batch + n_extra
-    d = E.decompose(mu.clone(), mu, logvar, std_normal(dim), method=method,
-                    **method_kwargs(method, n))
+    d = E.decompose(mu.clone(), mu, logvar, std_normal(dim), method=method, **method_kwargs(method, n))
     per_row = E.log_posterior(mu, mu, logvar) - E.log_aggregate_posterior(
-        mu, mu, logvar, method=method, **method_kwargs(method, n))
+        mu, mu, logvar, method=method, **method_kwargs(method, n)
+    )
     assert per_row.min().item() >= -1e-9
     assert per_row.max().item() <= math.log(n) + 1e-9
     assert -1e-9 <= d.mi.item() <= math.log(n) + 1e-9
@@ -486,21 +480,21 @@ def test_gradcheck_decomposition_and_infonce():
 
 def test_decomposition_identities_and_as_dict():
     z, mu, logvar = posterior_batch(10, 3, seed=13)
-    prior = Independent(Normal(torch.tensor([0.2, -0.1, 0.0], dtype=F64),
-                               torch.tensor([1.0, 2.0, 0.5], dtype=F64)), 1)
+    prior = Independent(Normal(torch.tensor([0.2, -0.1, 0.0], dtype=F64), torch.tensor([1.0, 2.0, 0.5], dtype=F64)), 1)
     d = E.decompose(z, mu, logvar, prior, dataset_size=100)
-    torch.testing.assert_close(d.marginal_kl, d.total_correlation + d.dimwise_kl.sum(),
-                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(d.marginal_kl, d.total_correlation + d.dimwise_kl.sum(), rtol=0, atol=1e-10)
     # per-dimension marginals, each with its own logsumexp and the same weights
     log_w = brute_weights("mss", 10, 10, 100).log()
-    log_q_d = torch.stack([
-        torch.logsumexp(log_w + brute_log_density(z[:, k:k + 1], mu[:, k:k + 1], logvar[:, k:k + 1]), 1)
-        for k in range(3)
-    ], 1)
+    log_q_d = torch.stack(
+        [
+            torch.logsumexp(log_w + brute_log_density(z[:, k : k + 1], mu[:, k : k + 1], logvar[:, k : k + 1]), 1)
+            for k in range(3)
+        ],
+        1,
+    )
     tc = (brute_log_q(z, mu, logvar, "mss", 100) - log_q_d.sum(1)).mean()
     torch.testing.assert_close(d.total_correlation, tc, rtol=0, atol=1e-10)
-    torch.testing.assert_close(d.dimwise_kl, (log_q_d - prior.base_dist.log_prob(z)).mean(0),
-                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(d.dimwise_kl, (log_q_d - prior.base_dist.log_prob(z)).mean(0), rtol=0, atol=1e-10)
     analytic = torch.distributions.kl_divergence(Independent(Normal(mu, (0.5 * logvar).exp()), 1), prior)
     torch.testing.assert_close(d.kl, analytic.mean())
     # MC KL identity: mean(log q(z|x) - log p(z)) = mi + marginal_kl
@@ -508,8 +502,17 @@ def test_decomposition_identities_and_as_dict():
     torch.testing.assert_close(mc_kl, d.mi + d.marginal_kl, rtol=0, atol=1e-10)
     flat = d.as_dict()
     assert all(isinstance(v, float) for v in flat.values())
-    assert {"mi", "entropy", "cross_entropy", "marginal_kl", "kl", "posterior_entropy",
-            "total_correlation", "dimwise_kl_0", "dimwise_kl_2"} <= set(flat)
+    assert {
+        "mi",
+        "entropy",
+        "cross_entropy",
+        "marginal_kl",
+        "kl",
+        "posterior_entropy",
+        "total_correlation",
+        "dimwise_kl_0",
+        "dimwise_kl_2",
+    } <= set(flat)
 
 
 class LearnedPrior(nn.Module):
@@ -543,13 +546,21 @@ def test_kl_divergence_analytic_and_monte_carlo():
     mixture = mixture_prior(2)
     mc = E.log_posterior(z, mu, logvar) - mixture.log_prob(z)
     torch.testing.assert_close(E.kl_divergence(mu, logvar, mixture, z), mc)
-    torch.testing.assert_close(E.kl_divergence(mu, logvar, std_normal(2), z, method="mc"),
-                               E.log_posterior(z, mu, logvar) - std_normal(2).log_prob(z))
+    torch.testing.assert_close(
+        E.kl_divergence(mu, logvar, std_normal(2), z, method="mc"),
+        E.log_posterior(z, mu, logvar) - std_normal(2).log_prob(z),
+    )
     many = torch.stack([z, 2 * z - mu])  # S = 2 samples per posterior, averaged
-    torch.testing.assert_close(E.kl_divergence(mu, logvar, mixture, many),
-                               (E.log_posterior(z, mu, logvar) - mixture.log_prob(z)
-                                + E.log_posterior(2 * z - mu, mu, logvar)
-                                - mixture.log_prob(2 * z - mu)) / 2)
+    torch.testing.assert_close(
+        E.kl_divergence(mu, logvar, mixture, many),
+        (
+            E.log_posterior(z, mu, logvar)
+            - mixture.log_prob(z)
+            + E.log_posterior(2 * z - mu, mu, logvar)
+            - mixture.log_prob(2 * z - mu)
+        )
+        / 2,
+    )
     _raises("z", E.kl_divergence, mu, logvar, mixture, z[:3])
     mvn = MultivariateNormal(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64))
     sampled = E.kl_divergence(mu.requires_grad_(), logvar, mvn)  # MC with rsample
@@ -563,7 +574,9 @@ def test_analytic_kl_to_a_diagonal_gaussian_is_torchs_to_the_bit(dtype):
     """The closed form taken without distribution objects gives torch's registered KL, value
     and gradients, bit for bit (so runs are unchanged by the shortcut)."""
     _, mu, logvar = posterior_batch(9, 3, seed=21)
-    prior = Independent(Normal(torch.tensor([0.5, -1.0, 2.0], dtype=dtype), torch.tensor([0.7, 1.0, 3.0], dtype=dtype)), 1)
+    prior = Independent(
+        Normal(torch.tensor([0.5, -1.0, 2.0], dtype=dtype), torch.tensor([0.7, 1.0, 3.0], dtype=dtype)), 1
+    )
     results = []
     for ours in (True, False):
         m, lv = mu.to(dtype).requires_grad_(), logvar.to(dtype).requires_grad_()
@@ -618,8 +631,9 @@ def test_infonce_default_critic_equals_batch_mi():
 
 
 @settings(max_examples=30, deadline=None)
-@given(batch=st.integers(1, 12), dim=st.integers(1, 4), seed=st.integers(0, 2**31 - 1),
-       logvar_low=st.floats(-12.0, 0.0))
+@given(
+    batch=st.integers(1, 12), dim=st.integers(1, 4), seed=st.integers(0, 2**31 - 1), logvar_low=st.floats(-12.0, 0.0)
+)
 def test_infonce_never_exceeds_log_batch(batch, dim, seed, logvar_low):
     z, mu, logvar = posterior_batch(batch, dim, seed, mu_scale=3.0, logvar_range=(logvar_low, 1.0))
     assert E.infonce(z, mu, logvar).item() <= math.log(batch) + 1e-9
@@ -632,17 +646,16 @@ def test_infonce_never_exceeds_log_batch(batch, dim, seed, logvar_low):
 def test_dataset_decomposition_equals_full_decompose():
     _, mu, logvar = posterior_batch(40, 2, seed=18)
     prior = mixture_prior(2)
-    d = E.dataset_decomposition(mu, logvar, prior, generator=torch.Generator().manual_seed(3),
-                                per_dimension=True, chunk_size=7)
+    d = E.dataset_decomposition(
+        mu, logvar, prior, generator=torch.Generator().manual_seed(3), per_dimension=True, chunk_size=7
+    )
     noise = torch.randn(mu.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
     z = mu + (0.5 * logvar).exp() * noise
     ref = E.decompose(z, mu, logvar, prior, method="full")
     for key, value in ref.as_dict().items():
         assert d.as_dict()[key] == pytest.approx(value, abs=1e-10), key
-    sub = E.dataset_decomposition(mu, logvar, prior, num_queries=10,
-                                  generator=torch.Generator().manual_seed(4))
-    again = E.dataset_decomposition(mu, logvar, prior, num_queries=10,
-                                    generator=torch.Generator().manual_seed(4))
+    sub = E.dataset_decomposition(mu, logvar, prior, num_queries=10, generator=torch.Generator().manual_seed(4))
+    again = E.dataset_decomposition(mu, logvar, prior, num_queries=10, generator=torch.Generator().manual_seed(4))
     assert sub.as_dict() == again.as_dict()
     assert sub.total_correlation is None
 
@@ -713,7 +726,12 @@ def test_several_methods_from_one_pass(chunk_size, columns, monkeypatch):
     )
     assert torch.autograd.gradcheck(
         lambda z, mu, logvar: E.log_aggregate_posterior(
-            z[2:5], mu, logvar, dataset_size=40, method=("mss", "batch"), row_offset=2,
+            z[2:5],
+            mu,
+            logvar,
+            dataset_size=40,
+            method=("mss", "batch"),
+            row_offset=2,
             chunk_size=chunk_size,
         ),
         inputs,

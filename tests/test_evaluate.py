@@ -23,11 +23,13 @@ from edvae.train import train
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("digits") / "run"
-    cfg = validate_config({
-        "data": {"name": "digits"},
-        "model": {"latent_dim": 8, "hidden": [128]},
-        "train": {"epochs": 8, "batch_size": 64, "lr": 3e-3, "progress": False},
-    })
+    cfg = validate_config(
+        {
+            "data": {"name": "digits"},
+            "model": {"latent_dim": 8, "hidden": [128]},
+            "train": {"epochs": 8, "batch_size": 64, "lr": 3e-3, "progress": False},
+        }
+    )
     train(cfg, run)
     return run
 
@@ -95,7 +97,9 @@ def test_the_probe_sees_training_images_as_the_model_does(digits_model, monkeypa
         fit_inputs = seen[0]
         assert fit_inputs.shape == data.train.shape and set(fit_inputs.unique().tolist()) == {0.0, 1.0}
         assert torch.equal(fit_inputs, torch.bernoulli(data.train, generator=torch.Generator().manual_seed(5)))
-        probe = LogisticRegression(max_iter=2000).fit(real_encode(fit_inputs)[0].double().numpy(), data.train_labels.numpy())
+        probe = LogisticRegression(max_iter=2000).fit(
+            real_encode(fit_inputs)[0].double().numpy(), data.train_labels.numpy()
+        )
         expected = probe.score(real_encode(data.test)[0].double().numpy(), data.test_labels.numpy())
     assert accuracy == pytest.approx(expected, abs=1e-12)
 
@@ -136,8 +140,21 @@ def test_active_units_counts_dimensions_whose_mean_varies():
 
 # ----------------------------------------------------------------------------- Monte Carlo errors
 #: Every metric that is a mean over the examples of a synthetic split (with a ground truth).
-AVERAGED = ["elbo", "iwae", "kl", "reconstruction", "mse", "nll", "mi", "entropy", "cross_entropy",
-            "marginal_kl", "decomposition_gap", "true_ll", "ll_gap"]
+AVERAGED = [
+    "elbo",
+    "iwae",
+    "kl",
+    "reconstruction",
+    "mse",
+    "nll",
+    "mi",
+    "entropy",
+    "cross_entropy",
+    "marginal_kl",
+    "decomposition_gap",
+    "true_ll",
+    "ll_gap",
+]
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +202,11 @@ def test_standard_errors_match_brute_force(trained):
         for i in range(n):  # one example at a time, by the textbook formulas
             z = mu[i] + torch.exp(0.5 * logvar[i]) * eps[:, i]
             log_px = model.likelihood.log_prob(x[i].expand(k, -1), model.decode(z)).double()
-            log_w = log_px + prior.log_prob(z).double() - log_posterior(z, mu[i].expand(k, -1), logvar[i].expand(k, -1)).double()
+            log_w = (
+                log_px
+                + prior.log_prob(z).double()
+                - log_posterior(z, mu[i].expand(k, -1), logvar[i].expand(k, -1)).double()
+            )
             iwae.append(torch.logsumexp(log_w, 0) - math.log(k))
             var = logvar[i].double().exp()
             kl = 0.5 * (var + mu[i].double() ** 2 - 1 - logvar[i].double()).sum()  # KL(N(mu, var) || N(0, I))
@@ -194,9 +215,16 @@ def test_standard_errors_match_brute_force(trained):
         kls = 0.5 * (logvar.double().exp() + mu.double() ** 2 - 1 - logvar.double()).sum(1)
         mse = (model.likelihood.mean(model.decode(mu)) - x).double().square().mean(1)
         terms = dataset_decomposition_terms(mu, logvar, prior, generator=gen)
-    expected = {"iwae": torch.stack(iwae), "elbo": torch.stack(elbo), "reconstruction": torch.stack(recon),
-                "kl": kls, "mse": mse, "mi": terms.mi, "marginal_kl": terms.marginal_kl,
-                "decomposition_gap": kls - terms.mi - terms.marginal_kl}
+    expected = {
+        "iwae": torch.stack(iwae),
+        "elbo": torch.stack(elbo),
+        "reconstruction": torch.stack(recon),
+        "kl": kls,
+        "mse": mse,
+        "mi": terms.mi,
+        "marginal_kl": terms.marginal_kl,
+        "decomposition_gap": kls - terms.mi - terms.marginal_kl,
+    }
     for name, values in expected.items():
         assert m[name] == pytest.approx(float(values.double().mean()), rel=1e-5, abs=1e-6), name
         assert m[f"{name}_se"] == pytest.approx(_se(values), rel=1e-4, abs=1e-7), name
@@ -217,11 +245,18 @@ def test_decomposition_terms_are_the_decomposition_per_query():
     """The per-query terms average to dataset_decomposition's fields (same draws); mi +
     marginal_kl is log q(z|x) - log p(z) per query; their gap to the analytic KL is noise."""
     g = torch.Generator().manual_seed(0)
-    mu, logvar = torch.randn(400, 3, generator=g, dtype=torch.float64), 0.5 * torch.randn(400, 3, generator=g, dtype=torch.float64) - 1
+    mu, logvar = (
+        torch.randn(400, 3, generator=g, dtype=torch.float64),
+        0.5 * torch.randn(400, 3, generator=g, dtype=torch.float64) - 1,
+    )
     prior = torch.distributions.Independent(torch.distributions.Normal(torch.zeros(3, dtype=torch.float64), 1.0), 1)
     for queries in (None, 150):
-        whole = dataset_decomposition(mu, logvar, prior, num_queries=queries, generator=torch.Generator().manual_seed(5))
-        terms = dataset_decomposition_terms(mu, logvar, prior, num_queries=queries, generator=torch.Generator().manual_seed(5))
+        whole = dataset_decomposition(
+            mu, logvar, prior, num_queries=queries, generator=torch.Generator().manual_seed(5)
+        )
+        terms = dataset_decomposition_terms(
+            mu, logvar, prior, num_queries=queries, generator=torch.Generator().manual_seed(5)
+        )
         assert terms.mi.shape == (queries or 400,)
         for name in ("mi", "entropy", "cross_entropy", "marginal_kl", "kl"):
             assert float(getattr(terms, name).mean()) == pytest.approx(float(getattr(whole, name)), abs=1e-10), name
@@ -256,7 +291,12 @@ def test_evaluation_noise_is_not_the_training_noise(trained, monkeypatch):
     # every purpose has its own stream, none seeded like a training stream (edvae.train: the
     # noise and global seeds s, epoch orders s * 1_000_003 + e, validation s * 7919 + e)
     seeds = {evaluation_seed(s, p) for s in range(50) for p in ("noise", "binarise", "prior", "probe")}
-    training = {f(s, e) for s in range(50) for e in range(500) for f in (lambda s, e: s, lambda s, e: s * 1_000_003 + e, lambda s, e: s * 7919 + e)}
+    training = {
+        f(s, e)
+        for s in range(50)
+        for e in range(500)
+        for f in (lambda s, e: s, lambda s, e: s * 1_000_003 + e, lambda s, e: s * 7919 + e)
+    }
     assert len(seeds) == 200 and not seeds & training
 
 
@@ -269,7 +309,9 @@ def test_the_logistic_regression_probe_is_the_penalised_optimum_that_sklearn_fin
 
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (600,), generator=gen)
-    features = torch.randn(600, 3, generator=gen, dtype=torch.float64) + 1.5 * torch.nn.functional.one_hot(labels, 4)[:, :3]
+    features = (
+        torch.randn(600, 3, generator=gen, dtype=torch.float64) + 1.5 * torch.nn.functional.one_hot(labels, 4)[:, :3]
+    )
     weight, bias = fit_logistic_regression(features, labels)
     w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
     objective = torch.nn.functional.cross_entropy(features @ w.T + b, labels, reduction="sum") + 0.5 * w.square().sum()

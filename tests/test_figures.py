@@ -35,7 +35,9 @@ def _data(x_shape, likelihood="bernoulli", labels=True, n=60) -> DataSplits:
 
 def _model(data, latent_dim=8, network="mlp"):
     torch.manual_seed(0)
-    return build_model(validate_config({"model": {"latent_dim": latent_dim, "hidden": [16], "network": network}}).model, data)
+    return build_model(
+        validate_config({"model": {"latent_dim": latent_dim, "hidden": [16], "network": network}}).model, data
+    )
 
 
 def _assert_pngs(paths):

@@ -25,7 +25,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "edvae"
 
 #: The mathematics and what it may import from edvae (besides itself).
-MATHEMATICS = ("edvae.priors", "edvae.estimators", "edvae.estimator_names", "edvae.objectives", "edvae.objective_kinds", "edvae.critics", "edvae.disentanglement")
+MATHEMATICS = (
+    "edvae.priors",
+    "edvae.estimators",
+    "edvae.estimator_names",
+    "edvae.objectives",
+    "edvae.objective_kinds",
+    "edvae.critics",
+    "edvae.disentanglement",
+)
 MATHEMATICS_MAY_IMPORT = ("edvae.errors",)
 
 #: Edges ``(importer, imported)`` allowed to close a cycle, each with a comment saying why and
@@ -126,7 +134,13 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_graph_sees_every_kind_of_import():
     """The graph is read correctly: function-level, TYPE_CHECKING and relative imports count,
     and ``from pkg import submodule`` points at the submodule."""
-    modules = {"edvae": Path("x"), "edvae.errors": Path("x"), "edvae.data": Path("x"), "edvae.data.splits": Path("x"), "edvae.data.ground_truth": Path("x")}
+    modules = {
+        "edvae": Path("x"),
+        "edvae.errors": Path("x"),
+        "edvae.data": Path("x"),
+        "edvae.data.splits": Path("x"),
+        "edvae.data.ground_truth": Path("x"),
+    }
     source = """
 from typing import TYPE_CHECKING
 from . import splits
@@ -140,7 +154,10 @@ def f():
     names = _imported_names(ast.parse(source), "edvae.data.ground_truth", False)
     resolved = {_resolve(n, modules) for n in names if n.startswith("edvae")}
     assert resolved == {"edvae.data.splits", "edvae.data", "edvae.errors", "edvae"}
-    assert _resolve("edvae.priors.base.Prior", {"edvae.priors": Path("x"), "edvae.priors.base": Path("x")}) == "edvae.priors.base"
+    assert (
+        _resolve("edvae.priors.base.Prior", {"edvae.priors": Path("x"), "edvae.priors.base": Path("x")})
+        == "edvae.priors.base"
+    )
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
 

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-
 from typer.testing import CliRunner
 
 from edvae.cli import app
@@ -30,7 +29,9 @@ from edvae.networks import (
 def _batch(seed: int = 0, n: int = 64, d: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    means = x + 0.3 * torch.randn(n, d, generator=gen, dtype=torch.float64) * torch.linspace(0.5, 2.0, d, dtype=torch.float64)
+    means = x + 0.3 * torch.randn(n, d, generator=gen, dtype=torch.float64) * torch.linspace(
+        0.5, 2.0, d, dtype=torch.float64
+    )
     return x, means
 
 
@@ -128,7 +129,9 @@ def _cli(*args):
 
 
 # ----------------------------------------------------------------------------- conv networks
-@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (1, 32, 32), (3, 28, 28), (1, 7, 9), (2, 14, 9), (28, 28), (1, 1, 1)])
+@pytest.mark.parametrize(
+    "shape", [(1, 28, 28), (1, 8, 8), (1, 32, 32), (3, 28, 28), (1, 7, 9), (2, 14, 9), (28, 28), (1, 1, 1)]
+)
 def test_conv_encoder_and_decoder_shapes_and_gradients(shape):
     torch.manual_seed(0)
     enc, dec = ConvEncoder(shape, latent_dim=5), ConvDecoder(shape, latent_dim=5)
@@ -171,9 +174,25 @@ def test_likelihood_follows_the_data():
 
 
 def test_conv_vae_trains_on_digits_through_the_cli(tmp_path):
-    result = _cli("train", "--out", tmp_path / "run", "--set", "data.name=digits", "--set", "model.network=conv",
-                  "--set", "model.latent_dim=8", "--set", "train.epochs=3", "--set", "train.batch_size=128",
-                  "--set", "train.lr=2e-3", "--set", "train.progress=false")
+    result = _cli(
+        "train",
+        "--out",
+        tmp_path / "run",
+        "--set",
+        "data.name=digits",
+        "--set",
+        "model.network=conv",
+        "--set",
+        "model.latent_dim=8",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "train.batch_size=128",
+        "--set",
+        "train.lr=2e-3",
+        "--set",
+        "train.progress=false",
+    )
     assert result.exit_code == 0, result.output
     assert "trained 33 steps" in result.stdout  # 1437 training images (seeded 80/10/10 split), batch 128
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

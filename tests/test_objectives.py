@@ -48,14 +48,12 @@ def mc_elbo(log_px, z, mu, logvar, prior):
 @pytest.mark.parametrize("prior", [std_normal(3), mixture(3)], ids=["normal", "mixture"])
 def test_unit_weights_give_the_negative_mc_elbo(estimator, prior):
     log_px, z, mu, logvar = batch()
-    out = ed_elbo(log_px, z, mu, logvar, prior, dataset_size=1000,
-                  mi_estimator=estimator, entropy_estimator=estimator)
+    out = ed_elbo(log_px, z, mu, logvar, prior, dataset_size=1000, mi_estimator=estimator, entropy_estimator=estimator)
     assert isinstance(out, Objective) and out.loss.dim() == 0
     target = mc_elbo(log_px, z, mu, logvar, prior)
     torch.testing.assert_close(out.loss, -target, rtol=0, atol=1e-10)
     torch.testing.assert_close(out.terms["elbo_mc"], target, rtol=0, atol=1e-12)
-    torch.testing.assert_close(out.loss, elbo(log_px, z, mu, logvar, prior, kl="mc").loss,
-                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(out.loss, elbo(log_px, z, mu, logvar, prior, kl="mc").loss, rtol=0, atol=1e-10)
     t = out.terms
     torch.testing.assert_close(t["marginal_kl"], t["cross_entropy"] - t["entropy"])
     torch.testing.assert_close(t["loss"], out.loss.detach())
@@ -91,8 +89,17 @@ def test_auto_kl_falls_back_to_monte_carlo():
 
 def test_weighted_loss_is_the_stated_combination():
     log_px, z, mu, logvar = batch()
-    out = ed_elbo(log_px, z, mu, logvar, std_normal(3), dataset_size=1000,
-                  mi_weight=-0.5, entropy_weight=2.0, cross_entropy_weight=3.0)
+    out = ed_elbo(
+        log_px,
+        z,
+        mu,
+        logvar,
+        std_normal(3),
+        dataset_size=1000,
+        mi_weight=-0.5,
+        entropy_weight=2.0,
+        cross_entropy_weight=3.0,
+    )
     t = out.terms
     expected = -t["reconstruction"] - 0.5 * t["mi"] - 2.0 * t["entropy"] + 3.0 * t["cross_entropy"]
     torch.testing.assert_close(out.loss, expected)
@@ -103,8 +110,9 @@ def test_weighted_loss_is_the_stated_combination():
 
 def test_separate_mi_estimators():
     log_px, z, mu, logvar = batch()
-    out = ed_elbo(log_px, z, mu, logvar, std_normal(3), dataset_size=1000,
-                  mi_estimator="batch", entropy_estimator="mss")
+    out = ed_elbo(
+        log_px, z, mu, logvar, std_normal(3), dataset_size=1000, mi_estimator="batch", entropy_estimator="mss"
+    )
     batch_d = E.decompose(z, mu, logvar, std_normal(3), method="batch")
     mss_d = E.decompose(z, mu, logvar, std_normal(3), dataset_size=1000)
     torch.testing.assert_close(out.terms["mi"], batch_d.mi)
@@ -126,22 +134,32 @@ def test_gradients_reach_every_input_prior_and_critic():
             return Independent(Normal(self.loc, torch.ones(3, dtype=F64)), 1)
 
     prior, critic = Prior(), E.BilinearCritic(3).double()
-    out = ed_elbo(log_px, z, mu, logvar, prior, dataset_size=100, mi_weight=-1.0,
-                  mi_estimator="infonce", critic=critic)
+    out = ed_elbo(log_px, z, mu, logvar, prior, dataset_size=100, mi_weight=-1.0, mi_estimator="infonce", critic=critic)
     out.loss.backward()
     for t in (log_px, z, mu, logvar, prior.loc, critic.weight):
         assert t.grad is not None and torch.isfinite(t.grad).all()
     assert all(not v.requires_grad for v in out.terms.values())
-    assert {"reconstruction", "mi", "entropy", "cross_entropy", "marginal_kl",
-            "posterior_entropy", "elbo_mc", "loss"} == set(out.terms)
+    assert {
+        "reconstruction",
+        "mi",
+        "entropy",
+        "cross_entropy",
+        "marginal_kl",
+        "posterior_entropy",
+        "elbo_mc",
+        "loss",
+    } == set(out.terms)
 
 
-@pytest.mark.parametrize("weights, estimators, skips_estimator", [
-    ({}, {}, True),  # unit weights: log q_hat cancels
-    ({"mi_weight": 2.0, "entropy_weight": 2.0}, {}, True),  # equal weights cancel too
-    ({"mi_weight": -1.0}, {"mi_estimator": "infonce"}, False),  # the paper's objective
-    ({}, {"mi_estimator": "batch", "entropy_estimator": "mss"}, False),  # two estimates
-])
+@pytest.mark.parametrize(
+    "weights, estimators, skips_estimator",
+    [
+        ({}, {}, True),  # unit weights: log q_hat cancels
+        ({"mi_weight": 2.0, "entropy_weight": 2.0}, {}, True),  # equal weights cancel too
+        ({"mi_weight": -1.0}, {"mi_estimator": "infonce"}, False),  # the paper's objective
+        ({}, {"mi_estimator": "batch", "entropy_estimator": "mss"}, False),  # two estimates
+    ],
+)
 def test_without_diagnostics_the_loss_and_gradients_are_unchanged(monkeypatch, weights, estimators, skips_estimator):
     """diagnostics=False keeps the loss and every gradient bit for bit, drops only reporting
     terms, and skips the aggregate-posterior estimator exactly when log q_hat cancels."""
@@ -153,8 +171,9 @@ def test_without_diagnostics_the_loss_and_gradients_are_unchanged(monkeypatch, w
     results = {}
     for diagnostics in (True, False):
         log_px, z, mu, logvar = batch(requires_grad=True)
-        out = ed_elbo(log_px, z, mu, logvar, mixture(3), dataset_size=1000, diagnostics=diagnostics,
-                      **weights, **estimators)
+        out = ed_elbo(
+            log_px, z, mu, logvar, mixture(3), dataset_size=1000, diagnostics=diagnostics, **weights, **estimators
+        )
         out.loss.backward()
         results[diagnostics] = out, [t.grad for t in (log_px, z, mu, logvar)]
     (full, full_grads), (lean, lean_grads) = results[True], results[False]
@@ -173,8 +192,22 @@ def test_telescoped_loss_is_the_mc_elbo_without_the_estimator():
     """At equal MI and entropy weights the loss is -R + w mean log q(z_i|x_i) + w_ce CE, whatever
     the estimate of log q_hat (here: every estimator gives the same loss)."""
     log_px, z, mu, logvar = batch()
-    losses = [ed_elbo(log_px, z, mu, logvar, std_normal(3), dataset_size=1000, mi_weight=3.0, entropy_weight=3.0,
-                      cross_entropy_weight=0.5, mi_estimator=m, entropy_estimator=m).loss for m in ENTROPY_ESTIMATORS]
+    losses = [
+        ed_elbo(
+            log_px,
+            z,
+            mu,
+            logvar,
+            std_normal(3),
+            dataset_size=1000,
+            mi_weight=3.0,
+            entropy_weight=3.0,
+            cross_entropy_weight=0.5,
+            mi_estimator=m,
+            entropy_estimator=m,
+        ).loss
+        for m in ENTROPY_ESTIMATORS
+    ]
     expected = -log_px.mean() + 3.0 * E.log_posterior(z, mu, logvar).mean() - 0.5 * std_normal(3).log_prob(z).mean()
     for loss in losses:
         torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
@@ -184,13 +217,13 @@ def test_rows_of_a_global_batch():
     """Per-process losses on row slices average to the single-process loss."""
     log_px, z, mu, logvar = batch(size=8)
     whole = ed_elbo(log_px, z, mu, logvar, std_normal(3), dataset_size=100)
-    parts = [ed_elbo(log_px[o:o + 4], z[o:o + 4], mu, logvar, std_normal(3), dataset_size=100,
-                     row_offset=o) for o in (0, 4)]
+    parts = [
+        ed_elbo(log_px[o : o + 4], z[o : o + 4], mu, logvar, std_normal(3), dataset_size=100, row_offset=o)
+        for o in (0, 4)
+    ]
     torch.testing.assert_close((parts[0].loss + parts[1].loss) / 2, whole.loss, rtol=0, atol=1e-12)
-    e_parts = [elbo(log_px[o:o + 4], z[o:o + 4], mu, logvar, std_normal(3), row_offset=o)
-               for o in (0, 4)]
-    torch.testing.assert_close((e_parts[0].loss + e_parts[1].loss) / 2,
-                               elbo(log_px, z, mu, logvar, std_normal(3)).loss)
+    e_parts = [elbo(log_px[o : o + 4], z[o : o + 4], mu, logvar, std_normal(3), row_offset=o) for o in (0, 4)]
+    torch.testing.assert_close((e_parts[0].loss + e_parts[1].loss) / 2, elbo(log_px, z, mu, logvar, std_normal(3)).loss)
 
 
 def _raises(name, fn, *args, **kwargs):
@@ -202,12 +235,9 @@ def _raises(name, fn, *args, **kwargs):
 def test_bad_inputs_are_named():
     log_px, z, mu, logvar = batch()
     prior = std_normal(3)
-    _raises("mi_estimator", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=100,
-            mi_estimator="full")
-    _raises("entropy_estimator", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=100,
-            entropy_estimator="infonce")
-    _raises("critic", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=100,
-            critic=E.BilinearCritic(3))
+    _raises("mi_estimator", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=100, mi_estimator="full")
+    _raises("entropy_estimator", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=100, entropy_estimator="infonce")
+    _raises("critic", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=100, critic=E.BilinearCritic(3))
     _raises("dataset_size", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=None)
     _raises("dataset_size", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=5)
     _raises("log_px", ed_elbo, log_px[:3], z, mu, logvar, prior, dataset_size=100)

@@ -143,7 +143,9 @@ def check_gradients(fn, inputs, scale_fn=None):
     posteriors) is measured against the gradient of its log q_hat term: float32 cannot do
     better than a relative rounding of each term."""
     scales = grads(scale_fn or fn, [t.double() for t in inputs])
-    for name, got, ref, scale in zip(("z", "mu", "logvar"), grads(fn, inputs), grads(fn, [t.double() for t in inputs]), scales):
+    for name, got, ref, scale in zip(
+        ("z", "mu", "logvar"), grads(fn, inputs), grads(fn, [t.double() for t in inputs]), scales
+    ):
         assert got.dtype == F32
         scale = scale.abs().max().item()
         err = (got.double() - ref).abs().max().item() / max(scale, 1e-30)
@@ -182,7 +184,9 @@ def test_log_q_hat_and_gradients_within_the_rule(batch, dim, sigma, offset):
 def test_decomposition_and_infonce_within_the_rule(sigma, offset):
     z, mu, logvar = float32_batch(48, 2, sigma, offset, 1.0, seed=3)
     prior = torch.distributions.Independent(torch.distributions.Normal(torch.full((2,), offset), torch.ones(2)), 1)
-    prior64 = torch.distributions.Independent(torch.distributions.Normal(torch.full((2,), offset, dtype=F64), torch.ones(2, dtype=F64)), 1)
+    prior64 = torch.distributions.Independent(
+        torch.distributions.Normal(torch.full((2,), offset, dtype=F64), torch.ones(2, dtype=F64)), 1
+    )
     got = E.decompose(z, mu, logvar, prior, dataset_size=480)
     ref = E.decompose(z.double(), mu.double(), logvar.double(), prior64, dataset_size=480)
     for name in ("mi", "entropy", "total_correlation"):
@@ -195,6 +199,7 @@ def test_decomposition_and_infonce_within_the_rule(sigma, offset):
     nce, nce64 = E.infonce(z, mu, logvar), E.infonce(z.double(), mu.double(), logvar.double())
     _record("infonce", abs(nce.item() - nce64.item()))
     assert nce.dtype == F32 and abs(nce.item() - nce64.item()) <= ESTIMATE_TOL
+
     def log_q_hat(method):
         return lambda *a: E.log_aggregate_posterior(*a, dataset_size=480, method=method).mean()
 
@@ -208,14 +213,15 @@ def test_blocks_and_row_offset_within_the_rule(chunk_size, monkeypatch):
     monkeypatch.setattr(E, "_MAX_BLOCK_COLUMNS", 8)  # several column blocks merged by logaddexp
     z, mu, logvar = float32_batch(20, 3, "mixed", 10.0, 1.0, seed=9)
     rows, offset = slice(6, 15), 6
-    got = E.log_aggregate_posterior(z[rows], mu, logvar, dataset_size=200, method="mss",
-                                    row_offset=offset, chunk_size=chunk_size)
+    got = E.log_aggregate_posterior(
+        z[rows], mu, logvar, dataset_size=200, method="mss", row_offset=offset, chunk_size=chunk_size
+    )
     ref = brute_log_q(z[rows], mu, logvar, log_weights("mss", 9, 20, 200, row_offset=offset))
     assert (got.double() - ref).abs().max().item() <= ESTIMATE_TOL
     check_gradients(
         lambda z, mu, logvar: E.log_aggregate_posterior(
-            z[rows], mu, logvar, dataset_size=200, method=("mss", "batch"), row_offset=offset,
-            chunk_size=chunk_size).sum(),
+            z[rows], mu, logvar, dataset_size=200, method=("mss", "batch"), row_offset=offset, chunk_size=chunk_size
+        ).sum(),
         (z, mu, logvar),
     )
 

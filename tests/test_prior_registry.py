@@ -14,8 +14,8 @@ import pytest
 import torch
 import zuko
 from torch import nn
-from typer.testing import CliRunner
 from torch.distributions import Independent, Normal
+from typer.testing import CliRunner
 
 from edvae import estimators
 from edvae import priors as P
@@ -80,13 +80,35 @@ def test_an_installed_plugin_prior_trains_by_name_from_the_cli(tmp_path, monkeyp
     fresh ``edvae train --prior my_prior`` finds the prior its module registers."""
     module = _user_module(tmp_path, monkeypatch)
     plugin = importlib.metadata.EntryPoint(name="mine", value=module, group=registry.PLUGIN_GROUP)
-    monkeypatch.setattr(registry.importlib.metadata, "entry_points",
-                        lambda group: [plugin] if group == registry.PLUGIN_GROUP else [])
+    monkeypatch.setattr(
+        registry.importlib.metadata, "entry_points", lambda group: [plugin] if group == registry.PLUGIN_GROUP else []
+    )
     assert "my_prior" not in registry._REGISTRY and module not in sys.modules
-    args = ["train", "--out", str(tmp_path / "run"), "--prior", "my_prior", "--set", "data.name=complex",
-            "--set", "data.options.n_train=128", "--set", "data.options.n_val=64", "--set", "data.options.n_test=64",
-            "--set", "model.hidden=[16]", "--set", "train.epochs=1", "--set", "train.batch_size=64",
-            "--set", "train.progress=false", "--set", "eval.iwae_samples=16"]
+    args = [
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--prior",
+        "my_prior",
+        "--set",
+        "data.name=complex",
+        "--set",
+        "data.options.n_train=128",
+        "--set",
+        "data.options.n_val=64",
+        "--set",
+        "data.options.n_test=64",
+        "--set",
+        "model.hidden=[16]",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "train.progress=false",
+        "--set",
+        "eval.iwae_samples=16",
+    ]
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
     assert "prior.log_scale" in load_checkpoint(tmp_path / "run")["model"]
@@ -104,8 +126,11 @@ def test_options_a_registered_prior_does_not_read_are_refused(complex_data, tiny
     def two_options(dim, *, alpha=1.0, beta=2.0):
         return P.make("normal", dim)
 
-    with pytest.raises(EdvaeError, match=r"unknown option\(s\) gamma for prior 'two_options'; "
-                                         r"accepted options: alpha, beta$"):
+    with pytest.raises(
+        EdvaeError,
+        match=r"unknown option\(s\) gamma for prior 'two_options'; "
+        r"accepted options: alpha, beta$",
+    ):
         P.make("two_options", 2, gamma=1)
     cfg = tiny_config(model={"prior": "two_options", "prior_options": {"alpha": 3, "gamma": 1}})
     with pytest.raises(EdvaeError, match="gamma for prior 'two_options'"):
@@ -131,10 +156,13 @@ def test_registering_a_taken_name_is_refused_unless_replaced():
     assert not isinstance(P.make("normal", 2)().base_dist, Normal)
 
 
-@pytest.mark.parametrize("factory, words", [
-    (lambda dim, **options: None, "named parameters"),
-    (lambda *, scale=1.0: None, "dimension first"),
-])
+@pytest.mark.parametrize(
+    "factory, words",
+    [
+        (lambda dim, **options: None, "named parameters"),
+        (lambda *, scale=1.0: None, "dimension first"),
+    ],
+)
 def test_factories_whose_options_cannot_be_checked_are_refused(factory, words):
     with pytest.raises(EdvaeError, match=words):
         P.register("unchecked")(factory)
@@ -195,15 +223,17 @@ def test_distribution_of_accepts_a_distribution_a_prior_module_a_flow_and_a_call
     assert GroundTruth(flow, nn.Linear(3, 5), 0.1).latent_dim == 3
 
 
-@pytest.mark.parametrize("bad, words", [
-    (Normal(torch.zeros(3), torch.ones(3)), "batch_shape \\(3,\\).*Independent"),
-    (3, "cannot use a int as a prior"),
-    (nn.Linear(2, 2), "cannot be called without arguments"),
-    (lambda: 3, "is a int, not a torch Distribution"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        (Normal(torch.zeros(3), torch.ones(3)), "batch_shape \\(3,\\).*Independent"),
+        (3, "cannot use a int as a prior"),
+        (nn.Linear(2, 2), "cannot be called without arguments"),
+        (lambda: 3, "is a int, not a torch Distribution"),
+    ],
+)
 def test_distribution_of_refuses_other_objects_in_one_line_everywhere(bad, words):
-    for convert in (P.distribution_of, estimators.resolve_prior,
-                    lambda obj: GroundTruth(obj, nn.Linear(3, 5), 0.1)):
+    for convert in (P.distribution_of, estimators.resolve_prior, lambda obj: GroundTruth(obj, nn.Linear(3, 5), 0.1)):
         with pytest.raises(EdvaeError, match=words) as info:
             convert(bad)
         assert "\n" not in str(info.value)

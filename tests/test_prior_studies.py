@@ -70,7 +70,12 @@ def test_unknown_prior_runs():
 def test_learned_prior_runs():
     kinds = _kinds(get_study("learned-prior", seeds=1))
     assert {model: prior for model, (prior, _) in kinds.items()} == {
-        "normal": "normal", "mixture": "mixture", "vamp": "vamp", "flow": "flow", "exact": "true"}
+        "normal": "normal",
+        "mixture": "mixture",
+        "vamp": "vamp",
+        "flow": "flow",
+        "exact": "true",
+    }
     assert all(obj.kind == "ed" and obj.cross_entropy_weight == 1.0 for _, obj in kinds.values())
 
 
@@ -151,8 +156,12 @@ def test_learned_priors_train_with_the_ed_objective_and_the_elbo(tmp_path, tiny_
     weights the ED objective trains exactly like the ELBO with a Monte-Carlo KL."""
     states = {}
     for objective in ({"kind": "ed"}, {"kind": "elbo", "kl": "mc"}):
-        cfg = tiny_config(data=SMALL_DATA, model={"prior": prior, "prior_options": options, "hidden": [16]},
-                          objective=objective, train={"epochs": 1})
+        cfg = tiny_config(
+            data=SMALL_DATA,
+            model={"prior": prior, "prior_options": options, "hidden": [16]},
+            objective=objective,
+            train={"epochs": 1},
+        )
         run = tmp_path / objective["kind"]
         train(cfg, run, data=small_data)
         states[objective["kind"]] = load_checkpoint(run)["model"]
@@ -197,10 +206,26 @@ def test_a_models_mixture_prior_starts_spread_and_recovers_the_ring_modes(tiny_c
 
 runner = CliRunner()
 CLI_TINY = [
-    "--set", "data.name=complex", "--set", "data.options.n_train=256", "--set", "data.options.n_val=128",
-    "--set", "data.options.n_test=128", "--set", "model.hidden=[16]", "--set", "objective.kind=ed",
-    "--set", "train.epochs=1", "--set", "train.batch_size=64", "--set", "train.progress=false",
-    "--set", "eval.iwae_samples=16",
+    "--set",
+    "data.name=complex",
+    "--set",
+    "data.options.n_train=256",
+    "--set",
+    "data.options.n_val=128",
+    "--set",
+    "data.options.n_test=128",
+    "--set",
+    "model.hidden=[16]",
+    "--set",
+    "objective.kind=ed",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.batch_size=64",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "eval.iwae_samples=16",
 ]
 
 
@@ -224,7 +249,9 @@ def _evaluate(run):
 @pytest.mark.parametrize("suffix", [".npy", ".pt", ".csv"])
 def test_kde_prior_from_a_samples_file_round_trips_through_the_cli(tmp_path, ring_file, suffix):
     run = tmp_path / "run"
-    done = runner.invoke(app, ["train", "--out", str(run), "--prior", f"samples:{ring_file / ('ring' + suffix)}", *CLI_TINY])
+    done = runner.invoke(
+        app, ["train", "--out", str(run), "--prior", f"samples:{ring_file / ('ring' + suffix)}", *CLI_TINY]
+    )
     assert done.exit_code == 0, done.output
     state = load_checkpoint(run)["model"]
     assert state["prior.samples"].shape == (1000, 2)
@@ -237,8 +264,16 @@ def test_kde_prior_from_a_samples_file_round_trips_through_the_cli(tmp_path, rin
 
 def test_flow_prior_from_samples_reports_its_fit_and_is_not_refitted_on_evaluate(tmp_path, ring_file, monkeypatch):
     run = tmp_path / "run"
-    args = ["train", "--out", str(run), "--prior", f"samples:{ring_file / 'ring.npy'}", *CLI_TINY,
-            "--set", 'model.prior_options={"method": "flow", "flow_steps": 20}']
+    args = [
+        "train",
+        "--out",
+        str(run),
+        "--prior",
+        f"samples:{ring_file / 'ring.npy'}",
+        *CLI_TINY,
+        "--set",
+        'model.prior_options={"method": "flow", "flow_steps": 20}',
+    ]
     done = runner.invoke(app, args)
     assert done.exit_code == 0, done.output
     assert "prior: flow fitted to 900 samples in 20 steps" in done.stdout

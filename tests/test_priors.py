@@ -55,10 +55,7 @@ def ring_log_prob_numpy(z: np.ndarray, std: float = RING_STD) -> np.ndarray:
     """log (1/8) sum_k N(z; m_k, std^2 I), summed term by term in numpy."""
     means = ring_means_numpy(dim=z.shape[1])
     d = z.shape[1]
-    terms = np.stack(
-        [np.exp(-((z - m) ** 2).sum(1) / (2 * std**2)) / (2 * math.pi * std**2) ** (d / 2)
-         for m in means]
-    )
+    terms = np.stack([np.exp(-((z - m) ** 2).sum(1) / (2 * std**2)) / (2 * math.pi * std**2) ** (d / 2) for m in means])
     return np.log(terms.mean(0))
 
 
@@ -178,8 +175,9 @@ def test_banana_log_prob_matches_hand_formula_and_rsample_has_gradients() -> Non
     b, s1 = 0.7, 1.2
     z = torch.randn(100, 3, dtype=torch.float64) * 2
     u2 = z[:, 1] - b * (z[:, 0] ** 2 - s1**2)
-    expected = (-0.5 * (z[:, 0] / s1) ** 2 - math.log(s1) - 0.5 * u2**2 - 0.5 * z[:, 2] ** 2
-                - 1.5 * math.log(2 * math.pi))
+    expected = (
+        -0.5 * (z[:, 0] / s1) ** 2 - math.log(s1) - 0.5 * u2**2 - 0.5 * z[:, 2] ** 2 - 1.5 * math.log(2 * math.pi)
+    )
     prior = P.make("banana", 3, curvature=b, scale=s1).double()
     assert torch.allclose(prior().log_prob(z), expected, atol=1e-12)
     x = prior().rsample((7,))
@@ -197,8 +195,13 @@ def test_factorised_priors_match_closed_forms() -> None:
     gauss = (-0.5 * x**2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
     laplace = (-x.abs() - (2 * scale).log()).sum(-1)
     df = 4.0
-    student = (math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-               - scale.log() - (df + 1) / 2 * torch.log1p(x**2 / df)).sum(-1)
+    student = (
+        math.lgamma((df + 1) / 2)
+        - math.lgamma(df / 2)
+        - 0.5 * math.log(df * math.pi)
+        - scale.log()
+        - (df + 1) / 2 * torch.log1p(x**2 / df)
+    ).sum(-1)
     cases = [
         (P.make("normal", 2), (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)),
         (P.make("diag_normal", 2, loc=loc, scale=scale), gauss),
@@ -327,9 +330,7 @@ def test_kde_cross_entropy_near_the_prior_is_within_5_percent(ring_kde: P.KDEPri
     assert abs(estimate - exact) < 0.05 * abs(exact)
 
 
-def test_kde_tails_are_set_by_the_bandwidth_not_the_prior(
-    ring_samples: torch.Tensor, ring_kde: P.KDEPrior
-) -> None:
+def test_kde_tails_are_set_by_the_bandwidth_not_the_prior(ring_samples: torch.Tensor, ring_kde: P.KDEPrior) -> None:
     torch.manual_seed(6)
     far = Independent(Normal(torch.tensor([6.0, 0.0]).double(), torch.full((2,), 0.3).double()), 1)
     z = far.sample((2000,))
@@ -337,8 +338,7 @@ def test_kde_tails_are_set_by_the_bandwidth_not_the_prior(
     estimate = -float(ring_kde().log_prob(z).mean())
     h = float(ring_kde.bandwidth)
     nearest_sq = torch.cdist(z, ring_samples).min(1).values ** 2
-    predicted = float((nearest_sq / (2 * h * h) + math.log(2 * math.pi * h * h)
-                       + math.log(len(ring_samples))).mean())
+    predicted = float((nearest_sq / (2 * h * h) + math.log(2 * math.pi * h * h) + math.log(len(ring_samples))).mean())
     assert estimate > 2 * exact  # strongly biased ...
     assert estimate == pytest.approx(predicted, rel=0.01)  # ... exactly as the nearest kernel says
 
@@ -357,8 +357,7 @@ def test_kde_chunked_log_prob_equals_brute_force() -> None:
     torch.manual_seed(2)
     samples, z, h = torch.randn(301, 3), torch.randn(4, 57, 3) * 2, 0.4
     s64, z64 = samples.double(), z.double().reshape(-1, 3)
-    brute = (torch.logsumexp(Normal(s64, h).log_prob(z64[:, None, :]).sum(-1), dim=1)
-             - math.log(301)).reshape(4, 57)
+    brute = (torch.logsumexp(Normal(s64, h).log_prob(z64[:, None, :]).sum(-1), dim=1) - math.log(301)).reshape(4, 57)
     for chunk in (None, 5, 64, 10_000):
         got = P.KDEPrior(samples, h, chunk_size=chunk)().log_prob(z)
         assert got.shape == (4, 57) and got.dtype == torch.float32
@@ -385,7 +384,9 @@ def test_kde_closed_form_gradient_equals_float64_autograd_through_the_brute_forc
 
     torch.manual_seed(4)
     samples = torch.randn(203, 2, dtype=torch.float64)
-    z = torch.cat([torch.randn(40, 2, dtype=torch.float64), torch.tensor([[30.0, -25.0], [0.0, 12.0]], dtype=torch.float64)])
+    z = torch.cat(
+        [torch.randn(40, 2, dtype=torch.float64), torch.tensor([[30.0, -25.0], [0.0, 12.0]], dtype=torch.float64)]
+    )
     a = torch.tensor(0.5 / h**2, dtype=torch.float64)
     weights = torch.randn(len(z), dtype=torch.float64)
     ref_z = z.clone().requires_grad_()
@@ -397,7 +398,10 @@ def test_kde_closed_form_gradient_equals_float64_autograd_through_the_brute_forc
         (got * weights).sum().backward()
         assert torch.allclose(got, reference.detach(), rtol=1e-12, atol=1e-9)
         assert torch.allclose(got_z.grad, ref_z.grad, rtol=1e-7, atol=1e-7 * float(ref_z.grad.abs().max()))
-    assert torch.autograd.gradcheck(lambda q: _KernelLogSum.apply(q, samples, torch.tensor(0.5, dtype=torch.float64), 16), (z[:5].clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda q: _KernelLogSum.apply(q, samples, torch.tensor(0.5, dtype=torch.float64), 16),
+        (z[:5].clone().requires_grad_(),),
+    )
 
 
 def test_scott_bandwidth_formula() -> None:
@@ -409,9 +413,7 @@ def test_scott_bandwidth_formula() -> None:
     assert float(P.from_samples(samples, bandwidth=0.25).bandwidth) == pytest.approx(0.25)
 
 
-def test_cv_bandwidth_is_smaller_than_scott_on_the_ring(
-    ring_samples: torch.Tensor, ring_kde: P.KDEPrior
-) -> None:
+def test_cv_bandwidth_is_smaller_than_scott_on_the_ring(ring_samples: torch.Tensor, ring_kde: P.KDEPrior) -> None:
     assert float(ring_kde.bandwidth) < 0.6 * P.scott_bandwidth(ring_samples)
 
 
@@ -501,8 +503,7 @@ def write(path, content) -> None:
         ("dict.pt", {"a": torch.zeros(3, 2)}, ["not a tensor"]),
         ("flat.npy", np.zeros(5), ["shape (5,)", "2-D"]),
         ("cube.npy", np.zeros((4, 2, 2)), ["shape (4, 2, 2)", "2-D"]),
-        ("nan.npy", np.array([[0.0, 1.0], [2.0, 3.0], [np.nan, 1.0], [np.inf, 0.0]]),
-         ["data row 2", "2 bad row"]),
+        ("nan.npy", np.array([[0.0, 1.0], [2.0, 3.0], [np.nan, 1.0], [np.inf, 0.0]]), ["data row 2", "2 bad row"]),
         ("one.csv", "x,y\n1,2\n", ["1 sample", "at least 2"]),
         ("empty.csv", "", ["0 sample"]),
         ("wide.npy", np.zeros((4, 3)), ["dimension 3", "latent dimension is 2"]),
@@ -590,8 +591,7 @@ def test_vamp_log_prob_is_the_mixture_of_encoder_gaussians() -> None:
         mu, zn = mu.double().numpy(), z.double().numpy()
         density = np.zeros(len(zn))
         for k in range(5):
-            density += np.prod(np.exp(-((zn - mu[k]) ** 2) / (2 * var[k]))
-                               / np.sqrt(2 * np.pi * var[k]), axis=1) / 5
+            density += np.prod(np.exp(-((zn - mu[k]) ** 2) / (2 * var[k])) / np.sqrt(2 * np.pi * var[k]), axis=1) / 5
         got = prior().log_prob(z)
     np.testing.assert_allclose(got.numpy(), np.log(density), rtol=1e-5, atol=1e-5)
 

@@ -14,8 +14,9 @@ import math
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -60,8 +61,12 @@ GOOD: dict[str, dict[str, st.SearchStrategy]] = {
         "hidden": st.lists(st.integers(-1, 12), max_size=2),
         "likelihood": st.sampled_from(["auto", "gaussian", "bernoulli", "poisson"]),
         "learn_scale": st.booleans(),
-        "prior": st.sampled_from(["true", "normal", "laplace", "mog_ring", "mixture", "flow", "nope", "samples:/nonexistent.npy"]),
-        "prior_options": st.dictionaries(st.sampled_from(["scale", "n_components", "bogus"]), st.sampled_from([0.5, 2, -1, "x"]), max_size=1),
+        "prior": st.sampled_from(
+            ["true", "normal", "laplace", "mog_ring", "mixture", "flow", "nope", "samples:/nonexistent.npy"]
+        ),
+        "prior_options": st.dictionaries(
+            st.sampled_from(["scale", "n_components", "bogus"]), st.sampled_from([0.5, 2, -1, "x"]), max_size=1
+        ),
     },
     "objective": {
         "kind": st.sampled_from(["elbo", "ed", "iwae"]),
@@ -109,8 +114,15 @@ BASE: dict[str, Any] = {
 #: Keys whose nasty values can be valid but would make a run slow, huge (10**12 importance
 #: samples) or leave this process: in the training test they only take their GOOD values.
 UNTRAINABLE = {
-    ("train", "devices"), ("train", "num_nodes"), ("train", "threads"), ("train", "epochs"), ("train", "progress"),
-    ("eval", "iwae_samples"), ("eval", "batch_size"), ("model", "latent_dim"), ("model", "hidden"),
+    ("train", "devices"),
+    ("train", "num_nodes"),
+    ("train", "threads"),
+    ("train", "epochs"),
+    ("train", "progress"),
+    ("eval", "iwae_samples"),
+    ("eval", "batch_size"),
+    ("model", "latent_dim"),
+    ("model", "hidden"),
 }
 
 
@@ -121,7 +133,11 @@ def raw_configs(draw: st.DrawFn, *, trainable: bool) -> Any:
         return draw(NASTY)  # not even a dict
     raw = {section: dict(values) if isinstance(values, dict) else values for section, values in BASE.items()}
     for _ in range(draw(st.integers(0, 4))):
-        section = draw(st.sampled_from([*GOOD, "name", "bogus_section"]) if not trainable or draw(st.integers(0, 8)) == 0 else st.sampled_from(list(GOOD)))
+        section = draw(
+            st.sampled_from([*GOOD, "name", "bogus_section"])
+            if not trainable or draw(st.integers(0, 8)) == 0
+            else st.sampled_from(list(GOOD))
+        )
         # an empty dict means "all defaults": 10000 examples, 50 epochs, too slow to train here
         nasty = NASTY.filter(lambda v: v != {}) if trainable else NASTY
         if section not in GOOD:
@@ -131,7 +147,11 @@ def raw_configs(draw: st.DrawFn, *, trainable: bool) -> Any:
             raw[section] = draw(nasty) if trainable or draw(st.booleans()) else {}
             continue
         odds = 8 if trainable else 4  # mostly good values when training, so that most runs train
-        key = draw(st.sampled_from([*GOOD[section], "bogus", ""])) if draw(st.integers(0, odds)) == 0 else draw(st.sampled_from(list(GOOD[section])))
+        key = (
+            draw(st.sampled_from([*GOOD[section], "bogus", ""]))
+            if draw(st.integers(0, odds)) == 0
+            else draw(st.sampled_from(list(GOOD[section])))
+        )
         good = GOOD[section].get(key)
         use_good = good is not None and draw(st.integers(0, odds)) > 0
         value = draw(good) if use_good else draw(nasty)
@@ -221,7 +241,9 @@ def test_random_accepted_configs_train_and_evaluate_or_fail_cleanly():
 
     check()
     refused = counts["refused by validate_config"] + counts["refused by train"] + counts["refused by evaluate"]
-    print(f"\ntrain: {refused} bad configs refused, {counts['diverged']} diverged, {counts['trained']} trained ({dict(counts)})")
+    print(
+        f"\ntrain: {refused} bad configs refused, {counts['diverged']} diverged, {counts['trained']} trained ({dict(counts)})"
+    )
     assert counts["trained"] >= 1 and refused >= 1, counts
 
 
@@ -231,11 +253,15 @@ def test_random_accepted_configs_train_and_evaluate_or_fail_cleanly():
 FINITE = st.floats(-8, 8, width=32)
 SPECIAL = st.sampled_from([math.nan, math.inf, -math.inf, 1e30, -1e30, 60.0, -60.0])
 #: Mostly floating point (so that most calls get past the dtype check), sometimes int64 or bool.
-DTYPES = st.sampled_from([torch.float32, torch.float64, torch.float32, torch.float16, torch.bfloat16] * 4 + [torch.int64, torch.bool])
+DTYPES = st.sampled_from(
+    [torch.float32, torch.float64, torch.float32, torch.float16, torch.bfloat16] * 4 + [torch.int64, torch.bool]
+)
 
 
 @st.composite
-def matrices(draw: st.DrawFn, rows: int, cols: int, p_special: float, dtypes: st.SearchStrategy = DTYPES) -> torch.Tensor:
+def matrices(
+    draw: st.DrawFn, rows: int, cols: int, p_special: float, dtypes: st.SearchStrategy = DTYPES
+) -> torch.Tensor:
     dtype = draw(dtypes)
     values = [draw(SPECIAL) if draw(st.floats(0, 1)) < p_special else draw(FINITE) for _ in range(rows * cols)]
     t = torch.tensor(values, dtype=torch.float64).reshape(rows, cols)
@@ -248,8 +274,12 @@ def matrices(draw: st.DrawFn, rows: int, cols: int, p_special: float, dtypes: st
 
 #: Like NASTY, without sizes that would allocate terabytes (a prior with 10**12 components).
 SMALL_NASTY = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 40), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=6), st.lists(st.integers(-3, 40), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.lists(st.integers(-3, 40), max_size=3),
 )
 
 #: Sizes past edvae.priors' limits (dim <= 65536, n_components <= 100000): refused, not allocated.
@@ -278,21 +308,60 @@ def math_cases(draw: st.DrawFn) -> dict[str, Any]:
         wrong = torch.zeros(draw(shapes()))
         z, mu, logvar = [wrong if i == which else t for i, t in enumerate((z, mu, logvar))]
     case = {
-        "z": z, "mu": mu, "logvar": logvar,
-        "log_px": draw(matrices(rows, 1, p_special)).flatten() if draw(st.integers(0, 4)) else draw(matrices(rows, 2, 0.0)),
-        "dataset_size": draw(st.one_of(st.none(), st.integers(-1, 3 * b), st.just(10**12), st.floats(0, 50), st.booleans(), st.text(max_size=2))),
-        "method": draw(st.one_of(st.sampled_from(["mss", "mws", "batch", "full", "bogus", ""]), st.tuples(st.sampled_from(["mss", "batch", "x"])), NASTY)),
+        "z": z,
+        "mu": mu,
+        "logvar": logvar,
+        "log_px": draw(matrices(rows, 1, p_special)).flatten()
+        if draw(st.integers(0, 4))
+        else draw(matrices(rows, 2, 0.0)),
+        "dataset_size": draw(
+            st.one_of(
+                st.none(), st.integers(-1, 3 * b), st.just(10**12), st.floats(0, 50), st.booleans(), st.text(max_size=2)
+            )
+        ),
+        "method": draw(
+            st.one_of(
+                st.sampled_from(["mss", "mws", "batch", "full", "bogus", ""]),
+                st.tuples(st.sampled_from(["mss", "batch", "x"])),
+                NASTY,
+            )
+        ),
         "chunk_size": draw(st.one_of(st.none(), st.integers(-1, 5), SMALL_NASTY)),
         "row_offset": draw(st.one_of(st.integers(-1, b - rows + 1), NASTY)),
         "prior": draw(st.sampled_from([*BUILTIN_PRIORS, "", "nope", None, 3])),
         "dim": draw(st.one_of(st.just(d), st.integers(-1, 4), SMALL_NASTY, HUGE)),
-        "options": draw(st.dictionaries(  # huge sizes only for n_components (see below): 2**32 transforms would build
-            st.sampled_from(["loc", "scale", "df", "n_components", "radius", "curvature", "transforms", "hidden_features", "learnable", "seed", "init", "path", "bogus"]),
-            st.one_of(SMALL_NASTY, st.just((4,)), st.builds(lambda: torch.randn(3, 2, generator=torch.Generator().manual_seed(0)))), max_size=2,
-        )),
+        "options": draw(
+            st.dictionaries(  # huge sizes only for n_components (see below): 2**32 transforms would build
+                st.sampled_from(
+                    [
+                        "loc",
+                        "scale",
+                        "df",
+                        "n_components",
+                        "radius",
+                        "curvature",
+                        "transforms",
+                        "hidden_features",
+                        "learnable",
+                        "seed",
+                        "init",
+                        "path",
+                        "bogus",
+                    ]
+                ),
+                st.one_of(
+                    SMALL_NASTY,
+                    st.just((4,)),
+                    st.builds(lambda: torch.randn(3, 2, generator=torch.Generator().manual_seed(0))),
+                ),
+                max_size=2,
+            )
+        ),
         "mi_estimator": draw(st.sampled_from(["mss", "mws", "batch", "infonce", "x", ""])),
         "entropy_estimator": draw(st.sampled_from(["mss", "mws", "batch", "x"])),
-        "weight": draw(st.floats(-2, 2) if draw(st.integers(0, 3)) else st.sampled_from([math.nan, math.inf, None, True, "x"])),
+        "weight": draw(
+            st.floats(-2, 2) if draw(st.integers(0, 3)) else st.sampled_from([math.nan, math.inf, None, True, "x"])
+        ),
     }
     if draw(st.integers(0, 9)) == 0:
         case["options"]["n_components"] = draw(HUGE)
@@ -322,15 +391,30 @@ def test_random_tensors_through_the_mathematics_raise_only_edvae_errors():
         shared = {"dataset_size": c["dataset_size"], "row_offset": c["row_offset"]}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            call("log_aggregate_posterior", lambda: estimators.log_aggregate_posterior(
-                z, mu, logvar, method=c["method"], chunk_size=c["chunk_size"], **shared))
+            call(
+                "log_aggregate_posterior",
+                lambda: estimators.log_aggregate_posterior(
+                    z, mu, logvar, method=c["method"], chunk_size=c["chunk_size"], **shared
+                ),
+            )
             prior = call("priors.make", lambda: priors.make(c["prior"], c["dim"], **c["options"]))
             if prior is None:
                 prior = priors.make("normal", max(1, z.shape[-1]) if z.dim() == 2 else 2)
             call("decompose", lambda: estimators.decompose(z, mu, logvar, prior, method=c["method"], **shared))
-            call("ed_elbo", lambda: objectives.ed_elbo(
-                c["log_px"], z, mu, logvar, prior, mi_estimator=c["mi_estimator"],
-                entropy_estimator=c["entropy_estimator"], mi_weight=c["weight"], **shared))
+            call(
+                "ed_elbo",
+                lambda: objectives.ed_elbo(
+                    c["log_px"],
+                    z,
+                    mu,
+                    logvar,
+                    prior,
+                    mi_estimator=c["mi_estimator"],
+                    entropy_estimator=c["entropy_estimator"],
+                    mi_weight=c["weight"],
+                    **shared,
+                ),
+            )
             call("elbo", lambda: objectives.elbo(c["log_px"], z, mu, logvar, prior, row_offset=c["row_offset"]))
 
     check()
@@ -344,13 +428,20 @@ def test_random_tensors_through_the_mathematics_raise_only_edvae_errors():
 #: Bad arguments the property test above once found escaping as TypeError/RuntimeError (or
 #: refused with a misleading message), and the start of the message that now names each one.
 REFUSED = {
-    "boolean logvar": "logvar has dtype torch.bool", "boolean z": "z has dtype torch.bool",
-    "integer z, mu, logvar": "z has dtype torch.int64", "integer log_px": "log_px has dtype torch.int64",
-    "boolean log_px": "log_px has dtype torch.bool", "string weight": "mi_weight='x' must be a finite number",
-    "None weight": "entropy_weight=None must be a finite number", "critic not callable": "critic of type int is not callable",
-    "samples prior path None": "the sample file path must be a string", "samples prior path 5": "the sample file path must be a string",
-    "dataset_size 10.0": "dataset_size=10.0 must be a positive integer", "dataset_size True": "dataset_size=True must be a positive integer",
-    "dim 10**9": "dim=1000000000 is too large", "n_components 2**32": "n_components=4294967296 is too large",
+    "boolean logvar": "logvar has dtype torch.bool",
+    "boolean z": "z has dtype torch.bool",
+    "integer z, mu, logvar": "z has dtype torch.int64",
+    "integer log_px": "log_px has dtype torch.int64",
+    "boolean log_px": "log_px has dtype torch.bool",
+    "string weight": "mi_weight='x' must be a finite number",
+    "None weight": "entropy_weight=None must be a finite number",
+    "critic not callable": "critic of type int is not callable",
+    "samples prior path None": "the sample file path must be a string",
+    "samples prior path 5": "the sample file path must be a string",
+    "dataset_size 10.0": "dataset_size=10.0 must be a positive integer",
+    "dataset_size True": "dataset_size=True must be a positive integer",
+    "dim 10**9": "dim=1000000000 is too large",
+    "n_components 2**32": "n_components=4294967296 is too large",
 }
 
 
@@ -417,17 +508,60 @@ def _cli_vectors(blocker: str, junk_file: str) -> st.SearchStrategy[list[str]]:
     can start a real training run or study: a vector either fails or asks for help/version.
     """
     commands = st.sampled_from(["train", "evaluate", "reproduce", "nosuch", "--version", "--help", ""])
-    options = st.sampled_from([
-        "--out", "--set", "--prior", "--data", "--resume", "--devices", "--num-nodes", "--iwae-samples",
-        "--seeds", "--workers", "--study", "--split", "--json", "--quick", "--overwrite", "--no-true-ll",
-        "--progress", "--no-progress", "--bogus", "--help", "-h",
-    ])
-    values = st.sampled_from([
-        "0", "-1", "1", "2", "zero", "1e9", "", " ", "x=1", "train.epochs=0", "train.epochs=1",
-        "model.prior=nosuch", "eval.iwae_samples=0", "eval.seed=1", "nosuch.key=3", "normal", "true",
-        "samples:/nonexistent.npy", "paper", "nosuch-study", "val", f"{blocker}/run", f"{blocker}/sub/dir",
-        junk_file, "/nonexistent/data.npy",
-    ])
+    options = st.sampled_from(
+        [
+            "--out",
+            "--set",
+            "--prior",
+            "--data",
+            "--resume",
+            "--devices",
+            "--num-nodes",
+            "--iwae-samples",
+            "--seeds",
+            "--workers",
+            "--study",
+            "--split",
+            "--json",
+            "--quick",
+            "--overwrite",
+            "--no-true-ll",
+            "--progress",
+            "--no-progress",
+            "--bogus",
+            "--help",
+            "-h",
+        ]
+    )
+    values = st.sampled_from(
+        [
+            "0",
+            "-1",
+            "1",
+            "2",
+            "zero",
+            "1e9",
+            "",
+            " ",
+            "x=1",
+            "train.epochs=0",
+            "train.epochs=1",
+            "model.prior=nosuch",
+            "eval.iwae_samples=0",
+            "eval.seed=1",
+            "nosuch.key=3",
+            "normal",
+            "true",
+            "samples:/nonexistent.npy",
+            "paper",
+            "nosuch-study",
+            "val",
+            f"{blocker}/run",
+            f"{blocker}/sub/dir",
+            junk_file,
+            "/nonexistent/data.npy",
+        ]
+    )
     return st.lists(st.one_of(commands, options, values), min_size=1, max_size=7)
 
 

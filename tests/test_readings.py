@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from conftest import tiny_raw
 from edvae.checkpoint import load_checkpoint
 from edvae.config import validate_config
 from edvae.errors import EdvaeError
@@ -21,28 +22,51 @@ from edvae.report import write_report
 from edvae.stats import paired_comparisons
 from edvae.train import train
 
-from conftest import tiny_raw
-
 STEPS_PER_EPOCH = 512 // 64  # tiny_raw: 512 training examples, batch 64
 
 
 def _critic_raw(critic: str, **options):
-    return tiny_raw(objective={"kind": "ed", "mi_estimator": "infonce", "mi_weight": -1.0, "critic": critic,
-                               "critic_options": options})
+    return tiny_raw(
+        objective={
+            "kind": "ed",
+            "mi_estimator": "infonce",
+            "mi_weight": -1.0,
+            "critic": critic,
+            "critic_options": options,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("objective, match", [
-    ({"kind": "ed", "critic": "momentum"}, r"set objective.kind='ed' and objective.mi_estimator='infonce'"),
-    ({"kind": "elbo", "mi_estimator": "infonce", "critic": "mlp"}, r"objective.kind='ed'"),
-    ({"kind": "ed", "mi_estimator": "infonce", "critic": "moco"}, r"critic='moco' is unknown; use one of encoder, bilinear"),
-    ({"kind": "ed", "mi_estimator": "infonce", "critic": "momentum", "critic_options": {"K": 8}}, r"no option 'K'; its options are queue_size"),
-    ({"kind": "ed", "mi_estimator": "infonce", "critic": "bilinear", "critic_options": {"hidden": 8}}, r"no option 'hidden'; its options are none"),
-    ({"kind": "ed", "mi_estimator": "infonce", "critic": "momentum", "critic_options": {"temperature": 0}}, r"temperature \(tau\)=0 must be"),
-    ({"kind": "ed", "mi_estimator": "infonce", "critic_options": {"queue_size": 8}}, r"critic_options needs objective.critic"),
-])
+@pytest.mark.parametrize(
+    "objective, match",
+    [
+        ({"kind": "ed", "critic": "momentum"}, r"set objective.kind='ed' and objective.mi_estimator='infonce'"),
+        ({"kind": "elbo", "mi_estimator": "infonce", "critic": "mlp"}, r"objective.kind='ed'"),
+        (
+            {"kind": "ed", "mi_estimator": "infonce", "critic": "moco"},
+            r"critic='moco' is unknown; use one of encoder, bilinear",
+        ),
+        (
+            {"kind": "ed", "mi_estimator": "infonce", "critic": "momentum", "critic_options": {"K": 8}},
+            r"no option 'K'; its options are queue_size",
+        ),
+        (
+            {"kind": "ed", "mi_estimator": "infonce", "critic": "bilinear", "critic_options": {"hidden": 8}},
+            r"no option 'hidden'; its options are none",
+        ),
+        (
+            {"kind": "ed", "mi_estimator": "infonce", "critic": "momentum", "critic_options": {"temperature": 0}},
+            r"temperature \(tau\)=0 must be",
+        ),
+        (
+            {"kind": "ed", "mi_estimator": "infonce", "critic_options": {"queue_size": 8}},
+            r"critic_options needs objective.critic",
+        ),
+    ],
+)
 def test_critic_settings_are_refused_in_one_line(objective, match):
     with pytest.raises(EdvaeError, match=match) as err:
         validate_config({"objective": objective})
@@ -76,8 +100,8 @@ def test_each_critic_trains_through_the_config(tmp_path, critic):
         assert int(critic_state["pointer"]) == (3 * STEPS_PER_EPOCH * 64) % 100
         assert any(k.startswith("key_encoder.") for k in critic_state)
         # the key encoder moved towards the encoder but is not the encoder
-        enc = {k[len("encoder."):]: v for k, v in saved["model"].items() if k.startswith("encoder.")}
-        keyed = {k[len("key_encoder."):]: v for k, v in critic_state.items() if k.startswith("key_encoder.")}
+        enc = {k[len("encoder.") :]: v for k, v in saved["model"].items() if k.startswith("encoder.")}
+        keyed = {k[len("key_encoder.") :]: v for k, v in critic_state.items() if k.startswith("key_encoder.")}
         assert enc.keys() == keyed.keys() and any(not torch.equal(enc[k], keyed[k]) for k in enc)
         assert len(optimised) == len(model_only)  # the key encoder and the queue are not trained
 
@@ -133,7 +157,11 @@ def test_readings_are_variants_with_systematic_names():
     for spec, (mi_weight, critic, weight) in zip(runs, READING_GRID):
         objective = spec.config.objective
         assert spec.model in VARIANTS and spec.model == reading_name(mi_weight, critic, weight)
-        assert (objective.mi_weight, objective.entropy_weight, objective.cross_entropy_weight) == (mi_weight, weight, weight)
+        assert (objective.mi_weight, objective.entropy_weight, objective.cross_entropy_weight) == (
+            mi_weight,
+            weight,
+            weight,
+        )
         assert objective.mi_estimator == "infonce" and objective.critic is not None
     assert reading_name(-0.1, "enc", 1.0) == "ed-max0.1-enc-w1" and reading_name(1.0, "mom", 0.5) == "ed-pen1-mom-w0.5"
     assert {s for _, s in [(r, r.split("-")[1][:3]) for r in READINGS]} == {"max", "pen"}
@@ -160,13 +188,17 @@ def _records(diffs: dict[str, list[float]], model: str = "ed-x") -> list[dict]:
     for seed in range(n):
         ref = {"mse": 0.05 + 0.01 * seed, "kl": 3.0 + seed, "elbo": -12.0 - seed, "iwae": -11.0 - seed}
         mod = {m: ref[m] + diffs.get(m, [0.0] * n)[seed] for m in ref}
-        records += [{"dataset": "d", "model": REFERENCE, "seed": seed, "metrics": ref},
-                    {"dataset": "d", "model": model, "seed": seed, "metrics": mod}]
+        records += [
+            {"dataset": "d", "model": REFERENCE, "seed": seed, "metrics": ref},
+            {"dataset": "d", "model": model, "seed": seed, "metrics": mod},
+        ]
     return records
 
 
 def test_claim_verdicts_follow_the_claimed_side_of_the_interval():
-    records = _records({"mse": [-0.01, -0.012, -0.011], "kl": [1.0, 1.2, 1.1], "elbo": [0.5, -0.4, 0.1], "iwae": [-1, -2, -3]})
+    records = _records(
+        {"mse": [-0.01, -0.012, -0.011], "kl": [1.0, 1.2, 1.1], "elbo": [0.5, -0.4, 0.1], "iwae": [-1, -2, -3]}
+    )
     comparisons = paired_comparisons(records, REFERENCE, ["mse", "kl", "elbo", "iwae"])
     by_metric = {c["metric"]: c for c in comparisons}
     lower = {metric: low for metric, _, low in CLAIMS}
@@ -191,8 +223,15 @@ def test_claimed_increase_of_the_elbo_is_reproduced_only_above_zero():
 
 def test_report_puts_the_headline_first(tmp_path):
     records = [dict(r, run_dir=str(tmp_path / "none")) for r in _records({"mse": [-0.01, -0.02, -0.015]})]
-    study = Study(name="s", title="t", description="d", runs=[], metrics=["mse", "kl", "elbo", "iwae"],
-                  reference=REFERENCE, headline=lambda study, comparisons: claims_table(comparisons, study.reference))
+    study = Study(
+        name="s",
+        title="t",
+        description="d",
+        runs=[],
+        metrics=["mse", "kl", "elbo", "iwae"],
+        reference=REFERENCE,
+        headline=lambda study, comparisons: claims_table(comparisons, study.reference),
+    )
     result = write_report(study, records, tmp_path)
     md = (tmp_path / "results.md").read_text()
     assert md.index("## Headline") < md.index("## All models") < md.index("Mean ± standard deviation")
@@ -205,8 +244,15 @@ def test_the_readme_block_of_the_study_is_its_claims_table(tmp_path):
     from edvae.report import render_headline
 
     records = [dict(r, run_dir=str(tmp_path / "none")) for r in _records({"kl": [1.0, 1.1, 1.2]})]
-    study = Study(name="readings", title="t", description="d", runs=[], metrics=["mse", "kl", "elbo", "iwae"],
-                  reference=REFERENCE, headline=lambda study, comparisons: claims_table(comparisons, study.reference))
+    study = Study(
+        name="readings",
+        title="t",
+        description="d",
+        runs=[],
+        metrics=["mse", "kl", "elbo", "iwae"],
+        reference=REFERENCE,
+        headline=lambda study, comparisons: claims_table(comparisons, study.reference),
+    )
     result = write_report(study, records, tmp_path)
     assert render_headline(result).startswith(claims_table(result["comparisons"], REFERENCE))
     readme = "# t\n<!-- results:readings -->\nold\n<!-- /results:readings -->\nafter\n"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_small_study
-
 from edvae.experiments import STUDIES, get_study
 from edvae.experiments.real import METRICS, MODELS
 

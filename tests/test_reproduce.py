@@ -26,7 +26,19 @@ TINY = [
 
 
 def _reproduce(out, *extra):
-    cmd = [sys.executable, "-m", "edvae.cli", "reproduce", "--quick", "--seeds", "1", "--workers", "1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edvae.cli",
+        "reproduce",
+        "--quick",
+        "--seeds",
+        "1",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
     for item in TINY:
         cmd += ["--set", item]
     return subprocess.run(cmd + list(extra), capture_output=True, text=True, timeout=300)
@@ -36,9 +48,24 @@ def test_reproduce_writes_a_sane_report(tmp_path):
     done = _reproduce(tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "results.json").read_text())
-    assert {(r["dataset"], r["model"]) for r in result["records"]} == {(d, m) for d in ("gaussian", "complex") for m in MODELS}
-    required = {"mse", "kl", "elbo", "iwae", "true_ll", "ll_gap", "mi", "entropy", "cross_entropy", "marginal_kl",
-                "active_units", "prior_swd", "train_seconds"}
+    assert {(r["dataset"], r["model"]) for r in result["records"]} == {
+        (d, m) for d in ("gaussian", "complex") for m in MODELS
+    }
+    required = {
+        "mse",
+        "kl",
+        "elbo",
+        "iwae",
+        "true_ll",
+        "ll_gap",
+        "mi",
+        "entropy",
+        "cross_entropy",
+        "marginal_kl",
+        "active_units",
+        "prior_swd",
+        "train_seconds",
+    }
     log_n = math.log(256)
     for record in result["records"]:
         m = record["metrics"]
@@ -54,7 +81,8 @@ def test_reproduce_writes_a_sane_report(tmp_path):
     comparisons = result["comparisons"]  # one seed: differences without intervals
     compared = ["ll_gap", "iwae", "elbo", "kl", "mse", "marginal_kl", "prior_swd"]
     assert {(c["dataset"], c["model"], c["metric"]) for c in comparisons} == {
-        (d, m, metric) for d in ("gaussian", "complex") for m in MODELS if m != "vae-true" for metric in compared}
+        (d, m, metric) for d in ("gaussian", "complex") for m in MODELS if m != "vae-true" for metric in compared
+    }
     assert all(c["reference"] == "vae-true" and c["n_seeds"] == 1 and math.isnan(c["ci_low"]) for c in comparisons)
     mean_gap = sum(r["metrics"]["iwae"] - r["metrics"]["elbo"] for r in result["records"]) / len(result["records"])
     assert mean_gap >= 0
@@ -63,7 +91,9 @@ def test_reproduce_writes_a_sane_report(tmp_path):
     assert set(summary["complex"]["edvae"]["elbo"]) >= {"mean", "std"}
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(rows) == 2 * len(MODELS)
-    assert all(isinstance(r["converged"], bool) and r["window"] == 1 for r in result["records"])  # 3 epochs: a window of 1
+    assert all(
+        isinstance(r["converged"], bool) and r["window"] == 1 for r in result["records"]
+    )  # 3 epochs: a window of 1
     table = (tmp_path / "results.md").read_text()
     assert "| edvae-paper |" in table and "**" in table
     for figure in ("aggregate_posterior.png", "training_curves.png", "decomposition.png"):
@@ -98,15 +128,24 @@ def test_unknown_study_raises():
         get_study("nope")
 
 
-def test_a_study_reuses_matching_runs_and_never_replaces_a_finished_run_without_overwrite(tmp_path, tiny_config, monkeypatch):
+def test_a_study_reuses_matching_runs_and_never_replaces_a_finished_run_without_overwrite(
+    tmp_path, tiny_config, monkeypatch
+):
     from edvae.checkpoint import load_checkpoint
     from edvae.experiments import RunSpec, Study, run_study
 
     monkeypatch.setattr("edvae.report._figures", lambda *args, **kwargs: [])
 
     def study(epochs: int) -> Study:
-        runs = [RunSpec("complex", "edvae", seed, tiny_config(train={"epochs": epochs, "seed": seed}, eval={"iwae_samples": 20, "true_ll": False}))
-                for seed in (0, 1)]
+        runs = [
+            RunSpec(
+                "complex",
+                "edvae",
+                seed,
+                tiny_config(train={"epochs": epochs, "seed": seed}, eval={"iwae_samples": 20, "true_ll": False}),
+            )
+            for seed in (0, 1)
+        ]
         return Study(name="tiny", title="tiny", description="two tiny runs", runs=runs)
 
     first = run_study(study(1), tmp_path, workers=1, progress=False)
@@ -115,9 +154,14 @@ def test_a_study_reuses_matching_runs_and_never_replaces_a_finished_run_without_
     before = (folder / "checkpoint.pt").read_bytes()
     assert "runs were reused" not in (tmp_path / "results.md").read_text()
     assert run_study(study(1), tmp_path, workers=1, progress=False)["plan"]["reuse"] == 2  # same config: reused
-    assert "2 of 2 runs were reused from an earlier one" in (tmp_path / "results.md").read_text()  # its wall time is not the study's
-    with pytest.raises(EdvaeError, match=r"0 runs reused, 0 trained, 2 refused: nothing was run; .*s0 \(and 1 other finished run\) "
-                                         r"holds a finished run with another config \(train.epochs differ\); pass --overwrite"):
+    assert (
+        "2 of 2 runs were reused from an earlier one" in (tmp_path / "results.md").read_text()
+    )  # its wall time is not the study's
+    with pytest.raises(
+        EdvaeError,
+        match=r"0 runs reused, 0 trained, 2 refused: nothing was run; .*s0 \(and 1 other finished run\) "
+        r"holds a finished run with another config \(train.epochs differ\); pass --overwrite",
+    ):
         run_study(study(2), tmp_path, workers=1, progress=False)
     assert (folder / "checkpoint.pt").read_bytes() == before  # untouched
     replaced = run_study(study(2), tmp_path, workers=1, overwrite=True, progress=False)
@@ -133,7 +177,9 @@ def test_a_pool_worker_whose_study_process_is_gone_starts_no_run(tmp_path, tiny_
     from edvae.experiments import RunSpec
     from edvae.experiments.runner import _pool_worker
 
-    spec = RunSpec("complex", "edvae", 0, tiny_config(train={"epochs": 1, "seed": 0}, eval={"iwae_samples": 5, "true_ll": False}))
+    spec = RunSpec(
+        "complex", "edvae", 0, tiny_config(train={"epochs": 1, "seed": 0}, eval={"iwae_samples": 5, "true_ll": False})
+    )
     gone = os.getppid() + 1 if os.getppid() + 1 != os.getpid() else os.getppid() + 2
     assert _pool_worker((spec, str(tmp_path / "orphan"), False, gone)) is None
     assert not (tmp_path / "orphan").exists()

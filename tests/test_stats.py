@@ -46,7 +46,9 @@ def test_one_seed_has_no_interval():
 
 
 def test_identical_differences_give_a_zero_width_interval():
-    (c,) = paired_comparisons(_records({("d", "ref"): [1.0, 5.0, -2.0], ("d", "m"): [1.5, 5.5, -1.5]}, "mse"), "ref", ["mse"])
+    (c,) = paired_comparisons(
+        _records({("d", "ref"): [1.0, 5.0, -2.0], ("d", "m"): [1.5, 5.5, -1.5]}, "mse"), "ref", ["mse"]
+    )
     assert c["ci_low"] == pytest.approx(0.5) and c["ci_high"] == pytest.approx(0.5)
     assert verdict(c) == "worse" and c["n_better"] == 0  # mse is lower-is-better
     (same,) = paired_comparisons(_records({("d", "ref"): [1.0, 5.0], ("d", "m"): [1.0, 5.0]}, "elbo"), "ref", ["elbo"])
@@ -57,7 +59,9 @@ def test_identical_differences_give_a_zero_width_interval():
 @pytest.mark.parametrize("metric", sorted(HIGHER_IS_BETTER))
 def test_sign_conventions(metric):
     """mean_diff is model - reference for every metric; better follows the metric's direction."""
-    (c,) = paired_comparisons(_records({("d", "ref"): [0.0, 0.0, 0.0], ("d", "m"): [1.0, 1.1, 0.9]}, metric), "ref", [metric])
+    (c,) = paired_comparisons(
+        _records({("d", "ref"): [0.0, 0.0, 0.0], ("d", "m"): [1.0, 1.1, 0.9]}, metric), "ref", [metric]
+    )
     assert c["mean_diff"] == pytest.approx(1.0) and c["ci_low"] > 0
     up = HIGHER_IS_BETTER[metric]
     assert c["higher_is_better"] is up
@@ -100,7 +104,9 @@ def test_missing_metric_and_bad_input():
         paired_comparisons(records, "ref", ["active_units"])
     with pytest.raises(EdvaeError, match="two records"):
         paired_comparisons(records + records[:1], "ref", ["iwae"])
-    (own,) = paired_comparisons(_records({("d", "ref"): [0.0, 0.0], ("d", "m"): [1.0, 2.0]}, "mi"), "ref", ["mi"], higher_is_better={"mi": True})
+    (own,) = paired_comparisons(
+        _records({("d", "ref"): [0.0, 0.0], ("d", "m"): [1.0, 2.0]}, "mi"), "ref", ["mi"], higher_is_better={"mi": True}
+    )
     assert own["n_better"] == 2
 
 
@@ -128,9 +134,24 @@ def test_the_report_writes_comparisons_with_the_studys_reference(tmp_path):
         for model, shift in (("ref", 0.0), ("good", 1.0), ("same", 0.0)):
             for seed in range(4):
                 base = seed_effect[dataset, seed] + 0.05 * rng.random()
-                metrics = {"iwae": base + shift + 0.01 * seed, "elbo": base - 1, "nll": -base - shift, "mi": 1.0,
-                           "kl": 2.0 + 0.1 * seed, "mse": 0.1, "prior_swd": 0.5 + 0.01 * rng.random()}
-                records.append({"dataset": dataset, "model": model, "seed": seed, "metrics": metrics, "run_dir": str(tmp_path / "none")})
+                metrics = {
+                    "iwae": base + shift + 0.01 * seed,
+                    "elbo": base - 1,
+                    "nll": -base - shift,
+                    "mi": 1.0,
+                    "kl": 2.0 + 0.1 * seed,
+                    "mse": 0.1,
+                    "prior_swd": 0.5 + 0.01 * rng.random(),
+                }
+                records.append(
+                    {
+                        "dataset": dataset,
+                        "model": model,
+                        "seed": seed,
+                        "metrics": metrics,
+                        "run_dir": str(tmp_path / "none"),
+                    }
+                )
     study = Study("s", "S", "d", [], metrics=["iwae", "mi", "prior_swd"], reference="ref")
     result = write_report(study, records, tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -142,7 +163,9 @@ def test_the_report_writes_comparisons_with_the_studys_reference(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "## Paired comparisons with ref" in md
     row = re.search(r"\| good \| ref \| iwae \| (\S+) \[(\S+), (\S+)\] \| 4/4 \| better \|", md)
-    assert [float(v) for v in row.groups()] == pytest.approx([good["mean_diff"], good["ci_low"], good["ci_high"]], abs=1e-3)
+    assert [float(v) for v in row.groups()] == pytest.approx(
+        [good["mean_diff"], good["ci_low"], good["ci_high"]], abs=1e-3
+    )
     assert "| same | ref | kl | +0.0000 [+0.0000, +0.0000] | 0/4 | within noise |" in md
     study.reference = None
     assert write_report(study, records, tmp_path)["comparisons"] == []

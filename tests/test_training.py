@@ -74,7 +74,14 @@ def test_every_hook_fires_with_the_trainer_state(tmp_path, tiny_config):
     train(cfg, tmp_path / "run", callbacks=[Recorder()])
     n = STEPS_PER_EPOCH
     # validation of an epoch fires before the epoch counter moves on, then the epoch's checkpoint
-    assert events == ["start", ("val", 0, True), ("checkpoint", n), ("val", 1, True), ("checkpoint", 2 * n), ("end", 2 * n)]
+    assert events == [
+        "start",
+        ("val", 0, True),
+        ("checkpoint", n),
+        ("val", 1, True),
+        ("checkpoint", 2 * n),
+        ("end", 2 * n),
+    ]
 
 
 def _first_step_gradients(tmp_path, tiny_config, name, **train_options):
@@ -86,7 +93,9 @@ def _first_step_gradients(tmp_path, tiny_config, name, **train_options):
             objectives.append(objective)
 
     # a learned decoder scale: a calibrated one takes each micro-batch's own maximum-likelihood scale
-    cfg = tiny_config(objective={"kind": "elbo"}, model={"prior": "normal", "decoder_scale": "learned"}, train=train_options)
+    cfg = tiny_config(
+        objective={"kind": "elbo"}, model={"prior": "normal", "decoder_scale": "learned"}, train=train_options
+    )
     train(cfg, tmp_path / name, stop_at_step=1, callbacks=[Capture()])
     return grads, objectives[0]
 
@@ -152,8 +161,11 @@ def test_train_state_is_the_checkpoint_and_round_trips(tmp_path, tiny_config):
             p.add_(1.0)  # so that loading has to restore every weight
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     fresh = TrainState(
-        config=cfg, model=model, optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100), noise=torch.Generator(),
+        config=cfg,
+        model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100),
+        noise=torch.Generator(),
     )
     fresh.load_state_dict(saved)
     assert (fresh.step, fresh.epoch, fresh.batch_in_epoch, fresh.log_lines) == (5, 0, 5, saved["log_lines"])
@@ -317,7 +329,9 @@ def test_refuses_to_overwrite_another_run(tmp_path, tiny_config):
     train(cfg, tmp_path / "run", overwrite=True)
 
 
-def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config, poison_objective):
+def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(
+    tmp_path, tiny_config, poison_objective
+):
     cfg = tiny_config(train={"epochs": 3, "checkpoint_every": 4})
     poison_objective("cross_entropy", lambda step: step > 10)
     with pytest.raises(TrainingError, match=r"cross_entropy.*step 11"):

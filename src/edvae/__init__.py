@@ -15,9 +15,8 @@ Train on your own array: ``run = edvae.fit(x, out="runs/mine")``, then ``run.eva
 
 from typing import Any
 
-from edvae.errors import EdvaeError
-
 from edvae._version import __version__
+from edvae.errors import EdvaeError
 
 __all__ = ["EdvaeError", "Run", "__version__", "fit", "load"]
 

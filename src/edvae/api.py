@@ -82,10 +82,11 @@ class Run:
         from edvae.estimators import dataset_decomposition
 
         rows = self.data.test if x is None else _as_tensor(x, "x", self.data.x_shape)
-        mus, logvars = zip(*(self.model.encode(rows[i:i + 1024]) for i in range(0, rows.shape[0], 1024)))
+        mus, logvars = zip(*(self.model.encode(rows[i : i + 1024]) for i in range(0, rows.shape[0], 1024)))
         gen = torch.Generator().manual_seed(seed)
-        terms = dataset_decomposition(torch.cat(mus), torch.cat(logvars), self.model.prior_distribution(),
-                                      num_queries=num_queries, generator=gen)
+        terms = dataset_decomposition(
+            torch.cat(mus), torch.cat(logvars), self.model.prior_distribution(), num_queries=num_queries, generator=gen
+        )
         names = ("mi", "entropy", "cross_entropy", "marginal_kl", "kl", "posterior_entropy")
         return {name: float(getattr(terms, name)) for name in names}
 
@@ -151,8 +152,16 @@ def fit(
     values, labels = _as_arrays(x)
     config = _config(out, prior, objective, epochs, overrides)
     likelihood, binarize = resolve_likelihood(likelihood, None, "edvae.fit")
-    data = finish("array", values, labels, seed=config.data.seed, likelihood=likelihood, binarize=binarize,
-                  split=split, source="the array passed to edvae.fit")
+    data = finish(
+        "array",
+        values,
+        labels,
+        seed=config.data.seed,
+        likelihood=likelihood,
+        binarize=binarize,
+        split=split,
+        source="the array passed to edvae.fit",
+    )
     if not isinstance(prior, str):
         _register_object(config.model.prior, prior)
     train(config, Path(out), overwrite=overwrite, data=data, callbacks=callbacks)
@@ -175,7 +184,9 @@ def _config(out: Any, prior: Any, objective: Any, epochs: Any, overrides: Any) -
             objective = {"kind": objective}
         else:
             choices = sorted(set(OBJECTIVE_PRESETS) | set(OBJECTIVES))
-            raise EdvaeError(f"unknown objective {objective!r}; use one of {', '.join(choices)}, or a dict of objective settings")
+            raise EdvaeError(
+                f"unknown objective {objective!r}; use one of {', '.join(choices)}, or a dict of objective settings"
+            )
     elif not isinstance(objective, Mapping):
         raise EdvaeError(f"objective must be a name or a dict of objective settings, got {type(objective).__name__}")
     raw = {"name": Path(out).name or "run", "model": model, "objective": dict(objective), "train": {"epochs": epochs}}
@@ -183,7 +194,11 @@ def _config(out: Any, prior: Any, objective: Any, epochs: Any, overrides: Any) -
         items: list[str] = []
     elif isinstance(overrides, Mapping):
         items = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    elif isinstance(overrides, Sequence) and not isinstance(overrides, str) and all(isinstance(o, str) for o in overrides):
+    elif (
+        isinstance(overrides, Sequence)
+        and not isinstance(overrides, str)
+        and all(isinstance(o, str) for o in overrides)
+    ):
         items = list(overrides)
     else:
         raise EdvaeError('overrides must be a dict ({"train.batch_size": 64}) or a list of "key=value" strings')
@@ -214,8 +229,14 @@ def _as_arrays(x: Any) -> tuple[np.ndarray, np.ndarray | None]:
         raise EdvaeError(f"x must hold real numbers, got dtype {values.dtype}")
     if labels is not None:
         labels = _numpy(labels, "labels")
-        if labels.shape != (values.shape[0],) or not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise EdvaeError(f"labels must be {values.shape[0]} whole numbers, one per row of x, got shape {labels.shape}")
+        if (
+            labels.shape != (values.shape[0],)
+            or not np.all(np.isfinite(labels))
+            or not np.all(labels == np.round(labels))
+        ):
+            raise EdvaeError(
+                f"labels must be {values.shape[0]} whole numbers, one per row of x, got shape {labels.shape}"
+            )
     return values.astype(np.float32), labels
 
 
@@ -231,7 +252,9 @@ def _numpy(value: Any, what: str) -> np.ndarray:
 def _as_tensor(x: Any, what: str, x_shape: tuple[int, ...]) -> Tensor:
     values = _numpy(x, what)
     if tuple(values.shape[1:]) != tuple(x_shape) or values.shape[0] < 2:
-        raise EdvaeError(f"{what} must have shape (N, *{tuple(x_shape)}) with N >= 2, like the run's data, got {values.shape}")
+        raise EdvaeError(
+            f"{what} must have shape (N, *{tuple(x_shape)}) with N >= 2, like the run's data, got {values.shape}"
+        )
     if not np.all(np.isfinite(values)):
         raise EdvaeError(f"{what} contains NaN or Inf")
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))

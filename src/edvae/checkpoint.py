@@ -23,7 +23,14 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from edvae.errors import EdvaeError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "AtomicCheckpointIO", "save_atomic", "load_checkpoint", "load_weights"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "AtomicCheckpointIO",
+    "save_atomic",
+    "load_checkpoint",
+    "load_weights",
+]
 
 #: Marker stored in every checkpoint; files without it are refused.
 CHECKPOINT_FORMAT = "edvae-checkpoint-v1"
@@ -77,7 +84,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise EdvaeError(f"{path} is not an edvae checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     missing = [key for key in _REQUIRED_KEYS if key not in state]
     if missing or not isinstance(state["config"], dict):
-        raise EdvaeError(f"{path} is a damaged edvae checkpoint (missing or invalid: {', '.join(missing) or 'config'}); re-run training")
+        raise EdvaeError(
+            f"{path} is a damaged edvae checkpoint (missing or invalid: {', '.join(missing) or 'config'}); re-run training"
+        )
     return state
 
 

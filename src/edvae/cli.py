@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -20,17 +21,26 @@ from edvae.errors import EdvaeError, TrainingError
 
 __all__ = ["app", "main"]
 
+
 class _OneLineUsageErrors(TyperGroup):
     """The ``edvae`` command group: the option parser's own errors (a value out of range, an
     unknown option or command, a missing argument) are one line on stderr with exit code 2, like
     every other user mistake, instead of a usage block."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if {"--help", "-h"} & set(sys.argv[1:] if args is None else args):
             self._name_the_choices()
         try:
-            result = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+            result = super().main(
+                args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
+            )
         except typer.TyperException as err:  # the parser's ClickException family
             context = getattr(err, "ctx", None)
             if type(err).__name__ == "NoArgsIsHelpError" and context is not None:
@@ -116,12 +126,14 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     _STATE["debug"] = debug
 
 
-def _folder(value: Optional[str], option: str) -> Optional[Path]:
+def _folder(value: str | None, option: str) -> Path | None:
     """A folder given on the command line; an empty string (which a Path would silently read
     as the current folder) is refused."""
     if value is None:
@@ -131,7 +143,7 @@ def _folder(value: Optional[str], option: str) -> Optional[Path]:
     return Path(value)
 
 
-def _raw_config(config: Optional[Path], overrides: list[str], prior: str | None, data: Path | None) -> dict[str, Any]:
+def _raw_config(config: Path | None, overrides: list[str], prior: str | None, data: Path | None) -> dict[str, Any]:
     from edvae.config import apply_overrides, load_config
 
     raw = load_config(config) if config is not None else {}
@@ -139,22 +151,32 @@ def _raw_config(config: Optional[Path], overrides: list[str], prior: str | None,
     if prior is not None:
         extra.append(f"model.prior={json.dumps(prior)}")
     if data is not None:
-        extra += ["data.name=\"file\"", f"data.path={json.dumps(str(data))}"]
+        extra += ['data.name="file"', f"data.path={json.dumps(str(data))}"]
     return apply_overrides(raw, extra)
 
 
 @app.command()
 @_friendly
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="TOML run config (see configs/); optional with --resume.")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", help="Run folder for checkpoint and logs.")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a config key: --set train.epochs=10 (repeatable).")] = [],
-    prior: Annotated[Optional[str], typer.Option("--prior", help="Prior name, 'true', or samples:PATH (.npy/.pt/.csv).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Train on your own data file (.npy/.npz/.csv/idx).")] = None,
-    resume_dir: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this folder from its checkpoint.")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="TOML run config (see configs/); optional with --resume.")
+    ] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Run folder for checkpoint and logs.")] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override a config key: --set train.epochs=10 (repeatable).")
+    ] = [],
+    prior: Annotated[
+        str | None, typer.Option("--prior", help="Prior name, 'true', or samples:PATH (.npy/.pt/.csv).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Train on your own data file (.npy/.npz/.csv/idx).")
+    ] = None,
+    resume_dir: Annotated[
+        str | None, typer.Option("--resume", help="Continue the run in this folder from its checkpoint.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
-    devices: Annotated[Optional[int], typer.Option("--devices", min=1, help="Processes (CPU) or GPUs per node.")] = None,
-    num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", min=1, help="Number of machines.")] = None,
+    devices: Annotated[int | None, typer.Option("--devices", min=1, help="Processes (CPU) or GPUs per node.")] = None,
+    num_nodes: Annotated[int | None, typer.Option("--num-nodes", min=1, help="Number of machines.")] = None,
 ) -> None:
     """Train one model (traditional VAE or ED-VAE) and write its checkpoint and logs."""
     from edvae.config import RunConfig, validate_config
@@ -206,7 +228,9 @@ def train(
     val = result.last_validation
     summary = ", ".join(f"{k}={v:.4g}" for k, v in val.items() if k in ("loss", "elbo_mc", "elbo", "reconstruction"))
     summary = summary or "none (the validation split is smaller than train.batch_size)"
-    typer.echo(f"trained {result.step} steps in {result.train_seconds:.1f} s; validation: {summary}; run folder: {run_dir}")
+    typer.echo(
+        f"trained {result.step} steps in {result.train_seconds:.1f} s; validation: {summary}; run folder: {run_dir}"
+    )
     _echo_prior_fit(run_dir)
 
 
@@ -229,18 +253,31 @@ def _echo_prior_fit(run_dir: Path) -> None:
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'edvae train'.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
-    iwae_samples: Annotated[Optional[int], typer.Option("--iwae-samples", min=1, help="Importance samples per example.")] = None,
+    iwae_samples: Annotated[
+        int | None, typer.Option("--iwae-samples", min=1, help="Importance samples per example.")
+    ] = None,
     split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
-    no_true_ll: Annotated[bool, typer.Option("--no-true-ll", help="Skip the true log-likelihood of synthetic data (quadrature).")] = False,
-    set_: Annotated[list[str], typer.Option("--set", help="Override an evaluation setting: --set eval.seed=1 (repeatable).")] = [],
-    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluate on this data file instead of the run's own (same options and split seed).")] = None,
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bars on stderr (default: on a terminal).")] = None,
+    no_true_ll: Annotated[
+        bool, typer.Option("--no-true-ll", help="Skip the true log-likelihood of synthetic data (quadrature).")
+    ] = False,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override an evaluation setting: --set eval.seed=1 (repeatable).")
+    ] = [],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="Evaluate on this data file instead of the run's own (same options and split seed)."
+        ),
+    ] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Progress bars on stderr (default: on a terminal).")
+    ] = None,
 ) -> None:
     """Evaluate a trained model with the same metrics as every other (ELBO, IWAE, MI, ...).
 
     The true log-likelihood of synthetic data is cached per data set in .edvae-cache/ next to
     the run folder (shared by the runs of one parent folder)."""
-    from edvae.config import EvalConfig, apply_overrides
+    from edvae.config import apply_overrides
 
     if split not in ("test", "val"):
         raise EdvaeError(f"--split must be 'test' or 'val', got '{split}'")
@@ -267,8 +304,14 @@ def evaluate(
         new_data = run_config.data.model_copy(update={"name": "file", "path": str(data.resolve()), "options": options})
         other = load_data(run_config.model_copy(update={"data": new_data}))
     show = sys.stderr.isatty() if progress is None else progress
-    metrics = evaluate_run(run_dir, config=run_config.eval, data=other, split=split,
-                           cache_dir=run_cache_dir(run_dir) if other is None else None, progress=show)
+    metrics = evaluate_run(
+        run_dir,
+        config=run_config.eval,
+        data=other,
+        split=split,
+        cache_dir=run_cache_dir(run_dir) if other is None else None,
+        progress=show,
+    )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
     else:
@@ -283,7 +326,7 @@ def reproduce(
     out_dir: Annotated[str, typer.Option("--out", help="Folder for runs, results.json/.csv/.md and figures.")],
     study: Annotated[str, typer.Option("--study", help="Which study to run.")] = "paper",
     quick: Annotated[bool, typer.Option("--quick", help="Fewer epochs and 2 seeds (a few minutes).")] = False,
-    seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Seeds per model.")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="Seeds per model.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Runs trained in parallel.")] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Retrain runs already in --out.")] = False,
     set_: Annotated[list[str], typer.Option("--set", help="Override a key of every run's config (repeatable).")] = [],
@@ -305,9 +348,13 @@ def reproduce(
 @_friendly
 def publish(
     results_dir: Annotated[str, typer.Argument(help="The --out folder of `edvae reproduce` (holds results.json).")],
-    name: Annotated[str, typer.Option("--name", help="Name in the docs: docs/results/NAME.json/.md, README block results:NAME.")],
+    name: Annotated[
+        str, typer.Option("--name", help="Name in the docs: docs/results/NAME.json/.md, README block results:NAME.")
+    ],
     docs: Annotated[str, typer.Option("--docs", help="Folder of the generated result pages.")] = "docs/results",
-    readme: Annotated[str, typer.Option("--readme", help="README whose results:NAME block is regenerated.")] = "README.md",
+    readme: Annotated[
+        str, typer.Option("--readme", help="README whose results:NAME block is regenerated.")
+    ] = "README.md",
 ) -> None:
     """Publish a study's results into the docs: copy results.json and figures, regenerate the page and README block."""
     from edvae.publish import publish as publish_results
@@ -319,7 +366,9 @@ def publish(
 @app.command()
 @_friendly
 def bench(
-    out_dir: Annotated[str, typer.Option("--out", help="Folder for bench.json, bench.md, scaling.png and README-snippet.md.")],
+    out_dir: Annotated[
+        str, typer.Option("--out", help="Folder for bench.json, bench.md, scaling.png and README-snippet.md.")
+    ],
     quick: Annotated[bool, typer.Option("--quick", help="A short version (under a minute).")] = False,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Torch threads for the timed comparisons.")] = 1,
 ) -> None:

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic_core import PydanticCustomError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from edvae.errors import EdvaeError
 from edvae.estimator_names import ENTROPY_ESTIMATORS, MI_ESTIMATORS
@@ -85,7 +85,12 @@ class ModelConfig(_Strict):
             "level), trained with the rest, or fixed (edvae.networks.GaussianLikelihood)"
         ),
     )
-    decoder_log_scale: float = Field(0.0, ge=-7.0, le=10.0, description="initial (learned) or constant (fixed) log standard deviation of the Gaussian decoder")
+    decoder_log_scale: float = Field(
+        0.0,
+        ge=-7.0,
+        le=10.0,
+        description="initial (learned) or constant (fixed) log standard deviation of the Gaussian decoder",
+    )
     prior: str = "normal"
     prior_options: dict[str, Any] = Field(default_factory=dict)
 
@@ -97,14 +102,16 @@ class ModelConfig(_Strict):
             raw = dict(raw)
             learn = raw.pop("learn_scale")
             if not isinstance(learn, bool):
-                raise ValueError(f"learn_scale must be true or false (it is now decoder_scale = 'learned' or 'fixed'), got {learn!r}")
+                raise ValueError(
+                    f"learn_scale must be true or false (it is now decoder_scale = 'learned' or 'fixed'), got {learn!r}"
+                )
             if "decoder_scale" in raw:
                 raise ValueError("give decoder_scale only (learn_scale is its old spelling)")
             raw["decoder_scale"] = "learned" if learn else "fixed"
         return raw
 
     @model_validator(mode="after")
-    def _positive_widths(self) -> "ModelConfig":
+    def _positive_widths(self) -> ModelConfig:
         if any(not 1 <= h <= MAX_WIDTH for h in self.hidden):
             raise ValueError(f"hidden widths must be integers from 1 to {MAX_WIDTH}, got {self.hidden}")
         return self
@@ -143,7 +150,7 @@ class ObjectiveConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _critic_fits(self) -> "ObjectiveConfig":
+    def _critic_fits(self) -> ObjectiveConfig:
         """A critic goes with the ED objective's InfoNCE estimate; its options are its own."""
         if self.critic is None:
             if self.critic_options:
@@ -176,20 +183,28 @@ class ObjectiveConfig(_Strict):
         return raw
 
     @model_validator(mode="after")
-    def _split_weights_are_read(self) -> "ObjectiveConfig":
+    def _split_weights_are_read(self) -> ObjectiveConfig:
         """The split weights only act in the kinds that read them: refuse them elsewhere."""
         reads = getattr(OBJECTIVES.get(self.kind), "settings", ())
         for name in ("kl_weight", "tc_weight", "dimwise_kl_weight"):
             if getattr(self, name) != 0 and name not in reads:
-                raise ValueError(f"{name} acts only with objective.kind 'decomposed', 'beta-vae' or 'beta-tcvae', not {self.kind!r}")
+                raise ValueError(
+                    f"{name} acts only with objective.kind 'decomposed', 'beta-vae' or 'beta-tcvae', not {self.kind!r}"
+                )
         return self
 
     @field_validator("kind", "mi_estimator", "entropy_estimator")
     @classmethod
     def _registered(cls, value: str, info: ValidationInfo) -> str:
-        choices = {"kind": tuple(OBJECTIVES), "mi_estimator": MI_ESTIMATORS, "entropy_estimator": ENTROPY_ESTIMATORS}[info.field_name]
+        choices = {"kind": tuple(OBJECTIVES), "mi_estimator": MI_ESTIMATORS, "entropy_estimator": ENTROPY_ESTIMATORS}[
+            info.field_name
+        ]
         if value not in choices:  # worded as pydantic words a Literal
-            expected = " or ".join((", ".join(repr(c) for c in choices[:-1]), repr(choices[-1]))) if len(choices) > 1 else repr(choices[0])
+            expected = (
+                " or ".join((", ".join(repr(c) for c in choices[:-1]), repr(choices[-1])))
+                if len(choices) > 1
+                else repr(choices[0])
+            )
             raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
         return value
 
@@ -212,7 +227,9 @@ class TrainConfig(_Strict):
     on_nonfinite: Literal["stop", "skip"] = "stop"
     checkpoint_every: int = Field(0, ge=0, description="steps between extra mid-epoch checkpoints; 0: none")
     checkpoint_seconds: float = Field(
-        30.0, ge=0, description="at an epoch's end, checkpoint if this long has passed since the last one; 0: every epoch"
+        30.0,
+        ge=0,
+        description="at an epoch's end, checkpoint if this long has passed since the last one; 0: every epoch",
     )
     log_every: int = Field(20, ge=1)
     grad_accum_steps: int = Field(
@@ -299,7 +316,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into a plain dict (validated later, after overrides)."""
     path = Path(path)
     if not path.is_file():
-        raise EdvaeError(f"config file {path} does not exist; presets live in configs/ (e.g. configs/edvae-complex.toml)")
+        raise EdvaeError(
+            f"config file {path} does not exist; presets live in configs/ (e.g. configs/edvae-complex.toml)"
+        )
     try:
         return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

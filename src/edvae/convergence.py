@@ -52,5 +52,5 @@ def convergence(elbos: Sequence[float], tol: float = CONVERGENCE_TOL) -> dict[st
     if n < 2:
         return {"converged": False, "improvement": math.nan, "window": 0}
     window = max(1, round(n / 10))
-    improvement = max(elbos[n - window:]) - max(elbos[: n - window])
+    improvement = max(elbos[n - window :]) - max(elbos[: n - window])
     return {"converged": bool(improvement < tol), "improvement": float(improvement), "window": window}

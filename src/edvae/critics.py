@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 
-
 class Critic(nn.Module):
     r"""Base of every critic: ``forward(z, mu, logvar, x=None, *, row_offset=0)`` returns the
     InfoNCE estimate of I(x; z) for the batch (0-d, nats, in z's dtype), never above
@@ -70,7 +69,7 @@ class Critic(nn.Module):
         """The largest value a batch of ``batch_size`` columns can give: log B."""
         return math.log(batch_size)
 
-    def update(self, encoder: nn.Module, gather: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+    def update(self, encoder: nn.Module, gather: Callable[[Tensor], Tensor] | None = None) -> None:
         """Called by the trainer after each optimiser step; stateless critics do nothing."""
 
     def skip(self) -> None:
@@ -86,8 +85,16 @@ class EncoderCritic(Critic):
     :func:`edvae.estimators.infonce` with its default critic; no parameters.
     """
 
-    def forward(self, z: Tensor, mu: Tensor, logvar: Tensor, x: Optional[Tensor] = None, *,
-                row_offset: int = 0, validate: bool = True) -> Tensor:
+    def forward(
+        self,
+        z: Tensor,
+        mu: Tensor,
+        logvar: Tensor,
+        x: Tensor | None = None,
+        *,
+        row_offset: int = 0,
+        validate: bool = True,
+    ) -> Tensor:
         return infonce(z, mu, logvar, row_offset=row_offset, validate=validate)
 
 
@@ -104,8 +111,16 @@ class ScoreCritic(Critic):
         super().__init__()
         self.score = score
 
-    def forward(self, z: Tensor, mu: Tensor, logvar: Tensor, x: Optional[Tensor] = None, *,
-                row_offset: int = 0, validate: bool = True) -> Tensor:
+    def forward(
+        self,
+        z: Tensor,
+        mu: Tensor,
+        logvar: Tensor,
+        x: Tensor | None = None,
+        *,
+        row_offset: int = 0,
+        validate: bool = True,
+    ) -> Tensor:
         return infonce(z, mu, logvar, critic=self.score, row_offset=row_offset, validate=validate)
 
 
@@ -151,15 +166,26 @@ class MomentumCritic(Critic):
     ``torch.no_grad``: no gradient ever reaches the key encoder or the queue.
     """
 
-    pending: Optional[Tensor]
+    pending: Tensor | None
 
-    def __init__(self, encoder: nn.Module, dim: int, *, queue_size: int = 4096,
-                 temperature: float = 0.1, momentum: float = 0.99, projection: Optional[int] = None,
-                 hidden: int = 128, key: str = "mean") -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dim: int,
+        *,
+        queue_size: int = 4096,
+        temperature: float = 0.1,
+        momentum: float = 0.99,
+        projection: int | None = None,
+        hidden: int = 128,
+        key: str = "mean",
+    ) -> None:
         super().__init__()
         self.queue_size, self.temperature, self.momentum, self.key = queue_size, temperature, momentum, key
-        self.head: nn.Module = nn.Identity() if projection is None else nn.Sequential(
-            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, projection)
+        self.head: nn.Module = (
+            nn.Identity()
+            if projection is None
+            else nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, projection))
         )
         self.key_encoder = _frozen_copy(encoder)
         self.key_head = _frozen_copy(self.head)
@@ -178,7 +204,7 @@ class MomentumCritic(Critic):
         return F.normalize(self.head(codes), dim=1)
 
     @torch.no_grad()
-    def keys(self, x: Tensor, key_noise: Optional[Tensor] = None) -> Tensor:
+    def keys(self, x: Tensor, key_noise: Tensor | None = None) -> Tensor:
         """Key embeddings of inputs ``x`` from the momentum encoder, (R, E), no gradient.
 
         ``key="sample"`` draws mu + exp(logvar / 2) * eps with eps = ``key_noise`` or, if None,
@@ -191,7 +217,7 @@ class MomentumCritic(Critic):
             codes = mu + torch.exp(0.5 * logvar) * eps
         return F.normalize(self.key_head(codes), dim=1)
 
-    def estimate(self, z: Tensor, x: Tensor, key_noise: Optional[Tensor] = None) -> Tensor:
+    def estimate(self, z: Tensor, x: Tensor, key_noise: Tensor | None = None) -> Tensor:
         r"""I_NCE of queries ``z`` (R, D) against the keys of ``x`` (R, ...) and the queue's
         negatives (class docstring), 0-d in z's dtype, <= log(n + 1). With gradients enabled
         (a training step) the batch's keys are appended to :attr:`pending` (every micro-batch
@@ -215,9 +241,17 @@ class MomentumCritic(Critic):
         target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         return -torch.nn.functional.cross_entropy(logits, target) + math.log(logits.shape[1])
 
-    def forward(self, z: Tensor, mu: Optional[Tensor] = None, logvar: Optional[Tensor] = None,
-                x: Optional[Tensor] = None, *, row_offset: int = 0, validate: bool = True,
-                key_noise: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        z: Tensor,
+        mu: Tensor | None = None,
+        logvar: Tensor | None = None,
+        x: Tensor | None = None,
+        *,
+        row_offset: int = 0,
+        validate: bool = True,
+        key_noise: Tensor | None = None,
+    ) -> Tensor:
         """:meth:`estimate` of ``z`` and ``x``; ``mu``, ``logvar`` and ``row_offset`` are unused
         (the negatives come from the queue, not from the batch's columns)."""
         if x is None:
@@ -253,7 +287,7 @@ class MomentumCritic(Critic):
                 "output of critic.keys(x)."
             )
         n, k = keys.shape[0], self.queue_size
-        kept = keys[max(0, n - k):].to(dtype=self.queue.dtype, device=self.queue.device)
+        kept = keys[max(0, n - k) :].to(dtype=self.queue.dtype, device=self.queue.device)
         start = (int(self.pointer) + n - kept.shape[0]) % k
         index = (start + torch.arange(kept.shape[0], device=self.queue.device)) % k
         self.queue[index] = kept
@@ -264,7 +298,7 @@ class MomentumCritic(Critic):
         """A skipped step: its keys are not enqueued and the key encoder does not move."""
         self.pending = None
 
-    def update(self, encoder: nn.Module, gather: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+    def update(self, encoder: nn.Module, gather: Callable[[Tensor], Tensor] | None = None) -> None:
         """After an optimiser step: :meth:`momentum_update` from ``encoder``, then enqueue the
         keys of the training :meth:`estimate` s since the last update (all processes' keys, in rank order, when ``gather``
         maps the local (n, E) keys to the concatenation over processes)."""
@@ -294,8 +328,14 @@ CRITIC_OPTIONS: dict[str, dict[str, Any]] = {
     "encoder": {},
     "bilinear": {},
     "mlp": {"hidden": 128, "embedding": 32},
-    "momentum": {"queue_size": 4096, "temperature": 0.1, "momentum": 0.99, "projection": None,
-                 "hidden": 128, "key": "mean"},
+    "momentum": {
+        "queue_size": 4096,
+        "temperature": 0.1,
+        "momentum": 0.99,
+        "projection": None,
+        "hidden": 128,
+        "key": "mean",
+    },
 }
 
 
@@ -339,7 +379,7 @@ def check_critic(name: object, options: dict[str, Any]) -> dict[str, Any]:
     return _check_options(str(name), dict(options))
 
 
-def make_critic(name: str, dim: int, encoder: Optional[nn.Module] = None, **options: Any) -> Critic:
+def make_critic(name: str, dim: int, encoder: nn.Module | None = None, **options: Any) -> Critic:
     r"""The InfoNCE critic ``name`` for codes of dimension ``dim`` (see the module docstring):
 
     * ``"encoder"``: f = log q(z|x), no options; <= log B.

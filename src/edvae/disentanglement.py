@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -64,7 +63,7 @@ __all__ = [
 ]
 
 
-def _check_code(mu: Tensor, logvar: Optional[Tensor], factors: Tensor, min_dims: int, min_factors: int) -> None:
+def _check_code(mu: Tensor, logvar: Tensor | None, factors: Tensor, min_dims: int, min_factors: int) -> None:
     for name, t in (("mu", mu), ("logvar", logvar), ("factors", factors)):
         if t is None:
             continue
@@ -110,12 +109,16 @@ def factor_entropy(codes: Tensor) -> Tensor:
     return torch.stack(out)
 
 
-def _log_marginals(z: Tensor, mu: Tensor, logvar: Tensor, chunk_size: Optional[int]) -> Tensor:
+def _log_marginals(z: Tensor, mu: Tensor, logvar: Tensor, chunk_size: int | None) -> Tensor:
     """log q(z_nj) under (1/M) sum_m q(z_j | x_m) over the M given posteriors, per dimension, (M, D)."""
     return torch.stack(
         [
             log_aggregate_posterior(
-                z[:, j : j + 1], mu[:, j : j + 1], logvar[:, j : j + 1], method="full", chunk_size=chunk_size,
+                z[:, j : j + 1],
+                mu[:, j : j + 1],
+                logvar[:, j : j + 1],
+                method="full",
+                chunk_size=chunk_size,
                 validate=False,
             )
             for j in range(z.shape[1])
@@ -130,8 +133,8 @@ def mutual_information_matrix(
     logvar: Tensor,
     codes: Tensor,
     *,
-    generator: Optional[torch.Generator] = None,
-    chunk_size: Optional[int] = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
 ) -> Tensor:
     r"""I(z_j; v_k) in nats, (D, K), for integer factor codes (N, K) (see the module docstring):
 
@@ -174,8 +177,8 @@ def mutual_information_gap(
     factors: Tensor,
     *,
     bins: int = 20,
-    generator: Optional[torch.Generator] = None,
-    chunk_size: Optional[int] = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
 ) -> MIG:
     r"""MIG = (1/K) sum_k (I_k^(1) - I_k^(2)) / H(v_k) (Chen et al., 2018; module docstring).
 

@@ -57,7 +57,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -188,7 +188,7 @@ def _check_dataset_size_type(dataset_size: object) -> None:
         )
 
 
-def _check_dataset_size(dataset_size: Optional[int], batch_size: int, method: str) -> int:
+def _check_dataset_size(dataset_size: int | None, batch_size: int, method: str) -> int:
     if dataset_size is None:
         raise EdvaeError(
             f"method={method!r} needs dataset_size, the number N of training examples; pass "
@@ -220,7 +220,7 @@ def _result_dtype(*tensors: Tensor) -> torch.dtype:
 # priors
 
 
-def resolve_prior(prior: PriorLike, dim: Optional[int] = None) -> Distribution:
+def resolve_prior(prior: PriorLike, dim: int | None = None) -> Distribution:
     """The prior distribution p(z) behind ``prior``: :func:`edvae.priors.distribution_of`.
 
     ``prior`` is a ``torch.distributions.Distribution`` or, following zuko's lazy-distribution
@@ -230,7 +230,7 @@ def resolve_prior(prior: PriorLike, dim: Optional[int] = None) -> Distribution:
     return distribution_of(prior, dim)
 
 
-def _factorised_log_prob(prior: Distribution, z: Tensor) -> Optional[Tensor]:
+def _factorised_log_prob(prior: Distribution, z: Tensor) -> Tensor | None:
     """(R, D) per-dimension log p_d(z_d) when the prior is a product over dimensions."""
     if not isinstance(prior, Independent) or prior.reinterpreted_batch_ndims != 1:
         return None
@@ -251,9 +251,7 @@ def own_posteriors(
     return _own_rows(mu, logvar, z.shape[0], row_offset)
 
 
-def log_posterior(
-    z: Tensor, mu: Tensor, logvar: Tensor, *, row_offset: int = 0, validate: bool = True
-) -> Tensor:
+def log_posterior(z: Tensor, mu: Tensor, logvar: Tensor, *, row_offset: int = 0, validate: bool = True) -> Tensor:
     r"""Log-density of each row under its own posterior, shape (R,).
 
     log q(z_i | x_{i+o}) = -1/2 sum_d [ (z_id - mu_{i+o,d})^2 / sigma^2_{i+o,d}
@@ -279,7 +277,7 @@ def kl_divergence(
     mu: Tensor,
     logvar: Tensor,
     prior: PriorLike,
-    z: Optional[Tensor] = None,
+    z: Tensor | None = None,
     *,
     method: str = "auto",
     validate: bool = True,
@@ -322,12 +320,16 @@ def kl_divergence(
     return kl.mean(0) if z.dim() == 3 else kl
 
 
-def _analytic_kl(mu: Tensor, logvar: Tensor, prior: Distribution) -> Optional[Tensor]:
+def _analytic_kl(mu: Tensor, logvar: Tensor, prior: Distribution) -> Tensor | None:
     """The closed-form KL(N(mu, diag exp(logvar)) || prior) per row, or None if torch registers
     none. A diagonal Gaussian prior takes :func:`_kl_diagonal_normals` directly."""
     scale = torch.exp(0.5 * logvar)
-    if (type(prior) is Independent and type(prior.base_dist) is Normal
-            and prior.reinterpreted_batch_ndims == 1 and prior.batch_shape == ()):
+    if (
+        type(prior) is Independent
+        and type(prior.base_dist) is Normal
+        and prior.reinterpreted_batch_ndims == 1
+        and prior.batch_shape == ()
+    ):
         return _kl_diagonal_normals(mu, scale, prior.base_dist.loc, prior.base_dist.scale)
     q = Independent(Normal(mu, scale, validate_args=False), 1)
     try:
@@ -362,7 +364,7 @@ class _Plan(NamedTuple):
     row_offset: int = 0
 
 
-def _check_mss(batch_size: int, dataset_size: Optional[int]) -> int:
+def _check_mss(batch_size: int, dataset_size: int | None) -> int:
     if batch_size < 2:
         raise EdvaeError(
             f"batch size {batch_size} (rows of mu) is too small for method='mss', which needs "
@@ -371,9 +373,7 @@ def _check_mss(batch_size: int, dataset_size: Optional[int]) -> int:
     return _check_dataset_size(dataset_size, batch_size, "mss")
 
 
-def _plan(
-    method: str, rows: int, batch_size: int, dataset_size: Optional[int], row_offset: int
-) -> _Plan:
+def _plan(method: str, rows: int, batch_size: int, dataset_size: int | None, row_offset: int) -> _Plan:
     """The weights of ``method`` for ``rows`` rows against ``batch_size`` columns."""
     if method not in METHODS:
         raise EdvaeError(f"method={method!r} is unknown; use one of {', '.join(METHODS)}.")
@@ -400,8 +400,13 @@ def _plan(
 
 
 def _diagonal_runs(
-    shift: int, row_offset: int, row_start: int, column_start: int, n_rows: int,
-    n_columns: int, batch_size: int,
+    shift: int,
+    row_offset: int,
+    row_start: int,
+    column_start: int,
+    n_rows: int,
+    n_columns: int,
+    batch_size: int,
 ) -> Iterator[tuple[slice, slice]]:
     """(local rows, local columns) of the entries (g, (g + shift) mod B) in a block.
 
@@ -421,8 +426,14 @@ def _diagonal_runs(
 
 @functools.lru_cache(maxsize=256)
 def _diagonal_index(
-    shift: int, row_offset: int, row_start: int, column_start: int, n_rows: int,
-    n_columns: int, batch_size: int, device: torch.device,
+    shift: int,
+    row_offset: int,
+    row_start: int,
+    column_start: int,
+    n_rows: int,
+    n_columns: int,
+    batch_size: int,
+    device: torch.device,
 ) -> tuple[Tensor, Tensor]:
     """The entries of :func:`_diagonal_runs` as index tensors on ``device`` (cached; never
     modify them): (local rows i, in increasing order, and flat positions i * n_columns + j in
@@ -438,24 +449,33 @@ def _diagonal_index(
 
 @functools.lru_cache(maxsize=64)
 def _override_index(
-    plan: _Plan, row_start: int, column_start: int, n_rows: int, n_columns: int,
-    batch_size: int, device: torch.device, dtype: torch.dtype,
+    plan: _Plan,
+    row_start: int,
+    column_start: int,
+    n_rows: int,
+    n_columns: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
     """(flat positions, value - log_base) of every override of ``plan`` in a block (cached)."""
     where, deltas = [torch.zeros(0, dtype=torch.long, device=device)], [torch.zeros(0, dtype=dtype, device=device)]
     for shift, value in plan.overrides:
-        flat = _diagonal_index(shift, plan.row_offset, row_start, column_start, n_rows, n_columns, batch_size, device)[1]
+        flat = _diagonal_index(shift, plan.row_offset, row_start, column_start, n_rows, n_columns, batch_size, device)[
+            1
+        ]
         where.append(flat)
         deltas.append(torch.full(flat.shape, value - plan.log_base, dtype=dtype, device=device))
     return torch.cat(where), torch.cat(deltas)
 
 
-def _apply_overrides(block: Tensor, plan: _Plan, row_start: int, column_start: int,
-                     batch_size: int) -> None:
+def _apply_overrides(block: Tensor, plan: _Plan, row_start: int, column_start: int, batch_size: int) -> None:
     """Turn log_base into the override values in a contiguous block holding
     ``... + log_base``: one indexed add."""
     if plan.overrides:
-        where, deltas = _override_index(plan, row_start, column_start, *block.shape, batch_size, block.device, block.dtype)
+        where, deltas = _override_index(
+            plan, row_start, column_start, *block.shape, batch_size, block.device, block.dtype
+        )
         block.view(-1).index_add_(0, where, deltas)
 
 
@@ -464,8 +484,8 @@ def mss_log_weights(
     dataset_size: int,
     *,
     row_offset: int = 0,
-    rows: Optional[int] = None,
-    device: Optional[torch.device] = None,
+    rows: int | None = None,
+    device: torch.device | None = None,
 ) -> Tensor:
     r"""Log-weights log W of minibatch stratified sampling, shape (rows, batch_size), float64.
 
@@ -507,8 +527,8 @@ class _Expanded:
 
     def reset(self) -> None:
         """Forget the gradients accumulated by a previous backward pass."""
-        self.grad_rows: Optional[Tensor] = None
-        self.grad_columns: Optional[Tensor] = None
+        self.grad_rows: Tensor | None = None
+        self.grad_columns: Tensor | None = None
 
     def workspace(self, rows: int, columns: int) -> Tensor:
         return self.rows.new_empty(rows * columns)
@@ -516,8 +536,17 @@ class _Expanded:
     def fill(self, block: Tensor, rs: slice, cs: slice, spare: Tensor) -> None:
         torch.mm(self.rows[rs], self.columns[cs].T, out=block)
 
-    def accumulate(self, rs: slice, cs: slice, weights: Tensor, weight: Optional[Tensor],
-                   spare: Tensor, want_z: bool, want_columns: bool, single: bool) -> None:
+    def accumulate(
+        self,
+        rs: slice,
+        cs: slice,
+        weights: Tensor,
+        weight: Tensor | None,
+        spare: Tensor,
+        want_z: bool,
+        want_columns: bool,
+        single: bool,
+    ) -> None:
         """Add G b to the rows' and G^T a to the columns' feature gradients for the block
         G = diag(weight) weights (weight None: G = weights)."""
         a, b = self.rows[rs], self.columns[cs]
@@ -537,7 +566,7 @@ class _Expanded:
                 self.grad_columns = torch.zeros_like(self.columns) if self.grad_columns is None else self.grad_columns
                 self.grad_columns[cs] += update
 
-    def gradients(self, want_mu: bool, want_logvar: bool) -> tuple[Optional[Tensor], ...]:
+    def gradients(self, want_mu: bool, want_logvar: bool) -> tuple[Tensor | None, ...]:
         mu, logvar, d = self.mu, self.logvar, self.mu.shape[1]
         grad_z = grad_mu = grad_logvar = None
         if self.grad_rows is not None:  # a = [z^2, z, 1]
@@ -581,14 +610,14 @@ class _Direct:
         self.dim, self.n_rows = z.shape[1], z.shape[0]
         self.n_columns = mu.shape[0]
         #: v of the single block, kept by the forward pass for the backward (else recomputed)
-        self.kept: Optional[Tensor] = None
+        self.kept: Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
         """Forget the gradients accumulated by a previous backward pass."""
-        self.grad_z: Optional[Tensor] = None
-        self.grad_mu: Optional[Tensor] = None
-        self.grad_logvar: Optional[Tensor] = None
+        self.grad_z: Tensor | None = None
+        self.grad_mu: Tensor | None = None
+        self.grad_logvar: Tensor | None = None
 
     def workspace(self, rows: int, columns: int) -> Tensor:
         return self.z.new_empty(rows * columns)
@@ -609,8 +638,17 @@ class _Direct:
             block.addcmul_(v[d], v[d])
         torch.sub(self.const[None, cs], block, out=block)
 
-    def accumulate(self, rs: slice, cs: slice, weights: Tensor, weight: Optional[Tensor],
-                   spare: Tensor, want_z: bool, want_columns: bool, single: bool) -> None:
+    def accumulate(
+        self,
+        rs: slice,
+        cs: slice,
+        weights: Tensor,
+        weight: Tensor | None,
+        spare: Tensor,
+        want_z: bool,
+        want_columns: bool,
+        single: bool,
+    ) -> None:
         g = weights if weight is None else weights * weight
         v = self.kept if self.kept is not None else self._differences(rs, cs, spare)
         p = g * v
@@ -633,7 +671,7 @@ class _Direct:
                 self.grad_mu[:, cs] += grad_mu
                 self.grad_logvar[:, cs] += grad_logvar
 
-    def gradients(self, want_mu: bool, want_logvar: bool) -> tuple[Optional[Tensor], ...]:
+    def gradients(self, want_mu: bool, want_logvar: bool) -> tuple[Tensor | None, ...]:
         grads = (self.grad_z, self.grad_mu if want_mu else None, self.grad_logvar if want_logvar else None)
         return tuple(None if g is None else g.T.to(t) for g, t in zip(grads, self.dtypes))
 
@@ -644,12 +682,13 @@ def _is_direct(z: Tensor, mu: Tensor, logvar: Tensor) -> bool:
     return mu.shape[1] <= _DIRECT_MAX_DIM and _result_dtype(z, mu, logvar).itemsize <= 4
 
 
-def _kernel(z: Tensor, mu: Tensor, logvar: Tensor) -> Union[_Expanded, _Direct]:
+def _kernel(z: Tensor, mu: Tensor, logvar: Tensor) -> _Expanded | _Direct:
     return _Direct(z, mu, logvar) if _is_direct(z, mu, logvar) else _Expanded(z, mu, logvar)
 
 
-def _blocks(kernel: Union[_Expanded, _Direct], chunk_rows: int, chunk_columns: int
-            ) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+def _blocks(
+    kernel: _Expanded | _Direct, chunk_rows: int, chunk_columns: int
+) -> Iterator[tuple[int, int, Tensor, Tensor]]:
     """Yield (r0, c0, block, spare) with block = L[r0:, c0:], block by block.
 
     Every block is a view of ONE reused workspace of chunk_rows * chunk_columns entries (the
@@ -716,8 +755,13 @@ class _WeightedLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, z: Tensor, mu: Tensor, logvar: Tensor, plans: tuple[_Plan, ...],
-        chunk_rows: int, chunk_columns: int,
+        ctx: Any,
+        z: Tensor,
+        mu: Tensor,
+        logvar: Tensor,
+        plans: tuple[_Plan, ...],
+        chunk_rows: int,
+        chunk_columns: int,
     ) -> Tensor:
         kernel = _kernel(z, mu, logvar)
         n_rows, n_columns = kernel.n_rows, kernel.n_columns
@@ -747,7 +791,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (out,) = ctx.saved_tensors
         kernel, kept = ctx.kernel, ctx.kept
         kernel.reset()  # backward may run more than once (retain_graph)
@@ -771,7 +815,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
             if not kept:
                 _apply_overrides(block, plans[0], r0, c0, n_columns)
                 block.sub_(out[0, rs, None] - plans[0].log_base).clamp_(min=kernel.floor).exp_()
-            weight: Optional[Tensor] = alpha[rs, None]
+            weight: Tensor | None = alpha[rs, None]
             if fix.entries:  # G = diag(alpha) E + the correction entries, as one block
                 weights = block * weight
                 weight = None
@@ -787,9 +831,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
         return grad_z if want_z else None, grad_mu, grad_logvar, None, None, None
 
 
-def _plan_sums(
-    exps: Tensor, fix: _Corrections, row_offset: int, r0: int, c0: int, batch_size: int
-) -> Tensor:
+def _plan_sums(exps: Tensor, fix: _Corrections, row_offset: int, r0: int, c0: int, batch_size: int) -> Tensor:
     """(K, rows): s_0 = rowsum(E) and s_k = r_k s_0 + the correction entries (see
     :class:`_WeightedLogSumExp`)."""
     first = exps.sum(dim=1)
@@ -810,8 +852,8 @@ def _log_q(
     z: Tensor,
     mu: Tensor,
     logvar: Tensor,
-    plan: Union[_Plan, tuple[_Plan, ...]],
-    chunk_size: Optional[int],
+    plan: _Plan | tuple[_Plan, ...],
+    chunk_size: int | None,
 ) -> Tensor:
     """log q_hat(z_i) = logsumexp_j (log W[i, j] + log q(z_i | x_j)): shape (R,) for one plan,
     (K, R) for a tuple of K plans (one pass over L for all of them); float32 from the direct
@@ -828,15 +870,10 @@ def _log_q(
     return out[0] if isinstance(plan, _Plan) else out
 
 
-def _log_q_marginals(
-    z: Tensor, mu: Tensor, logvar: Tensor, plan: _Plan, chunk_size: Optional[int]
-) -> Tensor:
+def _log_q_marginals(z: Tensor, mu: Tensor, logvar: Tensor, plan: _Plan, chunk_size: int | None) -> Tensor:
     """log q_hat_d(z_id) for every dimension, each with its own logsumexp, shape (R, D)."""
     return torch.stack(
-        [
-            _log_q(z[:, d : d + 1], mu[:, d : d + 1], logvar[:, d : d + 1], plan, chunk_size)
-            for d in range(z.shape[1])
-        ],
+        [_log_q(z[:, d : d + 1], mu[:, d : d + 1], logvar[:, d : d + 1], plan, chunk_size) for d in range(z.shape[1])],
         dim=1,
     )
 
@@ -846,9 +883,9 @@ def log_aggregate_posterior(
     mu: Tensor,
     logvar: Tensor,
     *,
-    dataset_size: Optional[int] = None,
-    method: Union[str, tuple[str, ...]] = "mss",
-    chunk_size: Optional[int] = None,
+    dataset_size: int | None = None,
+    method: str | tuple[str, ...] = "mss",
+    chunk_size: int | None = None,
     row_offset: int = 0,
     validate: bool = True,
 ) -> Tensor:
@@ -885,9 +922,9 @@ def log_aggregate_marginals(
     mu: Tensor,
     logvar: Tensor,
     *,
-    dataset_size: Optional[int] = None,
+    dataset_size: int | None = None,
     method: str = "mss",
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     row_offset: int = 0,
     validate: bool = True,
 ) -> Tensor:
@@ -906,7 +943,7 @@ def log_aggregate_marginals(
     return _log_q_marginals(z, mu, logvar, plan, chunk_size).to(_result_dtype(z, mu, logvar))
 
 
-def factorised_log_prob(prior: PriorLike, z: Tensor) -> Optional[Tensor]:
+def factorised_log_prob(prior: PriorLike, z: Tensor) -> Tensor | None:
     r"""(R, D) per-dimension log p_d(z_id) when the prior is a product over dimensions,
     p(z) = prod_d p_d(z_d) (an ``Independent`` distribution over one batch dimension), else None."""
     return _factorised_log_prob(resolve_prior(prior, z.shape[1]), z)
@@ -942,8 +979,8 @@ class Decomposition:
     marginal_kl: Tensor
     kl: Tensor
     posterior_entropy: Tensor
-    total_correlation: Optional[Tensor] = None
-    dimwise_kl: Optional[Tensor] = None
+    total_correlation: Tensor | None = None
+    dimwise_kl: Tensor | None = None
 
     def as_dict(self) -> dict[str, float]:
         """Plain floats; ``dimwise_kl`` becomes ``dimwise_kl_0``, ``dimwise_kl_1``, ..."""
@@ -967,7 +1004,7 @@ def _decompose(
     logvar: Tensor,
     prior: Distribution,
     plan: _Plan,
-    chunk_size: Optional[int],
+    chunk_size: int | None,
     per_dimension: bool,
 ) -> Decomposition:
     """Shared by ``decompose`` and ``dataset_decomposition``; rows own (mu_rows, logvar_rows)."""
@@ -1004,10 +1041,10 @@ def decompose(
     logvar: Tensor,
     prior: PriorLike,
     *,
-    dataset_size: Optional[int] = None,
+    dataset_size: int | None = None,
     method: str = "mss",
     row_offset: int = 0,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     per_dimension: bool = True,
     validate: bool = True,
 ) -> Decomposition:
@@ -1030,8 +1067,8 @@ def _dataset_queries(
     mu: Tensor,
     logvar: Tensor,
     prior: PriorLike,
-    num_queries: Optional[int],
-    generator: Optional[torch.Generator],
+    num_queries: int | None,
+    generator: torch.Generator | None,
     validate: bool,
 ) -> tuple[Distribution, Tensor, Tensor, Tensor, Tensor, _Plan]:
     """The query points of :func:`dataset_decomposition`: ``(prior, index, z, mu_rows,
@@ -1047,9 +1084,7 @@ def _dataset_queries(
     else:
         index = torch.randperm(n, generator=generator, device=mu.device)[:num_queries]
     mu_rows, logvar_rows = mu[index], logvar[index]
-    noise = torch.randn(
-        mu_rows.shape, generator=generator, dtype=mu_rows.dtype, device=mu_rows.device
-    )
+    noise = torch.randn(mu_rows.shape, generator=generator, dtype=mu_rows.dtype, device=mu_rows.device)
     z = mu_rows + torch.exp(0.5 * logvar_rows) * noise
     return p, index, z, mu_rows, logvar_rows, _plan("full", z.shape[0], n, None, 0)
 
@@ -1060,9 +1095,9 @@ def dataset_decomposition(
     logvar: Tensor,
     prior: PriorLike,
     *,
-    num_queries: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
-    chunk_size: Optional[int] = None,
+    num_queries: int | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
     per_dimension: bool = False,
     validate: bool = True,
 ) -> Decomposition:
@@ -1107,9 +1142,9 @@ def dataset_decomposition_terms(
     logvar: Tensor,
     prior: PriorLike,
     *,
-    num_queries: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
-    chunk_size: Optional[int] = None,
+    num_queries: int | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
     validate: bool = True,
 ) -> DecompositionTerms:
     r"""The per-query terms of :func:`dataset_decomposition` (same arguments, same draws), for
@@ -1151,9 +1186,7 @@ class MLPCritic(nn.Module):
     def __init__(self, dim: int, hidden: int = 128, embedding: int = 32) -> None:
         super().__init__()
         self.rows = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding))
-        self.columns = nn.Sequential(
-            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding)
-        )
+        self.columns = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding))
         self.scale = embedding**-0.5
 
     def forward(self, z: Tensor, mu: Tensor) -> Tensor:
@@ -1165,9 +1198,9 @@ def infonce(
     mu: Tensor,
     logvar: Tensor,
     *,
-    critic: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    critic: Callable[[Tensor, Tensor], Tensor] | None = None,
     row_offset: int = 0,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     validate: bool = True,
 ) -> Tensor:
     r"""InfoNCE lower bound on I(x; z), a 0-d tensor that never exceeds log B.

@@ -43,15 +43,25 @@ from torch import Tensor
 from edvae.checkpoint import save_atomic
 from edvae.config import EvalConfig, RunConfig
 from edvae.data import DataSplits, binarize_batch
-from edvae.errors import EdvaeError
 from edvae.data.sampling import derive_seed
+from edvae.errors import EdvaeError
 from edvae.estimators import dataset_decomposition_terms, kl_divergence, log_posterior
 from edvae.model import VAE
 from edvae.runs import load_data, load_run  # load_run also importable from here, its former home
 
 __all__ = [
-    "CACHE_DIR_NAME", "cached_true_log_likelihoods", "evaluate_model", "evaluate_run", "evaluation_seed", "fit_logistic_regression",
-    "load_run", "run_cache_dir", "mean_true_log_likelihood", "true_log_likelihoods", "sliced_wasserstein", "active_units",
+    "CACHE_DIR_NAME",
+    "cached_true_log_likelihoods",
+    "evaluate_model",
+    "evaluate_run",
+    "evaluation_seed",
+    "fit_logistic_regression",
+    "load_run",
+    "run_cache_dir",
+    "mean_true_log_likelihood",
+    "true_log_likelihoods",
+    "sliced_wasserstein",
+    "active_units",
     "disentanglement_metrics",
 ]
 
@@ -71,7 +81,9 @@ def _progress(items: Iterable[Any], *, enabled: bool, total: int | None = None, 
     yield from tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def sliced_wasserstein(a: Tensor, b: Tensor, *, projections: int = 256, generator: torch.Generator | None = None) -> float:
+def sliced_wasserstein(
+    a: Tensor, b: Tensor, *, projections: int = 256, generator: torch.Generator | None = None
+) -> float:
     """Sliced 2-Wasserstein distance between two equal-size samples ``(n, D)``.
 
     SW_2(a, b) = sqrt( E_theta W_2^2(theta^T a, theta^T b) ), theta uniform on the sphere; each
@@ -91,7 +103,9 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> int:
     return int((mu.double().var(dim=0) > threshold).sum())
 
 
-def fit_logistic_regression(features: Tensor, labels: Tensor, *, iterations: int = 100, tolerance: float = 1e-10) -> tuple[Tensor, Tensor]:
+def fit_logistic_regression(
+    features: Tensor, labels: Tensor, *, iterations: int = 100, tolerance: float = 1e-10
+) -> tuple[Tensor, Tensor]:
     r"""Multinomial logistic regression with an L2 penalty on the weights (not the intercept):
 
         (W, b) = argmin  L(W, b) = sum_n -log softmax(W f_n + b)_{y_n} + 1/2 ||W||_F^2,
@@ -134,8 +148,10 @@ def fit_logistic_regression(features: Tensor, labels: Tensor, *, iterations: int
         hessian = -(pg.T @ pg)
         blocks = torch.einsum("nc,ni,nj->cij", p, g, g)
         for c in range(classes):
-            hessian[c * (dims + 1):(c + 1) * (dims + 1), c * (dims + 1):(c + 1) * (dims + 1)] += blocks[c]
-        hessian += torch.diag(penalised.reshape(-1)) + torch.outer(shift, shift)  # shift: the flat direction, given curvature 1
+            hessian[c * (dims + 1) : (c + 1) * (dims + 1), c * (dims + 1) : (c + 1) * (dims + 1)] += blocks[c]
+        hessian += torch.diag(penalised.reshape(-1)) + torch.outer(
+            shift, shift
+        )  # shift: the flat direction, given curvature 1
         step = torch.linalg.solve(hessian, grad.reshape(-1)).reshape(classes, dims + 1)
         scale = 1.0
         while scale > 1e-6:
@@ -227,7 +243,7 @@ def evaluate_model(
     mus, logvars = [], []
     starts = range(0, x_all.shape[0], chunk)
     for start in _progress(starts, enabled=progress, total=len(starts), desc=f"evaluate ({k} importance samples)"):
-        x = x_all[start:start + chunk]
+        x = x_all[start : start + chunk]
         b = x.shape[0]
         mu, logvar = model.encode(x)
         mus.append(mu)
@@ -285,7 +301,9 @@ def evaluate_model(
         metrics["probe_accuracy"] = _probe_accuracy(model, data, x_all, labels, evaluation_seed(config.seed, "probe"))
     factors = getattr(data, f"{split}_factors", None)
     if factors is not None:
-        metrics.update(disentanglement_metrics(mu_all, logvar_all, factors, prior, seed=evaluation_seed(config.seed, "factors")))
+        metrics.update(
+            disentanglement_metrics(mu_all, logvar_all, factors, prior, seed=evaluation_seed(config.seed, "factors"))
+        )
     return metrics
 
 
@@ -294,7 +312,9 @@ def evaluate_model(
 DISENTANGLEMENT_EXAMPLES = 2000
 
 
-def disentanglement_metrics(mu: Tensor, logvar: Tensor, factors: Tensor, prior: object, *, seed: int) -> dict[str, float]:
+def disentanglement_metrics(
+    mu: Tensor, logvar: Tensor, factors: Tensor, prior: object, *, seed: int
+) -> dict[str, float]:
     """``mig``, ``dci``, ``dci_completeness``, ``tc`` and (factorised prior) ``dimwise_kl`` of
     the posteriors (N, D) of examples with known ``factors`` (N, K), on at most
     :data:`DISENTANGLEMENT_EXAMPLES` of them (the first), all random draws from ``seed``."""

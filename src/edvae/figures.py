@@ -90,14 +90,18 @@ def _mosaic(rows: Sequence[np.ndarray]) -> np.ndarray:
     out = np.ones((len(rows) * (h + _PAD) - _PAD, n * (w + _PAD) - _PAD, *colour))
     for r, images in enumerate(rows):
         for c in range(images.shape[0]):
-            out[r * (h + _PAD): r * (h + _PAD) + h, c * (w + _PAD): c * (w + _PAD) + w] = images[c]
+            out[r * (h + _PAD) : r * (h + _PAD) + h, c * (w + _PAD) : c * (w + _PAD) + w] = images[c]
     return out
 
 
 def _show(ax: Any, mosaic: np.ndarray, row_names: Sequence[str], tile_height: int, title: str) -> None:
-    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto" if tile_height == 1 else "equal")
+    ax.imshow(
+        mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto" if tile_height == 1 else "equal"
+    )
     ax.set_xticks([])
-    ax.set_yticks([r * (tile_height + _PAD) + tile_height / 2 - 0.5 for r in range(len(row_names))], row_names, fontsize=7)
+    ax.set_yticks(
+        [r * (tile_height + _PAD) + tile_height / 2 - 0.5 for r in range(len(row_names))], row_names, fontsize=7
+    )
     ax.tick_params(length=0)
     ax.set_title(title, fontsize=8)
 
@@ -152,7 +156,7 @@ def _prior_sample(model: VAE, n: int, seed: int) -> Tensor:
 def _draw_samples(ax: Any, model: VAE, data: DataSplits, *, n: int, seed: int, title: str) -> None:
     images = _as_images(_decoded_mean(model, _prior_sample(model, n, seed)), data)
     per_row = max(1, math.ceil(math.sqrt(n)))
-    rows = [images[i:i + per_row] for i in range(0, n, per_row)]
+    rows = [images[i : i + per_row] for i in range(0, n, per_row)]
     if rows[-1].shape[0] < per_row:  # pad the last row with blank tiles
         blank = np.ones((per_row - rows[-1].shape[0], *images.shape[1:]))
         rows[-1] = np.concatenate([rows[-1], blank])
@@ -174,7 +178,9 @@ def _draw_traversals(ax: Any, model: VAE, data: DataSplits, *, dims: int, steps:
     _show(ax, _mosaic(rows), names, rows[0].shape[1], title)
 
 
-def _aggregate_samples(model: VAE, data: DataSplits, split: str, max_points: int, seed: int) -> tuple[Tensor, Tensor | None]:
+def _aggregate_samples(
+    model: VAE, data: DataSplits, split: str, max_points: int, seed: int
+) -> tuple[Tensor, Tensor | None]:
     """One z ~ q(z|x) per example of the first ``max_points`` of ``split``, and their labels."""
     x, labels = _split(data, split)
     x = x[:max_points]
@@ -242,7 +248,9 @@ def draw_aggregate_posterior(
     ax.set_title(f"{title}\n{text}", fontsize=7)
 
 
-def _draw_latent(ax: Any, model: VAE, data: DataSplits, *, split: str, max_points: int, seed: int, title: str, legend: bool = True) -> None:
+def _draw_latent(
+    ax: Any, model: VAE, data: DataSplits, *, split: str, max_points: int, seed: int, title: str, legend: bool = True
+) -> None:
     z, labels = _aggregate_samples(model, data, split, max_points, seed)
     draw_aggregate_posterior(ax, z, labels, title=title, legend=legend)
 
@@ -268,26 +276,44 @@ def plot_prior_samples(model: VAE, data: DataSplits, path: str | Path, *, n: int
         return _save(fig, path)
 
 
-def plot_traversals(model: VAE, data: DataSplits, path: str | Path, *, dims: int = 8, steps: int = 9, split: str = "test") -> Path:
+def plot_traversals(
+    model: VAE, data: DataSplits, path: str | Path, *, dims: int = 8, steps: int = 9, split: str = "test"
+) -> Path:
     """Sweep the ``dims`` most active latent coordinates of one input's posterior mean, ``steps`` values each."""
     _check_count("dims", dims)
     _check_count("steps", steps, 2)
     model.eval()
     with torch.inference_mode():
         fig = _new_figure(max(3.0, 0.5 * steps), 0.5 * min(dims, model.latent_dim) + 0.8)
-        _draw_traversals(fig.add_subplot(), model, data, dims=dims, steps=steps, split=split,
-                         title="latent traversals (5%..95% quantiles of mu_d over the split)")
+        _draw_traversals(
+            fig.add_subplot(),
+            model,
+            data,
+            dims=dims,
+            steps=steps,
+            split=split,
+            title="latent traversals (5%..95% quantiles of mu_d over the split)",
+        )
         return _save(fig, path)
 
 
-def plot_aggregate_posterior(model: VAE, data: DataSplits, path: str | Path, *, split: str = "test", max_points: int = 2000, seed: int = 0) -> Path:
+def plot_aggregate_posterior(
+    model: VAE, data: DataSplits, path: str | Path, *, split: str = "test", max_points: int = 2000, seed: int = 0
+) -> Path:
     """Samples of the aggregate posterior q(z) on ``split``, coloured by label; PCA to 2-D if D > 2."""
     _check_count("max_points", max_points)
     model.eval()
     with torch.inference_mode():
         fig = _new_figure(4.2, 4.2)
-        _draw_latent(fig.add_subplot(), model, data, split=split, max_points=max_points, seed=seed,
-                     title=f"aggregate posterior, {split} split")
+        _draw_latent(
+            fig.add_subplot(),
+            model,
+            data,
+            split=split,
+            max_points=max_points,
+            seed=seed,
+            title=f"aggregate posterior, {split} split",
+        )
         return _save(fig, path)
 
 
@@ -336,9 +362,22 @@ def comparison_figures(
         written.append(_save(fig, out_dir / f"{prefix}reconstructions.png"))
 
         panels = {
-            "samples": lambda ax, name: _draw_samples(ax, models[name], data, n=samples, seed=seed, title=f"{name}: z ~ p(z)"),
-            "traversals": lambda ax, name: _draw_traversals(ax, models[name], data, dims=dims, steps=steps, split="test", title=f"{name}: traversals"),
-            "latent": lambda ax, name: _draw_latent(ax, models[name], data, split="test", max_points=max_points, seed=seed, title=name, legend=name == names[0]),
+            "samples": lambda ax, name: _draw_samples(
+                ax, models[name], data, n=samples, seed=seed, title=f"{name}: z ~ p(z)"
+            ),
+            "traversals": lambda ax, name: _draw_traversals(
+                ax, models[name], data, dims=dims, steps=steps, split="test", title=f"{name}: traversals"
+            ),
+            "latent": lambda ax, name: _draw_latent(
+                ax,
+                models[name],
+                data,
+                split="test",
+                max_points=max_points,
+                seed=seed,
+                title=name,
+                legend=name == names[0],
+            ),
         }
         for kind in FIGURE_KINDS[1:]:
             cols = min(k, 3)

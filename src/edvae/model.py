@@ -50,7 +50,9 @@ class VAE(nn.Module):
     with ``event_shape == (latent_dim,)`` (see :mod:`edvae.priors`).
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: nn.Module, prior: nn.Module, latent_dim: int) -> None:
+    def __init__(
+        self, encoder: nn.Module, decoder: nn.Module, likelihood: nn.Module, prior: nn.Module, latent_dim: int
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -80,12 +82,12 @@ class VAE(nn.Module):
         return ModelOutput(mu, logvar, z, self.likelihood.log_prob(x, x_params), x_params)
 
 
-def resolve_likelihood(config: "ModelConfig", data: "DataSplits") -> str:
+def resolve_likelihood(config: ModelConfig, data: DataSplits) -> str:
     """The likelihood to use: the configured one, or the data set's own for ``"auto"``."""
     return data.likelihood if config.likelihood == "auto" else config.likelihood
 
 
-def _build_prior(config: "ModelConfig", data: "DataSplits", encoder: nn.Module, fit: bool = True) -> nn.Module:
+def _build_prior(config: ModelConfig, data: DataSplits, encoder: nn.Module, fit: bool = True) -> nn.Module:
     """The prior the config names, from the registry (:func:`edvae.priors.make`), given the data
     and encoder of the model being built; its event dimension must be the latent dimension."""
     dim = config.latent_dim
@@ -93,11 +95,13 @@ def _build_prior(config: "ModelConfig", data: "DataSplits", encoder: nn.Module, 
     prior = priors.make(config.prior, dim, context=context, **config.prior_options)
     prior_dim = priors.event_dim(prior)
     if prior_dim != dim:
-        raise EdvaeError(f"model.prior '{config.prior}' is {prior_dim}-dimensional but model.latent_dim is {dim}; make them agree")
+        raise EdvaeError(
+            f"model.prior '{config.prior}' is {prior_dim}-dimensional but model.latent_dim is {dim}; make them agree"
+        )
     return prior
 
 
-def build_model(config: "ModelConfig", data: "DataSplits", *, fit_prior: bool = True) -> VAE:
+def build_model(config: ModelConfig, data: DataSplits, *, fit_prior: bool = True) -> VAE:
     """Build the VAE a :class:`~edvae.config.ModelConfig` describes, for data shaped like ``data``.
 
     ``fit_prior=False`` builds a prior known only by samples (``"samples:PATH"``) without fitting
@@ -139,7 +143,7 @@ def calibrate_decoder(model: VAE, x: Tensor, *, generator: torch.Generator, batc
     model.eval()
     total = torch.zeros(likelihood.log_scale.shape, dtype=torch.float64)
     for start in range(0, x.shape[0], batch_size):
-        batch = x[start:start + batch_size]
+        batch = x[start : start + batch_size]
         mu, logvar = model.encode(batch)
         eps = torch.randn(mu.shape, generator=generator).to(mu)
         residual = batch - model.decode(mu + torch.exp(0.5 * logvar) * eps)

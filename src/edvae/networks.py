@@ -110,7 +110,9 @@ class ConvEncoder(Encoder):
     """Convolutional encoder: stride-2 4x4 convolutions halve the image while its size allows
     (twice at most: 28x28 -> 14 -> 7, 8x8 -> 4 -> 2), then a hidden linear layer."""
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), hidden: int = 256) -> None:
+    def __init__(
+        self, x_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), hidden: int = 256
+    ) -> None:
         c, h, w, n_down = _conv_plan(x_shape, len(channels))
         layers: list[nn.Module] = []
         c_in = c
@@ -131,13 +133,17 @@ class ConvEncoder(Encoder):
 class ConvDecoder(nn.Module):
     """Mirror of :class:`ConvEncoder`: linear layers, then transposed convolutions doubling the size."""
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), hidden: int = 256) -> None:
+    def __init__(
+        self, x_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), hidden: int = 256
+    ) -> None:
         super().__init__()
         c, h, w, n_down = _conv_plan(x_shape, len(channels))
         self.x_shape = tuple(int(s) for s in x_shape)
         rev = list(channels)[::-1]
         self.start = (rev[0], h // 2**n_down, w // 2**n_down)
-        self.fc = nn.Sequential(nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, math.prod(self.start)), nn.SiLU())
+        self.fc = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, math.prod(self.start)), nn.SiLU()
+        )
         layers: list[nn.Module] = []
         for i, c_in in enumerate(rev):
             c_out = rev[i + 1] if i + 1 < len(rev) else c

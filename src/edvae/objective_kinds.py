@@ -22,20 +22,29 @@ torch loads.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from edvae.errors import EdvaeError
 
 __all__ = [
-    "OBJECTIVES", "BetaTCVAEObjective", "BetaVAEObjective", "DecomposedObjective", "EDObjective", "ELBOObjective",
-    "TrainingObjective", "build_objective", "kind_defaults", "register_objective",
+    "OBJECTIVES",
+    "BetaTCVAEObjective",
+    "BetaVAEObjective",
+    "DecomposedObjective",
+    "EDObjective",
+    "ELBOObjective",
+    "TrainingObjective",
+    "build_objective",
+    "kind_defaults",
+    "register_objective",
 ]
 
 #: objective kind -> class; filled by :func:`register_objective`
-OBJECTIVES: dict[str, type["TrainingObjective"]] = {}
+OBJECTIVES: dict[str, type[TrainingObjective]] = {}
 
 
-def register_objective(kind: str) -> Callable[[type["TrainingObjective"]], type["TrainingObjective"]]:
+def register_objective(kind: str) -> Callable[[type[TrainingObjective]], type[TrainingObjective]]:
     """Class decorator: make a :class:`TrainingObjective` subclass the objective ``kind``
     (``objective.kind = "<kind>"`` in a config)."""
 
@@ -56,7 +65,7 @@ def kind_defaults(kind: str) -> dict[str, Any]:
     return dict(cls.defaults) if cls is not None else {}
 
 
-def build_objective(config: Any, dataset_size: int) -> "TrainingObjective":
+def build_objective(config: Any, dataset_size: int) -> TrainingObjective:
     """The objective a config's ``objective`` section names, for N = ``dataset_size``."""
     cls = OBJECTIVES.get(config.kind)
     if cls is None:
@@ -90,7 +99,7 @@ class TrainingObjective:
         self.dataset_size = dataset_size
 
     @classmethod
-    def from_config(cls, config: Any, dataset_size: int) -> "TrainingObjective":
+    def from_config(cls, config: Any, dataset_size: int) -> TrainingObjective:
         """Build from a config's ``objective`` section (reads its attributes only)."""
         return cls(dataset_size=dataset_size)
 
@@ -139,7 +148,7 @@ class ELBOObjective(TrainingObjective):
         self._elbo = elbo
 
     @classmethod
-    def from_config(cls, config: Any, dataset_size: int) -> "ELBOObjective":
+    def from_config(cls, config: Any, dataset_size: int) -> ELBOObjective:
         return cls(dataset_size=dataset_size, kl=config.kl)
 
     def __call__(self, out: Any, prior: Any, mu: Any, logvar: Any, row_offset: int, diagnostics: bool = True) -> Any:
@@ -155,7 +164,14 @@ class EDObjective(TrainingObjective):
     unless one shared estimate serves both terms at w_mi = w_ent."""
 
     logged_terms = (
-        "reconstruction", "cross_entropy", "loss", "mi", "entropy", "marginal_kl", "posterior_entropy", "elbo_mc",
+        "reconstruction",
+        "cross_entropy",
+        "loss",
+        "mi",
+        "entropy",
+        "marginal_kl",
+        "posterior_entropy",
+        "elbo_mc",
     )
     settings = ("mi_weight", "entropy_weight", "cross_entropy_weight", "mi_estimator", "entropy_estimator")
     #: the InfoNCE critic's settings (:mod:`edvae.critics`), read from the config beside :attr:`settings`
@@ -177,35 +193,53 @@ class EDObjective(TrainingObjective):
 
         super().__init__(dataset_size=dataset_size)
         self.options = dict(
-            mi_weight=mi_weight, entropy_weight=entropy_weight, cross_entropy_weight=cross_entropy_weight,
-            mi_estimator=mi_estimator, entropy_estimator=entropy_estimator,
+            mi_weight=mi_weight,
+            entropy_weight=entropy_weight,
+            cross_entropy_weight=cross_entropy_weight,
+            mi_estimator=mi_estimator,
+            entropy_estimator=entropy_estimator,
         )
         self._ed_elbo = ed_elbo
         self._reads = {  # by diagnostics
             d: uses_aggregate_posterior(
-                mi_weight=mi_weight, entropy_weight=entropy_weight,
-                mi_estimator=mi_estimator, entropy_estimator=entropy_estimator, diagnostics=d,
+                mi_weight=mi_weight,
+                entropy_weight=entropy_weight,
+                mi_estimator=mi_estimator,
+                entropy_estimator=entropy_estimator,
+                diagnostics=d,
             )
             for d in (False, True)
         }
         self._init_critic(critic, critic_options or {})
 
     @classmethod
-    def from_config(cls, config: Any, dataset_size: int) -> "EDObjective":
+    def from_config(cls, config: Any, dataset_size: int) -> EDObjective:
         names = (*cls.settings, *(name for name in cls.critic_settings if hasattr(config, name)))
         return cls(dataset_size=dataset_size, **{name: getattr(config, name) for name in names})
 
     def reads_batch_columns(self, diagnostics: bool) -> bool:
         return self._reads[diagnostics] or self.critic_name not in (None, "encoder")
 
-    def __call__(self, out: Any, prior: Any, mu: Any, logvar: Any, row_offset: int, diagnostics: bool = True,
-                 x: Any = None) -> Any:
+    def __call__(
+        self, out: Any, prior: Any, mu: Any, logvar: Any, row_offset: int, diagnostics: bool = True, x: Any = None
+    ) -> Any:
         if self.critic_name is not None and self.critic is None:
-            raise EdvaeError(f"the ED objective's critic {self.critic_name!r} is built by objective.setup(model); call it first")
+            raise EdvaeError(
+                f"the ED objective's critic {self.critic_name!r} is built by objective.setup(model); call it first"
+            )
         return self._ed_elbo(
-            out.log_px, out.z, mu, logvar, prior,
-            dataset_size=self.dataset_size, row_offset=row_offset, validate=False, diagnostics=diagnostics,
-            critic=self.critic, x=x, **self.options,
+            out.log_px,
+            out.z,
+            mu,
+            logvar,
+            prior,
+            dataset_size=self.dataset_size,
+            row_offset=row_offset,
+            validate=False,
+            diagnostics=diagnostics,
+            critic=self.critic,
+            x=x,
+            **self.options,
         )
 
     # ------------------------------------------------------------------ the InfoNCE critic
@@ -257,6 +291,7 @@ class EDObjective(TrainingObjective):
         if "critic" in state and self.critic is not None:
             self.critic.load_state_dict(state["critic"])
 
+
 @register_objective("decomposed")
 class DecomposedObjective(TrainingObjective):
     r"""Every split of the KL in one objective (:func:`edvae.objectives.decomposed_elbo`):
@@ -267,12 +302,21 @@ class DecomposedObjective(TrainingObjective):
     other :attr:`defaults`."""
 
     logged_terms = (
-        "reconstruction", "cross_entropy", "loss", "kl", "elbo", "mi", "entropy", "marginal_kl",
-        "total_correlation", "dimwise_kl",
+        "reconstruction",
+        "cross_entropy",
+        "loss",
+        "kl",
+        "elbo",
+        "mi",
+        "entropy",
+        "marginal_kl",
+        "total_correlation",
+        "dimwise_kl",
     )
     #: the weights and their values when neither the class's :attr:`defaults` nor the caller set them
-    weights = dict(kl_weight=0.0, mi_weight=1.0, entropy_weight=1.0, cross_entropy_weight=1.0, tc_weight=0.0,
-                   dimwise_kl_weight=0.0)
+    weights = dict(
+        kl_weight=0.0, mi_weight=1.0, entropy_weight=1.0, cross_entropy_weight=1.0, tc_weight=0.0, dimwise_kl_weight=0.0
+    )
     #: the config settings it reads (its estimator is ``entropy_estimator``)
     settings = (*weights, "kl")
 
@@ -283,7 +327,9 @@ class DecomposedObjective(TrainingObjective):
 
         unknown = set(weights) - set(self.weights)
         if unknown:
-            raise EdvaeError(f"unknown weight(s) {', '.join(sorted(unknown))} for objective {self.kind!r}; use {', '.join(self.weights)}")
+            raise EdvaeError(
+                f"unknown weight(s) {', '.join(sorted(unknown))} for objective {self.kind!r}; use {', '.join(self.weights)}"
+            )
         super().__init__(dataset_size=dataset_size)
         chosen = {**self.weights, **{k: v for k, v in self.defaults.items() if k in self.weights}, **weights}
         self.options = dict(chosen, kl=kl, estimator=estimator)
@@ -292,7 +338,7 @@ class DecomposedObjective(TrainingObjective):
         self._reads = {d: decomposed_reads_batch(**reads, diagnostics=d) for d in (False, True)}
 
     @classmethod
-    def from_config(cls, config: Any, dataset_size: int) -> "DecomposedObjective":
+    def from_config(cls, config: Any, dataset_size: int) -> DecomposedObjective:
         if config.mi_estimator != config.entropy_estimator:
             raise EdvaeError(
                 f"objective.kind={cls.kind!r} estimates I, H, TC and the dimension-wise KL with one estimator "
@@ -307,8 +353,15 @@ class DecomposedObjective(TrainingObjective):
 
     def __call__(self, out: Any, prior: Any, mu: Any, logvar: Any, row_offset: int, diagnostics: bool = True) -> Any:
         return self._objective(
-            out.log_px, out.z, mu, logvar, prior,
-            dataset_size=self.dataset_size, row_offset=row_offset, validate=False, diagnostics=diagnostics,
+            out.log_px,
+            out.z,
+            mu,
+            logvar,
+            prior,
+            dataset_size=self.dataset_size,
+            row_offset=row_offset,
+            validate=False,
+            diagnostics=diagnostics,
             **self.options,
         )
 
@@ -318,8 +371,9 @@ BETA_VAE_BETA = 4.0
 #: (alpha, beta, gamma) of the beta-TCVAE preset: Chen et al. (2018), alpha = gamma = 1, beta = 6
 BETA_TCVAE_WEIGHTS = (1.0, 6.0, 1.0)
 
-_NO_SPLIT = dict(kl_weight=0.0, mi_weight=0.0, entropy_weight=0.0, cross_entropy_weight=0.0, tc_weight=0.0,
-                 dimwise_kl_weight=0.0)
+_NO_SPLIT = dict(
+    kl_weight=0.0, mi_weight=0.0, entropy_weight=0.0, cross_entropy_weight=0.0, tc_weight=0.0, dimwise_kl_weight=0.0
+)
 
 
 @register_objective("beta-vae")
@@ -338,5 +392,9 @@ class BetaTCVAEObjective(DecomposedObjective):
     :data:`BETA_TCVAE_WEIGHTS` = 1, 6, 1), MSS by default; needs a factorised prior. At
     alpha = beta = gamma = 1 it is the negative Monte-Carlo ELBO."""
 
-    defaults = {**_NO_SPLIT, "mi_weight": BETA_TCVAE_WEIGHTS[0], "tc_weight": BETA_TCVAE_WEIGHTS[1],
-                "dimwise_kl_weight": BETA_TCVAE_WEIGHTS[2]}
+    defaults = {
+        **_NO_SPLIT,
+        "mi_weight": BETA_TCVAE_WEIGHTS[0],
+        "tc_weight": BETA_TCVAE_WEIGHTS[1],
+        "dimwise_kl_weight": BETA_TCVAE_WEIGHTS[2],
+    }

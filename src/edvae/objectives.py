@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from edvae.critics import Critic, EncoderCritic
 from edvae.errors import EdvaeError
+from edvae.estimator_names import ENTROPY_ESTIMATORS, MI_ESTIMATORS
 from edvae.estimators import (
     KL_METHODS,
     PriorLike,
@@ -43,10 +45,15 @@ from edvae.estimators import (
     posterior_entropy,
     resolve_prior,
 )
-from edvae.estimator_names import ENTROPY_ESTIMATORS, MI_ESTIMATORS
 
 __all__ = [
-    "ENTROPY_ESTIMATORS", "MI_ESTIMATORS", "Objective", "decomposed_elbo", "decomposed_reads_batch", "ed_elbo", "elbo",
+    "ENTROPY_ESTIMATORS",
+    "MI_ESTIMATORS",
+    "Objective",
+    "decomposed_elbo",
+    "decomposed_reads_batch",
+    "ed_elbo",
+    "elbo",
     "uses_aggregate_posterior",
 ]
 
@@ -94,7 +101,7 @@ def uses_aggregate_posterior(
     entropy_weight: float = 1.0,
     mi_estimator: str = "mss",
     entropy_estimator: str = "mss",
-    critic: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    critic: Callable[[Tensor, Tensor], Tensor] | None = None,
     diagnostics: bool = True,
 ) -> bool:
     r"""Whether :func:`ed_elbo` with these settings evaluates log q_hat(z), and so reads the
@@ -103,7 +110,9 @@ def uses_aggregate_posterior(
     It does not when one shared estimate serves both terms at equal weights w_mi = w_ent (log
     q_hat then cancels from the loss, see :func:`ed_elbo`) and ``diagnostics`` is False.
     """
-    return diagnostics or not _telescopes(_mi_method(mi_estimator, critic), entropy_estimator, mi_weight, entropy_weight)
+    return diagnostics or not _telescopes(
+        _mi_method(mi_estimator, critic), entropy_estimator, mi_weight, entropy_weight
+    )
 
 
 def _telescopes(mi_method: str, entropy_estimator: str, mi_weight: object, entropy_weight: object) -> bool:
@@ -147,9 +156,7 @@ def elbo(
     reconstruction = log_px.mean()
     kl_mean = kl_values.mean()
     value = reconstruction - kl_mean
-    return Objective(
-        -value, _detached(reconstruction=reconstruction, kl=kl_mean, elbo=value, loss=-value)
-    )
+    return Objective(-value, _detached(reconstruction=reconstruction, kl=kl_mean, elbo=value, loss=-value))
 
 
 def ed_elbo(
@@ -165,10 +172,10 @@ def ed_elbo(
     cross_entropy_weight: float = 1.0,
     mi_estimator: str = "mss",
     entropy_estimator: str = "mss",
-    critic: Optional[Callable[..., Tensor]] = None,
-    x: Optional[Tensor] = None,
+    critic: Callable[..., Tensor] | None = None,
+    x: Tensor | None = None,
     row_offset: int = 0,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     validate: bool = True,
     diagnostics: bool = True,
 ) -> Objective:
@@ -200,8 +207,11 @@ def ed_elbo(
     """
     _check_choice("mi_estimator", mi_estimator, MI_ESTIMATORS)
     _check_choice("entropy_estimator", entropy_estimator, ENTROPY_ESTIMATORS)
-    for name, weight in (("mi_weight", mi_weight), ("entropy_weight", entropy_weight),
-                         ("cross_entropy_weight", cross_entropy_weight)):
+    for name, weight in (
+        ("mi_weight", mi_weight),
+        ("entropy_weight", entropy_weight),
+        ("cross_entropy_weight", cross_entropy_weight),
+    ):
         _check_weight(name, weight)
     if critic is not None and mi_estimator != "infonce":
         raise EdvaeError(
@@ -230,7 +240,12 @@ def ed_elbo(
         mi = critic(z, mu, logvar, x, row_offset=row_offset, validate=False)
     elif mi_method == "infonce":  # a learned score
         mi = infonce(
-            z, mu, logvar, critic=critic, row_offset=row_offset, chunk_size=chunk_size,
+            z,
+            mu,
+            logvar,
+            critic=critic,
+            row_offset=row_offset,
+            chunk_size=chunk_size,
             validate=False,
         )
     else:
@@ -242,12 +257,7 @@ def ed_elbo(
     if telescoped:
         loss = -reconstruction + mi_weight * log_q_own.mean() + cross_entropy_weight * cross_entropy
     else:
-        loss = (
-            -reconstruction
-            + mi_weight * mi
-            - entropy_weight * entropy
-            + cross_entropy_weight * cross_entropy
-        )
+        loss = -reconstruction + mi_weight * mi - entropy_weight * entropy + cross_entropy_weight * cross_entropy
     terms = dict(reconstruction=reconstruction, cross_entropy=cross_entropy, loss=loss)
     if entropy is not None:
         terms.update(mi=mi, entropy=entropy, marginal_kl=cross_entropy - entropy)
@@ -309,7 +319,7 @@ def decomposed_elbo(
     estimator: str = "mss",
     kl: str = "auto",
     row_offset: int = 0,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     validate: bool = True,
     diagnostics: bool = True,
 ) -> Objective:
@@ -356,8 +366,14 @@ def decomposed_elbo(
     """
     _check_choice("estimator", estimator, ENTROPY_ESTIMATORS)
     _check_choice("kl", kl, KL_METHODS)
-    weights = dict(kl_weight=kl_weight, mi_weight=mi_weight, entropy_weight=entropy_weight,
-                   cross_entropy_weight=cross_entropy_weight, tc_weight=tc_weight, dimwise_kl_weight=dimwise_kl_weight)
+    weights = dict(
+        kl_weight=kl_weight,
+        mi_weight=mi_weight,
+        entropy_weight=entropy_weight,
+        cross_entropy_weight=cross_entropy_weight,
+        tc_weight=tc_weight,
+        dimwise_kl_weight=dimwise_kl_weight,
+    )
     for name, weight in weights.items():
         _check_weight(name, weight)
     mu_rows, logvar_rows = own_posteriors(z, mu, logvar, row_offset=row_offset, validate=validate)
@@ -372,7 +388,9 @@ def decomposed_elbo(
             "diag_normal, laplace, student_t) or set dimwise_kl_weight=0."
         )
     on_q, on_marginals = _split_coefficients(mi_weight, entropy_weight, tc_weight, dimwise_kl_weight)
-    shared = dict(dataset_size=dataset_size, method=estimator, row_offset=row_offset, chunk_size=chunk_size, validate=False)
+    shared = dict(
+        dataset_size=dataset_size, method=estimator, row_offset=row_offset, chunk_size=chunk_size, validate=False
+    )
     log_q = log_q_d = kl_values = None
     if diagnostics or _nonzero(on_q):
         with nullcontext() if _nonzero(on_q) else torch.no_grad():
@@ -386,18 +404,26 @@ def decomposed_elbo(
     reconstruction = log_px.mean()
     cross_entropy = -log_p.mean()
     loss = -reconstruction
-    for coefficient, values in ((kl_weight, kl_values), (mi_weight, log_q_own), (on_q, log_q),
-                                (on_marginals, log_q_d), (-(cross_entropy_weight + dimwise_kl_weight), log_p)):
+    for coefficient, values in (
+        (kl_weight, kl_values),
+        (mi_weight, log_q_own),
+        (on_q, log_q),
+        (on_marginals, log_q_d),
+        (-(cross_entropy_weight + dimwise_kl_weight), log_p),
+    ):
         if _nonzero(coefficient):
             loss = loss + coefficient * values.mean()
     terms = dict(reconstruction=reconstruction, cross_entropy=cross_entropy, loss=loss)
     if diagnostics:
         entropy = -log_q.mean()
         terms.update(
-            kl=kl_values, elbo=reconstruction - kl_values, mi=(log_q_own - log_q).mean(), entropy=entropy,
-            marginal_kl=cross_entropy - entropy, total_correlation=(log_q - log_q_d).mean(),
+            kl=kl_values,
+            elbo=reconstruction - kl_values,
+            mi=(log_q_own - log_q).mean(),
+            entropy=entropy,
+            marginal_kl=cross_entropy - entropy,
+            total_correlation=(log_q - log_q_d).mean(),
         )
         if log_p_d is not None:
             terms["dimwise_kl"] = (log_q_d - log_p_d.sum(1)).mean()
     return Objective(loss, _detached(**terms))
-

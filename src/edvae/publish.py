@@ -41,6 +41,7 @@ def readme_blocks(text: str) -> dict[str, str]:
 
 def update_readme(text: str, results: Mapping[str, dict[str, Any]]) -> str:
     """``text`` with every block whose name is in ``results`` re-rendered (others left as they are)."""
+
     def replace(match: re.Match[str]) -> str:
         name = match["name"]
         if name not in results:
@@ -50,7 +51,9 @@ def update_readme(text: str, results: Mapping[str, dict[str, Any]]) -> str:
     return MARKER.sub(replace, text)
 
 
-def publish(results_dir: str | Path, name: str, docs_dir: str | Path = "docs/results", readme: str | Path | None = "README.md") -> list[Path]:
+def publish(
+    results_dir: str | Path, name: str, docs_dir: str | Path = "docs/results", readme: str | Path | None = "README.md"
+) -> list[Path]:
     """Copy ``results_dir``/results.json to ``docs_dir``/<name>.json and its figures to
     ``docs_dir``/img/<name>-<figure>, render ``docs_dir``/<name>.md from the JSON, and re-render
     the README's ``results:<name>`` block if it has one. Returns the files written."""

@@ -104,7 +104,7 @@ def markdown_table(summary: dict[str, Any], metrics: list[str]) -> str:
     return "\n".join(lines)
 
 
-def study_comparisons(study: "Study", records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def study_comparisons(study: Study, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every model against ``study.reference`` (none without one) on :data:`HEADLINE` and the
     study's own metrics with a direction, those present in the records; ``nll`` replaces
     ``ll_gap`` where no record has a ground truth. Training times are not compared: they
@@ -114,7 +114,11 @@ def study_comparisons(study: "Study", records: list[dict[str, Any]]) -> list[dic
         return []
     present = {m for r in records for m in r["metrics"]}
     headline = [m if m != "ll_gap" or "ll_gap" in present else "nll" for m in HEADLINE]
-    metrics = [m for m in dict.fromkeys([*headline, *study.metrics]) if m in present and m in HIGHER_IS_BETTER and m != "train_seconds"]
+    metrics = [
+        m
+        for m in dict.fromkeys([*headline, *study.metrics])
+        if m in present and m in HIGHER_IS_BETTER and m != "train_seconds"
+    ]
     return paired_comparisons(records, reference, metrics)
 
 
@@ -124,7 +128,7 @@ def _ranking_metric(records: list[dict[str, Any]]) -> str | None:
     return next((m for m in ("ll_gap", "nll") if m in present), None)
 
 
-def study_best(study: "Study", records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def study_best(study: Study, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per data set, the best of ``study.contenders`` (every model when None) on ``ll_gap``
     (``nll`` without a ground truth) and the models within noise of it
     (:func:`edvae.stats.best_models`); empty when the records hold neither metric."""
@@ -159,7 +163,12 @@ def comparisons_table(comparisons: list[dict[str, Any]]) -> str:
     with its 95% interval, seeds where the model is better / seeds, and the verdict."""
     lines: list[str] = []
     for dataset in dict.fromkeys(c["dataset"] for c in comparisons):
-        lines += [f"**{dataset}**", "", "| model | vs | metric | mean diff [95% CI] | better / seeds | verdict |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"**{dataset}**",
+            "",
+            "| model | vs | metric | mean diff [95% CI] | better / seeds | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in comparisons:
             if c["dataset"] == dataset:
                 lines.append(
@@ -170,7 +179,7 @@ def comparisons_table(comparisons: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _headline(study: "Study", comparisons: list[dict[str, Any]]) -> str:
+def _headline(study: Study, comparisons: list[dict[str, Any]]) -> str:
     """The study's own headline (``Study.headline``, Markdown), or ""."""
     hook = getattr(study, "headline", None)
     return hook(study, comparisons) if hook is not None else ""
@@ -198,7 +207,7 @@ def convergence_counts(records: list[dict[str, Any]]) -> dict[str, dict[str, dic
 
 
 def build_result(
-    study: "Study",
+    study: Study,
     records: list[dict[str, Any]],
     *,
     figures: list[str] | None = None,
@@ -239,7 +248,11 @@ def convergence_table(result: dict[str, Any]) -> str:
     lines = ["| data set | model | converged / seeds | largest late improvement (nats) |", "|---|---|---|---|"]
     for dataset, models in result.get("convergence", {}).items():
         for model, c in models.items():
-            gains = [r["improvement"] for r in result["records"] if r["dataset"] == dataset and r["model"] == model and "improvement" in r]
+            gains = [
+                r["improvement"]
+                for r in result["records"]
+                if r["dataset"] == dataset and r["model"] == model and "improvement" in r
+            ]
             worst = f"{max(gains):+.4f}" if gains and all(math.isfinite(g) for g in gains) else "–"
             lines.append(f"| {dataset} | {model} | {c['converged']}/{c['runs']} | {worst} |")
     return "\n".join(lines) + "\n"
@@ -301,7 +314,11 @@ def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") 
     if result.get("wall_seconds") is not None:
         plan = result.get("plan")
         reused = (plan or {}).get("reuse", 0) + (plan or {}).get("evaluate", 0)
-        of = f" (the invocation that finished it; {reused} of {len(result['records'])} runs were reused from an earlier one)" if reused else ""
+        of = (
+            f" (the invocation that finished it; {reused} of {len(result['records'])} runs were reused from an earlier one)"
+            if reused
+            else ""
+        )
         md += ["", f"Wall time of the study: {result['wall_seconds']:.0f} s{of}."]
     return "\n".join(md) + "\n"
 
@@ -311,22 +328,34 @@ def render_headline(result: dict[str, Any]) -> str:
     readings study's claims), else the headline metrics (mean ± std) and the paired comparisons
     with the reference; and the runs converged."""
     counts = [c for models in result.get("convergence", {}).values() for c in models.values()]
-    converged = [f"Runs converged: {sum(c['converged'] for c in counts)} of {sum(c['runs'] for c in counts)}.\n"] if counts else []
+    converged = (
+        [f"Runs converged: {sum(c['converged'] for c in counts)} of {sum(c['runs'] for c in counts)}.\n"]
+        if counts
+        else []
+    )
     if result.get("headline"):
         return "\n".join([result["headline"], *converged])
     present = {m for r in result["records"] for m in r["metrics"]}
-    headline = [m for m in dict.fromkeys([m if m != "ll_gap" or "ll_gap" in present else "nll" for m in HEADLINE]) if m in present]
+    headline = [
+        m
+        for m in dict.fromkeys([m if m != "ll_gap" or "ll_gap" in present else "nll" for m in HEADLINE])
+        if m in present
+    ]
     parts = [markdown_table(result["summary"], headline), *converged]
     if result.get("best"):
-        parts.append("Best model per data set (and those a paired 95% interval cannot tell from it):\n\n" + best_table(result))
+        parts.append(
+            "Best model per data set (and those a paired 95% interval cannot tell from it):\n\n" + best_table(result)
+        )
     if result.get("comparisons"):
         shown = [c for c in result["comparisons"] if c["metric"] in headline]
-        parts.append(f"Paired with {result['reference']} (model - reference, 95% interval):\n\n" + comparisons_table(shown))
+        parts.append(
+            f"Paired with {result['reference']} (model - reference, 95% interval):\n\n" + comparisons_table(shown)
+        )
     return "\n".join(parts)
 
 
 def write_report(
-    study: "Study",
+    study: Study,
     records: list[dict[str, Any]],
     out_dir: str | Path,
     *,
@@ -347,12 +376,20 @@ def write_report(
         writer = csv.writer(f)
         writer.writerow(["dataset", "model", "seed", "converged", *metric_names])
         for r in clean:
-            writer.writerow([r["dataset"], r["model"], r["seed"], r.get("converged", ""), *(r["metrics"].get(m, "") for m in metric_names)])
+            writer.writerow(
+                [
+                    r["dataset"],
+                    r["model"],
+                    r["seed"],
+                    r.get("converged", ""),
+                    *(r["metrics"].get(m, "") for m in metric_names),
+                ]
+            )
     (out_dir / "results.md").write_text(render_markdown(result))
     return result
 
 
-def _figures(study: "Study", records: list[dict[str, Any]], summary: dict[str, Any], fig_dir: Path) -> list[Path]:
+def _figures(study: Study, records: list[dict[str, Any]], summary: dict[str, Any], fig_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -366,7 +403,9 @@ def _figures(study: "Study", records: list[dict[str, Any]], summary: dict[str, A
     models = list(dict.fromkeys(r["model"] for r in shown))
 
     # Aggregate posterior over the prior density.
-    fig, axes = plt.subplots(len(datasets), len(models), figsize=(3.2 * len(models), 3.2 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(datasets), len(models), figsize=(3.2 * len(models), 3.2 * len(datasets)), squeeze=False
+    )
     for r in shown:
         ax = axes[datasets.index(r["dataset"])][models.index(r["model"])]
         path = Path(r["run_dir"]) / LATENTS_NAME
@@ -413,8 +452,18 @@ def _training_curves(plt: Any, shown: list[dict[str, Any]], datasets: list[str],
         values = [row[key] for row in val]
         style, marker, width = _STYLES[i % len(_STYLES)]
         every = max(1, len(epochs) // 8)
-        ax.plot(epochs, values, linestyle=style, marker=marker, markevery=(i % every, every), markersize=4, linewidth=width, label=r["model"], alpha=0.85)
-        lows[r["dataset"]].append(min(values[len(values) // 10:]) if len(values) > 1 else values[0])
+        ax.plot(
+            epochs,
+            values,
+            linestyle=style,
+            marker=marker,
+            markevery=(i % every, every),
+            markersize=4,
+            linewidth=width,
+            label=r["model"],
+            alpha=0.85,
+        )
+        lows[r["dataset"]].append(min(values[len(values) // 10 :]) if len(values) > 1 else values[0])
     for dataset, ax in zip(datasets, axes[0]):
         ax.set_title(f"{dataset}: validation ELBO per epoch (one-sample MC, the same noise every epoch)", fontsize=9)
         ax.set_xlabel("epoch")
@@ -438,21 +487,49 @@ def _decomposition(plt: Any, summary: dict[str, Any], datasets: list[str], model
     hanging down from R, first I(x; z), then the marginal KL H[q(z), p(z)] - H[q(z)]; its bottom
     is R - KL, and the measured ELBO is marked with a black bar (they differ by the evaluation's
     Monte Carlo error only). Means over seeds."""
-    fig, axes = plt.subplots(1, len(datasets), figsize=(max(6.0, 1.3 * len(models) + 2) * len(datasets), 4.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(datasets), figsize=(max(6.0, 1.3 * len(models) + 2) * len(datasets), 4.6), squeeze=False
+    )
     colours = {"reconstruction": "tab:blue", "mi": "tab:orange", "marginal_kl": "tab:red"}
     for di, dataset in enumerate(datasets):
         ax = axes[0][di]
-        names = [m for m in models if all(t in summary.get(dataset, {}).get(m, {}) for t in ("reconstruction", "mi", "marginal_kl", "elbo"))]
+        names = [
+            m
+            for m in models
+            if all(t in summary.get(dataset, {}).get(m, {}) for t in ("reconstruction", "mi", "marginal_kl", "elbo"))
+        ]
         width = 0.38
         for i, name in enumerate(names):
             stats = summary[dataset][name]
             recon, mi, mkl, elbo = (stats[t]["mean"] for t in ("reconstruction", "mi", "marginal_kl", "elbo"))
             first = i == 0
-            ax.bar(i - width / 2, recon, width, color=colours["reconstruction"], label="R = E log p(x|z)" if first else None)
+            ax.bar(
+                i - width / 2,
+                recon,
+                width,
+                color=colours["reconstruction"],
+                label="R = E log p(x|z)" if first else None,
+            )
             ax.bar(i + width / 2, -mi, width, bottom=recon, color=colours["mi"], label="I(x; z)" if first else None)
-            ax.bar(i + width / 2, -mkl, width, bottom=recon - mi, color=colours["marginal_kl"], label="H[q(z), p(z)] - H[q(z)]" if first else None)
-            ax.hlines(elbo, i - width, i + width, colors="black", linewidth=2.5, label="ELBO (measured)" if first else None)
-            ax.annotate(f"KL = {mi + mkl:.2f}", (i + width / 2, recon - (mi + mkl) / 2), ha="center", va="center", fontsize=6, rotation=90)
+            ax.bar(
+                i + width / 2,
+                -mkl,
+                width,
+                bottom=recon - mi,
+                color=colours["marginal_kl"],
+                label="H[q(z), p(z)] - H[q(z)]" if first else None,
+            )
+            ax.hlines(
+                elbo, i - width, i + width, colors="black", linewidth=2.5, label="ELBO (measured)" if first else None
+            )
+            ax.annotate(
+                f"KL = {mi + mkl:.2f}",
+                (i + width / 2, recon - (mi + mkl) / 2),
+                ha="center",
+                va="center",
+                fontsize=6,
+                rotation=90,
+            )
         ax.set_xticks(range(len(names)), names, fontsize=8, rotation=20 if len(names) > 4 else 0)
         ax.axhline(0, color="grey", linewidth=0.6)
         ax.set_ylabel("nats per example")

@@ -96,12 +96,16 @@ def file_sha256(path: str | Path) -> str:
 
 def _data_files(config: RunConfig) -> dict[str, str]:
     """The files a config's data are read from, by role (``path``, ``labels_path``)."""
-    files = {"path": config.data.path} if config.data.path is not None and config.data.name in ("file", "stored") else {}
+    files = (
+        {"path": config.data.path} if config.data.path is not None and config.data.name in ("file", "stored") else {}
+    )
     files.update({k: str(config.data.options[k]) for k in _PATH_OPTIONS if config.data.options.get(k) is not None})
     return files
 
 
-def record_data(config: RunConfig, run_dir: str | Path, data: DataSplits | None = None, *, write: bool = True) -> RunConfig:
+def record_data(
+    config: RunConfig, run_dir: str | Path, data: DataSplits | None = None, *, write: bool = True
+) -> RunConfig:
     """The config a new run stores, with its data recorded in ``run_dir``.
 
     * ``data`` given (data in memory): the splits are saved as ``data.pt`` in the run folder and
@@ -146,7 +150,11 @@ def check_data(run_dir: str | Path, config: RunConfig) -> None:
     for role, entry in record.items():
         path = Path(entry["path"]) if Path(entry["path"]).is_absolute() else run_dir / entry["path"]
         what = "data file" if role == "path" else f"{role} file"
-        fix = "pass --data PATH (Python: data=...) to evaluate on another file" if config.data.name == "file" else "re-run training"
+        fix = (
+            "pass --data PATH (Python: data=...) to evaluate on another file"
+            if config.data.name == "file"
+            else "re-run training"
+        )
         if not path.is_file():
             raise EdvaeError(f"the {what} {path} this run was trained on is missing; {fix}")
         if file_sha256(path) != entry["sha256"]:
@@ -155,10 +163,25 @@ def check_data(run_dir: str | Path, config: RunConfig) -> None:
 
 def _splits_payload(data: DataSplits) -> dict[str, Any]:
     """The tensors and plain fields of ``data`` (what ``load_dataset("stored", path=...)`` reads)."""
-    fields = ("train", "val", "test", "train_labels", "val_labels", "test_labels", "train_factors", "val_factors", "test_factors")
+    fields = (
+        "train",
+        "val",
+        "test",
+        "train_labels",
+        "val_labels",
+        "test_labels",
+        "train_factors",
+        "val_factors",
+        "test_factors",
+    )
     payload: dict[str, Any] = {k: getattr(data, k) for k in fields if getattr(data, k, None) is not None}
-    payload.update(name=data.name, x_shape=list(data.x_shape), likelihood=data.likelihood, binarize=data.binarize,
-                   factor_names=list(data.factor_names))
+    payload.update(
+        name=data.name,
+        x_shape=list(data.x_shape),
+        likelihood=data.likelihood,
+        binarize=data.binarize,
+        factor_names=list(data.factor_names),
+    )
     return payload
 
 

@@ -32,9 +32,7 @@ __all__ = ["HIGHER_IS_BETTER", "best_models", "paired_comparisons", "t_interval"
 HIGHER_IS_BETTER: dict[str, bool] = {
     **dict.fromkeys(["elbo", "iwae", "true_ll", "reconstruction", "probe_accuracy"], True),
     **dict.fromkeys(["mig", "dci", "dci_completeness"], True),  # disentanglement (data with known factors)
-    **dict.fromkeys(
-        ["mse", "kl", "ll_gap", "nll", "bpd", "marginal_kl", "prior_swd", "train_seconds"], False
-    ),
+    **dict.fromkeys(["mse", "kl", "ll_gap", "nll", "bpd", "marginal_kl", "prior_swd", "train_seconds"], False),
 }
 
 #: The possible answers of :func:`verdict`.
@@ -115,18 +113,20 @@ def paired_comparisons(
             diffs = [float(runs[s][metric]) - float(ref[s][metric]) for s in seeds]
             mean, low, high = t_interval(diffs, confidence)
             up = directions[metric]
-            out.append({
-                "dataset": dataset,
-                "model": model,
-                "reference": reference,
-                "metric": metric,
-                "mean_diff": mean,
-                "ci_low": low,
-                "ci_high": high,
-                "n_seeds": len(seeds),
-                "n_better": sum(d > 0 if up else d < 0 for d in diffs),
-                "higher_is_better": up,
-            })
+            out.append(
+                {
+                    "dataset": dataset,
+                    "model": model,
+                    "reference": reference,
+                    "metric": metric,
+                    "mean_diff": mean,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n_seeds": len(seeds),
+                    "n_better": sum(d > 0 if up else d < 0 for d in diffs),
+                    "higher_is_better": up,
+                }
+            )
     return out
 
 

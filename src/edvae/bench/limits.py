@@ -59,7 +59,17 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "modules": sorted(sys.mod
 """
 
 #: Modules a run may avoid importing; :func:`start_up` reports which were imported by the first step.
-_HEAVY = ("lightning_fabric", "torch._dynamo", "tensorboard", "tqdm", "sklearn", "scipy", "matplotlib", "zuko", "pandas")
+_HEAVY = (
+    "lightning_fabric",
+    "torch._dynamo",
+    "tensorboard",
+    "tqdm",
+    "sklearn",
+    "scipy",
+    "matplotlib",
+    "zuko",
+    "pandas",
+)
 
 
 def matmul_rate(n: int = 1024, repeats: int = 5) -> dict[str, Any]:
@@ -74,8 +84,13 @@ def matmul_rate(n: int = 1024, repeats: int = 5) -> dict[str, Any]:
         a @ b
         seconds.append(time.perf_counter() - t)
     best = min(seconds)
-    return {"n": n, "threads": torch.get_num_threads(), "seconds_best": best, "seconds_median": _median(seconds),
-            "gflops": 2 * n**3 / best / 1e9}
+    return {
+        "n": n,
+        "threads": torch.get_num_threads(),
+        "seconds_best": best,
+        "seconds_median": _median(seconds),
+        "gflops": 2 * n**3 / best / 1e9,
+    }
 
 
 class _StepProbe:
@@ -112,7 +127,9 @@ class _StepProbe:
         self.profile = None
 
 
-def step_limits(task: str, overhead_rows: dict[str, Any], rate: dict[str, Any], *, quick: bool, work: Path, rows: int = 12) -> dict[str, Any]:
+def step_limits(
+    task: str, overhead_rows: dict[str, Any], rate: dict[str, Any], *, quick: bool, work: Path, rows: int = 12
+) -> dict[str, Any]:
     """Per variant (vae-std, edvae-paper): FLOPs of a training step, achieved GFLOP/s (FLOPs over
     the overhead study's median step time) and its share of :func:`matmul_rate`; and the top
     operators of the training steps by self CPU time (profiler overhead included)."""
@@ -126,7 +143,9 @@ def step_limits(task: str, overhead_rows: dict[str, Any], rate: dict[str, Any], 
         # epochs enough for the probe's steps on any task (stop_at_step ends the run before)
         config = validate_config(_raw_config(base, variant, prior, steps + 2))
         probe = _StepProbe(steps)
-        train(config, work / f"limits-{task}-{name}", data=data, overwrite=True, stop_at_step=steps + 1, callbacks=[probe])
+        train(
+            config, work / f"limits-{task}-{name}", data=data, overwrite=True, stop_at_step=steps + 1, callbacks=[probe]
+        )
         events = probe.events
         total = sum(e.self_cpu_time_total for e in events)
         ms = overhead_rows[name]["ms_per_step"]
@@ -139,8 +158,12 @@ def step_limits(task: str, overhead_rows: dict[str, Any], rate: dict[str, Any], 
             "profiled_steps": steps,
             "self_cpu_ms_per_step_total": total / 1e3 / steps,
             "top": [
-                {"name": e.key, "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
-                 "share": e.self_cpu_time_total / total, "calls_per_step": e.count / steps}
+                {
+                    "name": e.key,
+                    "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+                    "share": e.self_cpu_time_total / total,
+                    "calls_per_step": e.count / steps,
+                }
                 for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]
             ],
         }
@@ -165,13 +188,40 @@ def start_up(*, quick: bool, work: Path) -> dict[str, Any]:
     log-likelihood cached), in a fresh process."""
     repeats = 1 if quick else 5
     run = work / "start-up-run"  # quick: a smaller test split (the truth's quadrature is the slow part)
-    train_args = ["-c", _FIRST_STEP, "--out", str(run), "--overwrite", "--set", "data.name=complex",
-                  "--set", "train.epochs=1", "--set", "train.progress=false"]
+    train_args = [
+        "-c",
+        _FIRST_STEP,
+        "--out",
+        str(run),
+        "--overwrite",
+        "--set",
+        "data.name=complex",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.progress=false",
+    ]
     sides = {
-        "import torch": lambda: {"seconds": _subprocess_json(["-c", "import time; t = time.perf_counter(); import torch, json; "
-                                                                     "print(json.dumps({'seconds': time.perf_counter() - t}))"], 1)["seconds"]},
-        "import torch, lightning_fabric": lambda: {"seconds": _subprocess_json(["-c", "import time; t = time.perf_counter(); import torch, json, lightning_fabric; "
-                                                                                      "print(json.dumps({'seconds': time.perf_counter() - t}))"], 1)["seconds"]},
+        "import torch": lambda: {
+            "seconds": _subprocess_json(
+                [
+                    "-c",
+                    "import time; t = time.perf_counter(); import torch, json; "
+                    "print(json.dumps({'seconds': time.perf_counter() - t}))",
+                ],
+                1,
+            )["seconds"]
+        },
+        "import torch, lightning_fabric": lambda: {
+            "seconds": _subprocess_json(
+                [
+                    "-c",
+                    "import time; t = time.perf_counter(); import torch, json, lightning_fabric; "
+                    "print(json.dumps({'seconds': time.perf_counter() - t}))",
+                ],
+                1,
+            )["seconds"]
+        },
         "edvae train: first step": lambda: _subprocess_json(train_args, 1),
     }
     runs = _interleaved(sides, repeats)
@@ -183,13 +233,17 @@ def start_up(*, quick: bool, work: Path) -> dict[str, Any]:
     from edvae.runs import load_data
     from edvae.train import train
 
-    data_config = {"name": "complex", "options": {"n_train": 2560, "n_val": 512, "n_test": 512}} if quick else {"name": "complex"}
+    data_config = (
+        {"name": "complex", "options": {"n_train": 2560, "n_val": 512, "n_test": 512}} if quick else {"name": "complex"}
+    )
     config = validate_config(_raw_config({"data": data_config, "train": {"progress": False}}, "vae-std", None, 1))
     train(config, run, overwrite=True)
     truth = work / "true-ll.pt"
     truth_values = true_log_likelihoods(load_data(config), "test")
     torch.save(truth_values, truth)
-    evaluations = [_subprocess_json(["-c", _EVALUATE, str(run), "100", str(truth)], 1) for _ in range(1 if quick else 3)]
+    evaluations = [
+        _subprocess_json(["-c", _EVALUATE, str(run), "100", str(truth)], 1) for _ in range(1 if quick else 3)
+    ]
     return {
         "repeats": repeats,
         "seconds": seconds,
@@ -224,8 +278,16 @@ def threads(*, quick: bool, work: Path, default_threads: int) -> dict[str, Any]:
                     def run() -> float:
                         torch.set_num_threads(n)
                         clock = _StepClock(skip=3)
-                        train(config, work / f"threads-{task}", data=data, overwrite=True, stop_at_step=steps, callbacks=[clock])
+                        train(
+                            config,
+                            work / f"threads-{task}",
+                            data=data,
+                            overwrite=True,
+                            stop_at_step=steps,
+                            callbacks=[clock],
+                        )
                         return 1e3 * clock.seconds / max(1, clock.steps)
+
                     return run
 
                 row: dict[str, Any] = {}
@@ -256,4 +318,3 @@ class _StepClock:
             self.seconds += now - self._last
             self.steps += 1
         self._last = now
-

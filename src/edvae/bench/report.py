@@ -40,8 +40,10 @@ def _markdown(report: dict[str, Any]) -> str:
         ]
         for name, row in task["results"].items():
             extra = f" (vs vae-true: {row['ratio_vs_vae_true']:.3f})" if "ratio_vs_vae_true" in row else ""
-            lines.append(f"| {name} | {row['ms_per_step']:.2f} | {row['ratio']:.3f}{extra} | {row['seconds_per_epoch']:.3f} "
-                         f"| {row['ratio_epoch']:.3f} | {row['ratio_cpu']:.3f} |")
+            lines.append(
+                f"| {name} | {row['ms_per_step']:.2f} | {row['ratio']:.3f}{extra} | {row['seconds_per_epoch']:.3f} "
+                f"| {row['ratio_epoch']:.3f} | {row['ratio_cpu']:.3f} |"
+            )
         lines.append("")
     lines += [
         "`edvae` and `edvae-paper` use the same N(0, I) prior as `vae-std` (the cost of the decomposition",
@@ -70,13 +72,19 @@ def _markdown(report: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: |",
     ]
     for name, row in p["results"].items():
-        lines.append(f"| {name} | {row['examples_per_second']:.0f} | {row['examples_per_cpu_second']:.0f} | {row['test_elbo']:.3f} |")
+        lines.append(
+            f"| {name} | {row['examples_per_second']:.0f} | {row['examples_per_cpu_second']:.0f} | {row['test_elbo']:.3f} |"
+        )
     r = p["ratios"]
     lines += [
         "",
         f"edvae / hand-written: {r['vs_hand_written']:.2f}x (CPU {r['vs_hand_written_cpu']:.2f}x; target >= {TARGETS['vs_hand_written']}x)"
-        + (f"; edvae / pythae: {r['vs_pythae']:.2f}x (CPU {r['vs_pythae_cpu']:.2f}x; target >= {TARGETS['vs_pythae']}x); "
-           f"hand-written / pythae: {r['hand_written_vs_pythae']:.2f}x." if "vs_pythae" in r else "."),
+        + (
+            f"; edvae / pythae: {r['vs_pythae']:.2f}x (CPU {r['vs_pythae_cpu']:.2f}x; target >= {TARGETS['vs_pythae']}x); "
+            f"hand-written / pythae: {r['hand_written_vs_pythae']:.2f}x."
+            if "vs_pythae" in r
+            else "."
+        ),
         "",
         "## 3. Estimator scaling",
         "",
@@ -89,10 +97,14 @@ def _markdown(report: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: |",
     ]
     for pt in s["mss_forward_backward"]:
-        lines.append(f"| B = {pt['B']}, D = {s['dim']} | {pt['seconds']:.3f} | {pt['cpu_seconds']:.3f} | {pt['peak_increase_mib']:.0f} |")
+        lines.append(
+            f"| B = {pt['B']}, D = {s['dim']} | {pt['seconds']:.3f} | {pt['cpu_seconds']:.3f} | {pt['peak_increase_mib']:.0f} |"
+        )
     lines += ["", "| dataset_decomposition | seconds | CPU s | peak extra MiB |", "| --- | ---: | ---: | ---: |"]
     for pt in s["dataset_decomposition"]:
-        lines.append(f"| N = {pt['N']}, {pt['queries']} queries, D = {s['dim']} | {pt['seconds']:.2f} | {pt['cpu_seconds']:.2f} | {pt['peak_increase_mib']:.0f} |")
+        lines.append(
+            f"| N = {pt['N']}, {pt['queries']} queries, D = {s['dim']} | {pt['seconds']:.2f} | {pt['cpu_seconds']:.2f} | {pt['peak_increase_mib']:.0f} |"
+        )
     lines += [
         "",
         f"Fitted log-log slopes: time ~ B^{s['slope_mss_time_vs_B']:.2f} over all points, B^{s['slope_mss_time_vs_B_largest_two']:.2f} "
@@ -113,7 +125,9 @@ def _markdown(report: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: |",
     ]
     for row in pr["top"]:
-        lines.append(f"| `{row['name']}` | {row['self_cpu_ms_per_step']:.3f} | {100 * row['share']:.1f}% | {row['calls_per_step']:.1f} |")
+        lines.append(
+            f"| `{row['name']}` | {row['self_cpu_ms_per_step']:.3f} | {100 * row['share']:.1f}% | {row['calls_per_step']:.1f} |"
+        )
     lines += _limits_markdown(report)
     h = report["hygiene"]
     lines += [
@@ -178,8 +192,10 @@ def _limits_markdown(report: dict[str, Any]) -> list[str]:
         ]
         for task in report["limits"]:
             for name, v in task["variants"].items():
-                lines.append(f"| {task['task']} / {name} | {v['flops_per_step'] / 1e6:.1f} | {v['ms_per_step']:.2f} | "
-                             f"{v['achieved_gflops']:.1f} | {v['share_of_matmul_rate']:.2f} |")
+                lines.append(
+                    f"| {task['task']} / {name} | {v['flops_per_step'] / 1e6:.1f} | {v['ms_per_step']:.2f} | "
+                    f"{v['achieved_gflops']:.1f} | {v['share_of_matmul_rate']:.2f} |"
+                )
         for task in report["limits"]:
             for name, v in task["variants"].items():
                 lines += [
@@ -190,7 +206,10 @@ def _limits_markdown(report: dict[str, Any]) -> list[str]:
                     "| operator | ms / step | share | calls / step |",
                     "| --- | ---: | ---: | ---: |",
                 ]
-                lines += [f"| `{r['name']}` | {r['self_cpu_ms_per_step']:.3f} | {100 * r['share']:.1f}% | {r['calls_per_step']:.1f} |" for r in v["top"]]
+                lines += [
+                    f"| `{r['name']}` | {r['self_cpu_ms_per_step']:.3f} | {100 * r['share']:.1f}% | {r['calls_per_step']:.1f} |"
+                    for r in v["top"]
+                ]
     if "start_up" in report:
         su = report["start_up"]
         lines += [
@@ -273,34 +292,78 @@ def _targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
     for task in report["overhead"]:
         for name in ("edvae", "edvae-paper"):
             row = task["results"][name]
-            out.append((f"{task['task']}: {name} / vae-std step time <= {TARGETS['overhead']}",
-                        f"{row['ratio']:.3f} (whole epochs {row['ratio_epoch']:.3f})", row["ratio"] <= TARGETS["overhead"]))
+            out.append(
+                (
+                    f"{task['task']}: {name} / vae-std step time <= {TARGETS['overhead']}",
+                    f"{row['ratio']:.3f} (whole epochs {row['ratio_epoch']:.3f})",
+                    row["ratio"] <= TARGETS["overhead"],
+                )
+            )
     r = report["peers"]["ratios"]
     if "vs_pythae" in r:
-        out.append((f"edvae loop / pythae >= {TARGETS['vs_pythae']}x", f"{r['vs_pythae']:.2f}x", r["vs_pythae"] >= TARGETS["vs_pythae"]))
-    out.append((f"edvae loop / hand-written >= {TARGETS['vs_hand_written']}x", f"{r['vs_hand_written']:.2f}x",
-                r["vs_hand_written"] >= TARGETS["vs_hand_written"]))
+        out.append(
+            (
+                f"edvae loop / pythae >= {TARGETS['vs_pythae']}x",
+                f"{r['vs_pythae']:.2f}x",
+                r["vs_pythae"] >= TARGETS["vs_pythae"],
+            )
+        )
+    out.append(
+        (
+            f"edvae loop / hand-written >= {TARGETS['vs_hand_written']}x",
+            f"{r['vs_hand_written']:.2f}x",
+            r["vs_hand_written"] >= TARGETS["vs_hand_written"],
+        )
+    )
     if "limits" in report:
         for task in report["limits"]:
             v = task["variants"]["vae-std"]
-            out.append((f"{task['task']}: vae-std step at >= {TARGETS['share_of_matmul_rate']:.2f} of the matmul rate",
-                        f"{v['share_of_matmul_rate']:.2f}", v["share_of_matmul_rate"] >= TARGETS["share_of_matmul_rate"]))
+            out.append(
+                (
+                    f"{task['task']}: vae-std step at >= {TARGETS['share_of_matmul_rate']:.2f} of the matmul rate",
+                    f"{v['share_of_matmul_rate']:.2f}",
+                    v["share_of_matmul_rate"] >= TARGETS["share_of_matmul_rate"],
+                )
+            )
     if "start_up" in report:
         su = report["start_up"]
-        out.append((f"edvae train: first step <= import torch + {TARGETS['first_step_after_torch_seconds']:.0f} s",
-                    f"+{su['first_step_after_torch_import']:.2f} s", su["first_step_after_torch_import"] <= TARGETS["first_step_after_torch_seconds"]))
-        out.append((f"edvae evaluate (synthetic, K = 100, truth cached) <= {TARGETS['evaluate_seconds']:.0f} s after imports",
-                    f"{su['evaluate_after_imports_seconds']:.2f} s", su["evaluate_after_imports_seconds"] <= TARGETS["evaluate_seconds"]))
+        out.append(
+            (
+                f"edvae train: first step <= import torch + {TARGETS['first_step_after_torch_seconds']:.0f} s",
+                f"+{su['first_step_after_torch_import']:.2f} s",
+                su["first_step_after_torch_import"] <= TARGETS["first_step_after_torch_seconds"],
+            )
+        )
+        out.append(
+            (
+                f"edvae evaluate (synthetic, K = 100, truth cached) <= {TARGETS['evaluate_seconds']:.0f} s after imports",
+                f"{su['evaluate_after_imports_seconds']:.2f} s",
+                su["evaluate_after_imports_seconds"] <= TARGETS["evaluate_seconds"],
+            )
+        )
     s = report["scaling"]
     big = [p for p in s["mss_forward_backward"] if p["B"] == 16384]
     if big:
-        out.append((f"MSS B = 16384 within {TARGETS['mss_b16384_mib']:.0f} MiB", f"{big[0]['peak_increase_mib']:.0f} MiB",
-                    big[0]["peak_increase_mib"] <= TARGETS["mss_b16384_mib"]))
+        out.append(
+            (
+                f"MSS B = 16384 within {TARGETS['mss_b16384_mib']:.0f} MiB",
+                f"{big[0]['peak_increase_mib']:.0f} MiB",
+                big[0]["peak_increase_mib"] <= TARGETS["mss_b16384_mib"],
+            )
+        )
     full = [p for p in s["dataset_decomposition"] if p["N"] == 50_000]
     if full:
-        ok = full[0]["seconds"] <= TARGETS["dataset_n50000_seconds"] and full[0]["peak_increase_mib"] <= TARGETS["dataset_n50000_mib"]
-        out.append((f"dataset_decomposition N = 50000 in <= {TARGETS['dataset_n50000_seconds']:.0f} s and <= {TARGETS['dataset_n50000_mib']:.0f} MiB",
-                    f"{full[0]['seconds']:.1f} s, {full[0]['peak_increase_mib']:.0f} MiB", ok))
+        ok = (
+            full[0]["seconds"] <= TARGETS["dataset_n50000_seconds"]
+            and full[0]["peak_increase_mib"] <= TARGETS["dataset_n50000_mib"]
+        )
+        out.append(
+            (
+                f"dataset_decomposition N = 50000 in <= {TARGETS['dataset_n50000_seconds']:.0f} s and <= {TARGETS['dataset_n50000_mib']:.0f} MiB",
+                f"{full[0]['seconds']:.1f} s, {full[0]['peak_increase_mib']:.0f} MiB",
+                ok,
+            )
+        )
     return out
 
 
@@ -315,14 +378,20 @@ def _snippet(report: dict[str, Any]) -> str:
         f"{report['machine']['torch']}, {report['machine']['torch_threads']} thread):",
         f"* a training step with the ED objective takes {syn['edvae']['ratio']:.2f}x (MSS) and {syn['edvae-paper']['ratio']:.2f}x "
         f"(InfoNCE, paper) the time of a plain VAE step on the 16-D synthetic task"
-        + (f", {mn['results']['edvae']['ratio']:.2f}x and {mn['results']['edvae-paper']['ratio']:.2f}x on an MNIST-sized MLP;" if mn else ";"),
+        + (
+            f", {mn['results']['edvae']['ratio']:.2f}x and {mn['results']['edvae-paper']['ratio']:.2f}x on an MNIST-sized MLP;"
+            if mn
+            else ";"
+        ),
         f"* edvae's training loop runs {p['ratios']['vs_hand_written']:.2f}x the examples/s of a minimal hand-written PyTorch loop"
         + (f" and {p['ratios']['vs_pythae']:.2f}x pythae's VAE trainer;" if "vs_pythae" in p["ratios"] else ";"),
         f"* MSS on B = {s['mss_forward_backward'][-1]['B']} (D = 16) takes {s['mss_forward_backward'][-1]['seconds']:.1f} s and "
         f"{s['mss_forward_backward'][-1]['peak_increase_mib']:.0f} MiB; the full-data-set decomposition of N = "
         f"{s['dataset_decomposition'][-1]['N']} takes {s['dataset_decomposition'][-1]['seconds']:.1f} s;",
         f"* with I(x; z) = {c['truth (full data set)']['mi']:.2f} nats far above log 64, MSS estimates {c['edvae MSS']['mi']:.2f}"
-        + (f", pythae's beta-TCVAE term {c['pythae BetaTCVAE MSS']['mi']:.2f}." if "pythae BetaTCVAE MSS" in c else "."),
+        + (
+            f", pythae's beta-TCVAE term {c['pythae BetaTCVAE MSS']['mi']:.2f}." if "pythae BetaTCVAE MSS" in c else "."
+        ),
     ]
     if "limits" in report and "start_up" in report:
         v = report["limits"][0]["variants"]["vae-std"]
@@ -334,5 +403,3 @@ def _snippet(report: dict[str, Any]) -> str:
         )
     lines.append("Details: [benchmarks/results/bench.md](benchmarks/results/bench.md).")
     return "\n".join(lines) + "\n"
-
-

@@ -12,7 +12,6 @@ from typing import Any
 
 from edvae.errors import EdvaeError
 
-
 _PROBE = """
 import json, sys, time
 import torch
@@ -68,7 +67,9 @@ print(json.dumps({"peak_increase_mib": (peak - before) / 1024, "seconds": second
 """
 
 
-def peak_memory(mode: str, size: int, dim: int, *, queries: int = 10_000, threads: int = 0, timeout: float = 600) -> dict[str, float]:
+def peak_memory(
+    mode: str, size: int, dim: int, *, queries: int = 10_000, threads: int = 0, timeout: float = 600
+) -> dict[str, float]:
     """Time and peak extra memory of one estimator call, in a fresh Python process (Linux).
 
     ``mode``: ``"grad"`` (MSS ``log_aggregate_posterior`` forward and backward, B = ``size``,
@@ -86,7 +87,10 @@ def peak_memory(mode: str, size: int, dim: int, *, queries: int = 10_000, thread
         raise EdvaeError(f"peak_memory reads /proc/self/status, which {sys.platform} lacks; run it on Linux")
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, mode, str(size), str(dim), str(queries), str(threads)],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"memory probe {mode} {size} failed:\n{result.stderr[-2000:]}")
@@ -106,7 +110,10 @@ def scaling(*, quick: bool, out_dir: Path, threads: int) -> dict[str, Any]:
     batches = [256, 1024] if quick else [256, 1024, 4096, 16384]
     sizes, queries = ([2000, 8000], 1000) if quick else ([10_000, 50_000], 10_000)
     mss = [{"B": b, **peak_memory("grad", b, dim, threads=threads)} for b in batches]
-    full = [{"N": n, "queries": min(n, queries), **peak_memory("dataset", n, dim, queries=queries, threads=threads)} for n in sizes]
+    full = [
+        {"N": n, "queries": min(n, queries), **peak_memory("dataset", n, dim, queries=queries, threads=threads)}
+        for n in sizes
+    ]
     result = {
         "dim": dim,
         "threads": threads,
@@ -130,8 +137,20 @@ def _plot_scaling(result: dict[str, Any], path: Path) -> str | None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key, var, slope, title in (
-        (axes[0], "mss_forward_backward", "B", result["slope_mss_time_vs_B"], f"MSS forward + backward, D = {result['dim']}"),
-        (axes[1], "dataset_decomposition", "N", result["slope_dataset_time_vs_N"], "dataset_decomposition, S = min(N, queries)"),
+        (
+            axes[0],
+            "mss_forward_backward",
+            "B",
+            result["slope_mss_time_vs_B"],
+            f"MSS forward + backward, D = {result['dim']}",
+        ),
+        (
+            axes[1],
+            "dataset_decomposition",
+            "N",
+            result["slope_dataset_time_vs_N"],
+            "dataset_decomposition, S = min(N, queries)",
+        ),
     ):
         xs = [p[var] for p in result[key]]
         ys = [p["seconds"] for p in result[key]]
@@ -147,5 +166,3 @@ def _plot_scaling(result: dict[str, Any], path: Path) -> str | None:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path.name
-
-

@@ -55,7 +55,13 @@ def overhead(task: str, *, quick: bool, work: Path) -> dict[str, Any]:
         variants = variants[:3]
     configs = {name: validate_config(_raw_config(base, variant, prior, epochs)) for name, variant, prior in variants}
     for name, config in configs.items():  # warm-up (imports, allocator), not timed
-        train(config.model_copy(update={"train": config.train.model_copy(update={"epochs": 1})}), work / f"warm-{task}-{name}", data=data, overwrite=True, stop_at_step=2)
+        train(
+            config.model_copy(update={"train": config.train.model_copy(update={"epochs": 1})}),
+            work / f"warm-{task}-{name}",
+            data=data,
+            overwrite=True,
+            stop_at_step=2,
+        )
 
     def side(name: str) -> Callable[[], Any]:
         return lambda: _train_with_loop_cpu(configs[name], work / f"{task}-{name}", data)
@@ -86,7 +92,11 @@ def overhead(task: str, *, quick: bool, work: Path) -> dict[str, Any]:
     return {
         "task": task,
         "data": description,
-        "network": {"hidden": config.model.hidden, "latent_dim": config.model.latent_dim, "batch_size": config.train.batch_size},
+        "network": {
+            "hidden": config.model.hidden,
+            "latent_dim": config.model.latent_dim,
+            "batch_size": config.train.batch_size,
+        },
         "epochs": epochs,
         "repeats": repeats,
         "steps_per_call": steps,
@@ -109,7 +119,9 @@ def _test_elbo(encode: Callable, decode: Callable, x: torch.Tensor, samples: int
         return float((rec / samples - kl.double()).mean())
 
 
-def _hand_written(data: Any, hidden: list[int], latent: int, epochs: int, batch: int, lr: float, seed: int) -> tuple[Callable, Callable]:
+def _hand_written(
+    data: Any, hidden: list[int], latent: int, epochs: int, batch: int, lr: float, seed: int
+) -> tuple[Callable, Callable]:
     """The floor: a minimal PyTorch VAE loop (shuffle, step, a validation loss per epoch)."""
     from edvae.networks import MLPDecoder, MLPEncoder
 
@@ -130,16 +142,18 @@ def _hand_written(data: Any, hidden: list[int], latent: int, epochs: int, batch:
     for _ in range(epochs):
         perm = torch.randperm(n)
         for start in range(0, n - batch + 1, batch):
-            loss = loss_of(data.train[perm[start:start + batch]])
+            loss = loss_of(data.train[perm[start : start + batch]])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            float(sum(loss_of(data.val[s:s + batch]) for s in range(0, data.val.shape[0], batch)))
+            float(sum(loss_of(data.val[s : s + batch]) for s in range(0, data.val.shape[0], batch)))
     return encoder, decoder
 
 
-def _pythae(data: Any, hidden: list[int], latent: int, epochs: int, batch: int, lr: float, seed: int, out_dir: Path) -> tuple[Callable, Callable]:
+def _pythae(
+    data: Any, hidden: list[int], latent: int, epochs: int, batch: int, lr: float, seed: int, out_dir: Path
+) -> tuple[Callable, Callable]:
     """pythae's VAE (``mse`` loss: unit-variance Gaussian) with the same encoder and decoder,
     trained by its ``TrainingPipeline`` as its documentation shows."""
     from pythae.models import VAE, VAEConfig
@@ -170,10 +184,18 @@ def _pythae(data: Any, hidden: list[int], latent: int, epochs: int, batch: int, 
             return ModelOutput(reconstruction=self.net(z))
 
     torch.manual_seed(seed)
-    model = VAE(VAEConfig(input_dim=x_shape, latent_dim=latent, reconstruction_loss="mse"), encoder=Encoder(), decoder=Decoder())
+    model = VAE(
+        VAEConfig(input_dim=x_shape, latent_dim=latent, reconstruction_loss="mse"), encoder=Encoder(), decoder=Decoder()
+    )
     config = BaseTrainerConfig(
-        output_dir=str(out_dir), num_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch,
-        per_device_eval_batch_size=batch, steps_saving=None, seed=seed, no_cuda=True,
+        output_dir=str(out_dir),
+        num_epochs=epochs,
+        learning_rate=lr,
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        steps_saving=None,
+        seed=seed,
+        no_cuda=True,
     )
     pipeline = TrainingPipeline(model=model, training_config=config)
     for name in list(logging.root.manager.loggerDict):  # pythae logs its progress at INFO
@@ -217,7 +239,9 @@ def peers(*, quick: bool, work: Path) -> dict[str, Any]:
         "hand-written PyTorch loop": lambda: _hand_written(data, hidden, latent, epochs, batch, lr, seed),
     }
     if have_pythae:
-        sides["pythae VAE (TrainingPipeline)"] = lambda: _pythae(data, hidden, latent, epochs, batch, lr, seed, work / "pythae")
+        sides["pythae VAE (TrainingPipeline)"] = lambda: _pythae(
+            data, hidden, latent, epochs, batch, lr, seed, work / "pythae"
+        )
     # warm-up, not timed (first-call imports and allocations)
     _hand_written(data, hidden, latent, 1, batch, lr, seed)
     runs = _interleaved(sides, repeats)
@@ -237,13 +261,18 @@ def peers(*, quick: bool, work: Path) -> dict[str, Any]:
             "test_elbo": _test_elbo(encode, decode, data.test),
         }
     ref = rows["edvae (vae-std objective)"]
-    ratios = {"vs_hand_written": ref["examples_per_second"] / rows["hand-written PyTorch loop"]["examples_per_second"],
-              "vs_hand_written_cpu": ref["examples_per_cpu_second"] / rows["hand-written PyTorch loop"]["examples_per_cpu_second"]}
+    ratios = {
+        "vs_hand_written": ref["examples_per_second"] / rows["hand-written PyTorch loop"]["examples_per_second"],
+        "vs_hand_written_cpu": ref["examples_per_cpu_second"]
+        / rows["hand-written PyTorch loop"]["examples_per_cpu_second"],
+    }
     if have_pythae:
         p = rows["pythae VAE (TrainingPipeline)"]
         ratios["vs_pythae"] = ref["examples_per_second"] / p["examples_per_second"]
         ratios["vs_pythae_cpu"] = ref["examples_per_cpu_second"] / p["examples_per_cpu_second"]
-        ratios["hand_written_vs_pythae"] = rows["hand-written PyTorch loop"]["examples_per_second"] / p["examples_per_second"]
+        ratios["hand_written_vs_pythae"] = (
+            rows["hand-written PyTorch loop"]["examples_per_second"] / p["examples_per_second"]
+        )
     return {
         "task": "synthetic: complex data (16-D), MLP encoder/decoder hidden [128, 128], latent 2, unit-variance Gaussian likelihood, N(0, I) prior, Adam lr 1e-3, batch 256",
         "n_train": int(data.train.shape[0]),
@@ -295,14 +324,21 @@ def profile_step(*, quick: bool, work: Path, rows: int = 15) -> dict[str, Any]:
     total = sum(e.self_cpu_time_total for e in events)
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]
     k = 5
-    reads = [_scalar_reads(lambda n=n: train(config, work / "reads", data=data, overwrite=True, stop_at_step=n)) for n in (k, 2 * k)]
+    reads = [
+        _scalar_reads(lambda n=n: train(config, work / "reads", data=data, overwrite=True, stop_at_step=n))
+        for n in (k, 2 * k)
+    ]
     return {
         "run": f"edvae-paper objective, N(0, I) prior, synthetic task, one epoch: {steps} steps, a validation and a checkpoint",
         "steps": steps,
         "self_cpu_ms_per_step_total": total / 1e3 / steps,
         "top": [
-            {"name": e.key, "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
-             "share": e.self_cpu_time_total / total, "calls_per_step": e.count / steps}
+            {
+                "name": e.key,
+                "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+                "share": e.self_cpu_time_total / total,
+                "calls_per_step": e.count / steps,
+            }
             for e in top
         ],
         "scalar_reads_per_step": (reads[1] - reads[0]) / k,
@@ -319,7 +355,9 @@ class _HygieneProbe:
 
     def on_train_start(self, trainer: Any) -> None:
         self.data_is_tensor = isinstance(trainer.x_train, torch.Tensor)
-        trainer.model.register_forward_hook(lambda module, args, out: self.calls.append((module.training, torch.is_inference_mode_enabled())))
+        trainer.model.register_forward_hook(
+            lambda module, args, out: self.calls.append((module.training, torch.is_inference_mode_enabled()))
+        )
 
 
 def hygiene(work: Path) -> dict[str, Any]:
@@ -345,5 +383,3 @@ def hygiene(work: Path) -> dict[str, Any]:
         "validation_inference_mode": bool(validation) and all(validation),
         "log_every_steps_default": 20,
     }
-
-

@@ -150,8 +150,13 @@ def sprites_dataset(
         parts[f"{split_name}_factors"] = part.contiguous()
     info = {"seed": seed, "size": size, "factor_sizes": dict(zip(SPRITE_FACTORS, counts)), "split": tuple(fractions)}
     return DataSplits(
-        name=name, x_shape=(1, size, size), likelihood="bernoulli", binarize="none",
-        factor_names=SPRITE_FACTORS, info=info, **parts,
+        name=name,
+        x_shape=(1, size, size),
+        likelihood="bernoulli",
+        binarize="none",
+        factor_names=SPRITE_FACTORS,
+        info=info,
+        **parts,
     )
 
 
@@ -208,7 +213,11 @@ def nongaussian_factors_dataset(
             parts[split_name] = (g(v) + float(noise_std) * noise).contiguous()
         parts[f"{split_name}_factors"] = v
     return DataSplits(
-        name=name, x_shape=(obs_dim,), likelihood="gaussian", binarize="none",
+        name=name,
+        x_shape=(obs_dim,),
+        likelihood="gaussian",
+        binarize="none",
         factor_names=tuple(f"{family}_{k}" for k, family in enumerate(families)),
-        info={"seed": seed, "generator_seed": generator_seed, "families": tuple(families)}, **parts,
+        info={"seed": seed, "generator_seed": generator_seed, "families": tuple(families)},
+        **parts,
     )

@@ -161,8 +161,7 @@ def _load_numpy(raw: bytes, path: Path, kind: str) -> Any:
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise EdvaeError(
-                f"file '{path}' holds Python objects, not a numeric array; "
-                "save a numeric array (e.g. float32) instead"
+                f"file '{path}' holds Python objects, not a numeric array; save a numeric array (e.g. float32) instead"
             ) from None
         reason = exc
     except (OSError, EOFError, zlib.error, KeyError) as exc:
@@ -177,9 +176,7 @@ def _numeric(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     if array.dtype == np.bool_:
         return array.astype(np.uint8)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise EdvaeError(
-            f"{what} in '{path}' has dtype {array.dtype}, not numbers; store an integer or float array"
-        )
+        raise EdvaeError(f"{what} in '{path}' has dtype {array.dtype}, not numbers; store an integer or float array")
     return array
 
 
@@ -280,9 +277,7 @@ def _raise_text_error(entries: list[tuple[int, str]], path: Path, delimiter: str
                     f"file '{path}': line {number}, column {column} holds {cell.strip()!r}, which is not a number; "
                     "fix or remove that row (tables must be numeric apart from one header line)"
                 )
-    raise EdvaeError(
-        f"file '{path}' could not be parsed as a {delimiter!r}-separated numeric table; check its format"
-    )
+    raise EdvaeError(f"file '{path}' could not be parsed as a {delimiter!r}-separated numeric table; check its format")
 
 
 def _read(path: Path, fmt: str, delimiter: str | None, what: str = "file") -> _Table:
@@ -409,9 +404,7 @@ def load_file(
             "as a 2-D (examples, features) or an image (examples, height, width) array"
         )
     if table.x.shape[0] == 0 or table.x[0].size == 0:
-        raise EdvaeError(
-            f"{source} holds an array of shape {table.x.shape} with no values; write the examples into it"
-        )
+        raise EdvaeError(f"{source} holds an array of shape {table.x.shape} with no values; write the examples into it")
     if label_column is not None:
         if table.labels is not None:
             raise EdvaeError(f"{source} already holds labels (npz 'y'/'labels'), so drop label_column")
@@ -443,6 +436,15 @@ def load_file(
         "or pass likelihood='gaussian'"
     )
     return finish(
-        "file", x, table.labels, seed=seed, likelihood=likelihood, binarize=binarize, split=split, source=source,
-        info={"path": str(path), "format": fmt, "scale": factor}, row_name=table.row_name, range_fix=range_fix,
+        "file",
+        x,
+        table.labels,
+        seed=seed,
+        likelihood=likelihood,
+        binarize=binarize,
+        split=split,
+        source=source,
+        info={"path": str(path), "format": fmt, "scale": factor},
+        row_name=table.row_name,
+        range_fix=range_fix,
     )

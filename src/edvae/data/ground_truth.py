@@ -235,8 +235,10 @@ class GroundTruth:
         error = torch.full((n,), math.inf, dtype=_F64)
         # Each level integrates over z = m + L u with u on a midpoint grid over the box [a, b].
         frame = _Frame(
-            torch.zeros(n, dim, dtype=_F64), torch.eye(dim, dtype=_F64).repeat(n, 1, 1),
-            torch.zeros(n, dim, dtype=_F64), torch.zeros(n, dim, dtype=_F64),
+            torch.zeros(n, dim, dtype=_F64),
+            torch.eye(dim, dtype=_F64).repeat(n, 1, 1),
+            torch.zeros(n, dim, dtype=_F64),
+            torch.zeros(n, dim, dtype=_F64),
         )
 
         # Level 0: one grid shared by all x over the prior's support; enlarged (x4) for the
@@ -247,8 +249,10 @@ class GroundTruth:
         for expansion in range(4):
             g_lo, g_hi = centre - half * 4**expansion, centre + half * 4**expansion
             frame[pending] = _Frame(
-                torch.zeros(len(pending), dim, dtype=_F64), torch.eye(dim, dtype=_F64).repeat(len(pending), 1, 1),
-                g_lo.expand(len(pending), dim), g_hi.expand(len(pending), dim),
+                torch.zeros(len(pending), dim, dtype=_F64),
+                torch.eye(dim, dtype=_F64).repeat(len(pending), 1, 1),
+                g_lo.expand(len(pending), dim),
+                g_hi.expand(len(pending), dim),
             )
             points = _grid_points(g_lo, g_hi, grid_size)
             gz, log_pz = self._g64(points), self.log_prior(points)

@@ -44,7 +44,14 @@ def digits_dataset(
     images, labels = load_digits(return_X_y=True)
     x = (np.asarray(images, dtype=np.float64) / 16.0).reshape(-1, 1, 8, 8)
     return finish(
-        "digits", x, labels, seed=seed, likelihood=likelihood, binarize=binarize, split=split, source=source,
+        "digits",
+        x,
+        labels,
+        seed=seed,
+        likelihood=likelihood,
+        binarize=binarize,
+        split=split,
+        source=source,
         info={"scale": 1 / 16},
     )
 
@@ -95,6 +102,13 @@ def mnist5k_dataset(
     pixels, labels = _read_mnist5k(path)
     x = (pixels / 255.0).reshape(-1, 1, 28, 28)
     return finish(
-        "mnist5k", x, labels, seed=seed, likelihood=likelihood, binarize=binarize, split=split, source=source,
+        "mnist5k",
+        x,
+        labels,
+        seed=seed,
+        likelihood=likelihood,
+        binarize=binarize,
+        split=split,
+        source=source,
         info={"path": str(path), "scale": 1 / 255},
     )

@@ -67,9 +67,7 @@ def load_dataset(
     """
     if name is None:
         if path is None:
-            raise EdvaeError(
-                f"load_dataset needs a dataset name ({', '.join(_BUILDERS)}) or path=PATH to a data file"
-            )
+            raise EdvaeError(f"load_dataset needs a dataset name ({', '.join(_BUILDERS)}) or path=PATH to a data file")
         name = "file"
     builder = _builder(name)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

@@ -148,8 +148,14 @@ def load_stored(*, seed: int, path: Any) -> DataSplits:
         raise EdvaeError(f"stored data {path} is missing; data.name='stored' reads the data.pt a run folder holds")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return DataSplits(**{**saved, "x_shape": tuple(saved["x_shape"]), "factor_names": tuple(saved.get("factor_names", ())),
-                             "info": {"source": str(path)}})
+        return DataSplits(
+            **{
+                **saved,
+                "x_shape": tuple(saved["x_shape"]),
+                "factor_names": tuple(saved.get("factor_names", ())),
+                "info": {"source": str(path)},
+            }
+        )
     except (RuntimeError, KeyError, TypeError, EOFError) as err:
         raise EdvaeError(f"stored data {path} is damaged ({type(err).__name__}); re-run training") from None
 

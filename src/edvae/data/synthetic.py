@@ -50,7 +50,12 @@ class SyntheticGenerator(nn.Module):
     """
 
     def __init__(
-        self, latent_dim: int, obs_dim: int, *, hidden_sizes: Sequence[int] = (32, 32), seed: int = GENERATOR_SEED,
+        self,
+        latent_dim: int,
+        obs_dim: int,
+        *,
+        hidden_sizes: Sequence[int] = (32, 32),
+        seed: int = GENERATOR_SEED,
         skip: float = 0.5,
     ) -> None:
         super().__init__()
@@ -146,9 +151,7 @@ def _labels(truth: GroundTruth, z: Tensor) -> Tensor | None:
         return (log_mix + log_comp).argmax(-1).to(torch.int64)
 
 
-def _sample_splits(
-    name: str, truth: GroundTruth, seed: int, sizes: dict[str, int], info: dict[str, Any]
-) -> DataSplits:
+def _sample_splits(name: str, truth: GroundTruth, seed: int, sizes: dict[str, int], info: dict[str, Any]) -> DataSplits:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise EdvaeError(f"dataset '{name}': seed must be an integer, got {seed!r}")
     parts: dict[str, Any] = {}
@@ -199,8 +202,17 @@ def gaussian_dataset(
 ) -> DataSplits:
     """z ~ N(0, I) in ``latent_dim`` dimensions, x = g(z) + N(0, noise_std^2 I) in ``obs_dim``."""
     return _synthetic_dataset(
-        "gaussian", "normal", None, {}, seed=seed, latent_dim=latent_dim, obs_dim=obs_dim, noise_std=noise_std,
-        sizes=(n_train, n_val, n_test), generator_seed=generator_seed, hidden_sizes=hidden_sizes,
+        "gaussian",
+        "normal",
+        None,
+        {},
+        seed=seed,
+        latent_dim=latent_dim,
+        obs_dim=obs_dim,
+        noise_std=noise_std,
+        sizes=(n_train, n_val, n_test),
+        generator_seed=generator_seed,
+        hidden_sizes=hidden_sizes,
     )
 
 
@@ -220,6 +232,15 @@ def complex_dataset(
 ) -> DataSplits:
     """z ~ a non-Gaussian prior (``prior``, default ``mog_ring``), x = g(z) + N(0, noise_std^2 I)."""
     return _synthetic_dataset(
-        "complex", prior, prior_options, {"prior": prior}, seed=seed, latent_dim=latent_dim, obs_dim=obs_dim,
-        noise_std=noise_std, sizes=(n_train, n_val, n_test), generator_seed=generator_seed, hidden_sizes=hidden_sizes,
+        "complex",
+        prior,
+        prior_options,
+        {"prior": prior},
+        seed=seed,
+        latent_dim=latent_dim,
+        obs_dim=obs_dim,
+        noise_std=noise_std,
+        sizes=(n_train, n_val, n_test),
+        generator_seed=generator_seed,
+        hidden_sizes=hidden_sizes,
     )

@@ -61,21 +61,45 @@ DATASETS: dict[str, dict[str, Any]] = {
 _QUICK_EPOCHS = 8
 
 #: Model label -> variant of :data:`edvae.experiments.variants.VARIANTS` (its objective).
-_VARIANT_OF = {"vae": "vae-std", "beta-vae": "beta-vae", "beta-tcvae": "beta-tcvae", "edvae": "edvae", "edvae-paper": "edvae-paper"}
+_VARIANT_OF = {
+    "vae": "vae-std",
+    "beta-vae": "beta-vae",
+    "beta-tcvae": "beta-tcvae",
+    "edvae": "edvae",
+    "edvae-paper": "edvae-paper",
+}
 
 #: Model label -> config overrides: each variant's objective, every model with the N(0, I) prior.
 MODELS: dict[str, dict[str, Any]] = {
-    label: {"model": {"prior": "normal"}, "objective": VARIANTS[variant]["objective"]} for label, variant in _VARIANT_OF.items()
+    label: {"model": {"prior": "normal"}, "objective": VARIANTS[variant]["objective"]}
+    for label, variant in _VARIANT_OF.items()
 }
 
-METRICS = ["mig", "dci", "dci_completeness", "elbo", "iwae", "kl", "mi", "marginal_kl", "tc", "dimwise_kl", "mse",
-           "active_units", "train_seconds"]
+METRICS = [
+    "mig",
+    "dci",
+    "dci_completeness",
+    "elbo",
+    "iwae",
+    "kl",
+    "mi",
+    "marginal_kl",
+    "tc",
+    "dimwise_kl",
+    "mse",
+    "active_units",
+    "train_seconds",
+]
 
 
-def disentangle_study(*, quick: bool = False, seeds: int | None = None, overrides: dict[str, Any] | None = None) -> Study:
+def disentangle_study(
+    *, quick: bool = False, seeds: int | None = None, overrides: dict[str, Any] | None = None
+) -> Study:
     """The disentanglement study; ``quick`` trains fewer epochs (2 seeds by default)."""
     seeds = default_seeds(seeds, quick, full=5)
-    datasets = {name: merge(spec, {"train": {"epochs": _QUICK_EPOCHS}}) if quick else spec for name, spec in DATASETS.items()}
+    datasets = {
+        name: merge(spec, {"train": {"epochs": _QUICK_EPOCHS}}) if quick else spec for name, spec in DATASETS.items()
+    }
     shown = {name: shared_config(BASE, overrides, spec) for name, spec in datasets.items()}
     budget = "; ".join(
         f"{name}: MLP {raw['model']['hidden']}, {raw['model']['latent_dim']}-D latent, {raw['train']['epochs']} epochs"

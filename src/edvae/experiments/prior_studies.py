@@ -113,7 +113,9 @@ def write_prior_samples(study: Study, out_dir: str | Path) -> Path:
     return path
 
 
-def unknown_prior_study(*, quick: bool = False, seeds: int | None = None, overrides: dict[str, Any] | None = None) -> Study:
+def unknown_prior_study(
+    *, quick: bool = False, seeds: int | None = None, overrides: dict[str, Any] | None = None
+) -> Study:
     """ED-VAE with the ring prior known only by samples (KDE, flow) vs its exact density vs a VAE with N(0, I).
 
     Evaluated with 200 importance samples (not 1000): the KDE's log-density costs one kernel per
@@ -124,18 +126,28 @@ def unknown_prior_study(*, quick: bool = False, seeds: int | None = None, overri
     models = {
         "vae-normal": {"model": {"prior": "normal"}, "objective": {"kind": "elbo", "kl": "auto"}},
         "edvae-exact": {"model": {"prior": "true"}, "objective": _ED},
-        "edvae-kde": {"model": {"prior": samples, "prior_options": {"method": "kde", "bandwidth": "cv", "chunk_size": 256}}, "objective": _ED},
-        "edvae-flow": {"model": {"prior": samples, "prior_options": {"method": "flow", "flow_steps": 1000}}, "objective": _ED},
+        "edvae-kde": {
+            "model": {"prior": samples, "prior_options": {"method": "kde", "bandwidth": "cv", "chunk_size": 256}},
+            "objective": _ED,
+        },
+        "edvae-flow": {
+            "model": {"prior": samples, "prior_options": {"method": "flow", "flow_steps": 1000}},
+            "objective": _ED,
+        },
     }
     return Study(
         name="unknown-prior",
         title="ED-VAE with a prior known only through samples",
-        description=_describe(base, overrides, (
-            f"The models receive {N_PRIOR_SAMPLES} samples of the true ring prior (file {SAMPLES_FILE} in the output "
-            "folder) and turn them into a density: a Gaussian KDE (bandwidth by held-out likelihood) or a neural "
-            "spline flow (1000 Adam steps, fit report in each run's prior_fit.json). References: the ED-VAE with the "
-            "exact ring density, and a traditional VAE with N(0, I) (analytic KL). ED objective at unit weights."
-        )),
+        description=_describe(
+            base,
+            overrides,
+            (
+                f"The models receive {N_PRIOR_SAMPLES} samples of the true ring prior (file {SAMPLES_FILE} in the output "
+                "folder) and turn them into a density: a Gaussian KDE (bandwidth by held-out likelihood) or a neural "
+                "spline flow (1000 Adam steps, fit report in each run's prior_fit.json). References: the ED-VAE with the "
+                "exact ring density, and a traditional VAE with N(0, I) (analytic KL). ED objective at unit weights."
+            ),
+        ),
         runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick), overrides),
         metrics=_METRICS,
         reference="edvae-exact",
@@ -146,7 +158,9 @@ def unknown_prior_study(*, quick: bool = False, seeds: int | None = None, overri
 # ----------------------------------------------------------------------------- learned priors
 
 
-def learned_prior_study(*, quick: bool = False, seeds: int | None = None, overrides: dict[str, Any] | None = None) -> Study:
+def learned_prior_study(
+    *, quick: bool = False, seeds: int | None = None, overrides: dict[str, Any] | None = None
+) -> Study:
     """N(0, I) vs learned mixture vs VampPrior vs flow prior (ED objective), exact prior as reference."""
     base = _base(quick)
     models = {
@@ -159,12 +173,16 @@ def learned_prior_study(*, quick: bool = False, seeds: int | None = None, overri
     return Study(
         name="learned-prior",
         title="Learned priors, trained through the cross-entropy term",
-        description=_describe(base, overrides, (
-            "Priors learned jointly with encoder and decoder through H[q(z), p(z)]: an 8-component diagonal "
-            "Gaussian mixture, a VampPrior with 50 pseudo-inputs (initialised at training rows), a neural spline "
-            "flow (3 transforms); N(0, I) and the exact ring prior as references. ED objective at unit weights, "
-            "whose gradient equals the Monte-Carlo ELBO's."
-        )),
+        description=_describe(
+            base,
+            overrides,
+            (
+                "Priors learned jointly with encoder and decoder through H[q(z), p(z)]: an 8-component diagonal "
+                "Gaussian mixture, a VampPrior with 50 pseudo-inputs (initialised at training rows), a neural spline "
+                "flow (3 transforms); N(0, I) and the exact ring prior as references. ED objective at unit weights, "
+                "whose gradient equals the Monte-Carlo ELBO's."
+            ),
+        ),
         runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick), overrides),
         metrics=_METRICS,
         reference="exact",
@@ -183,7 +201,9 @@ MISSPECIFIED_PRIORS: dict[str, dict[str, Any]] = {
 }
 
 
-def misspecified_study(*, quick: bool = False, seeds: int | None = None, overrides: dict[str, Any] | None = None) -> Study:
+def misspecified_study(
+    *, quick: bool = False, seeds: int | None = None, overrides: dict[str, Any] | None = None
+) -> Study:
     """Traditional VAE (MC KL) and ED-VAE (paper variant) trained with wrong priors on ring data."""
     base = _base(quick)
     models = {}
@@ -193,12 +213,16 @@ def misspecified_study(*, quick: bool = False, seeds: int | None = None, overrid
     return Study(
         name="misspecified",
         title="Misspecified priors: how far from the true log-likelihood",
-        description=_describe(base, overrides, (
-            "The data come from the 8-mode ring of radius 2; the models are trained with the true prior or a wrong "
-            "one: N(0, I), the ring at radius 1, or a ring of 4 modes (radius 2, std 0.3), fixed. Objectives: the "
-            "traditional ELBO with a Monte-Carlo KL (vae) and the paper's ED-VAE variant (InfoNCE estimate of I, "
-            "maximised with weight -1, plus the entropy and cross-entropy terms; edvae-paper)."
-        )),
+        description=_describe(
+            base,
+            overrides,
+            (
+                "The data come from the 8-mode ring of radius 2; the models are trained with the true prior or a wrong "
+                "one: N(0, I), the ring at radius 1, or a ring of 4 modes (radius 2, std 0.3), fixed. Objectives: the "
+                "traditional ELBO with a Monte-Carlo KL (vae) and the paper's ED-VAE variant (InfoNCE estimate of I, "
+                "maximised with weight -1, plus the entropy and cross-entropy terms; edvae-paper)."
+            ),
+        ),
         runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick), overrides),
         metrics=_METRICS,
         reference="vae-true",
@@ -220,11 +244,15 @@ def ablation_study(*, quick: bool = False, seeds: int | None = None, overrides: 
     return Study(
         name="ablation",
         title="Ablation of the ED objective's terms",
-        description=_describe(base, overrides, (
-            "L = -R + w_mi I - w_ent H[q(z)] + w_ce H[q(z), p(z)] with the true ring prior and the MSS estimator; "
-            "'unit' (all weights 1) is the negative Monte-Carlo ELBO. 'no-X' sets one weight to 0; 'X-x0.5' and "
-            "'X-x2' set it to 0.5 or 2 (mi: w_mi, entropy: w_ent, ce: w_ce)."
-        )),
+        description=_describe(
+            base,
+            overrides,
+            (
+                "L = -R + w_mi I - w_ent H[q(z)] + w_ce H[q(z), p(z)] with the true ring prior and the MSS estimator; "
+                "'unit' (all weights 1) is the negative Monte-Carlo ELBO. 'no-X' sets one weight to 0; 'X-x0.5' and "
+                "'X-x2' set it to 0.5 or 2 (mi: w_mi, entropy: w_ent, ce: w_ce)."
+            ),
+        ),
         runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick), overrides),
         metrics=_METRICS,
         reference="unit",

@@ -73,7 +73,10 @@ def real_study(*, quick: bool = False, seeds: int | None = None, overrides: dict
     """
     seeds = default_seeds(seeds, quick)
     base = merge(BASE, {"eval": {"iwae_samples": 100}}) if quick else BASE
-    datasets = {name: merge(spec, {"train": {"epochs": _QUICK_EPOCHS[name]}}) if quick else spec for name, spec in DATASETS.items()}
+    datasets = {
+        name: merge(spec, {"train": {"epochs": _QUICK_EPOCHS[name]}}) if quick else spec
+        for name, spec in DATASETS.items()
+    }
     shown = {name: shared_config(base, overrides, spec) for name, spec in datasets.items()}  # what the runs get
     hidden = shown["digits"]["model"]["hidden"]
     epochs = ", ".join(f"{name} {raw['train']['epochs']}" for name, raw in shown.items())

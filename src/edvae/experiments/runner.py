@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic
+from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edvae.config import RunConfig
 from edvae.convergence import convergence, validation_elbos
 from edvae.errors import EdvaeError
@@ -111,7 +111,13 @@ def run_one(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> dict
         _save_latents(run_dir, spec)
         evaluation.write_text(json.dumps(metrics, indent=2) + "\n")
     metrics = json.loads(evaluation.read_text())
-    record = {"dataset": spec.dataset, "model": spec.model, "seed": spec.seed, "metrics": metrics, "run_dir": str(run_dir)}
+    record = {
+        "dataset": spec.dataset,
+        "model": spec.model,
+        "seed": spec.seed,
+        "metrics": metrics,
+        "run_dir": str(run_dir),
+    }
     return record | run_convergence(run_dir)
 
 
@@ -156,17 +162,23 @@ def preflight(study: Study) -> None:
     seen: set[str] = set()
     for spec in study.runs:
         data_key = json.dumps(spec.config.data.model_dump(), sort_keys=True)
-        key = data_key + json.dumps([spec.config.model.model_dump(), spec.config.objective.model_dump()], sort_keys=True)
+        key = data_key + json.dumps(
+            [spec.config.model.model_dump(), spec.config.objective.model_dump()], sort_keys=True
+        )
         if key in seen:
             continue
         seen.add(key)
         if data_key not in datasets:
             datasets[data_key] = load_data(spec.config)
-        model = build_model(spec.config.model, datasets[data_key], fit_prior=False)  # a check: fitting waits for training
+        model = build_model(
+            spec.config.model, datasets[data_key], fit_prior=False
+        )  # a check: fitting waits for training
         build_objective(spec.config.objective, datasets[data_key].train.shape[0]).setup(model)  # e.g. its critic
 
 
-def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_study(
+    study: Study, out_dir: str | Path, *, workers: int = 2, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Run every run of ``study`` and write the report into ``out_dir``; returns results.json's content."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -177,14 +189,17 @@ def run_study(study: Study, out_dir: str | Path, *, workers: int = 2, overwrite:
         study.prepare(study, out_dir)
     preflight(study)
     for spec in study.runs:
-        spec.config = spec.config.model_copy(update={"train": spec.config.train.model_copy(update={"progress": False, "threads": 1})})
+        spec.config = spec.config.model_copy(
+            update={"train": spec.config.train.model_copy(update={"progress": False, "threads": 1})}
+        )
     plans = [plan_run(spec, out_dir, overwrite) for spec in study.runs]
     counts = {action: sum(1 for a, _ in plans if a == action) for action in ACTIONS}
     refused = [(spec, d) for spec, (a, d) in zip(study.runs, plans) if a == "refuse"]
     if refused:
         spec, differences = refused[0]
         raise EdvaeError(
-            f"{plan_line(counts)}: nothing was run; " + _refusal(out_dir / "runs" / spec.folder, differences, len(refused) - 1)
+            f"{plan_line(counts)}: nothing was run; "
+            + _refusal(out_dir / "runs" / spec.folder, differences, len(refused) - 1)
         )
     if progress:
         print(plan_line(counts), file=sys.stderr)

@@ -14,9 +14,10 @@ it in :data:`edvae.experiments.STUDIES`:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edvae.config import RunConfig, validate_config
 from edvae.experiments.variants import apply_variant, merge
@@ -59,7 +60,20 @@ class Study:
     title: str
     description: str
     runs: list[RunSpec]
-    metrics: list[str] = field(default_factory=lambda: ["mse", "kl", "elbo", "iwae", "ll_gap", "mi", "marginal_kl", "prior_swd", "active_units", "train_seconds"])
+    metrics: list[str] = field(
+        default_factory=lambda: [
+            "mse",
+            "kl",
+            "elbo",
+            "iwae",
+            "ll_gap",
+            "mi",
+            "marginal_kl",
+            "prior_swd",
+            "active_units",
+            "train_seconds",
+        ]
+    )
     notes: list[str] = field(default_factory=list)
     #: The model every other model is compared with, seed by seed (``comparisons`` in the report,
     #: :func:`edvae.stats.paired_comparisons`); None: no comparisons.
@@ -67,14 +81,14 @@ class Study:
     #: Called as ``prepare(study, out_dir)`` by :func:`~edvae.experiments.runner.run_study` before
     #: anything is built: writes files the runs read (e.g. a prior-samples file) and may point the
     #: runs' configs at them.
-    prepare: Callable[["Study", Path], None] | None = None
+    prepare: Callable[[Study, Path], None] | None = None
     #: Called as ``extra_figures(study, records, fig_dir)`` by the report after its own figures;
     #: returns the paths of the PNGs it wrote (e.g. per-model image figures, :mod:`edvae.figures`).
-    extra_figures: Callable[["Study", list[dict[str, Any]], Path], list[Path]] | None = None
+    extra_figures: Callable[[Study, list[dict[str, Any]], Path], list[Path]] | None = None
     #: Called as ``headline(study, comparisons)`` by the report with its paired comparisons
     #: (results.json's ``comparisons``); returns Markdown shown first in results.md, under
     #: "Headline" (a study's answer to its question, e.g. ``edvae.experiments.readings.claims_table``).
-    headline: Callable[["Study", list[dict[str, Any]]], str] | None = None
+    headline: Callable[[Study, list[dict[str, Any]]], str] | None = None
     #: The models ranked for "best model per data set" (results.json's ``best``,
     #: :func:`edvae.stats.best_models`); None: every model. A diagnostic variant (e.g. the paper
     #: study's learned decoder scale, there to show what calibration changes) is left out.
@@ -102,7 +116,10 @@ def build_runs(
             raw = apply_variant(raw, model) if override is None else merge(raw, override)
             raw = merge(raw, overrides or {})
             for seed in range(seeds):
-                cfg = validate_config(merge(raw, {"name": f"{dataset}-{model}-s{seed}", "train": {"seed": seed}}), source=f"study run {dataset}/{model}")
+                cfg = validate_config(
+                    merge(raw, {"name": f"{dataset}-{model}-s{seed}", "train": {"seed": seed}}),
+                    source=f"study run {dataset}/{model}",
+                )
                 runs.append(RunSpec(dataset, model, seed, cfg))
     return runs
 
@@ -118,7 +135,9 @@ def default_seeds(seeds: int | None, quick: bool, full: int = SEEDS) -> int:
     return seeds if seeds is not None else (QUICK_SEEDS if quick else full)
 
 
-def shared_config(base: dict[str, Any], overrides: dict[str, Any] | None = None, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
+def shared_config(
+    base: dict[str, Any], overrides: dict[str, Any] | None = None, dataset: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The raw settings every run of one data set gets before its model variant: ``base`` <
     ``dataset`` < ``overrides``, the layers of :func:`build_runs` (what a description quotes)."""
     return merge(merge(base, dataset or {}), overrides or {})

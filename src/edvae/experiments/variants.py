@@ -24,12 +24,24 @@ from typing import Any
 
 from edvae.errors import EdvaeError
 
-__all__ = ["READINGS", "READING_CRITICS", "READING_GRID", "VARIANTS", "apply_variant", "merge", "reading_name", "reading_variant"]
+__all__ = [
+    "READINGS",
+    "READING_CRITICS",
+    "READING_GRID",
+    "VARIANTS",
+    "apply_variant",
+    "merge",
+    "reading_name",
+    "reading_variant",
+]
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "vae-std": {"model": {"prior": "normal"}, "objective": {"kind": "elbo", "kl": "auto"}},
     "vae-true": {"model": {"prior": "true"}, "objective": {"kind": "elbo", "kl": "mc"}},
-    "vae-true-learned": {"model": {"prior": "true", "decoder_scale": "learned"}, "objective": {"kind": "elbo", "kl": "mc"}},
+    "vae-true-learned": {
+        "model": {"prior": "true", "decoder_scale": "learned"},
+        "objective": {"kind": "elbo", "kl": "mc"},
+    },
     "edvae": {
         "model": {"prior": "true"},
         "objective": {"kind": "ed", "mi_estimator": "mss", "entropy_estimator": "mss"},
@@ -112,8 +124,13 @@ def reading_variant(mi_weight: float, critic: str, weight: float) -> dict[str, A
     entropy."""
     reading_name(mi_weight, critic, weight)  # checks the values
     objective = {
-        "kind": "ed", "mi_estimator": "infonce", "entropy_estimator": "mss", "mi_weight": mi_weight,
-        "entropy_weight": weight, "cross_entropy_weight": weight, "critic": READING_CRITICS[critic],
+        "kind": "ed",
+        "mi_estimator": "infonce",
+        "entropy_estimator": "mss",
+        "mi_weight": mi_weight,
+        "entropy_weight": weight,
+        "cross_entropy_weight": weight,
+        "critic": READING_CRITICS[critic],
     }
     return {"model": {"prior": "true"}, "objective": objective}
 

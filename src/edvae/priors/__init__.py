@@ -47,11 +47,11 @@ configs and on the command line. A factory that declares a ``context`` parameter
 :class:`PriorContext` with the model's data and encoder.
 """
 
-from edvae.priors.base import DistributionPrior, Prior, as_prior, distribution_of, event_dim
-from edvae.priors.registry import PriorContext, make, names, register
 from edvae.priors.analytic import BananaPrior, BananaTransform, FactorizedPrior, GaussianMixturePrior
-from edvae.priors.learned import FlowPrior, VampPrior
+from edvae.priors.base import DistributionPrior, Prior, as_prior, distribution_of, event_dim
 from edvae.priors.io import load_samples
+from edvae.priors.learned import FlowPrior, VampPrior
+from edvae.priors.registry import PriorContext, make, names, register
 from edvae.priors.samples import KDEPrior, KernelDensity, from_samples, scott_bandwidth
 
 __all__ = [

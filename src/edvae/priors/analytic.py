@@ -57,9 +57,7 @@ class FactorizedPrior(Prior):
         torch.Size([3])
     """
 
-    def __init__(
-        self, family: type[Distribution], dim: int, *, learnable: bool = False, **params: Any
-    ) -> None:
+    def __init__(self, family: type[Distribution], dim: int, *, learnable: bool = False, **params: Any) -> None:
         super().__init__(dim)
         learnable = _flag("learnable", learnable)
         self.family = family
@@ -249,8 +247,10 @@ def _mixture(
         means = torch.randn(k, dim, generator=generator)
     else:
         data = _validated_samples(init, "option init", dim)
-        require(len(data) >= k, f"option init has {len(data)} rows but n_components={k}; "
-                "pass at least as many data points as components")
+        require(
+            len(data) >= k,
+            f"option init has {len(data)} rows but n_components={k}; pass at least as many data points as components",
+        )
         means = _kmeans(data, k, generator)
     return GaussianMixturePrior(means, scale, learnable=learnable)
 
@@ -259,8 +259,9 @@ def _mixture(
 def _mog_ring(dim: int, *, n_components: int = 8, radius: float = 2.0, scale: Any = 0.3) -> Prior:
     """(1/K) sum_k N(m_k, scale^2 I), m_k on a circle of ``radius`` in dimensions (0, 1)."""
     require(dim >= 2, f"the mog_ring prior needs dim >= 2, got dim={dim}")
-    means = _ring_means(_positive_int("n_components", n_components, _MAX_COMPONENTS),
-                        _positive_float("radius", radius), dim)
+    means = _ring_means(
+        _positive_int("n_components", n_components, _MAX_COMPONENTS), _positive_float("radius", radius), dim
+    )
     return GaussianMixturePrior(means, scale, learnable=False)
 
 
@@ -271,9 +272,7 @@ def _banana(dim: int, *, curvature: float = 0.5, scale: float = 1.5) -> Prior:
 
 
 @register("student_t")
-def _student_t(
-    dim: int, *, df: Any = 3.0, loc: Any = 0.0, scale: Any = 1.0, learnable: bool = False
-) -> Prior:
+def _student_t(dim: int, *, df: Any = 3.0, loc: Any = 0.0, scale: Any = 1.0, learnable: bool = False) -> Prior:
     """prod_d t_df(z_d; loc, scale)."""
     return FactorizedPrior(StudentT, dim, learnable=learnable, df=df, loc=loc, scale=scale)
 
@@ -288,7 +287,9 @@ def _laplace(dim: int, *, loc: Any = 0.0, scale: Any = 1.0, learnable: bool = Fa
 def _true(dim: int, *, context: PriorContext) -> Prior:
     """The data set's own generating prior p_true(z), known for synthetic data only."""
     data = context.data
-    require(data is not None and data.ground_truth is not None,
-            f"model.prior='true' needs synthetic data with a known prior, but data set "
-            f"'{getattr(data, 'name', None)}' has none; choose one of: {', '.join(names())}")
+    require(
+        data is not None and data.ground_truth is not None,
+        f"model.prior='true' needs synthetic data with a known prior, but data set "
+        f"'{getattr(data, 'name', None)}' has none; choose one of: {', '.join(names())}",
+    )
     return as_prior(data.ground_truth.prior)

@@ -59,17 +59,14 @@ class Prior(nn.Module, abc.ABC):
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 
-    def _register(
-        self, name: str, value: Any, shape: tuple[int, ...], *, positive: bool, learnable: bool
-    ) -> None:
+    def _register(self, name: str, value: Any, shape: tuple[int, ...], *, positive: bool, learnable: bool) -> None:
         """Store ``value`` broadcast to ``shape`` as a buffer, or as a learned parameter."""
         tensor = _as_float_tensor(name, value)
         try:
             tensor = tensor.expand(shape).clone()
         except RuntimeError:
             raise EdvaeError(
-                f"option {name} has shape {tuple(tensor.shape)}; give a number or a tensor "
-                f"broadcastable to {shape}"
+                f"option {name} has shape {tuple(tensor.shape)}; give a number or a tensor broadcastable to {shape}"
             ) from None
         valid = bool(torch.isfinite(tensor).all()) and (not positive or bool((tensor > 0).all()))
         kind = "positive and finite" if positive else "finite"
@@ -95,9 +92,7 @@ def _as_float_tensor(name: str, value: Any) -> Tensor:
     try:
         tensor = torch.as_tensor(value).detach()
     except (TypeError, ValueError, RuntimeError):
-        raise EdvaeError(
-            f"option {name} must be a number or a tensor, got {type(value).__name__}"
-        ) from None
+        raise EdvaeError(f"option {name} must be a number or a tensor, got {type(value).__name__}") from None
     if not tensor.is_floating_point():
         tensor = tensor.to(torch.get_default_dtype())
     return tensor
@@ -115,8 +110,7 @@ def _shown(value: Any) -> str:
 def _positive_int(name: str, value: Any, maximum: int | None = None) -> int:
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
     require(ok, f"{name} must be a positive integer, got {_shown(value)}")
-    require(maximum is None or value <= maximum,
-            f"{name}={value!r} is too large; use at most {maximum}")
+    require(maximum is None or value <= maximum, f"{name}={value!r} is too large; use at most {maximum}")
     return int(value)
 
 
@@ -144,7 +138,6 @@ def _gaussian_mixture(logits: Tensor, means: Tensor, scales: Tensor) -> MixtureS
     r"""p(z) = sum_k softmax(logits)_k N(z; means_k, diag scales_k^2)."""
     components = Independent(Normal(means, scales), 1)
     return MixtureSameFamily(Categorical(logits=logits), components)
-
 
 
 def _validated_samples(samples: Any, source: str, dim: int | None = None) -> Tensor:
@@ -196,7 +189,6 @@ class DistributionPrior(Prior):
         return self.distribution
 
 
-
 def distribution_of(prior: Any, dim: int | None = None) -> Distribution:
     r"""The distribution p(z) behind any prior-like object: the one conversion of the package.
 
@@ -222,8 +214,11 @@ def distribution_of(prior: Any, dim: int | None = None) -> Distribution:
                 f"the prior {type(prior).__name__} cannot be called without arguments ({exc}); "
                 "its forward() must take no arguments and return a Distribution"
             ) from None
-        what = (f"the output of {type(prior).__name__}.forward()" if isinstance(prior, nn.Module)
-                else f"the value returned by the prior {getattr(prior, '__qualname__', 'callable')}")
+        what = (
+            f"the output of {type(prior).__name__}.forward()"
+            if isinstance(prior, nn.Module)
+            else f"the value returned by the prior {getattr(prior, '__qualname__', 'callable')}"
+        )
     _check_distribution(dist, what)
     if dim is not None and tuple(dist.event_shape) != (dim,):
         raise EdvaeError(
@@ -235,8 +230,10 @@ def distribution_of(prior: Any, dim: int | None = None) -> Distribution:
 
 
 def _check_distribution(dist: Any, what: str) -> Distribution:
-    require(isinstance(dist, Distribution), f"{what} is a {type(dist).__name__}, not a torch "
-            "Distribution; return a torch.distributions.Distribution")
+    require(
+        isinstance(dist, Distribution),
+        f"{what} is a {type(dist).__name__}, not a torch Distribution; return a torch.distributions.Distribution",
+    )
     ok = dist.batch_shape == torch.Size() and len(dist.event_shape) == 1
     require(
         ok,

@@ -71,25 +71,24 @@ def load_samples(path: str | os.PathLike[str], dim: int | None = None) -> Tensor
     samples must form a 2-D array with at least 2 rows and no NaN or Inf; with ``dim`` given,
     D must equal it. Every problem raises :class:`EdvaeError` naming the file.
     """
-    require(isinstance(path, (str, os.PathLike)),
-            f"the sample file path must be a string, got {type(path).__name__}; pass "
-            "the path of a .npy, .pt or .csv file")
-    require(str(path).strip() != "",
-            "the sample file path is empty; pass the path of a .npy, .pt or .csv file "
-            "(as in prior='samples:PATH')")
+    require(
+        isinstance(path, (str, os.PathLike)),
+        f"the sample file path must be a string, got {type(path).__name__}; pass the path of a .npy, .pt or .csv file",
+    )
+    require(
+        str(path).strip() != "",
+        "the sample file path is empty; pass the path of a .npy, .pt or .csv file (as in prior='samples:PATH')",
+    )
     path = Path(path)
     source = f"sample file {path}"
     require(path.is_file(), f"{source} does not exist or is not a file; check the path")
     suffix = path.suffix.lower()
     require(
         suffix in _READERS,
-        f"{source} has unsupported extension {suffix or '(none)'!r}; save the samples as one "
-        f"of {', '.join(_READERS)}",
+        f"{source} has unsupported extension {suffix or '(none)'!r}; save the samples as one of {', '.join(_READERS)}",
     )
     try:
         raw = _READERS[suffix](path)
     except Exception as exc:  # noqa: BLE001 - every reader failure is the file's problem
-        raise EdvaeError(
-            f"{source} could not be read as {suffix} ({exc}); re-save it as a (K, D) array"
-        ) from None
+        raise EdvaeError(f"{source} could not be read as {suffix} ({exc}); re-save it as a (K, D) array") from None
     return _validated_samples(raw, source, dim).to(torch.get_default_dtype())

@@ -56,8 +56,7 @@ class FlowPrior(Prior):
         hidden = tuple(hidden_features) if isinstance(hidden_features, Sequence) else ()
         require(
             len(hidden) > 0 and all(isinstance(h, int) and h >= 1 for h in hidden),
-            f"option hidden_features must be a non-empty list of positive integers, "
-            f"got {_shown(hidden_features)}",
+            f"option hidden_features must be a non-empty list of positive integers, got {_shown(hidden_features)}",
         )
         self.flow = zuko.flows.NSF(features=self.dim, transforms=transforms, hidden_features=hidden)
         self._register("loc", loc, (self.dim,), positive=False, learnable=False)
@@ -167,12 +166,15 @@ def _vamp(
         pseudo = torch.randn((k, *shape), generator=generator)
     else:
         data = _as_float_tensor("init", init)
-        require(data.dim() >= 2 and len(data) >= k,
-                f"option init must have shape (M, *input_shape) with M >= n_components={k}, "
-                f"got {tuple(data.shape)}")
-        require(input_shape is None or tuple(input_shape) == tuple(data.shape[1:]),
-                f"option init has rows of shape {tuple(data.shape[1:])} but input_shape is "
-                f"{tuple(input_shape or ())}; make them agree")
+        require(
+            data.dim() >= 2 and len(data) >= k,
+            f"option init must have shape (M, *input_shape) with M >= n_components={k}, got {tuple(data.shape)}",
+        )
+        require(
+            input_shape is None or tuple(input_shape) == tuple(data.shape[1:]),
+            f"option init has rows of shape {tuple(data.shape[1:])} but input_shape is "
+            f"{tuple(input_shape or ())}; make them agree",
+        )
         keep = torch.randperm(len(data), generator=generator)[:k]
         pseudo = data if len(data) == k else data[keep]
     return VampPrior(dim, encoder, pseudo)

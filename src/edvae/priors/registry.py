@@ -76,8 +76,10 @@ def _load_plugins() -> None:
             entry_point.load()
         except Exception as exc:  # noqa: BLE001 - any failure is the plugin's, named in one line
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise EdvaeError(f"the prior plugin {entry_point.name!r} ({entry_point.value}) failed "
-                             f"to import: {message}; fix or uninstall it") from None
+            raise EdvaeError(
+                f"the prior plugin {entry_point.name!r} ({entry_point.value}) failed "
+                f"to import: {message}; fix or uninstall it"
+            ) from None
 
 
 def register(name: str, *, argument: str | None = None, replace: bool = False) -> Callable[[Factory], Factory]:
@@ -97,25 +99,31 @@ def register(name: str, *, argument: str | None = None, replace: bool = False) -
     any_name = "my_pkg.priors"`` (the module whose import registers them). Registering a name
     that exists raises :class:`EdvaeError` unless ``replace=True``. Returns the factory.
     """
-    require(isinstance(name, str) and name.isidentifier(),
-            f"a prior name must be an identifier (letters, digits, _), got {_shown(name)}")
+    require(
+        isinstance(name, str) and name.isidentifier(),
+        f"a prior name must be an identifier (letters, digits, _), got {_shown(name)}",
+    )
 
     def decorate(factory: Factory) -> Factory:
-        require(callable(factory), f"register({name!r}) decorates a factory function, "
-                f"got {type(factory).__name__}")
-        require(replace or name not in _REGISTRY,
-                f"prior {name!r} is already registered; choose another name or pass replace=True")
+        require(callable(factory), f"register({name!r}) decorates a factory function, got {type(factory).__name__}")
+        require(
+            replace or name not in _REGISTRY,
+            f"prior {name!r} is already registered; choose another name or pass replace=True",
+        )
         parameters = list(inspect.signature(factory).parameters.values())
-        require(bool(parameters) and parameters[0].kind in (parameters[0].POSITIONAL_ONLY,
-                                                            parameters[0].POSITIONAL_OR_KEYWORD),
-                f"the factory of prior {name!r} must take the dimension first: def f(dim, *, ...)")
+        require(
+            bool(parameters)
+            and parameters[0].kind in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD),
+            f"the factory of prior {name!r} must take the dimension first: def f(dim, *, ...)",
+        )
         options = [p for p in parameters[1:] if p.name != "context"]
-        require(all(p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) for p in options),
-                f"the options of prior {name!r} must be named parameters (no *args or **kwargs), "
-                "so that unknown options can be refused")
+        require(
+            all(p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) for p in options),
+            f"the options of prior {name!r} must be named parameters (no *args or **kwargs), "
+            "so that unknown options can be refused",
+        )
         names_ = tuple(p.name for p in options)
-        require(argument is None or argument in names_,
-                f"argument={argument!r} is not an option of prior {name!r}")
+        require(argument is None or argument in names_, f"argument={argument!r} is not an option of prior {name!r}")
         required = tuple(p.name for p in options if p.default is p.empty)
         context = [p for p in parameters[1:] if p.name == "context"]
         needs_context = bool(context) and context[0].default is context[0].empty
@@ -178,8 +186,10 @@ def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **opti
     )
     dim = _positive_int("dim", dim, _MAX_DIM)
     if colon:
-        require(entry.argument not in options,
-                f"prior {name!r} gives {entry.argument} after ':' and as an option; give it once")
+        require(
+            entry.argument not in options,
+            f"prior {name!r} gives {entry.argument} after ':' and as an option; give it once",
+        )
         options = {**options, entry.argument: value}
     unknown = sorted(set(options) - set(entry.options))
     require(
@@ -190,8 +200,10 @@ def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **opti
     missing = [option for option in entry.required if option not in options]
     needed = ", ".join(f"{option}=..." for option in missing)
     require(not missing, f"prior {base!r} needs option(s) {', '.join(missing)}; pass {needed}")
-    require(context is not None or not entry.needs_context,
-            f"prior {base!r} needs the data of a model; use it as model.prior={base!r} in a config")
+    require(
+        context is not None or not entry.needs_context,
+        f"prior {base!r} needs the data of a model; use it as model.prior={base!r} in a config",
+    )
     if entry.wants_context:
         options["context"] = context
     return entry.factory(dim, **options)

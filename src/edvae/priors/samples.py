@@ -84,9 +84,7 @@ def _kernel_sums_and_means(
     return torch.cat(sums, dim=-1), (torch.cat(weighted, dim=-2) if means else None)
 
 
-def _log_kernel_sums(
-    queries: Tensor, samples: Tensor, bandwidths: Tensor, chunk_size: int | None
-) -> Tensor:
+def _log_kernel_sums(queries: Tensor, samples: Tensor, bandwidths: Tensor, chunk_size: int | None) -> Tensor:
     r"""S[g, q] = log sum_k exp(-||z_q - s_k||^2 / (2 h_g^2)) for several bandwidths, no gradient
     (:func:`_kernel_sums_and_means`); ``queries`` (Q, D), ``samples`` (K, D), ``bandwidths`` (G,);
     returns (G, Q)."""
@@ -169,7 +167,9 @@ class KernelDensity(Distribution):
         flat = value.reshape(-1, dim)
         bandwidth = self.bandwidth.detach().to(torch.float64)
         if torch.is_grad_enabled() and flat.requires_grad:
-            sums = _KernelLogSum.apply(flat.to(torch.float64), self.samples.detach(), 0.5 / bandwidth**2, self.chunk_size)
+            sums = _KernelLogSum.apply(
+                flat.to(torch.float64), self.samples.detach(), 0.5 / bandwidth**2, self.chunk_size
+            )
         else:  # no gradient wanted: skip the kernel-weighted means
             sums = _log_kernel_sums(flat, self.samples, bandwidth.reshape(1), self.chunk_size)[0]
         log_norm = _kde_log_norm(dim, len(self.samples), self.bandwidth.to(torch.float64))
@@ -178,8 +178,7 @@ class KernelDensity(Distribution):
     def rsample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
         shape = torch.Size(sample_shape)
         index = torch.randint(len(self.samples), shape, device=self.samples.device)
-        noise = torch.randn(shape + self.event_shape, dtype=self.samples.dtype,
-                            device=self.samples.device)
+        noise = torch.randn(shape + self.event_shape, dtype=self.samples.dtype, device=self.samples.device)
         return self.samples[index] + self.bandwidth * noise
 
 
@@ -222,8 +221,7 @@ def scott_bandwidth(samples: Tensor) -> float:
     samples = _validated_samples(samples, "samples")
     n, dim = samples.shape
     sigma_bar = float(samples.to(torch.float64).std(0).mean())
-    require(sigma_bar > 0, "the samples are all identical, so Scott's bandwidth is 0; "
-            "pass a positive float bandwidth")
+    require(sigma_bar > 0, "the samples are all identical, so Scott's bandwidth is 0; pass a positive float bandwidth")
     return sigma_bar * n ** (-1.0 / (dim + 4))
 
 
@@ -305,21 +303,26 @@ def from_samples(
     chunk_size = _chunk_size(chunk_size)
     if method == "kde":
         if isinstance(bandwidth, str):
-            require(bandwidth in ("scott", "cv"),
-                    f"bandwidth must be 'scott', 'cv' or a positive number, got {bandwidth!r}")
-            h = scott_bandwidth(samples) if bandwidth == "scott" else _cv_bandwidth(
-                samples, chunk_size, generator)
+            require(
+                bandwidth in ("scott", "cv"), f"bandwidth must be 'scott', 'cv' or a positive number, got {bandwidth!r}"
+            )
+            h = scott_bandwidth(samples) if bandwidth == "scott" else _cv_bandwidth(samples, chunk_size, generator)
         else:
             h = _positive_float("bandwidth", bandwidth)
         return KDEPrior(samples, h, chunk_size=chunk_size)
     require(method == "flow", f"method must be 'kde' or 'flow', got {_shown(method)}")
     ok = isinstance(flow_steps, (int, np.integer)) and not isinstance(flow_steps, bool)
-    require(ok and flow_steps >= 0, "flow_steps must be a non-negative integer (0: leave the "
-            f"flow unfitted), got {_shown(flow_steps)}")
+    require(
+        ok and flow_steps >= 0,
+        f"flow_steps must be a non-negative integer (0: leave the flow unfitted), got {_shown(flow_steps)}",
+    )
     steps = int(flow_steps)
     std = samples.std(0)
-    require(bool((std > 0).all()), "the samples are constant in some dimension, so no flow "
-            "density exists; drop that dimension or use method='kde' with a float bandwidth")
+    require(
+        bool((std > 0).all()),
+        "the samples are constant in some dimension, so no flow "
+        "density exists; drop that dimension or use method='kde' with a float bandwidth",
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         prior = FlowPrior(samples.shape[1], loc=samples.mean(0), scale=std).to(samples.dtype)
@@ -349,5 +352,11 @@ def _samples(
     if context is not None and not context.fit:
         flow_steps = 0
         bandwidth = "scott" if isinstance(bandwidth, str) and bandwidth == "cv" else bandwidth
-    return from_samples(load_samples(path, dim=dim), method, bandwidth=bandwidth,
-                        chunk_size=chunk_size, flow_steps=flow_steps, seed=seed)
+    return from_samples(
+        load_samples(path, dim=dim),
+        method,
+        bandwidth=bandwidth,
+        chunk_size=chunk_size,
+        flow_steps=flow_steps,
+        seed=seed,
+    )

@@ -49,8 +49,8 @@ optimisation step (skipped steps included, so the count over a run and its resum
 on every process; a callback that writes files should check ``trainer.fabric.is_global_zero``.
 """
 
-from edvae.training.batches import epoch_order, micro_batch_rows, rank_indices, shard_rows
 from edvae.runs import METRICS_NAME, PRIOR_FIT_NAME, TENSORBOARD_DIR
+from edvae.training.batches import epoch_order, micro_batch_rows, rank_indices, shard_rows
 from edvae.training.state import TrainState
 from edvae.training.trainer import HOOKS, Trainer, TrainResult, load_data, train
 

@@ -10,8 +10,15 @@ from pathlib import Path
 
 from edvae.errors import EdvaeError
 from edvae.runs import (
-    CHECKPOINT_NAME, CONFIG_NAME, DATA_RECORD_NAME, EVALUATION_NAME, LATENTS_NAME, METRICS_NAME, PRIOR_FIT_NAME,
-    STORED_DATA_NAME, TENSORBOARD_DIR,
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    DATA_RECORD_NAME,
+    EVALUATION_NAME,
+    LATENTS_NAME,
+    METRICS_NAME,
+    PRIOR_FIT_NAME,
+    STORED_DATA_NAME,
+    TENSORBOARD_DIR,
 )
 
 __all__ = ["MetricsLog", "check_resumable", "prepare_run_dir"]
@@ -32,21 +39,33 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     holds_run = checkpoint.exists()
     holds_logs = _holds_logs(run_dir)
     if holds_run and not overwrite:
-        raise EdvaeError(f"{run_dir} already holds a run; pass --overwrite to replace it, --resume to continue it, or choose another --out")
+        raise EdvaeError(
+            f"{run_dir} already holds a run; pass --overwrite to replace it, --resume to continue it, or choose another --out"
+        )
     if holds_logs and not holds_run and not overwrite:
         raise EdvaeError(
             f"{run_dir} holds the logs of a run that stopped before its first checkpoint (nothing to resume); "
             "pass --overwrite to replace them, or choose another --out"
         )
     if holds_run or holds_logs:
-        for name in (CHECKPOINT_NAME, METRICS_NAME, CONFIG_NAME, PRIOR_FIT_NAME, DATA_RECORD_NAME, STORED_DATA_NAME,
-                     EVALUATION_NAME, LATENTS_NAME):
+        for name in (
+            CHECKPOINT_NAME,
+            METRICS_NAME,
+            CONFIG_NAME,
+            PRIOR_FIT_NAME,
+            DATA_RECORD_NAME,
+            STORED_DATA_NAME,
+            EVALUATION_NAME,
+            LATENTS_NAME,
+        ):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise EdvaeError(f"cannot create the run folder {run_dir} ({err.strerror or err}); choose a writable --out") from None
+        raise EdvaeError(
+            f"cannot create the run folder {run_dir} ({err.strerror or err}); choose a writable --out"
+        ) from None
 
 
 def _holds_logs(run_dir: Path) -> bool:
@@ -98,7 +117,9 @@ class MetricsLog:
 
             self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=purge_step)
         except (ImportError, RuntimeError, OSError) as err:  # logging must never cost the run
-            warnings.warn(f"TensorBoard logging is off for this run ({err}); metrics still go to {METRICS_NAME}", stacklevel=2)
+            warnings.warn(
+                f"TensorBoard logging is off for this run ({err}); metrics still go to {METRICS_NAME}", stacklevel=2
+            )
             self.writer = None
 
     def log(self, split: str, step: int, epoch: int, values: dict[str, float]) -> None:

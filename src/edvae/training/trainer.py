@@ -26,9 +26,16 @@ from edvae.errors import EdvaeError, TrainingError
 from edvae.model import build_model, calibrate_decoder
 from edvae.objective_kinds import TrainingObjective, build_objective
 from edvae.objectives import Objective
-from edvae.training.batches import epoch_order, micro_batch_rows
-from edvae.training.guards import MAX_CONSECUTIVE_SKIPS, StopFlag, checkpoint_due, diverged, kept_checkpoint, nonfinite_flag
 from edvae.runs import CONFIG_NAME, PRIOR_FIT_NAME, check_data, load_data, record_data
+from edvae.training.batches import epoch_order, micro_batch_rows
+from edvae.training.guards import (
+    MAX_CONSECUTIVE_SKIPS,
+    StopFlag,
+    checkpoint_due,
+    diverged,
+    kept_checkpoint,
+    nonfinite_flag,
+)
 from edvae.training.run_dir import MetricsLog, prepare_run_dir
 from edvae.training.state import TrainState
 
@@ -128,7 +135,9 @@ def train(
             )
     tc = config.train
     if tc.accelerator == "gpu" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
-        raise EdvaeError("train.accelerator='gpu' but torch sees no GPU on this machine; set train.accelerator=cpu or auto")
+        raise EdvaeError(
+            "train.accelerator='gpu' but torch sees no GPU on this machine; set train.accelerator=cpu or auto"
+        )
     fabric = _make_fabric(config, callbacks)
     if tc.threads:  # after the launch, which sets cores / processes threads unless OMP_NUM_THREADS is set
         torch.set_num_threads(tc.threads)
@@ -170,7 +179,9 @@ class Trainer:
         if self.batches_per_epoch < 1:
             raise EdvaeError(f"train.batch_size={tc.batch_size} exceeds the {n_train} training examples; lower it")
 
-        model = build_model(config.model, data, fit_prior=saved is None).to(fabric.device)  # resume: weights from the checkpoint
+        model = build_model(config.model, data, fit_prior=saved is None).to(
+            fabric.device
+        )  # resume: weights from the checkpoint
         self.objective: TrainingObjective = build_objective(config.objective, n_train)
         self.objective.setup(model)  # parts of the objective that read the model (a critic), kept outside it
         trained = [*model.parameters(), *self.objective.parameters()]  # fixed order: the model's, then the objective's
@@ -179,7 +190,9 @@ class Trainer:
         optimizer = torch.optim.Adam(trained, lr=tc.lr, fused=fused or None)
         self.total_steps = tc.epochs * self.batches_per_epoch
         scheduler = (  # a constant learning rate needs none
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.total_steps) if tc.lr_schedule == "cosine" else None
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.total_steps)
+            if tc.lr_schedule == "cosine"
+            else None
         )
         self.wrapped = self.world > 1 or fabric.device.type != "cpu"
         self.step_model = fabric.setup(model, optimizer)[0] if self.wrapped else model
@@ -189,8 +202,13 @@ class Trainer:
         self.dynamic = getattr(data, "binarize", "none") == "dynamic"
         self.params = [p for p in model.parameters() if p.requires_grad] + self.objective_params
         self.state = TrainState(
-            config=config, model=model, optimizer=optimizer, scheduler=scheduler,
-            noise=torch.Generator().manual_seed(tc.seed), objective=self.objective, world_size=self.world,
+            config=config,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            noise=torch.Generator().manual_seed(tc.seed),
+            objective=self.objective,
+            world_size=self.world,
         )
         if saved is not None:
             self.state.load_state_dict(saved, source=run_dir)
@@ -198,8 +216,12 @@ class Trainer:
                 follow_new_total(scheduler, self.total_steps)
 
         s = self.state
-        self.log = MetricsLog(run_dir, fabric.is_global_zero, purge_step=s.step + 1 if saved else None,
-                              keep_lines=s.log_lines if saved else None)
+        self.log = MetricsLog(
+            run_dir,
+            fabric.is_global_zero,
+            purge_step=s.step + 1 if saved else None,
+            keep_lines=s.log_lines if saved else None,
+        )
         if fabric.is_global_zero:
             (run_dir / CONFIG_NAME).write_text(json.dumps(config.model_dump(), indent=2) + "\n")
             fit_report = getattr(model.prior, "fit_report", None)
@@ -209,7 +231,9 @@ class Trainer:
         if tc.progress and fabric.is_global_zero:
             from tqdm.auto import tqdm
 
-            self.progress = tqdm(total=self.total_steps, initial=s.step, desc=config.name, unit="step", leave=False, dynamic_ncols=True)
+            self.progress = tqdm(
+                total=self.total_steps, initial=s.step, desc=config.name, unit="step", leave=False, dynamic_ncols=True
+            )
         self._stop_flag = StopFlag()
         self._signalled = False
         self._consecutive_skips = 0
@@ -244,8 +268,17 @@ class Trainer:
                         last_save = time.monotonic()
         finally:
             self._close()
-        result = TrainResult(self.run_dir, s.step, s.epoch, s.train_seconds, s.stopped_by is None, s.stopped_by,
-                             s.skipped_steps, s.last_validation, s.validation_seconds)
+        result = TrainResult(
+            self.run_dir,
+            s.step,
+            s.epoch,
+            s.train_seconds,
+            s.stopped_by is None,
+            s.stopped_by,
+            s.skipped_steps,
+            s.last_validation,
+            s.validation_seconds,
+        )
         self.fabric.call("on_train_end", trainer=self, state=s, result=result)
         return result
 
@@ -255,7 +288,7 @@ class Trainer:
         order = epoch_order(self.x_train.shape[0], tc.seed, s.epoch).to(self.fabric.device)
         while s.batch_in_epoch < self.batches_per_epoch:
             start = s.batch_in_epoch * tc.batch_size
-            self.train_step(order[start:start + tc.batch_size])
+            self.train_step(order[start : start + tc.batch_size])
             s.batch_in_epoch += 1
             if self._signalled or (self.stop_at_step is not None and s.step >= self.stop_at_step):
                 s.stopped_by = self._stop_flag.signal_name or "stop_at_step"
@@ -322,7 +355,9 @@ class Trainer:
         found_inf = nonfinite_flag(obj.loss, self.params, tc.grad_clip)
         if self.world > 1:
             signalled = torch.tensor(float(self._stop_flag.signal_name is not None), device=found_inf.device)
-            nonfinite, self._signalled = fabric.all_reduce(torch.stack([found_inf.reshape(()), signalled]), reduce_op="sum").tolist()
+            nonfinite, self._signalled = fabric.all_reduce(
+                torch.stack([found_inf.reshape(()), signalled]), reduce_op="sum"
+            ).tolist()
         else:
             nonfinite, self._signalled = bool(found_inf), self._stop_flag.signal_name is not None
         s.step += 1
@@ -371,7 +406,7 @@ class Trainer:
             eps_all = torch.randn((batch_size, model.latent_dim), generator=gen)
             rows = slice(start + rank * per_rank, start + (rank + 1) * per_rank)
             x = x_val[rows]
-            out = model(x, eps_all[rank * per_rank:(rank + 1) * per_rank].to(x.device))
+            out = model(x, eps_all[rank * per_rank : (rank + 1) * per_rank].to(x.device))
             mu, logvar, offset = gather_columns(out.mu, out.logvar)
             obj = self.objective(out, prior, mu, logvar, offset, **({"x": x} if self.objective.reads_inputs else {}))
             names = list(obj.terms)
@@ -477,7 +512,10 @@ def follow_new_total(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, tota
         return
     scheduler.T_max = total_steps
     t = scheduler.last_epoch
-    rates = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / total_steps)) / 2 for base in scheduler.base_lrs]
+    rates = [
+        scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / total_steps)) / 2
+        for base in scheduler.base_lrs
+    ]
     for group, lr in zip(scheduler.optimizer.param_groups, rates):
         group["lr"] = lr
     scheduler._last_lr = list(rates)
