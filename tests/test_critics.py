@@ -445,3 +445,14 @@ def test_make_critic_momentum_needs_an_encoder_and_inputs():
         critic(torch.randn(4, 3))
     with pytest.raises(EdvaeError, match="inputs"):
         critic(torch.randn(4, 3), x=torch.randn(5, 3))
+
+
+def test_mlp_critic_has_no_parameter_infonce_cannot_see():
+    """A bias on the column embedding adds g(z_i)^T b to every score of row i, which InfoNCE's
+    log-softmax over j removes: its gradient is zero, so the critic must not carry one."""
+    torch.manual_seed(0)
+    critic = E.MLPCritic(3, hidden=16, embedding=8)
+    z, mu, logvar = torch.randn(32, 3), torch.randn(32, 3), torch.zeros(32, 3)
+    E.infonce(z, mu, logvar, critic=critic).backward()
+    for name, parameter in critic.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().max() > 1e-6, name

@@ -1180,13 +1180,15 @@ class MLPCritic(nn.Module):
     r"""Separable MLP critic f(x_j, z_i) = g(z_i)^T h(mu_j) / sqrt(k), scores (R, B).
 
     g and h are two-layer MLPs R^D -> R^k (``embedding`` = k). Separable critics cost one
-    (R, k) x (k, B) product instead of a network evaluation per pair.
+    (R, k) x (k, B) product instead of a network evaluation per pair. h's last layer has no
+    bias: a bias b would add g(z_i)^T b to every score of row i, which InfoNCE's log-softmax
+    over j removes, so nothing could learn it.
     """
 
     def __init__(self, dim: int, hidden: int = 128, embedding: int = 32) -> None:
         super().__init__()
         self.rows = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding))
-        self.columns = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding))
+        self.columns = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding, bias=False))
         self.scale = embedding**-0.5
 
     def forward(self, z: Tensor, mu: Tensor) -> Tensor:
