@@ -10,6 +10,7 @@ import json
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from edvae import bench
@@ -48,6 +49,12 @@ def test_quick_bench_writes_every_file_with_the_expected_schema(tmp_path):
     assert scaling["slope_mss_time_vs_B"] == scaling["slope_mss_time_vs_B"]  # not NaN
     assert (out / "scaling.png").stat().st_size > 1000
 
+    step = report["step_ratio"]
+    hand, ours = step["results"]["hand loop"], step["results"]["trainer (vae-std)"]
+    assert hand["ms_per_step_cpu"] > 0 and ours["ms_per_step_cpu"] > 0 and ours["ms_per_step_wall"] > 0
+    assert step["ratio"] == pytest.approx(hand["ms_per_step_cpu"] / ours["ms_per_step_cpu"])
+    assert ("gpu" in report) == torch.cuda.is_available()
+
     profile = report["profile"]
     assert profile["top"] and profile["scalar_reads_per_step"] >= 0
     assert report["hygiene"]["evaluation_inference_mode"] is True
@@ -75,7 +82,7 @@ def test_quick_bench_writes_every_file_with_the_expected_schema(tmp_path):
     assert mi["edvae batch (InfoNCE bound)"]["mi"] <= report["correctness"]["log_B"] + 1e-9
 
     markdown = (out / "bench.md").read_text()
-    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "### 4b.", "### 4c.", "### 4d.", "## 5."):
+    for heading in ("## 1.", "## 2.", "### 2b.", "## 3.", "## 4.", "### 4b.", "### 4c.", "### 4d.", "## 5."):
         assert heading in markdown
     snippet = (out / "README-snippet.md").read_text().splitlines()
     assert snippet[0] == "## Performance" and len(snippet) <= 10
@@ -121,3 +128,17 @@ def test_the_step_probe_profiles_a_run_shorter_than_its_steps(tiny_config, tmp_p
     train(tiny_config(train={"epochs": 1}), tmp_path / "run", callbacks=[probe])
     assert probe.flops > 0 and probe.profile is None
     assert any("addmm" in e.key or "mm" in e.key for e in probe.events)
+
+
+def test_the_step_ratio_separates_the_step_from_the_fixed_cost():
+    """Runs of T(n) = fixed + n * step (per side, per clock) give back step and fixed exactly."""
+    from edvae.bench.step import _difference_rows
+
+    def runs(fixed, step, n):
+        return {"cpu": [fixed + n * step, fixed * 2 + n * step], "wall": [fixed + n * 2 * step] * 2}
+
+    rows = _difference_rows({"a / 10": runs(0.5, 0.004, 10), "a / 40": runs(0.5, 0.004, 40)}, 10, 40, ["a"])
+    assert rows["a"]["ms_per_step_cpu"] == pytest.approx(4.0)
+    assert rows["a"]["ms_per_step_wall"] == pytest.approx(8.0)
+    assert rows["a"]["fixed_seconds_cpu"] == pytest.approx(0.75)  # median of 0.5 and 1.0
+    assert rows["a"]["fixed_seconds_wall"] == pytest.approx(0.5)

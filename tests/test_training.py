@@ -396,3 +396,99 @@ def test_a_validation_split_smaller_than_one_batch_is_still_validated(tmp_path, 
     assert "loss" in result.last_validation
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["split"] for r in rows].count("val") == 1
+
+
+def _deferred(monkeypatch):
+    """Make the trainer read its flags as on a GPU (every ``log_every`` steps), on this CPU."""
+    from edvae.training import guards, trainer
+
+    monkeypatch.setattr(
+        trainer, "flag_interval", lambda device, *rest: guards.flag_interval(torch.device("cuda"), *rest)
+    )
+
+
+def test_the_flag_interval_reads_every_step_where_a_step_needs_it():
+    from edvae.training.guards import flag_interval
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert flag_interval(cpu, "stop", 20, False) == 1  # a read costs nothing on a CPU
+    assert flag_interval(cuda, "stop", 20, False) == 20
+    assert flag_interval(cuda, "skip", 20, False) == 1  # the schedule and the skip count follow each step
+    assert flag_interval(cuda, "stop", 20, True) == 1  # an on_step_end callback sees each step as it ends
+
+
+class _PoisonEncoder:
+    """A callback: the encoder's outputs become NaN at the forward passes in ``bad`` (training and
+    validation passes both count)."""
+
+    def __init__(self, bad):
+        self.bad, self.calls = bad, 0
+
+    def on_train_start(self, trainer):
+        def hook(module, args, out):
+            self.calls += 1
+            return tuple(o * float("nan") for o in out) if self.calls in self.bad else out
+
+        trainer.model.encoder.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("poison", ["term", "gradient", "encoder"])
+def test_a_deferred_flag_read_stops_at_the_first_non_finite_step_exactly_as_an_immediate_one(
+    tmp_path, tiny_config, poison_objective, monkeypatch, poison
+):
+    """With the flags read every ``log_every`` steps (as on a GPU), a non-finite step s raises the
+    error an immediate read raises (same step, term or gradient, or diverged encoder), keeps the
+    same last checkpoint, and writes no log line after step s."""
+    cfg = tiny_config(train={"epochs": 3, "checkpoint_every": 8, "log_every": 5})
+    callbacks = []
+    if poison == "term":
+        counter = poison_objective("cross_entropy", lambda step: step > 10)
+    elif poison == "encoder":
+        callbacks = [_PoisonEncoder({15})]  # 8 steps, 4 validation passes, steps 9, 10, 11
+    else:
+        calls = {"n": 0}
+
+        class PoisonGradient:
+            def on_train_start(self, trainer):
+                def hook(grad):
+                    calls["n"] += 1
+                    return grad * float("inf") if calls["n"] == 11 else grad
+
+                trainer.model.decoder.net[-1].bias.register_hook(hook)
+
+        callbacks = [PoisonGradient()]
+    seen = {}
+    for mode in ("immediate", "deferred"):
+        if mode == "deferred":
+            _deferred(monkeypatch)
+            if poison == "term":
+                counter["n"] = 0
+            elif poison == "encoder":
+                callbacks[0].calls = 0
+            else:
+                calls["n"] = 0
+        run = tmp_path / mode
+        with pytest.raises(TrainingError) as error:
+            train(cfg, run, callbacks=callbacks)
+        lines = [json.loads(line) for line in (run / METRICS_NAME).read_text().splitlines()]
+        seen[mode] = (
+            str(error.value).replace(str(run), "RUN"),
+            load_checkpoint(run)["step"],
+            [(r["split"], r["step"]) for r in lines],
+        )
+    assert seen["deferred"] == seen["immediate"]
+    message, kept, logged = seen["deferred"]
+    assert "at step 11" in message
+    assert kept == 8 and max(step for _, step in logged) <= 10
+
+
+def test_a_deferred_flag_read_changes_no_number(tmp_path, tiny_config, monkeypatch):
+    cfg = tiny_config(train={"epochs": 2, "log_every": 3})
+    train(cfg, tmp_path / "immediate")
+    _deferred(monkeypatch)
+    train(cfg, tmp_path / "deferred")
+    immediate, deferred = _params(tmp_path / "immediate"), _params(tmp_path / "deferred")
+    assert all(torch.equal(immediate[k], deferred[k]) for k in immediate)
+    assert (tmp_path / "immediate" / METRICS_NAME).read_text().count("\n") == (
+        tmp_path / "deferred" / METRICS_NAME
+    ).read_text().count("\n")

@@ -215,7 +215,8 @@ class GaussianLikelihood(nn.Module):
     def _batch_log_scale(self, x: Tensor, params: Tensor) -> Tensor:
         """The batch's maximum-likelihood log s (over every process's rows), and a step of the
         running variance kept in the ``log_scale`` buffer."""
-        sums = torch.cat([(x - params).square().sum(0).flatten(), torch.tensor([float(x.shape[0])], device=x.device)])
+        count = torch.full((1,), float(x.shape[0]), device=x.device)  # filled on the device: no host copy, no sync
+        sums = torch.cat([(x - params).square().sum(0).flatten(), count])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(sums)
         variance = (sums[:-1] / sums[-1]).view_as(self.log_scale)

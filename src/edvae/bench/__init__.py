@@ -27,6 +27,12 @@
 * **Distance to the limit.** The FLOPs of a training step (``torch.utils.flop_counter``) over
   its time, next to the machine's float32 matrix-multiply rate at the same thread count, and
   the top operators of the training steps (:mod:`edvae.bench.limits`).
+* **The step against a hand-written loop.** The steady-state CPU time of one vae-std step of
+  the trainer next to a minimal hand-written loop of the same shape, each run's fixed cost
+  separated (:func:`edvae.bench.step.step_ratio`; ``step_ratio.ratio`` is the trainer's speed
+  as a fraction of the loop's). On a CUDA machine, ms per step at batch 256, images per second
+  of the conv models and the achieved fraction of the GPU's measured matmul peak
+  (:func:`edvae.bench.step.gpu_steps`, the ``gpu`` section).
 * **Fixed costs.** Seconds from a fresh interpreter to the first step of ``edvae train`` next
   to a bare ``import torch`` (and ``import torch, lightning_fabric``), the modules imported by
   then, and ``edvae evaluate``'s work after its imports with the true log-likelihood cached.
@@ -62,6 +68,7 @@ from edvae.bench.limits import matmul_rate, start_up, step_limits
 from edvae.bench.limits import threads as thread_table
 from edvae.bench.report import _markdown, _snippet
 from edvae.bench.scaling import peak_memory, scaling
+from edvae.bench.step import gpu_steps, step_ratio
 from edvae.bench.training import hygiene, overhead, peers, profile_step
 from edvae.errors import EdvaeError
 
@@ -78,13 +85,19 @@ def _default_threads() -> int:
 
 
 def run_bench(
-    out_dir: str | Path, *, quick: bool = False, threads: int = 1, scaling_threads: int | None = None
+    out_dir: str | Path,
+    *,
+    quick: bool = False,
+    threads: int = 1,
+    scaling_threads: int | None = None,
+    gpu: bool | None = None,
 ) -> dict[str, Any]:
     """Run every benchmark and write bench.json, bench.md, scaling.png and README-snippet.md.
 
     ``threads``: torch threads for the timed comparisons (1 keeps them steady on a shared
     machine); ``scaling_threads``: threads of the scaling subprocesses (default ``threads``;
-    0: torch's default, one per core).
+    0: torch's default, one per core). ``gpu``: whether to add the GPU section (``gpu``:
+    :func:`edvae.bench.step.gpu_steps`); by default when torch sees a CUDA device.
     """
     scaling_threads = threads if scaling_threads is None else scaling_threads
     out_dir = Path(out_dir)
@@ -122,6 +135,9 @@ def run_bench(
                     for t in report["overhead"]
                 ],
             )
+            timed("step_ratio", lambda: step_ratio(quick=quick, work=work))
+            if torch.cuda.is_available() if gpu is None else gpu:
+                timed("gpu", lambda: gpu_steps(quick=quick, work=work))
             timed("peers", lambda: peers(quick=quick, work=work))
             timed("profile", lambda: profile_step(quick=quick, work=work))
             timed("hygiene", lambda: hygiene(work))

@@ -14,7 +14,15 @@ from torch import Tensor
 from edvae.checkpoint import CHECKPOINT_NAME
 from edvae.errors import TrainingError
 
-__all__ = ["MAX_CONSECUTIVE_SKIPS", "StopFlag", "checkpoint_due", "diverged", "kept_checkpoint", "nonfinite_flag"]
+__all__ = [
+    "MAX_CONSECUTIVE_SKIPS",
+    "StopFlag",
+    "checkpoint_due",
+    "diverged",
+    "flag_interval",
+    "kept_checkpoint",
+    "nonfinite_flag",
+]
 
 MAX_CONSECUTIVE_SKIPS = 50
 
@@ -77,6 +85,21 @@ def nonfinite_flag(loss: Tensor, params: list[Tensor], clip: float | None) -> Te
     tensors = [loss.detach().reshape(1).clone(), *(p.grad for p in params if p.grad is not None)]
     torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, torch.ones_like(found_inf))
     return found_inf
+
+
+def flag_interval(device: torch.device, on_nonfinite: str, log_every: int, step_callbacks: bool) -> int:
+    """Steps between the trainer's host reads of its non-finite and stop flags.
+
+    1 (every step) on a CPU, where the read costs nothing; with ``on_nonfinite = "skip"``, whose
+    host-side decisions (the learning-rate schedule, the objective's state, the count of skips)
+    follow each step's flag; and when a callback has ``on_step_end`` (it sees each step as it
+    ends). Else ``log_every``: a logged step reads the terms anyway, so a GPU synchronises once
+    per ``log_every`` steps. A deferred read loses nothing: the first non-finite step still stops
+    the run with its own error before anything is written (see ``Trainer.train_step``).
+    """
+    if device.type == "cpu" or on_nonfinite != "stop" or step_callbacks:
+        return 1
+    return log_every
 
 
 def checkpoint_due(fabric: Any, last_save: float, interval: float) -> bool:

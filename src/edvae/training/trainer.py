@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from edvae.training.guards import (
     StopFlag,
     checkpoint_due,
     diverged,
+    flag_interval,
     kept_checkpoint,
     nonfinite_flag,
 )
@@ -172,6 +174,7 @@ class Trainer:
         tc = self.tc = config.train
         self.config, self.run_dir, self.fabric, self.stop_at_step = config, run_dir, fabric, stop_at_step
         self.world, self.rank = fabric.world_size, fabric.global_rank
+        self.device = fabric.device  # a property that costs ~0.1 ms a read
         self.x_train = fabric.to_device(data.train)
         self.x_val = fabric.to_device(data.val)
         n_train = self.x_train.shape[0]
@@ -201,6 +204,16 @@ class Trainer:
         self.micro_rows = micro_batch_rows(tc.batch_size, tc.grad_accum_steps, self.world, self.rank)
         self.dynamic = getattr(data, "binarize", "none") == "dynamic"
         self.params = [p for p in model.parameters() if p.requires_grad] + self.objective_params
+        self._optimized = [p for group in optimizer.param_groups for p in group["params"]]
+        self._one_micro_batch = tc.grad_accum_steps == 1 and self.world == 1  # the step's rows: the whole batch
+        self._pin = self.device.type == "cuda"  # noise drawn on the CPU reaches the GPU without a host sync
+        step_callbacks = [
+            cb for cb in getattr(fabric, "_callbacks", [None]) if hasattr(cb, "on_step_end") or cb is None
+        ]
+        self._call_step_end = bool(step_callbacks)
+        #: steps between host reads of the non-finite and stop flags (see :meth:`train_step`)
+        self.check_every = flag_interval(self.device, tc.on_nonfinite, tc.log_every, self._call_step_end)
+        self._pending: list[tuple[Tensor, int, Objective, list[tuple[Tensor, ...]]]] = []
         self.state = TrainState(
             config=config,
             model=model,
@@ -290,12 +303,17 @@ class Trainer:
             start = s.batch_in_epoch * tc.batch_size
             self.train_step(order[start : start + tc.batch_size])
             s.batch_in_epoch += 1
-            if self._signalled or (self.stop_at_step is not None and s.step >= self.stop_at_step):
+            at_stop = self.stop_at_step is not None and s.step >= self.stop_at_step
+            checkpoint = bool(tc.checkpoint_every) and s.step % tc.checkpoint_every == 0
+            if at_stop or checkpoint or self._signalled:
+                self.settle()  # the flags are read before anything is written (see train_step)
+            if self._signalled or at_stop:
                 s.stopped_by = self._stop_flag.signal_name or "stop_at_step"
                 return False
-            if tc.checkpoint_every and s.step % tc.checkpoint_every == 0:
+            if checkpoint:
                 self._account_time()
                 self.save_checkpoint()
+        self.settle()
         return True
 
     def calibrate_decoder(self) -> None:
@@ -322,24 +340,48 @@ class Trainer:
         """One optimisation step on the global batch ``indices`` (training-set rows, (B,)).
 
         Noise for the whole global batch is drawn from the run's generator and sliced, so the
-        step is that of one process whatever the number of processes. With
+        step is that of one process whatever the number of processes (on a GPU it is drawn into
+        pinned memory and copied without a host synchronisation). With
         ``train.grad_accum_steps = k`` the batch is cut into k consecutive micro-batches, each
         forward and backward on its own (its objective sees only its B/k rows, N unchanged), the
-        gradient being the mean of theirs. One host read per step: the non-finite and stop flags.
+        gradient being the mean of theirs.
+
+        **Non-finite steps.** Every step sets a device flag when its loss or a gradient holds a
+        NaN or Inf (:func:`~edvae.training.guards.nonfinite_flag`). The host reads it every
+        :attr:`check_every` steps (:func:`~edvae.training.guards.flag_interval`): every step on
+        a CPU (a read costs nothing there), with ``train.on_nonfinite = "skip"`` and with an
+        ``on_step_end`` callback; else (``"stop"`` on a GPU) at the logged steps, the end of each
+        epoch, before every checkpoint and before a stop, with the stop flags. The guarantee is
+        the same either way: the first non-finite step s raises the error it raised when read at
+        once (naming step s, its epoch, the term or the gradient, and whether the encoder outputs
+        diverged), no checkpoint, log line or validation is written after step s (each is
+        preceded by a read), and the last good checkpoint is kept. Steps after s but before the
+        read are computed and thrown away with the run.
         """
-        s, tc, fabric = self.state, self.tc, self.fabric
+        s, tc = self.state, self.tc
         log_now = (s.step + 1) % tc.log_every == 0  # terms that only report are computed then
         k = tc.grad_accum_steps
-        batch_size, device = tc.batch_size, fabric.device
-        u = torch.rand((batch_size, *self.x_train.shape[1:]), generator=s.noise) if self.dynamic else None
-        eps = torch.randn((batch_size, self.config.model.latent_dim), generator=s.noise)
-        s.optimizer.zero_grad(set_to_none=True)
+        batch_size, device = tc.batch_size, self.device
+        u = (
+            torch.rand((batch_size, *self.x_train.shape[1:]), generator=s.noise, pin_memory=self._pin)
+            if self.dynamic
+            else None
+        )
+        eps = torch.randn((batch_size, self.config.model.latent_dim), generator=s.noise, pin_memory=self._pin)
+        if self._pin:
+            eps = eps.to(device, non_blocking=True)
+            u = u.to(device, non_blocking=True) if u is not None else None
+        for p in self._optimized:  # optimizer.zero_grad(set_to_none=True), without its profiling wrapper
+            p.grad = None
         outputs, objectives = [], []
         for j, rows in enumerate(self.micro_rows):
-            x = self.x_train[indices[rows]]
-            if u is not None:
-                x = binarize_with_uniforms(x, u[rows])
-            out = self.step_model(x, eps[rows].to(device))
+            if self._one_micro_batch:  # rows is the whole batch
+                x, eps_rows, u_rows = self.x_train[indices], eps, u
+            else:
+                x, eps_rows, u_rows = self.x_train[indices[rows]], eps[rows], (u[rows] if u is not None else None)
+            if u_rows is not None:
+                x = binarize_with_uniforms(x, u_rows)
+            out = self.step_model(x, eps_rows)
             if self.gather[log_now]:
                 mu, logvar, offset = gather_columns(out.mu, out.logvar)
             else:  # the objective reads this process's rows only
@@ -353,29 +395,61 @@ class Trainer:
         if self.world > 1 and self.objective_params:  # outside the DDP module: average their gradients here
             self._average_gradients(self.objective_params)
         found_inf = nonfinite_flag(obj.loss, self.params, tc.grad_clip)
-        if self.world > 1:
-            signalled = torch.tensor(float(self._stop_flag.signal_name is not None), device=found_inf.device)
-            nonfinite, self._signalled = fabric.all_reduce(
-                torch.stack([found_inf.reshape(()), signalled]), reduce_op="sum"
-            ).tolist()
-        else:
-            nonfinite, self._signalled = bool(found_inf), self._stop_flag.signal_name is not None
         s.step += 1
-        if nonfinite:
-            self._skip_or_stop(obj, outputs)
-            self.objective.after_step(s.model, applied=False)
-        else:
-            self._consecutive_skips = 0
-            s.optimizer.step()
-            if s.scheduler is not None:
-                s.scheduler.step()
-            self.objective.after_step(s.model, applied=True, gather=gather_rows)
-            if log_now:
-                self._log_step(obj)
+        if self.check_every == 1:
+            if self._read_flags([found_inf])[0]:
+                self._skip_or_stop(obj, outputs, s.step)
+                self.objective.after_step(s.model, applied=False)
+            else:
+                self._consecutive_skips = 0
+                self._apply(obj, log_now)
+        else:  # read later (see the docstring): kept until then with what its error needs
+            if self.world == 1:
+                self._signalled = self._stop_flag.signal_name is not None
+            self._pending.append((found_inf, s.step, obj, [(o.mu, o.logvar, o.z) for o in outputs]))
+            if log_now or s.step % self.check_every == 0:
+                self.settle()
+            self._apply(obj, log_now)
         if self.progress is not None and log_now:
             self.progress.update(tc.log_every)
-        fabric.call("on_step_end", trainer=self, state=s, step=s.step, objective=obj)
+        if self._call_step_end:
+            self.fabric.call("on_step_end", trainer=self, state=s, step=s.step, objective=obj)
         return obj
+
+    def _apply(self, obj: Objective, log_now: bool) -> None:
+        """The update of a step taken as finite: optimiser, schedule, the objective's state, the log."""
+        s = self.state
+        s.optimizer.step()
+        if s.scheduler is not None:
+            s.scheduler.step()
+        self.objective.after_step(s.model, applied=True, gather=gather_rows)
+        if log_now:
+            self._log_step(obj)
+
+    def _read_flags(self, flags: list[Tensor]) -> list[bool]:
+        """Host read of the steps' non-finite ``flags`` ((1,) each), summed over the processes
+        with the stop signals, which set ``self._signalled``: one synchronisation."""
+        signalled = self._stop_flag.signal_name is not None
+        if self.world > 1:
+            signal = torch.tensor([float(signalled)], device=flags[0].device)
+            values = self.fabric.all_reduce(torch.cat([*flags, signal]), reduce_op="sum").tolist()
+            signalled = bool(values.pop())
+        else:
+            values = torch.cat(flags).tolist() if len(flags) > 1 else [float(flags[0])]
+        self._signalled = signalled
+        return [v != 0 for v in values]
+
+    def settle(self) -> None:
+        """Read the flags of the steps taken since the last read (one host synchronisation); the
+        first non-finite one raises the error :meth:`train_step` describes. A no-op when every
+        step was read at once (``check_every == 1``)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        bad = self._read_flags([flag for flag, *_ in pending])
+        for (_, step, obj, outputs), nonfinite in zip(pending, bad, strict=True):
+            if nonfinite:
+                self._skip_or_stop(obj, [SimpleNamespace(mu=m, logvar=v, z=z) for m, v, z in outputs], step)
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
@@ -453,14 +527,15 @@ class Trainer:
         for p, part in zip(params, flat.split([g.numel() for g in grads])):
             p.grad = part.view_as(p).clone()
 
-    def _skip_or_stop(self, obj: Objective, outputs: list[Any]) -> None:
-        """A step with a non-finite loss or gradient: stop with a clear error, or (with
-        ``train.on_nonfinite=skip``) skip it, up to :data:`MAX_CONSECUTIVE_SKIPS` in a row."""
+    def _skip_or_stop(self, obj: Objective, outputs: list[Any], step: int) -> None:
+        """Step ``step`` (of the current epoch) had a non-finite loss or gradient: stop with a
+        clear error, or (with ``train.on_nonfinite=skip``) skip it, up to
+        :data:`MAX_CONSECUTIVE_SKIPS` in a row."""
         s = self.state
         culprit = next((k for k, v in obj.terms.items() if not torch.isfinite(v)), None)
         what = f"the objective term '{culprit}'" if culprit else "the gradient"
-        where = f"at step {s.step} (epoch {s.epoch + 1})"
-        error = diverged(outputs, s.step, s.epoch, self.run_dir)
+        where = f"at step {step} (epoch {s.epoch + 1})"
+        error = diverged(outputs, step, s.epoch, self.run_dir)
         if error is None and self.tc.on_nonfinite == "stop":
             error = TrainingError(
                 f"{what} became non-finite {where}; {kept_checkpoint(self.run_dir)}. "

@@ -1,0 +1,244 @@
+"""The training step against a minimal hand-written loop of the same shape, and on a GPU.
+
+* :func:`step_ratio` (CPU): the steady-state time of one step of :func:`edvae.train.train`
+  (vae-std) next to a minimal hand-written PyTorch loop of the same shape, separated from each
+  run's fixed cost (set-up, the checkpoint written at the stop, ...). Each side is run to
+  ``n1`` and to ``n2`` steps; with T(n) the time of a run of n steps,
+
+      step = (T(n2) - T(n1)) / (n2 - n1),   fixed = T(n1) - n1 * step,
+
+  one estimate per repeat (the runs interleaved, the order rotating), the median over the
+  repeats reported, in process CPU time (steady on a shared machine) and in wall time. The
+  ratio ``hand / trainer`` of the CPU step medians is the trainer's speed as a fraction of the
+  hand loop's (1: as fast). The hand loop: the same MLP encoder and decoder, z = mu + sigma eps,
+  a Gaussian likelihood with a learned scalar log-scale, the analytic KL to N(0, I), fused Adam,
+  a seeded permutation of the training rows each epoch; nothing else. The trainer's vae-std
+  step also calibrates the decoder's per-dimension scale (the default ``model.decoder_scale =
+  "optimal"``), builds the prior, checks the step for NaN/Inf and keeps its log; the row with
+  ``decoder_scale = "learned"`` (not with ``quick``) shows what the calibration costs.
+* :func:`gpu_steps` (CUDA only): ms per step (batch 256) of vae-std and edvae on the synthetic
+  task and of the conv models on image-shaped data, images per second, and the achieved fraction
+  of the GPU's peak: the step's FLOPs (``torch.utils.flop_counter``) over its time, over the
+  rate of a large float32 matrix product measured on that GPU (:func:`matmul_rate`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edvae.bench.common import _SYNTHETIC, _interleaved, _median, _raw_config
+
+
+def _hand_loop(data: Any, steps: int, *, device: str = "cpu", seed: int = 0) -> None:
+    """A minimal VAE loop of ``steps`` steps (batch 256, hidden [128, 128], latent 2)."""
+    from edvae.networks import MLPDecoder, MLPEncoder
+
+    torch.manual_seed(seed)
+    x_shape, latent, batch = tuple(data.x_shape), 2, 256
+    encoder = MLPEncoder(x_shape, latent, [128, 128]).to(device)
+    decoder = MLPDecoder(x_shape, latent, [128, 128]).to(device)
+    log_scale = torch.nn.Parameter(torch.zeros((), device=device))
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters(), log_scale], lr=1e-3, fused=True)
+    x_all = data.train.to(device)
+    n = x_all.shape[0]
+    per_epoch = n // batch
+    order = torch.randperm(n, device=device)
+    for step in range(steps):
+        if step and step % per_epoch == 0:
+            order = torch.randperm(n, device=device)
+        start = (step % per_epoch) * batch
+        x = x_all[order[start : start + batch]]
+        mu, logvar = encoder(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        r = (x - decoder(z)) * torch.exp(-log_scale)
+        log_px = (-0.5 * r.square() - log_scale - 0.9189385332046727).flatten(1).sum(1)
+        kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(1)
+        loss = (kl - log_px).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if device != "cpu":
+        torch.cuda.synchronize(device)
+
+
+def _trainer_run(config: Any, run_dir: Path, data: Any, steps: int) -> None:
+    from edvae.train import train
+
+    train(config, run_dir, data=data, overwrite=True, stop_at_step=steps)
+
+
+def _difference_rows(runs: dict[str, dict[str, Any]], n1: int, n2: int, sides: list[str]) -> dict[str, Any]:
+    """Step and fixed cost of each side from its runs of n1 and n2 steps (see the module docstring)."""
+    rows: dict[str, Any] = {}
+    for side in sides:
+        row: dict[str, Any] = {}
+        for clock in ("cpu", "wall"):
+            short, long = runs[f"{side} / {n1}"][clock], runs[f"{side} / {n2}"][clock]
+            steps = [(b - a) / (n2 - n1) for a, b in zip(short, long, strict=True)]
+            fixed = [a - n1 * s for a, s in zip(short, steps, strict=True)]
+            row[f"ms_per_step_{clock}"] = 1e3 * _median(steps)
+            row[f"ms_per_step_{clock}_all"] = [1e3 * s for s in steps]
+            row[f"fixed_seconds_{clock}"] = _median(fixed)
+        rows[side] = row
+    return rows
+
+
+def step_ratio(*, quick: bool, work: Path) -> dict[str, Any]:
+    """The CPU step of the trainer (vae-std) against the hand loop: steady-state medians."""
+    from edvae.config import validate_config
+    from edvae.data import load_dataset
+    from edvae.experiments.variants import merge
+
+    n1, n2 = (5, 25) if quick else (20, 120)
+    repeats = 3 if quick else 7
+    options = {"n_train": 256 * n2, "n_val": 256, "n_test": 256}  # n2 steps within the first epoch
+    data = load_dataset("complex", **options)
+    base = merge(_SYNTHETIC, {"data": {"options": options}})
+    configs = {"trainer (vae-std)": validate_config(_raw_config(base, "vae-std", None, 1))}
+    if not quick:
+        configs["trainer (vae-std, learned scale)"] = validate_config(
+            _raw_config(base, "vae-std", None, 1, model={"decoder_scale": "learned"})
+        )
+    sides: dict[str, Callable[[], Any]] = {}
+    for n in (n1, n2):
+        for name, config in configs.items():
+            sides[f"{name} / {n}"] = lambda c=config, n=n, d=name: _trainer_run(c, work / f"step-{d}", data, n)
+        sides[f"hand loop / {n}"] = lambda n=n: _hand_loop(data, n)
+    for name, side in sides.items():  # warm-up (imports, allocator), not timed
+        if name.endswith(f"/ {n1}"):
+            side()
+    runs = _interleaved(sides, repeats)
+    rows = _difference_rows(runs, n1, n2, [*configs, "hand loop"])
+    hand = rows["hand loop"]
+    for name in configs:
+        rows[name]["speed_vs_hand_loop"] = hand["ms_per_step_cpu"] / rows[name]["ms_per_step_cpu"]
+        rows[name]["speed_vs_hand_loop_wall"] = hand["ms_per_step_wall"] / rows[name]["ms_per_step_wall"]
+    return {
+        "task": "synthetic: complex data (16-D), MLP hidden [128, 128], latent 2, N(0, I) prior, analytic KL, "
+        "batch 256, fused Adam lr 1e-3, 1 epoch",
+        "threads": torch.get_num_threads(),
+        "steps": [n1, n2],
+        "repeats": repeats,
+        "results": rows,
+        "ratio": rows["trainer (vae-std)"]["speed_vs_hand_loop"],
+    }
+
+
+def matmul_rate(device: str, n: int = 8192, repeats: int = 10) -> dict[str, Any]:
+    """The best float32 rate of an ``n x n`` product on ``device`` (2 n^3 FLOPs, torch's default
+    float32 matmul precision): the peak the achieved rates are compared with."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, generator=gen, device=device)
+    b = torch.randn(n, n, generator=gen, device=device)
+    a @ b  # warm-up
+    torch.cuda.synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    best = min(seconds)
+    return {"n": n, "device": torch.cuda.get_device_name(device), "seconds_best": best, "gflops": 2 * n**3 / best / 1e9}
+
+
+class _GpuClock:
+    """Callback: the FLOPs of one step and the wall time of ``steps`` steps (synchronised at both
+    ends), run inside ``on_train_start`` after ``warm`` steps; the loop's own steps then follow."""
+
+    def __init__(self, steps: int, warm: int) -> None:
+        self.steps, self.warm, self.flops, self.seconds = steps, warm, 0, 0.0
+
+    def on_train_start(self, trainer: Any) -> None:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        batch = trainer.tc.batch_size
+        n = trainer.x_train.shape[0]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(trainer.device)
+        batches = [order[i * batch : (i + 1) * batch] for i in range(n // batch)]
+        with FlopCounterMode(display=False) as counter:
+            trainer.train_step(batches[0])
+        self.flops = counter.get_total_flops()
+        for i in range(self.warm):
+            trainer.train_step(batches[i % len(batches)])
+        trainer.settle()
+        torch.cuda.synchronize(trainer.device)
+        start = time.perf_counter()
+        for i in range(self.steps):
+            trainer.train_step(batches[i % len(batches)])
+        trainer.settle()
+        torch.cuda.synchronize(trainer.device)
+        self.seconds = time.perf_counter() - start
+
+
+def gpu_steps(*, quick: bool, work: Path) -> dict[str, Any]:
+    """ms per step on the GPU (batch 256): vae-std and edvae (synthetic), the conv models (images),
+    images per second and the achieved share of :func:`matmul_rate`; and the hand loop's step."""
+    from edvae.config import validate_config
+    from edvae.data import load_dataset
+    from edvae.data.splits import DataSplits
+    from edvae.experiments.variants import merge
+    from edvae.train import train
+
+    device = "cuda"
+    peak = matmul_rate(device)
+    steps, warm = (50, 10) if quick else (300, 30)
+    options = {"n_train": 10240, "n_val": 512, "n_test": 512}
+    synthetic = load_dataset("complex", **options)
+    base = merge(_SYNTHETIC, {"data": {"options": options}, "train": {"accelerator": "gpu"}})
+    gen = torch.Generator().manual_seed(0)
+    images = DataSplits(
+        name="binary 28x28 images (uniform pixels)",
+        train=(torch.rand((10240, 1, 28, 28), generator=gen) < 0.5).float(),
+        val=(torch.rand((512, 1, 28, 28), generator=gen) < 0.5).float(),
+        test=(torch.rand((512, 1, 28, 28), generator=gen) < 0.5).float(),
+        x_shape=(1, 28, 28),
+        likelihood="bernoulli",
+    )
+    conv = merge(base, {"model": {"network": "conv", "latent_dim": 16}})
+    cases = {
+        "vae-std (synthetic)": (_raw_config(base, "vae-std", None, 1), synthetic),
+        "edvae (synthetic)": (_raw_config(base, "edvae", "normal", 1), synthetic),
+        "vae-std (conv, 28x28)": (_raw_config(conv, "vae-std", None, 1), images),
+        "edvae (conv, 28x28)": (_raw_config(conv, "edvae", "normal", 1), images),
+    }
+    rows: dict[str, Any] = {}
+    for name, (raw, data) in cases.items():
+        clock = _GpuClock(steps, warm)
+        train(
+            validate_config(raw),
+            work / f"gpu-{len(rows)}",
+            data=data,
+            overwrite=True,
+            stop_at_step=1,
+            callbacks=[clock],
+        )
+        ms = 1e3 * clock.seconds / steps
+        achieved = clock.flops / (ms / 1e3) / 1e9
+        rows[name] = {
+            "ms_per_step": ms,
+            "images_per_second": 256 / (ms / 1e3),
+            "flops_per_step": clock.flops,
+            "achieved_gflops": achieved,
+            "share_of_peak": achieved / peak["gflops"],
+        }
+    start = time.perf_counter()
+    _hand_loop(synthetic, warm + steps, device=device)
+    hand_total = time.perf_counter() - start
+    start = time.perf_counter()
+    _hand_loop(synthetic, warm, device=device)
+    hand_ms = 1e3 * (hand_total - (time.perf_counter() - start)) / steps
+    return {
+        "device": peak["device"],
+        "batch_size": 256,
+        "steps": steps,
+        "matmul": peak,
+        "results": rows,
+        "hand_loop_ms_per_step": hand_ms,
+        "edvae_over_vae_std": rows["edvae (synthetic)"]["ms_per_step"] / rows["vae-std (synthetic)"]["ms_per_step"],
+    }
