@@ -138,7 +138,7 @@ def main() -> None:
         "| B | D | gathered: 2BD floats (KiB) | if z too: 3BD (KiB) | gather fwd+bwd (ms) | step, 2 proc. (ms) | gather share | step, 1 proc. (ms) |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (batch, dim), (gather, step), one in zip(cases, measured, single):
+    for (batch, dim), (gather, step), one in zip(cases, measured, single, strict=True):
         two_bd, three_bd = 2 * batch * dim, 3 * batch * dim
         ref = "-" if one is None else f"{1e3 * one:.2f}"
         print(

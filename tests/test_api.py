@@ -78,7 +78,10 @@ def test_decompose_is_the_full_data_set_decomposition_and_load_gives_the_same_ru
     assert terms["mi"] + terms["marginal_kl"] == pytest.approx(terms["kl"], abs=0.5)
     again = edvae.load(fitted.dir)
     assert again.config == fitted.config
-    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), fitted.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(again.model.state_dict().values(), fitted.model.state_dict().values(), strict=True)
+    )
     assert again.decompose() == terms
     assert again.decompose(fitted.data.test) == terms  # x given explicitly: the same rows, the same draws
     with pytest.raises(EdvaeError, match=r"x must have shape \(N, \*\(6,\)\)"):

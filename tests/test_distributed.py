@@ -108,7 +108,7 @@ def _step(case: tuple, rank: int, world: int) -> dict[str, dict[str, torch.Tenso
         dist.all_reduce(terms)  # every term is a mean over R rows: the mean of the means
         terms /= world
     grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-    return {"terms": dict(zip(names, terms)), "grads": grads}
+    return {"terms": dict(zip(names, terms, strict=True)), "grads": grads}
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -292,7 +292,7 @@ def test_two_process_training_and_resume_match_one_process(tmp_path, objective_o
     assert [(r["split"], r["step"]) for r in log_two] == [(r["split"], r["step"]) for r in log_one]
     worst_log = max(
         abs(b[k] - a[k]) / max(1.0, abs(a[k]))
-        for a, b in zip(log_one, log_two)
+        for a, b in zip(log_one, log_two, strict=True)
         for k in a
         if k not in ("split", "step", "epoch")
     )

@@ -82,7 +82,7 @@ class Run:
         from edvae.estimators import dataset_decomposition
 
         rows = self.data.test if x is None else _as_tensor(x, "x", self.data.x_shape)
-        mus, logvars = zip(*(self.model.encode(rows[i : i + 1024]) for i in range(0, rows.shape[0], 1024)))
+        mus, logvars = zip(*(self.model.encode(rows[i : i + 1024]) for i in range(0, rows.shape[0], 1024)), strict=True)
         gen = torch.Generator().manual_seed(seed)
         terms = dataset_decomposition(
             torch.cat(mus), torch.cat(logvars), self.model.prior_distribution(), num_queries=num_queries, generator=gen

@@ -142,7 +142,7 @@ def _check_finite(validate: bool, **tensors: Tensor) -> None:
     flags = torch.stack([torch.isfinite(t).all() for t in tensors.values()])
     if bool(flags.all()):
         return
-    bad = [name for name, ok in zip(tensors, flags.tolist()) if not ok]
+    bad = [name for name, ok in zip(tensors, flags.tolist(), strict=True) if not ok]
     raise EdvaeError(
         f"{' and '.join(bad)} {'contains' if len(bad) == 1 else 'contain'} NaN or Inf "
         "values; check the encoder for diverging "
@@ -673,7 +673,7 @@ class _Direct:
 
     def gradients(self, want_mu: bool, want_logvar: bool) -> tuple[Tensor | None, ...]:
         grads = (self.grad_z, self.grad_mu if want_mu else None, self.grad_logvar if want_logvar else None)
-        return tuple(None if g is None else g.T.to(t) for g, t in zip(grads, self.dtypes))
+        return tuple(None if g is None else g.T.to(t) for g, t in zip(grads, self.dtypes, strict=True))
 
 
 def _is_direct(z: Tensor, mu: Tensor, logvar: Tensor) -> bool:

@@ -464,7 +464,7 @@ def _training_curves(plt: Any, shown: list[dict[str, Any]], datasets: list[str],
             alpha=0.85,
         )
         lows[r["dataset"]].append(min(values[len(values) // 10 :]) if len(values) > 1 else values[0])
-    for dataset, ax in zip(datasets, axes[0]):
+    for dataset, ax in zip(datasets, axes[0], strict=True):
         ax.set_title(f"{dataset}: validation ELBO per epoch (one-sample MC, the same noise every epoch)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation ELBO (nats per example)")

@@ -263,7 +263,7 @@ def finish(
     label_tensor = None if labels is None else torch.from_numpy(np.array(labels, dtype=np.int64))
     parts: dict[str, Any] = {}
     start = 0
-    for split_name, size in zip(SPLIT_NAMES, sizes):
+    for split_name, size in zip(SPLIT_NAMES, sizes, strict=True):
         idx = order[start : start + size]
         start += size
         part = data[idx]

@@ -194,7 +194,7 @@ def run_study(
         )
     plans = [plan_run(spec, out_dir, overwrite) for spec in study.runs]
     counts = {action: sum(1 for a, _ in plans if a == action) for action in ACTIONS}
-    refused = [(spec, d) for spec, (a, d) in zip(study.runs, plans) if a == "refuse"]
+    refused = [(spec, d) for spec, (a, d) in zip(study.runs, plans, strict=True) if a == "refuse"]
     if refused:
         spec, differences = refused[0]
         raise EdvaeError(

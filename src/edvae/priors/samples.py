@@ -58,7 +58,7 @@ def _kernel_sums_and_means(
     """
     z, s, a = queries.to(torch.float64), samples.to(torch.float64), half_precisions.to(torch.float64)
     step = chunk_size or max(len(z), len(s), 1)
-    s_blocks = list(zip(s.split(step), (s * s).sum(-1).split(step)))
+    s_blocks = list(zip(s.split(step), (s * s).sum(-1).split(step), strict=True))
     sums, weighted = [], []
     for zc in z.split(step):
         zc_sq = (zc * zc).sum(-1, keepdim=True)

@@ -419,7 +419,7 @@ class Trainer:
         if world > 1:
             sums = self.fabric.all_reduce(sums, reduce_op="sum")
             count *= world
-        return {k: float(v) / count for k, v in zip(names, sums.tolist())}
+        return {k: float(v) / count for k, v in zip(names, sums.tolist(), strict=True)}
 
     def save_checkpoint(self, completed: bool = False) -> None:
         """Write :meth:`TrainState.state_dict` atomically to ``checkpoint.pt``; refuses (with a
@@ -450,7 +450,7 @@ class Trainer:
         """Mean of the processes' gradients of ``params`` (what DDP does for the model's), one all-reduce."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = self.fabric.all_reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
-        for p, part in zip(params, flat.split([g.numel() for g in grads])):
+        for p, part in zip(params, flat.split([g.numel() for g in grads]), strict=True):
             p.grad = part.view_as(p).clone()
 
     def _skip_or_stop(self, obj: Objective, outputs: list[Any]) -> None:
@@ -481,7 +481,7 @@ class Trainer:
         values = torch.stack([v.float() for v in obj.terms.values()])
         if self.world > 1:
             values = self.fabric.all_reduce(values, reduce_op="mean")
-        logged = dict(zip(obj.terms, values.tolist()))
+        logged = dict(zip(obj.terms, values.tolist(), strict=True))
         self.log.log("train", self.state.step, self.state.epoch + 1, logged)
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{logged['loss']:.3f}", refresh=False)
@@ -516,7 +516,7 @@ def follow_new_total(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, tota
         scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / total_steps)) / 2
         for base in scheduler.base_lrs
     ]
-    for group, lr in zip(scheduler.optimizer.param_groups, rates):
+    for group, lr in zip(scheduler.optimizer.param_groups, rates, strict=True):
         group["lr"] = lr
     scheduler._last_lr = list(rates)
 
