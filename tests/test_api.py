@@ -33,7 +33,10 @@ def fitted(array, tmp_path_factory):
 
 
 def test_import_edvae_stays_torch_free_and_exports_the_api_lazily():
-    code = "import sys, edvae; assert 'torch' not in sys.modules; edvae.fit; assert 'torch' in sys.modules; print(edvae.Run.__name__)"
+    code = (
+        "import sys, edvae; assert 'torch' not in sys.modules; edvae.fit; assert 'torch' in sys.modules; "
+        "print(edvae.Run.__name__)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "Run", done.stderr
 
@@ -122,7 +125,8 @@ def test_a_distribution_prior_is_trained_saved_and_needs_the_object_to_load(arra
         done.returncode != 0 and "pass an object of the same kind again: edvae.load(run_dir, prior=...)" in done.stderr
     )
     code = (
-        "import torch, edvae; d = torch.distributions.Independent(torch.distributions.Laplace(torch.zeros(3), torch.ones(3)), 1); "
+        "import torch, edvae; d = torch.distributions.Independent(torch.distributions.Laplace(torch.zeros(3), "
+        "torch.ones(3)), 1); "
         f"print(edvae.load({str(run.dir)!r}, prior=d).decompose()['kl'])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

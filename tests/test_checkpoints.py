@@ -190,7 +190,9 @@ def half_write_cli():
 
 
 pid = fork(half_write_cli)
-wait_until(lambda: os.path.exists(args["ready"]), pid, "the 2nd checkpoint write to stall (does save_atomic still use open()?)")
+wait_until(
+    lambda: os.path.exists(args["ready"]), pid, "the 2nd checkpoint write to stall (does save_atomic still use open()?)"
+)
 os.kill(pid, signal.SIGKILL)
 report["A"] = {"status": os.waitpid(pid, 0)[1], **json.loads(Path(args["ready"]).read_text())}
 

@@ -147,7 +147,8 @@ def test_terms_and_gradients_of_two_processes_equal_one_process(spawned, index):
     if CASES[index][0] in ("mixture", "vamp"):
         assert any(name.startswith("prior.") for name in single["grads"])
     print(
-        f"\n{CASES[index][0]}: max |2 processes - 1 process|: terms {errors['terms']:.2e}, gradients {errors['grads']:.2e}"
+        f"\n{CASES[index][0]}: max |2 processes - 1 process|: terms {errors['terms']:.2e}, gradients "
+        f"{errors['grads']:.2e}"
     )
 
 
@@ -304,5 +305,6 @@ def test_two_process_training_and_resume_match_one_process(tmp_path, objective_o
     worst_eval = max(abs(metrics_two[k] - v) / max(1.0, abs(v)) for k, v in metrics_one.items() if k not in unseeded)
     assert worst_eval < 1e-4, (metrics_one, metrics_two)
     print(
-        f"\n1 vs 2 processes: max relative difference of logged terms {worst_log:.2e}, of evaluation metrics {worst_eval:.2e}"
+        f"\n1 vs 2 processes: max relative difference of logged terms {worst_log:.2e}, of evaluation metrics "
+        f"{worst_eval:.2e}"
     )

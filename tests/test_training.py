@@ -274,7 +274,7 @@ def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path, tiny_confi
     assert load_checkpoint(tmp_path / "r")["config"] == before["config"]  # nothing rewritten
 
 
-# ----------------------------------------------------------------------------- the loop: learning, logs, checkpoints, exact resume, non-finite steps
+# ------------------------------------------------ the loop: learning, logs, checkpoints, exact resume, non-finite steps
 def _params(run_dir):
     return load_checkpoint(run_dir)["model"]
 

@@ -372,14 +372,16 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="A short version (under a minute).")] = False,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Torch threads for the timed comparisons.")] = 1,
 ) -> None:
-    """Measure the decomposition's cost next to a plain VAE, the loop against pythae and a hand-written one, and the estimators' scaling."""
+    """Measure the decomposition's cost next to a plain VAE, the loop against pythae and a hand-written one, \
+and the estimators' scaling."""
     out = _folder(out_dir, "--out")
     from edvae.bench import run_bench
 
     report = run_bench(out, quick=quick, threads=threads)
     overhead = report["overhead"][0]["results"]
     typer.echo(
-        f"edvae / vae-std {overhead['edvae']['ratio']:.2f}x, edvae-paper / vae-std {overhead['edvae-paper']['ratio']:.2f}x "
+        f"edvae / vae-std {overhead['edvae']['ratio']:.2f}x, edvae-paper / vae-std "
+        f"{overhead['edvae-paper']['ratio']:.2f}x "
         f"(synthetic); report: {out / 'bench.md'}"
     )
 

@@ -115,7 +115,8 @@ def fit_logistic_regression(
     by Newton's method in float64 from zero, with the Hessian (with p_n = softmax(W f_n + b),
     g_n = (f_n, 1))
 
-        d^2 L / d theta_{c,i} d theta_{d,j} = sum_n (delta_cd p_nc - p_nc p_nd) g_ni g_nj + delta_cd delta_ij [i is a weight],
+        d^2 L / d theta_{c,i} d theta_{d,j}
+            = sum_n (delta_cd p_nc - p_nc p_nd) g_ni g_nj + delta_cd delta_ij [i is a weight],
 
     a step halved until L decreases, stopping when the gradient's largest entry is below
     ``tolerance`` times N. The flat direction (one constant added to every intercept) gets

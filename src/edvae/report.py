@@ -315,7 +315,8 @@ def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") 
         plan = result.get("plan")
         reused = (plan or {}).get("reuse", 0) + (plan or {}).get("evaluate", 0)
         of = (
-            f" (the invocation that finished it; {reused} of {len(result['records'])} runs were reused from an earlier one)"
+            f" (the invocation that finished it; {reused} of {len(result['records'])} runs were reused from an earlier "
+            "one)"
             if reused
             else ""
         )

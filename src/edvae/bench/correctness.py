@@ -58,7 +58,8 @@ def mi_correctness(*, quick: bool) -> dict[str, Any]:
             mean = statistics.fmean(vals)
             rows[name] = {"mi": mean, "std_over_batches": statistics.pstdev(vals), "bias": mean - truth}
     return {
-        "case": f"mu ~ N(0, I_{dim}), sigma = {sigma}, N = {n}, B = {batch}, {n_batches} batches, truth from {queries} query points",
+        "case": f"mu ~ N(0, I_{dim}), sigma = {sigma}, N = {n}, B = {batch}, {n_batches} batches, truth from {queries} "
+        "query points",
         "log_B": math.log(batch),
         "log_N": math.log(n),
         "pythae": "compared" if pythae_model is not None else "not installed",
@@ -160,7 +161,8 @@ def tcvae_terms_correctness(*, quick: bool) -> dict[str, Any]:
             for t, v in terms.items()
         }
     return {
-        "case": f"q(z|x_n) = N(A x_n, {_TC_SCALE}^2 I), D = {dim}, N = {n}, B = {batch}, {n_batches} batches, prior N(0, I)",
+        "case": f"q(z|x_n) = N(A x_n, {_TC_SCALE}^2 I), D = {dim}, N = {n}, B = {batch}, {n_batches} batches, prior "
+        "N(0, I)",
         "log_B": math.log(batch),
         "pythae": "compared" if pythae_models is not None else "not installed",
         "results": rows,

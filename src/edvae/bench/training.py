@@ -274,7 +274,8 @@ def peers(*, quick: bool, work: Path) -> dict[str, Any]:
             rows["hand-written PyTorch loop"]["examples_per_second"] / p["examples_per_second"]
         )
     return {
-        "task": "synthetic: complex data (16-D), MLP encoder/decoder hidden [128, 128], latent 2, unit-variance Gaussian likelihood, N(0, I) prior, Adam lr 1e-3, batch 256",
+        "task": "synthetic: complex data (16-D), MLP encoder/decoder hidden [128, 128], latent 2, unit-variance "
+        "Gaussian likelihood, N(0, I) prior, Adam lr 1e-3, batch 256",
         "n_train": int(data.train.shape[0]),
         "epochs": epochs,
         "repeats": repeats,
@@ -329,7 +330,8 @@ def profile_step(*, quick: bool, work: Path, rows: int = 15) -> dict[str, Any]:
         for n in (k, 2 * k)
     ]
     return {
-        "run": f"edvae-paper objective, N(0, I) prior, synthetic task, one epoch: {steps} steps, a validation and a checkpoint",
+        "run": f"edvae-paper objective, N(0, I) prior, synthetic task, one epoch: {steps} steps, a validation and a "
+        "checkpoint",
         "steps": steps,
         "self_cpu_ms_per_step_total": total / 1e3 / steps,
         "top": [

@@ -109,7 +109,8 @@ class DataSplits:
             ):
                 raise EdvaeError(
                     f"DataSplits.{split}_factors must be a float32 tensor of shape ({x.shape[0]}, "
-                    f"{len(self.factor_names)}) (one column per factor name), got {factors.dtype} {tuple(factors.shape)}"
+                    f"{len(self.factor_names)}) (one column per factor name), got {factors.dtype} "
+                    f"{tuple(factors.shape)}"
                 )
 
     @property

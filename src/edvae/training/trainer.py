@@ -130,7 +130,8 @@ def train(
         started = saved["epoch"] + (saved["batch_in_epoch"] > 0)  # epochs finished or begun
         if config.train.epochs < started:
             raise EdvaeError(
-                f"cannot resume {run_dir} with train.epochs={config.train.epochs}: it has already trained {saved['epoch']} "
+                f"cannot resume {run_dir} with train.epochs={config.train.epochs}: it has already trained "
+                f"{saved['epoch']} "
                 f"epochs{' and begun the next' if saved['batch_in_epoch'] else ''}; pass train.epochs={started} or more"
             )
     tc = config.train
@@ -427,7 +428,8 @@ class Trainer:
         s = self.state
         if not all(bool(torch.isfinite(p).all()) for p in [*s.model.parameters(), *self.objective.parameters()]):
             raise TrainingError(
-                f"the parameters became non-finite by step {s.step} (epoch {s.epoch + 1}); {kept_checkpoint(self.run_dir)}. "
+                f"the parameters became non-finite by step {s.step} (epoch {s.epoch + 1}); "
+                f"{kept_checkpoint(self.run_dir)}. "
                 "Lower train.lr or set train.grad_clip"
             )
         s.log_lines, s.completed = self.log.lines, completed
@@ -473,7 +475,8 @@ class Trainer:
         self._consecutive_skips += 1
         if self._consecutive_skips > MAX_CONSECUTIVE_SKIPS:
             raise TrainingError(
-                f"{what} was non-finite for {self._consecutive_skips} steps in a row {where}; giving up; {kept_checkpoint(self.run_dir)}"
+                f"{what} was non-finite for {self._consecutive_skips} steps in a row {where}; giving up; "
+                f"{kept_checkpoint(self.run_dir)}"
             )
 
     def _log_step(self, obj: Objective) -> None:
