@@ -61,7 +61,7 @@ def brute_momentum_estimate(queries, keys, negatives, tau):
         logits = [sum(a * b for a, b in zip(u, k, strict=True)) / tau]
         logits += [sum(a * b for a, b in zip(u, v, strict=True)) / tau for v in negatives.tolist()]
         top = max(logits)
-        total += logits[0] - (top + math.log(sum(math.exp(l - top) for l in logits)))
+        total += logits[0] - (top + math.log(sum(math.exp(s - top) for s in logits)))
     return total / queries.shape[0] + math.log(negatives.shape[0] + 1)
 
 
@@ -143,7 +143,7 @@ def test_momentum_estimate_never_exceeds_log_k_plus_one(seed, tau):
     critic = filled_critic(dim=4, queue_size=16, fill=0, seed=seed, temperature=tau)
     critic.key_encoder.load_state_dict(identity_encoder(4).state_dict())
     g = torch.Generator().manual_seed(seed)
-    for step in range(6):
+    for _ in range(6):
         x = torch.randn(8, 4, generator=g, dtype=F64)
         bound = math.log(int(critic.size) + 1)
         for z in (torch.randn(8, 4, generator=g, dtype=F64), 3.0 * x):  # random; aligned

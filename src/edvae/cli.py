@@ -163,8 +163,8 @@ def train(
     ] = None,
     out: Annotated[str | None, typer.Option("--out", help="Run folder for checkpoint and logs.")] = None,
     set_: Annotated[
-        list[str], typer.Option("--set", help="Override a config key: --set train.epochs=10 (repeatable).")
-    ] = [],
+        list[str] | None, typer.Option("--set", help="Override a config key: --set train.epochs=10 (repeatable).")
+    ] = None,
     prior: Annotated[
         str | None, typer.Option("--prior", help="Prior name, 'true', or samples:PATH (.npy/.pt/.csv).")
     ] = None,
@@ -182,7 +182,7 @@ def train(
     from edvae.config import RunConfig, validate_config
 
     out, resume = _folder(out, "--out"), _folder(resume_dir, "--resume")
-    overrides = list(set_)
+    overrides = list(set_ or [])
     if devices is not None:
         overrides.append(f"train.devices={devices}")
     if num_nodes is not None:
@@ -261,8 +261,9 @@ def evaluate(
         bool, typer.Option("--no-true-ll", help="Skip the true log-likelihood of synthetic data (quadrature).")
     ] = False,
     set_: Annotated[
-        list[str], typer.Option("--set", help="Override an evaluation setting: --set eval.seed=1 (repeatable).")
-    ] = [],
+        list[str] | None,
+        typer.Option("--set", help="Override an evaluation setting: --set eval.seed=1 (repeatable)."),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -281,9 +282,9 @@ def evaluate(
 
     if split not in ("test", "val"):
         raise EdvaeError(f"--split must be 'test' or 'val', got '{split}'")
-    if any(not o.startswith("eval.") for o in set_):
+    if any(not o.startswith("eval.") for o in set_ or []):
         raise EdvaeError("evaluate takes only eval.* settings (e.g. --set eval.iwae_samples=100)")
-    overrides = list(set_)
+    overrides = list(set_ or [])
     if iwae_samples is not None:
         overrides.append(f"eval.iwae_samples={iwae_samples}")
     if no_true_ll:
@@ -329,7 +330,9 @@ def reproduce(
     seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="Seeds per model.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Runs trained in parallel.")] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Retrain runs already in --out.")] = False,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a key of every run's config (repeatable).")] = [],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key of every run's config (repeatable).")
+    ] = None,
 ) -> None:
     """Run a study (default: the paper's) end to end and write its report."""
     out = _folder(out_dir, "--out")

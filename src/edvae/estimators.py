@@ -57,7 +57,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -93,7 +93,7 @@ __all__ = [
 METHODS: tuple[str, ...] = ("mss", "mws", "batch", "full")
 KL_METHODS: tuple[str, ...] = ("auto", "analytic", "mc")
 
-PriorLike = Union[Distribution, nn.Module, Callable[[], Distribution]]
+PriorLike = Distribution | nn.Module | Callable[[], Distribution]
 """A ``Distribution`` with ``event_shape == (D,)``, or a module/callable returning one."""
 
 _LOG_2PI = math.log(2.0 * math.pi)

@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +275,7 @@ def threads(*, quick: bool, work: Path, default_threads: int) -> dict[str, Any]:
             for variant, prior in (("vae-std", None),) if quick else (("vae-std", None), ("edvae-paper", "normal")):
                 config = validate_config(_raw_config(base, variant, prior, 1))
 
-                def timed(n: int):
+                def timed(n: int, config: Any, task: str, data: Any) -> Callable[[], float]:
                     def run() -> float:
                         torch.set_num_threads(n)
                         clock = _StepClock(skip=3)
@@ -294,7 +295,7 @@ def threads(*, quick: bool, work: Path, default_threads: int) -> dict[str, Any]:
                 for load in ("idle", "with a competing process"):
                     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load != "idle" else None
                     try:
-                        runs = _interleaved({str(n): timed(n) for n in counts}, repeats)
+                        runs = _interleaved({str(n): timed(n, config, task, data) for n in counts}, repeats)
                     finally:
                         if spinner is not None:
                             spinner.kill()

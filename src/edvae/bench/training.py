@@ -81,7 +81,7 @@ def overhead(task: str, *, quick: bool, work: Path) -> dict[str, Any]:
             "wall_seconds_per_call": _median(run["wall"]),
         }
     ref = rows["vae-std"]
-    for name, row in rows.items():
+    for row in rows.values():
         row["ratio"] = row["ms_per_step"] / ref["ms_per_step"]
         row["ratio_epoch"] = row["seconds_per_epoch"] / ref["seconds_per_epoch"]
         row["ratio_cpu"] = row["cpu_seconds_per_epoch"] / ref["cpu_seconds_per_epoch"]

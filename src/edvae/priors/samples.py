@@ -175,7 +175,7 @@ class KernelDensity(Distribution):
         log_norm = _kde_log_norm(dim, len(self.samples), self.bandwidth.to(torch.float64))
         return (sums - log_norm).reshape(value.shape[:-1]).to(value.dtype)
 
-    def rsample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
         shape = torch.Size(sample_shape)
         index = torch.randint(len(self.samples), shape, device=self.samples.device)
         noise = torch.randn(shape + self.event_shape, dtype=self.samples.dtype, device=self.samples.device)
