@@ -12,10 +12,10 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from edvae.errors import EdvaeError, TrainingError
 
@@ -33,13 +33,19 @@ class _OneLineUsageErrors(TyperGroup):
         prog_name: str | None = None,
         complete_var: str | None = None,
         standalone_mode: bool = True,
+        windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
         if {"--help", "-h"} & set(sys.argv[1:] if args is None else args):
             self._name_the_choices()
         try:
             result = super().main(
-                args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
             )
         except typer.TyperException as err:  # the parser's ClickException family
             context = getattr(err, "ctx", None)
@@ -67,6 +73,8 @@ class _OneLineUsageErrors(TyperGroup):
         choices = {"prior": f"Priors: {', '.join(prior_names())}.", "study": f"Studies: {', '.join(STUDIES)}."}
         for command in self.commands.values():
             for param in command.params:
+                if not isinstance(param, (TyperArgument, TyperOption)):
+                    continue
                 extra = choices.get(param.name or "")
                 if extra and extra not in (param.help or ""):
                     param.help = f"{param.help} {extra}"
@@ -133,6 +141,12 @@ def _root(
     _STATE["debug"] = debug
 
 
+@overload
+def _folder(value: str, option: str) -> Path: ...
+@overload
+def _folder(value: None, option: str) -> None: ...
+@overload
+def _folder(value: str | None, option: str) -> Path | None: ...
 def _folder(value: str | None, option: str) -> Path | None:
     """A folder given on the command line; an empty string (which a Path would silently read
     as the current folder) is refused."""
@@ -181,14 +195,14 @@ def train(
     """Train one model (traditional VAE or ED-VAE) and write its checkpoint and logs."""
     from edvae.config import RunConfig, validate_config
 
-    out, resume = _folder(out, "--out"), _folder(resume_dir, "--resume")
+    out_dir, resume = _folder(out, "--out"), _folder(resume_dir, "--resume")
     overrides = list(set_ or [])
     if devices is not None:
         overrides.append(f"train.devices={devices}")
     if num_nodes is not None:
         overrides.append(f"train.num_nodes={num_nodes}")
     if resume is not None:
-        if out is not None and out.resolve() != resume.resolve():
+        if out_dir is not None and out_dir.resolve() != resume.resolve():
             raise EdvaeError("--resume continues in its own folder; drop --out or give the same folder")
         if config is not None or prior is not None or data is not None:
             raise EdvaeError("--resume takes the config stored in the checkpoint; pass only --set train.* overrides")
@@ -205,12 +219,12 @@ def train(
         cfg: RunConfig = validate_config(apply_overrides(stored, overrides), source=str(resume))
         run_dir = resume
     else:
-        if out is None:
+        if out_dir is None:
             raise EdvaeError("missing --out DIR: the folder where the run's checkpoint and logs go")
         if config is None and prior is None and data is None and not overrides:
             raise EdvaeError("give a CONFIG file (e.g. configs/edvae-complex.toml) or --set overrides")
         cfg = validate_config(_raw_config(config, overrides, prior, data), source=str(config or "--set"))
-        run_dir = out
+        run_dir = out_dir
     from edvae.train import train as run_training  # the heavy imports, after the config is checked
 
     result = run_training(cfg, run_dir, resume=resume is not None, overwrite=overwrite)
@@ -395,4 +409,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

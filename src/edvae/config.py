@@ -45,6 +45,7 @@ class _Strict(BaseModel):
     @classmethod
     def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """Refuse ``true``/``false`` where a number goes (pydantic would read them as 1/0)."""
+        assert info.field_name is not None  # a field validator always has its field's name
         annotation = cls.model_fields[info.field_name].annotation
         kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
         if isinstance(value, bool) and kinds and kinds <= {int, float}:
@@ -197,6 +198,7 @@ class ObjectiveConfig(_Strict):
     @field_validator("kind", "mi_estimator", "entropy_estimator")
     @classmethod
     def _registered(cls, value: str, info: ValidationInfo) -> str:
+        assert info.field_name is not None  # a field validator always has its field's name
         choices = {"kind": tuple(OBJECTIVES), "mi_estimator": MI_ESTIMATORS, "entropy_estimator": ENTROPY_ESTIMATORS}[
             info.field_name
         ]

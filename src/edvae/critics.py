@@ -167,6 +167,9 @@ class MomentumCritic(Critic):
     """
 
     pending: Tensor | None
+    queue: Tensor
+    pointer: Tensor
+    size: Tensor
 
     def __init__(
         self,

@@ -666,7 +666,7 @@ class _Direct:
             if single:
                 self.grad_mu, self.grad_logvar = grad_mu, grad_logvar
             else:
-                if self.grad_mu is None:
+                if self.grad_mu is None or self.grad_logvar is None:  # (both are set together)
                     self.grad_mu, self.grad_logvar = torch.zeros_like(self.mu), torch.zeros_like(self.mu)
                 self.grad_mu[:, cs] += grad_mu
                 self.grad_logvar[:, cs] += grad_logvar
@@ -754,7 +754,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         z: Tensor,
         mu: Tensor,
@@ -781,12 +781,14 @@ class _WeightedLogSumExp(torch.autograd.Function):
             if single:
                 out = value
             else:
+                assert out is not None  # allocated above when not single
                 rs = slice(r0, r0 + block.shape[0])
                 out[:, rs] = torch.logaddexp(out[:, rs], value)
         ctx.kept = (exps, sums) if keep else ()
         ctx.save_for_backward(out)
         ctx.kernel = kernel
         ctx.blocking = (plans, fix, chunk_rows, chunk_columns)
+        assert out is not None  # _blocks yields at least one block
         return out
 
     @staticmethod
@@ -815,9 +817,10 @@ class _WeightedLogSumExp(torch.autograd.Function):
             if not kept:
                 _apply_overrides(block, plans[0], r0, c0, n_columns)
                 block.sub_(out[0, rs, None] - plans[0].log_base).clamp_(min=kernel.floor).exp_()
-            weight: Tensor | None = alpha[rs, None]
+            row_weight = alpha[rs, None]
+            weight: Tensor | None = row_weight
             if fix.entries:  # G = diag(alpha) E + the correction entries, as one block
-                weights = block * weight
+                weights = block * row_weight
                 weight = None
                 flat, exps = weights.view(-1), block.view(-1)
                 for k, shift, factor in fix.entries:
@@ -911,7 +914,7 @@ def log_aggregate_posterior(
     float64: module docstring), else in float64.
     """
     _check_inputs(z, mu, logvar, validate)
-    methods = method if isinstance(method, tuple) and method else (method,)
+    methods: tuple[Any, ...] = method if isinstance(method, tuple) and method else (method,)  # () -> _plan refuses
     plans = tuple(_plan(m, z.shape[0], mu.shape[0], dataset_size, row_offset) for m in methods)
     log_q = _log_q(z, mu, logvar, plans if isinstance(method, tuple) else plans[0], chunk_size)
     return log_q.to(_result_dtype(z, mu, logvar))
@@ -1128,7 +1131,7 @@ class DecompositionTerms(NamedTuple):
     log q(z_s|x_s) - log p(z_s) exactly, per query: log q_hat cancels, and with it its bias.
     """
 
-    index: Tensor
+    index: Tensor  # type: ignore[assignment]  # a public field name that shadows tuple.index
     mi: Tensor
     entropy: Tensor
     cross_entropy: Tensor

@@ -45,7 +45,7 @@ from edvae.config import EvalConfig, RunConfig
 from edvae.data import DataSplits, binarize_batch
 from edvae.data.sampling import derive_seed
 from edvae.errors import EdvaeError
-from edvae.estimators import dataset_decomposition_terms, kl_divergence, log_posterior
+from edvae.estimators import PriorLike, dataset_decomposition_terms, kl_divergence, log_posterior
 from edvae.model import VAE
 from edvae.runs import load_data, load_run  # load_run also importable from here, its former home
 
@@ -172,6 +172,7 @@ def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor
     ``seed``, not left in grey levels."""
     x_fit = binarize_batch(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
     features, labels = model.encode(x_fit)[0], data.train_labels
+    assert labels is not None  # the callers probe only data with labels
     weight, bias = fit_logistic_regression(features, labels)
     predicted = (model.encode(x_eval)[0].double() @ weight.T + bias).argmax(1)
     return float((predicted == y_eval.long()).double().mean())
@@ -287,6 +288,7 @@ def evaluate_model(
         if true_ll is None:
             for _ in _progress(range(1), enabled=progress, total=1, desc=f"true log-likelihood of {n} examples"):
                 true_ll = true_log_likelihoods(data, split)
+        assert true_ll is not None  # computed in the loop above
         values["true_ll"] = true_ll
         values["ll_gap"] = values["true_ll"] - values["iwae"]
     metrics: dict[str, float] = {}
@@ -314,7 +316,7 @@ DISENTANGLEMENT_EXAMPLES = 2000
 
 
 def disentanglement_metrics(
-    mu: Tensor, logvar: Tensor, factors: Tensor, prior: object, *, seed: int
+    mu: Tensor, logvar: Tensor, factors: Tensor, prior: PriorLike, *, seed: int
 ) -> dict[str, float]:
     """``mig``, ``dci``, ``dci_completeness``, ``tc`` and (factorised prior) ``dimwise_kl`` of
     the posteriors (N, D) of examples with known ``factors`` (N, K), on at most
@@ -328,6 +330,7 @@ def disentanglement_metrics(
     scores = dci(mu, factors, seed=seed)
     out.update(dci=scores.disentanglement, dci_completeness=scores.completeness)
     split = dataset_decomposition(mu, logvar, prior, generator=gen, per_dimension=True)
+    assert split.total_correlation is not None  # per_dimension=True computes it
     out["tc"] = float(split.total_correlation)
     if split.dimwise_kl is not None:
         out["dimwise_kl"] = float(split.dimwise_kl.sum())
@@ -337,6 +340,11 @@ def disentanglement_metrics(
 def true_log_likelihoods(data: DataSplits, split: str = "test") -> Tensor:
     """log p_true(x_n) for every example of a split of synthetic data, (N,) float64 (exact up
     to quadrature)."""
+    if data.ground_truth is None:
+        raise EdvaeError(
+            f"data set {data.name!r} has no known generative process; "
+            "true log-likelihoods exist only for synthetic data"
+        )
     return data.ground_truth.true_log_likelihood(getattr(data, split)).double()
 
 

@@ -188,6 +188,9 @@ class GaussianLikelihood(nn.Module):
     * ``"fixed"``: s = exp(``init_log_scale``), a buffer.
     """
 
+    log_scale: Tensor
+    running_log_scale: Tensor  # scale="optimal" only
+
     def __init__(self, x_shape: Sequence[int], scale: str = "learned", init_log_scale: float = 0.0) -> None:
         super().__init__()
         if scale not in DECODER_SCALES:

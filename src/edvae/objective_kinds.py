@@ -192,7 +192,7 @@ class EDObjective(TrainingObjective):
         from edvae.objectives import ed_elbo, uses_aggregate_posterior
 
         super().__init__(dataset_size=dataset_size)
-        self.options = dict(
+        self.options: dict[str, Any] = dict(
             mi_weight=mi_weight,
             entropy_weight=entropy_weight,
             cross_entropy_weight=cross_entropy_weight,

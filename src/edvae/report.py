@@ -368,8 +368,9 @@ def write_report(
     out_dir = Path(out_dir)
     clean = [{k: r[k] for k in _RECORD_KEYS if k in r} for r in records]
     figures = _figures(study, records, summarise(clean), out_dir / "figures")
-    if getattr(study, "extra_figures", None) is not None:
-        figures += study.extra_figures(study, records, out_dir / "figures")
+    extra_figures = getattr(study, "extra_figures", None)
+    if extra_figures is not None:
+        figures += extra_figures(study, records, out_dir / "figures")
     result = build_result(study, records, figures=[p.name for p in figures], wall_seconds=wall_seconds, plan=plan)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     metric_names = sorted({m for r in clean for m in r["metrics"]})

@@ -99,7 +99,9 @@ class _StepProbe:
     profiles the next ``steps`` steps of the loop (validation and checkpoints excluded)."""
 
     def __init__(self, steps: int) -> None:
-        self.steps, self.flops, self.profile, self.events = steps, 0, None, []
+        self.steps, self.flops = steps, 0
+        self.profile: Any = None  # a torch.profiler.profile while profiling
+        self.events: list[Any] = []
 
     def on_train_start(self, trainer: Any) -> None:
         from torch.profiler import ProfilerActivity, profile
@@ -311,7 +313,8 @@ class _StepClock:
     """Callback: wall-clock seconds of the training steps after the first ``skip``."""
 
     def __init__(self, skip: int) -> None:
-        self.skip, self.steps, self.seconds, self._last = skip, 0, 0.0, None
+        self.skip, self.steps, self.seconds = skip, 0, 0.0
+        self._last: float | None = None
 
     def on_step_end(self, step: int) -> None:
         now = time.perf_counter()

@@ -100,6 +100,7 @@ def write_prior_samples(study: Study, out_dir: str | Path) -> Path:
     """
     path = Path(out_dir).resolve() / SAMPLES_FILE
     truth = load_data(study.runs[0].config).ground_truth
+    assert truth is not None  # the study's data set is synthetic
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SAMPLES_SEED)
         samples = truth.prior.sample((N_PRIOR_SAMPLES,))

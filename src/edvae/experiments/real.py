@@ -123,5 +123,6 @@ def real_figures(study: Study, records: list[dict[str, Any]], fig_dir: Path) -> 
             if record["dataset"] == dataset and record["seed"] == first_seed:
                 model, _, _, data = load_run(record["run_dir"], data)
                 models[record["model"]] = model
+        assert data is not None  # a study runs every data set with every seed
         written += comparison_figures(models, data, fig_dir, prefix=f"{dataset}-")
     return written

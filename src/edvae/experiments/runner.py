@@ -219,6 +219,7 @@ def run_study(
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             for record in pool.map(_pool_worker, [(*job, os.getpid()) for job in jobs]):
+                assert record is not None  # None only in an orphaned pool, whose results nobody reads
                 records.append(record)
                 if bar is not None:
                     bar.update(1)

@@ -81,7 +81,7 @@ class Study:
     #: Called as ``prepare(study, out_dir)`` by :func:`~edvae.experiments.runner.run_study` before
     #: anything is built: writes files the runs read (e.g. a prior-samples file) and may point the
     #: runs' configs at them.
-    prepare: Callable[[Study, Path], None] | None = None
+    prepare: Callable[[Study, Path], object] | None = None
     #: Called as ``extra_figures(study, records, fig_dir)`` by the report after its own figures;
     #: returns the paths of the PNGs it wrote (e.g. per-model image figures, :mod:`edvae.figures`).
     extra_figures: Callable[[Study, list[dict[str, Any]], Path], list[Path]] | None = None

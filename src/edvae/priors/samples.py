@@ -105,6 +105,7 @@ class _KernelLogSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, z: Tensor, samples: Tensor, half_precision: Tensor, chunk_size: int | None) -> Tensor:
         sums, means = _kernel_sums_and_means(z, samples, half_precision.reshape(1), chunk_size, means=True)
+        assert means is not None  # means=True returns them
         ctx.save_for_backward(z, means[0], half_precision)
         return sums[0]
 
@@ -188,6 +189,9 @@ class KDEPrior(Prior):
     log p(z) = logsumexp_k log N(z; s_k, h^2 I) - log K. The samples and the bandwidth h are
     buffers (they follow ``.to()`` / ``.double()``); nothing is learned.
     """
+
+    samples: Tensor
+    bandwidth: Tensor
 
     def __init__(self, samples: Tensor, bandwidth: float, *, chunk_size: int | None = 1024) -> None:
         samples = _validated_samples(samples, "samples")
