@@ -265,7 +265,7 @@ def test_sigkill_while_writing_checkpoints_never_loses_the_checkpoint(tmp_path, 
     assert os.WIFSIGNALED(a["status"]) and os.WTERMSIG(a["status"]) == signal.SIGKILL
     temp = Path(a["temp"])
     assert temp.parent == run and temp.name != CHECKPOINT_NAME and temp.stat().st_size == a["size"] // 2
-    with pytest.raises(RuntimeError, match="zip archive"):
+    with pytest.raises((RuntimeError, OSError)):  # torch's zip reader fails either way, by where the cut falls
         torch.load(temp, weights_only=True)
     state = load_checkpoint(run)
     assert state["step"] == 3 and not state["completed"]
