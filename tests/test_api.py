@@ -168,3 +168,23 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "runs" / "mine" / "checkpoint.pt").is_file()
     assert edvae.load(tmp_path / "runs" / "mine").config.model.prior == "mixture"
+
+
+def test_accelerator_reaches_training_and_evaluation(fitted, array, tmp_path, monkeypatch):
+    """``fit(accelerator=)`` is train.accelerator (an unknown value or a missing GPU is one
+    EdvaeError); ``Run.evaluate(accelerator=)`` evaluates there, the CPU's numbers unchanged."""
+    import edvae.accelerator
+
+    with pytest.raises(EdvaeError, match="train.accelerator"):
+        edvae.fit(array, out=tmp_path / "bad", epochs=1, overrides=FAST, accelerator="tpu")
+    if not edvae.accelerator.gpu_available():
+        with pytest.raises(EdvaeError, match="torch sees no GPU"):
+            edvae.fit(array, out=tmp_path / "gpu", epochs=1, overrides=FAST, accelerator="gpu")
+        with pytest.raises(EdvaeError, match="torch sees no GPU"):
+            fitted.evaluate(accelerator="gpu")
+    monkeypatch.setattr(edvae.accelerator, "gpu_available", lambda: True)  # auto must still pick the CPU here
+    run = edvae.fit(array, out=tmp_path / "auto", epochs=1, overrides=FAST, accelerator="auto")
+    assert run.config.train.accelerator == "auto"
+    assert fitted.evaluate(accelerator="cpu") == fitted.evaluate()
+    monkeypatch.setattr(edvae.accelerator, "AUTO_GPU_MIN_MACS", 10**15)  # evaluation's pass is large: raise the bar
+    assert fitted.evaluate(accelerator="auto") == fitted.evaluate()

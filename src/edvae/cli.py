@@ -143,6 +143,18 @@ def _folder(value: str | None, option: str) -> Path | None:
     return Path(value)
 
 
+_ACCELERATOR_HELP = "cpu, gpu or auto: the GPU only for networks big enough to gain from it (docs/gpu.md)."
+
+
+def _accelerator(value: str | None) -> str | None:
+    """An ``--accelerator`` value, checked at once: one of cpu, gpu, auto, and a GPU must exist for gpu."""
+    if value is not None:
+        from edvae.accelerator import choose_accelerator
+
+        choose_accelerator(value, 0, setting="--accelerator")
+    return value
+
+
 def _raw_config(config: Path | None, overrides: list[str], prior: str | None, data: Path | None) -> dict[str, Any]:
     from edvae.config import apply_overrides, load_config
 
@@ -177,12 +189,17 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
     devices: Annotated[int | None, typer.Option("--devices", min=1, help="Processes (CPU) or GPUs per node.")] = None,
     num_nodes: Annotated[int | None, typer.Option("--num-nodes", min=1, help="Number of machines.")] = None,
+    accelerator: Annotated[
+        str | None, typer.Option("--accelerator", help=f"Where to train (train.accelerator): {_ACCELERATOR_HELP}")
+    ] = None,
 ) -> None:
     """Train one model (traditional VAE or ED-VAE) and write its checkpoint and logs."""
     from edvae.config import RunConfig, validate_config
 
     out, resume = _folder(out, "--out"), _folder(resume_dir, "--resume")
     overrides = list(set_)
+    if _accelerator(accelerator) is not None:
+        overrides.append(f"train.accelerator={json.dumps(accelerator)}")
     if devices is not None:
         overrides.append(f"train.devices={devices}")
     if num_nodes is not None:
@@ -272,6 +289,7 @@ def evaluate(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Progress bars on stderr (default: on a terminal).")
     ] = None,
+    accelerator: Annotated[str, typer.Option("--accelerator", help=f"Where to evaluate: {_ACCELERATOR_HELP}")] = "cpu",
 ) -> None:
     """Evaluate a trained model with the same metrics as every other (ELBO, IWAE, MI, ...).
 
@@ -281,6 +299,7 @@ def evaluate(
 
     if split not in ("test", "val"):
         raise EdvaeError(f"--split must be 'test' or 'val', got '{split}'")
+    _accelerator(accelerator)
     if any(not o.startswith("eval.") for o in set_):
         raise EdvaeError("evaluate takes only eval.* settings (e.g. --set eval.iwae_samples=100)")
     overrides = list(set_)
@@ -311,6 +330,7 @@ def evaluate(
         split=split,
         cache_dir=run_cache_dir(run_dir) if other is None else None,
         progress=show,
+        accelerator=accelerator,
     )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
@@ -327,7 +347,9 @@ def reproduce(
     study: Annotated[str, typer.Option("--study", help="Which study to run.")] = "paper",
     quick: Annotated[bool, typer.Option("--quick", help="Fewer epochs and 2 seeds (a few minutes).")] = False,
     seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="Seeds per model.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Runs trained in parallel.")] = 2,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Runs trained in parallel (with gpu: processes sharing the GPU).")
+    ] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Retrain runs already in --out.")] = False,
     set_: Annotated[list[str], typer.Option("--set", help="Override a key of every run's config (repeatable).")] = [],
     budget: Annotated[
@@ -339,12 +361,17 @@ def reproduce(
             "are reused.",
         ),
     ] = None,
+    accelerator: Annotated[
+        str | None,
+        typer.Option("--accelerator", help=f"Where every run trains and is evaluated: {_ACCELERATOR_HELP}"),
+    ] = None,
 ) -> None:
     """Run a study (default: the paper's) end to end and write its report."""
     from edvae.budget import parse_budget
 
     factor = parse_budget(budget) if budget is not None else None
     out = _folder(out_dir, "--out")
+    _accelerator(accelerator)
     from edvae.config import apply_overrides
     from edvae.experiments import get_study, run_study
     from edvae.experiments.study import with_budget
@@ -353,7 +380,7 @@ def reproduce(
     chosen = get_study(study, quick=quick, seeds=seeds, overrides=overrides)
     if factor is not None:
         chosen = with_budget(chosen, factor)
-    result = run_study(chosen, out, workers=workers, overwrite=overwrite)
+    result = run_study(chosen, out, workers=workers, overwrite=overwrite, accelerator=accelerator)
     from edvae.experiments.runner import plan_line
 
     typer.echo(f"{len(result['records'])} runs ({plan_line(result['plan'])}); report: {out / 'results.md'}")
