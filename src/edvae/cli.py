@@ -369,19 +369,34 @@ def reproduce(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key of every run's config (repeatable).")
     ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="Train every run for FACTOR times its epochs (2x, 1.5), everything else the same: a budget check, "
+            "published with `edvae publish OUT --budget-of NAME`. Runs trained with the same epochs through --set "
+            "are reused.",
+        ),
+    ] = None,
     accelerator: Annotated[
         str | None,
         typer.Option("--accelerator", help=f"Where every run trains and is evaluated: {_ACCELERATOR_HELP}"),
     ] = None,
 ) -> None:
     """Run a study (default: the paper's) end to end and write its report."""
+    from edvae.budget import parse_budget
+
+    factor = parse_budget(budget) if budget is not None else None
     out = _folder(out_dir, "--out")
     _accelerator(accelerator)
     from edvae.config import apply_overrides
     from edvae.experiments import get_study, run_study
+    from edvae.experiments.study import with_budget
 
     overrides = apply_overrides({}, list(set_)) if set_ else None
     chosen = get_study(study, quick=quick, seeds=seeds, overrides=overrides)
+    if factor is not None:
+        chosen = with_budget(chosen, factor)
     result = run_study(chosen, out, workers=workers, overwrite=overwrite, accelerator=accelerator)
     from edvae.experiments.runner import plan_line
 
@@ -391,19 +406,41 @@ def reproduce(
 @app.command()
 @_friendly
 def publish(
-    results_dir: Annotated[str, typer.Argument(help="The --out folder of `edvae reproduce` (holds results.json).")],
+    results_dir: Annotated[
+        str | None,
+        typer.Argument(
+            help="The --out folder of `edvae reproduce` (holds results.json). Without it: re-render every page and "
+            "README block from the published JSON files."
+        ),
+    ] = None,
     name: Annotated[
-        str, typer.Option("--name", help="Name in the docs: docs/results/NAME.json/.md, README block results:NAME.")
-    ],
+        str | None,
+        typer.Option("--name", help="Name in the docs: docs/results/NAME.json/.md (README blocks results:NAME ...)."),
+    ] = None,
+    budget_of: Annotated[
+        str | None,
+        typer.Option(
+            "--budget-of",
+            help="The results are the budget check (`edvae reproduce --budget 2x`) of the published study NAME: "
+            "written as docs/results/NAME-2x.json/.md, and NAME's page gains the budget-check table.",
+        ),
+    ] = None,
     docs: Annotated[str, typer.Option("--docs", help="Folder of the generated result pages.")] = "docs/results",
     readme: Annotated[
-        str, typer.Option("--readme", help="README whose results:NAME block is regenerated.")
+        str, typer.Option("--readme", help="README whose generated blocks are regenerated.")
     ] = "README.md",
 ) -> None:
-    """Publish a study's results into the docs: copy results.json and figures, regenerate the page and README block."""
+    """Publish a study's results into the docs: copy results.json and figures, regenerate pages and README blocks."""
     from edvae.publish import publish as publish_results
+    from edvae.publish import refresh
 
-    for path in publish_results(results_dir, name, docs, readme):
+    if results_dir is None:
+        if name is not None or budget_of is not None:
+            raise EdvaeError("--name and --budget-of need a RESULTS_DIR (the --out folder of `edvae reproduce`)")
+        written = refresh(docs, readme)
+    else:
+        written = publish_results(results_dir, name, docs, readme, budget_of=budget_of)
+    for path in written:
         typer.echo(str(path))
 
 

@@ -235,6 +235,7 @@ def build_result(
         "figures": list(figures or []),
         "wall_seconds": wall_seconds,
         **({"plan": dict(plan)} if plan is not None else {}),
+        **({"budget": study.budget} if getattr(study, "budget", None) else {}),
         "environment": _environment(),
     }
 
@@ -258,6 +259,19 @@ def convergence_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _budget_line(result: dict[str, Any]) -> list[str]:
+    """For a budget check (results.json's ``budget``): what was multiplied, as a paragraph."""
+    budget = result.get("budget")
+    if not budget:
+        return []
+    epochs = "; ".join(f"{a} → {b}" for a, b in budget["epochs"])
+    return [
+        f"**Budget check at {budget['factor']:g}x**: every run's epochs multiplied by {budget['factor']:g} "
+        f"({epochs}), everything else the same; the description above quotes the study's own budget.",
+        "",
+    ]
+
+
 def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") -> str:
     """results.md from the content of results.json alone (the docs use the same renderer):
     ``figure_prefix`` + a figure's file name is the link to it."""
@@ -268,6 +282,7 @@ def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") 
         "",
         result["description"],
         "",
+        *_budget_line(result),
         *(["## Headline", "", result["headline"], "## All models", ""] if result.get("headline") else []),
         f"Mean ± standard deviation over {len(seeds)} seed(s); best mean per column in bold "
         f"(higher is better for {', '.join(m for m in shown if HIGHER_IS_BETTER.get(m) is True)}; "
