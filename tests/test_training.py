@@ -411,10 +411,9 @@ def test_the_flag_interval_reads_every_step_where_a_step_needs_it():
     from edvae.training.guards import flag_interval
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert flag_interval(cpu, "stop", 20, False) == 1  # a read costs nothing on a CPU
-    assert flag_interval(cuda, "stop", 20, False) == 20
-    assert flag_interval(cuda, "skip", 20, False) == 1  # the schedule and the skip count follow each step
-    assert flag_interval(cuda, "stop", 20, True) == 1  # an on_step_end callback sees each step as it ends
+    assert flag_interval(cpu, "stop", 20) == 1  # a read costs nothing on a CPU
+    assert flag_interval(cuda, "stop", 20) == 20
+    assert flag_interval(cuda, "skip", 20) == 1  # the schedule and the skip count follow each step
 
 
 class _PoisonEncoder:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def step_ratio(*, quick: bool, work: Path) -> dict[str, Any]:
 
     n1, n2 = (5, 25) if quick else (20, 120)
     repeats = 3 if quick else 7
-    options = {"n_train": 256 * n2, "n_val": 256, "n_test": 256}  # n2 steps within the first epoch
+    options: dict[str, Any] = {"n_train": 256 * n2, "n_val": 256, "n_test": 256}  # n2 steps within the first epoch
     data = load_dataset("complex", **options)
     base = merge(_SYNTHETIC, {"data": {"options": options}})
     configs = {"trainer (vae-std)": validate_config(_raw_config(base, "vae-std", None, 1))}
@@ -107,8 +108,8 @@ def step_ratio(*, quick: bool, work: Path) -> dict[str, Any]:
     sides: dict[str, Callable[[], Any]] = {}
     for n in (n1, n2):
         for name, config in configs.items():
-            sides[f"{name} / {n}"] = lambda c=config, n=n, d=name: _trainer_run(c, work / f"step-{d}", data, n)
-        sides[f"hand loop / {n}"] = lambda n=n: _hand_loop(data, n)
+            sides[f"{name} / {n}"] = partial(_trainer_run, config, work / f"step-{name}", data, n)
+        sides[f"hand loop / {n}"] = partial(_hand_loop, data, n)
     for name, side in sides.items():  # warm-up (imports, allocator), not timed
         if name.endswith(f"/ {n1}"):
             side()
@@ -188,7 +189,7 @@ def gpu_steps(*, quick: bool, work: Path) -> dict[str, Any]:
     device = "cuda"
     peak = matmul_rate(device)
     steps, warm = (50, 10) if quick else (300, 30)
-    options = {"n_train": 10240, "n_val": 512, "n_test": 512}
+    options: dict[str, Any] = {"n_train": 10240, "n_val": 512, "n_test": 512}
     synthetic = load_dataset("complex", **options)
     base = merge(_SYNTHETIC, {"data": {"options": options}, "train": {"accelerator": "gpu"}})
     gen = torch.Generator().manual_seed(0)

@@ -87,17 +87,17 @@ def nonfinite_flag(loss: Tensor, params: list[Tensor], clip: float | None) -> Te
     return found_inf
 
 
-def flag_interval(device: torch.device, on_nonfinite: str, log_every: int, step_callbacks: bool) -> int:
+def flag_interval(device: torch.device, on_nonfinite: str, log_every: int) -> int:
     """Steps between the trainer's host reads of its non-finite and stop flags.
 
-    1 (every step) on a CPU, where the read costs nothing; with ``on_nonfinite = "skip"``, whose
-    host-side decisions (the learning-rate schedule, the objective's state, the count of skips)
-    follow each step's flag; and when a callback has ``on_step_end`` (it sees each step as it
-    ends). Else ``log_every``: a logged step reads the terms anyway, so a GPU synchronises once
-    per ``log_every`` steps. A deferred read loses nothing: the first non-finite step still stops
-    the run with its own error before anything is written (see ``Trainer.train_step``).
+    1 (every step) on a CPU, where the read costs nothing, and with ``on_nonfinite = "skip"``,
+    whose host-side decisions (the learning-rate schedule, the objective's state, the count of
+    skips) follow each step's flag. Else ``log_every``: a logged step reads the terms anyway, so
+    a GPU synchronises once per ``log_every`` steps. A deferred read loses nothing the run
+    writes: the first non-finite step still stops it with its own error before any checkpoint,
+    log line or validation (see ``Trainer.train_step``).
     """
-    if device.type == "cpu" or on_nonfinite != "stop" or step_callbacks:
+    if device.type == "cpu" or on_nonfinite != "stop":
         return 1
     return log_every
 

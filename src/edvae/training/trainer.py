@@ -218,12 +218,10 @@ class Trainer:
         self._optimized = [p for group in optimizer.param_groups for p in group["params"]]
         self._one_micro_batch = tc.grad_accum_steps == 1 and self.world == 1  # the step's rows: the whole batch
         self._pin = self.device.type == "cuda"  # noise drawn on the CPU reaches the GPU without a host sync
-        step_callbacks = [
-            cb for cb in getattr(fabric, "_callbacks", [None]) if hasattr(cb, "on_step_end") or cb is None
-        ]
-        self._call_step_end = bool(step_callbacks)
+        listeners = getattr(fabric, "_callbacks", None)  # fabric.call per step only when a callback listens
+        self._call_step_end = listeners is None or any(hasattr(cb, "on_step_end") for cb in listeners)
         #: steps between host reads of the non-finite and stop flags (see :meth:`train_step`)
-        self.check_every = flag_interval(self.device, tc.on_nonfinite, tc.log_every, self._call_step_end)
+        self.check_every = flag_interval(self.device, tc.on_nonfinite, tc.log_every)
         self._pending: list[tuple[Tensor, int, Objective, list[tuple[Tensor, ...]]]] = []
         self.state = TrainState(
             config=config,
@@ -360,14 +358,15 @@ class Trainer:
         **Non-finite steps.** Every step sets a device flag when its loss or a gradient holds a
         NaN or Inf (:func:`~edvae.training.guards.nonfinite_flag`). The host reads it every
         :attr:`check_every` steps (:func:`~edvae.training.guards.flag_interval`): every step on
-        a CPU (a read costs nothing there), with ``train.on_nonfinite = "skip"`` and with an
-        ``on_step_end`` callback; else (``"stop"`` on a GPU) at the logged steps, the end of each
-        epoch, before every checkpoint and before a stop, with the stop flags. The guarantee is
-        the same either way: the first non-finite step s raises the error it raised when read at
-        once (naming step s, its epoch, the term or the gradient, and whether the encoder outputs
-        diverged), no checkpoint, log line or validation is written after step s (each is
-        preceded by a read), and the last good checkpoint is kept. Steps after s but before the
-        read are computed and thrown away with the run.
+        a CPU (a read costs nothing there) and with ``train.on_nonfinite = "skip"``; else
+        (``"stop"`` on a GPU) at the logged steps, the end of each epoch, before every checkpoint
+        and before a stop, with the stop flags. The guarantee is the same either way: the first
+        non-finite step s raises the error it raised when read at once (naming step s, its epoch,
+        the term or the gradient, and whether the encoder outputs diverged), no checkpoint, log
+        line or validation is written after step s (each is preceded by a read), and the last
+        good checkpoint is kept. Steps after s but before the read are computed and thrown away
+        with the run; an ``on_step_end`` callback sees them (with a deferred read it may see up
+        to ``check_every - 1`` steps after s, their objectives non-finite, before the error).
         """
         s, tc = self.state, self.tc
         log_now = (s.step + 1) % tc.log_every == 0  # terms that only report are computed then
