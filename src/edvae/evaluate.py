@@ -91,7 +91,7 @@ def sliced_wasserstein(
     """
     n = min(a.shape[0], b.shape[0])
     a, b = a[:n].double(), b[:n].double()
-    theta = torch.randn(a.shape[1], projections, generator=generator, dtype=torch.float64)
+    theta = torch.randn(a.shape[1], projections, generator=generator, dtype=torch.float64).to(a.device)
     theta = theta / theta.norm(dim=0, keepdim=True)
     pa, _ = torch.sort(a @ theta, dim=0)
     pb, _ = torch.sort(b @ theta, dim=0)
@@ -124,12 +124,12 @@ def fit_logistic_regression(
     largest label + 1. Returns (W (C, F), b (C,)).
     """
     x = features.detach().double()
-    y = labels.detach().long()
+    y = labels.detach().long().to(x.device)
     n, dims = x.shape
     classes = int(y.max()) + 1
-    g = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], 1)  # (N, F + 1): the intercept as a feature
+    g = torch.cat([x, x.new_ones(n, 1)], 1)  # (N, F + 1): the intercept as a feature
     onehot = torch.nn.functional.one_hot(y, classes).double()
-    theta = torch.zeros(classes, dims + 1, dtype=torch.float64)
+    theta = x.new_zeros(classes, dims + 1)
     penalised = torch.ones_like(theta)
     penalised[:, -1] = 0.0
 
@@ -170,10 +170,11 @@ def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor
     dynamic binarisation (binary test images) the training images are binarised once with
     ``seed``, not left in grey levels."""
     x_fit = binarize_batch(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
-    features, labels = model.encode(x_fit)[0], data.train_labels
+    device = next(model.parameters()).device
+    features, labels = model.encode(x_fit.to(device))[0], data.train_labels
     weight, bias = fit_logistic_regression(features, labels)
-    predicted = (model.encode(x_eval)[0].double() @ weight.T + bias).argmax(1)
-    return float((predicted == y_eval.long()).double().mean())
+    predicted = (model.encode(x_eval.to(device))[0].double() @ weight.T + bias).argmax(1)
+    return float((predicted == y_eval.to(device).long()).double().mean())
 
 
 def evaluation_seed(seed: int, purpose: str = "noise") -> int:
@@ -237,18 +238,19 @@ def evaluate_model(
     if getattr(data, "binarize", "none") == "dynamic":
         x_all = binarize_batch(x_all, evaluation_seed(config.seed, "binarise"))
     prior = model.prior_distribution()
+    device = next(model.parameters()).device  # the data stay on the CPU; each chunk moves
     k = config.iwae_samples
     chunk = max(1, min(config.batch_size, _SAMPLES_PER_CHUNK // k))
     per_example: dict[str, list[Tensor]] = {"elbo": [], "iwae": [], "kl": [], "reconstruction": [], "mse": []}
     mus, logvars = [], []
     starts = range(0, x_all.shape[0], chunk)
     for start in _progress(starts, enabled=progress, total=len(starts), desc=f"evaluate ({k} importance samples)"):
-        x = x_all[start : start + chunk]
+        x = x_all[start : start + chunk].to(device)
         b = x.shape[0]
         mu, logvar = model.encode(x)
         mus.append(mu)
         logvars.append(logvar)
-        eps = torch.randn((k, b, mu.shape[1]), generator=gen)
+        eps = torch.randn((k, b, mu.shape[1]), generator=gen).to(device)
         z = (mu + torch.exp(0.5 * logvar) * eps).reshape(k * b, -1)
         x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
         log_px = model.likelihood.log_prob(x_rep, model.decode(z)).view(k, b)
@@ -286,13 +288,13 @@ def evaluate_model(
         if true_ll is None:
             for _ in _progress(range(1), enabled=progress, total=1, desc=f"true log-likelihood of {n} examples"):
                 true_ll = true_log_likelihoods(data, split)
-        values["true_ll"] = true_ll
+        values["true_ll"] = true_ll.to(device)
         values["ll_gap"] = values["true_ll"] - values["iwae"]
     metrics: dict[str, float] = {}
     for name, per in values.items():
         metrics[name], metrics[f"{name}_se"] = _mean_se(per)
     metrics["active_units"] = float(active_units(mu_all))
-    z_agg = mu_all + torch.exp(0.5 * logvar_all) * torch.randn(mu_all.shape, generator=gen)
+    z_agg = mu_all + torch.exp(0.5 * logvar_all) * torch.randn(mu_all.shape, generator=gen).to(device)
     with torch.random.fork_rng():  # distributions sample from the global generator: seed it here
         torch.manual_seed(evaluation_seed(config.seed, "prior"))
         prior_samples = prior.sample((n,))
