@@ -406,7 +406,7 @@ def cached_true_log_likelihoods(
     path = Path(cache_dir) / (f"true_ll-{key}.pt" if split == "test" else f"true_ll-{key}-{split}.pt")
     if path.is_file():
         try:
-            cached = torch.load(path, weights_only=True).get("log_p_true")
+            cached = torch.load(path, map_location="cpu", weights_only=True).get("log_p_true")
         except (RuntimeError, EOFError, AttributeError, OSError):
             cached = None
         if isinstance(cached, Tensor):
