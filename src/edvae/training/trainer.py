@@ -378,9 +378,9 @@ class Trainer:
             else None
         )
         eps = torch.randn((batch_size, self.config.model.latent_dim), generator=s.noise, pin_memory=self._pin)
-        if self._pin:
-            eps = eps.to(device, non_blocking=True)
-            u = u.to(device, non_blocking=True) if u is not None else None
+        if device.type != "cpu":  # from pinned memory on CUDA: no host synchronisation
+            eps = eps.to(device, non_blocking=self._pin)
+            u = u.to(device, non_blocking=self._pin) if u is not None else None
         for p in self._optimized:  # optimizer.zero_grad(set_to_none=True), without its profiling wrapper
             p.grad = None
         outputs, objectives = [], []
