@@ -139,9 +139,11 @@ def record_data(
     return config.model_copy(update={"data": new_data})
 
 
-def check_data(run_dir: str | Path, config: RunConfig) -> None:
+def check_data(run_dir: str | Path, config: RunConfig, *, resuming: bool = False) -> None:
     """Refuse (:class:`EdvaeError`, one line naming the file) to read a run's data when a file
-    recorded in ``data.json`` is missing or its content changed since training."""
+    recorded in ``data.json`` is missing or its content changed since training. The fix offered
+    depends on the purpose: evaluation can take another file (``--data``), a resumed run
+    (``resuming=True``) trains on the same data only, so the file goes back where it was."""
     run_dir = Path(run_dir)
     record_path = run_dir / DATA_RECORD_NAME
     if not record_path.is_file():
@@ -152,10 +154,12 @@ def check_data(run_dir: str | Path, config: RunConfig) -> None:
         what = "data file" if role == "path" else f"{role} file"
         fix = (
             "pass --data PATH (Python: data=...) to evaluate on another file"
-            if config.data.name == "file"
+            if config.data.name == "file" and not resuming
             else "re-run training"
         )
         if not path.is_file():
+            if resuming and config.data.name == "file":
+                fix = f"a resumed run trains on the same data: move the file back or link it there (ln -s NEW {path})"
             raise EdvaeError(f"the {what} {path} this run was trained on is missing; {fix}")
         if file_sha256(path) != entry["sha256"]:
             raise EdvaeError(f"the {what} {path} changed since this run was trained on it (sha256 differs); {fix}")
@@ -185,6 +189,20 @@ def _splits_payload(data: DataSplits) -> dict[str, Any]:
     return payload
 
 
+def _check_data_fits(model: VAE, weights: Any, data: DataSplits, run_dir: str | Path) -> None:
+    """Refuse other data whose examples have another shape than the training data's: the model
+    built for them has weights of other shapes than the checkpoint's (the data's fault, not the
+    checkpoint's)."""
+    own = model.state_dict()
+    for key, value in weights.items() if isinstance(weights, dict) else ():
+        if key in own and isinstance(value, torch.Tensor) and value.shape != own[key].shape:
+            raise EdvaeError(
+                f"the data to evaluate on have examples of shape {tuple(data.x_shape)}, which the model in {run_dir} "
+                f"does not take (its weight {key} has shape {tuple(value.shape)}, data of this shape need "
+                f"{tuple(own[key].shape)}); evaluate on data with the features of the training data"
+            )
+
+
 def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, RunConfig, dict[str, Any], DataSplits]:
     """Rebuild a trained model from its run folder: ``(model, config, checkpoint, data)``.
 
@@ -202,11 +220,14 @@ def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, 
                 f"{run_dir} was trained with a prior passed to edvae.fit as a Python object; load it from Python with "
                 "the same kind of object: edvae.load(run_dir, prior=...)"
             )
+    given = data is not None
     if data is None:
         folder = Path(run_dir).parent if Path(run_dir).is_file() else Path(run_dir)
         check_data(folder, config)
         data = load_data(config, folder)
     model = build_model(config.model, data, fit_prior=False)  # fitted values come from the state dict
+    if given:
+        _check_data_fits(model, state["model"], data, run_dir)
     load_weights(model, state["model"], run_dir)
     model.eval()
     return model, config, state, data

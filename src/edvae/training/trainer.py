@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from edvae.training.guards import (
     StopFlag,
     checkpoint_due,
     diverged,
+    divergence_warning,
+    first_step_error,
     kept_checkpoint,
     nonfinite_flag,
 )
@@ -145,7 +148,7 @@ def train(
     if saved is None:  # record the data: absolute file paths and hashes, data in memory saved in the run folder
         config = record_data(config, run_dir, data, write=fabric.is_global_zero)
     elif data is None:
-        check_data(run_dir, config)
+        check_data(run_dir, config, resuming=True)
     data = data if data is not None else load_data(config, run_dir)
     trainer = Trainer(config, run_dir, fabric, data, saved=saved, stop_at_step=stop_at_step)
     return trainer.fit()
@@ -237,6 +240,8 @@ class Trainer:
         self._stop_flag = StopFlag()
         self._signalled = False
         self._consecutive_skips = 0
+        self._first_elbo: float | None = None  # the first validation ELBO of this process's run
+        self._warned_divergence = False
         self._tick = time.perf_counter()
 
     @property
@@ -312,6 +317,7 @@ class Trainer:
         started = time.perf_counter()
         s.last_validation = self.validate()
         self.log.log("val", s.step, s.epoch + 1, s.last_validation)
+        self._warn_if_diverging(s.last_validation)
         s.validation_seconds += time.perf_counter() - started
         self.fabric.call("on_validation_end", trainer=self, state=s, metrics=s.last_validation)
         s.epoch += 1
@@ -437,6 +443,21 @@ class Trainer:
 
     # ------------------------------------------------------------------------- helpers
 
+    def _warn_if_diverging(self, metrics: dict[str, float]) -> None:
+        """One warning line on stderr (once per process run, main process) when the validation
+        ELBO fell by orders of magnitude below this run's first validation (:func:`divergence_warning`)."""
+        elbo = metrics.get("elbo", metrics.get("elbo_mc"))
+        if elbo is None or not math.isfinite(elbo) or self._warned_divergence:
+            return
+        if self._first_elbo is None:
+            self._first_elbo = elbo
+            return
+        line = divergence_warning(self._first_elbo, elbo, self.state.epoch + 1)
+        if line is not None:
+            self._warned_divergence = True
+            if self.fabric.is_global_zero:
+                print(line, file=sys.stderr, flush=True)
+
     def _backward(self, loss: Tensor, sync: bool) -> None:
         if not self.wrapped:
             loss.backward()
@@ -461,6 +482,8 @@ class Trainer:
         what = f"the objective term '{culprit}'" if culprit else "the gradient"
         where = f"at step {s.step} (epoch {s.epoch + 1})"
         error = diverged(outputs, s.step, s.epoch, self.run_dir)
+        if s.step - s.skipped_steps == 1 and (error is not None or self.tc.on_nonfinite == "stop"):
+            raise first_step_error(self.x_train, where)  # no update applied yet: not the learning rate
         if error is None and self.tc.on_nonfinite == "stop":
             error = TrainingError(
                 f"{what} became non-finite {where}; {kept_checkpoint(self.run_dir)}. "
