@@ -255,6 +255,15 @@ class TrainConfig(_Strict):
     )
     devices: int = Field(1, ge=1)
     num_nodes: int = Field(1, ge=1)
+    rendezvous_timeout: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description=(
+            "seconds a multi-process run waits for all its processes to join (and for any one collective "
+            "operation) before it stops with a one-line error"
+        ),
+    )
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
     threads: int = Field(
         1,

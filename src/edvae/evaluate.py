@@ -46,7 +46,8 @@ from edvae.data import DataSplits, binarize_batch
 from edvae.data.sampling import derive_seed
 from edvae.errors import EdvaeError
 from edvae.estimators import dataset_decomposition_terms, kl_divergence, log_posterior
-from edvae.model import VAE
+from edvae.data.files import machine_memory_bytes
+from edvae.model import VAE, check_fits_memory
 from edvae.runs import load_data, load_run  # load_run also importable from here, its former home
 
 __all__ = [
@@ -196,6 +197,13 @@ def _mean_se(values: Tensor) -> tuple[float, float]:
 
 
 @torch.inference_mode()
+def evaluation_memory_bytes(samples: int, chunk: int, features: int, latent_dim: int) -> int:
+    """A lower estimate of the memory of one evaluation block, in bytes: K importance samples of
+    a block of b examples hold the repeated inputs and decoder outputs (3 K b F float32 values for
+    F features) and the codes, noise and log-densities (6 K b D + 8 K b values)."""
+    return 4 * samples * chunk * (3 * features + 6 * latent_dim + 8)
+
+
 def evaluate_model(
     model: VAE,
     data: DataSplits,
@@ -239,6 +247,12 @@ def evaluate_model(
     prior = model.prior_distribution()
     k = config.iwae_samples
     chunk = max(1, min(config.batch_size, _SAMPLES_PER_CHUNK // k))
+    check_fits_memory(
+        evaluation_memory_bytes(k, chunk, math.prod(data.x_shape), model.latent_dim),
+        machine_memory_bytes(),
+        f"evaluating with eval.iwae_samples={k}",
+        "lower --iwae-samples (eval.iwae_samples)",
+    )
     per_example: dict[str, list[Tensor]] = {"elbo": [], "iwae": [], "kl": [], "reconstruction": [], "mse": []}
     mus, logvars = [], []
     starts = range(0, x_all.shape[0], chunk)

@@ -7,6 +7,7 @@ everything an objective needs in one :class:`ModelOutput`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,15 @@ if TYPE_CHECKING:
     from edvae.config import ModelConfig
     from edvae.data import DataSplits
 
-__all__ = ["ModelOutput", "VAE", "build_model", "calibrate_decoder", "resolve_likelihood"]
+__all__ = [
+    "ModelOutput",
+    "VAE",
+    "build_model",
+    "calibrate_decoder",
+    "check_fits_memory",
+    "resolve_likelihood",
+    "training_memory_bytes",
+]
 
 
 @dataclass
@@ -99,6 +108,36 @@ def _build_prior(config: ModelConfig, data: DataSplits, encoder: nn.Module, fit:
             f"model.prior '{config.prior}' is {prior_dim}-dimensional but model.latent_dim is {dim}; make them agree"
         )
     return prior
+
+
+def training_memory_bytes(config: ModelConfig, x_shape: tuple[int, ...], batch_size: int) -> int:
+    """A lower estimate of the memory one training step needs, in bytes (float32).
+
+    With F = prod(x_shape) features, D = latent_dim and MLP widths h_1..h_L, the encoder
+    F -> h_1 -> ... -> h_L -> 2D and the mirrored decoder have P = sum of (n_in + 1) n_out
+    weights; Adam keeps 4 copies of them (weights, gradients, two moments). Each of the B
+    examples of a batch keeps its activations for the backward pass, about 2 (F + sum h + 3D)
+    values (a convolutional network: 64 F). Estimate: 4 (4P + 2 B A) bytes, A the activations
+    per example; it leaves out the objective's (B, B, D) terms, which are computed blockwise."""
+    features = math.prod(x_shape)
+    dim = config.latent_dim
+    if config.network == "mlp":
+        sizes = [features, *config.hidden, 2 * dim]
+        params = 2 * sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        activations = 2 * (features + sum(config.hidden) + 3 * dim)
+    else:
+        params, activations = 0, 64 * features
+    return 4 * (4 * params + 2 * batch_size * activations)
+
+
+def check_fits_memory(needed: int, available: int, what: str, fix: str) -> None:
+    """Refuse (:class:`EdvaeError`, one line) work estimated at ``needed`` bytes on a machine
+    with ``available`` bytes of memory, before any of it is allocated."""
+    if needed > available:
+        raise EdvaeError(
+            f"{what} needs about {needed / 2**30:.3g} GiB of memory, more than this machine's "
+            f"{available / 2**30:.3g} GiB; {fix}"
+        )
 
 
 def build_model(config: ModelConfig, data: DataSplits, *, fit_prior: bool = True) -> VAE:

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,11 @@ from torch import Tensor
 from edvae.checkpoint import CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint
 from edvae.config import RunConfig, validate_config
 from edvae.data import DataSplits
+from edvae.data.files import machine_memory_bytes
 from edvae.data.sampling import binarize_with_uniforms, derive_seed
 from edvae.distributed import gather_columns, gather_rows
 from edvae.errors import EdvaeError, TrainingError
-from edvae.model import build_model, calibrate_decoder
+from edvae.model import build_model, calibrate_decoder, check_fits_memory, training_memory_bytes
 from edvae.objective_kinds import TrainingObjective, build_objective
 from edvae.objectives import Objective
 from edvae.runs import CONFIG_NAME, PRIOR_FIT_NAME, check_data, load_data, record_data
@@ -52,7 +54,14 @@ __all__ = ["HOOKS", "TrainResult", "Trainer", "follow_new_total", "load_data", "
 #: ``on_checkpoint(trainer, state, path)`` after each checkpoint is written, and
 #: ``on_train_end(trainer, state, result)``.
 HOOKS = ("on_train_start", "on_step_end", "on_validation_end", "on_checkpoint", "on_train_end")
-_PLACEMENT = ("devices", "num_nodes", "accelerator", "threads", "progress")  # may change on resume
+_PLACEMENT = (
+    "devices",
+    "num_nodes",
+    "accelerator",
+    "threads",
+    "progress",
+    "rendezvous_timeout",
+)  # may change on resume
 
 
 @dataclass
@@ -73,6 +82,7 @@ class TrainResult:
 
 def _make_fabric(config: RunConfig, callbacks: Sequence[Any]):
     from lightning_fabric import Fabric
+    from lightning_fabric.strategies import DDPStrategy
 
     devices, num_nodes = config.train.devices, config.train.num_nodes
     if "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_WORLD_SIZE" in os.environ:
@@ -85,15 +95,24 @@ def _make_fabric(config: RunConfig, callbacks: Sequence[Any]):
             f"train.batch_size={config.train.batch_size} must be divisible by the number of processes ({world}) "
             f"times train.grad_accum_steps ({config.train.grad_accum_steps})"
         )
+    timeout = config.train.rendezvous_timeout
     fabric = Fabric(
         accelerator=config.train.accelerator,
         devices=devices,
         num_nodes=num_nodes,
-        strategy="ddp" if world > 1 else "auto",
+        strategy=DDPStrategy(timeout=timedelta(seconds=timeout)) if world > 1 else "auto",
         plugins=[AtomicCheckpointIO()],
         callbacks=list(callbacks),
     )
-    fabric.launch()
+    try:
+        fabric.launch()
+    except torch.distributed.DistStoreError as err:  # the processes did not all join in time
+        reason = " ".join(str(err).split())
+        raise EdvaeError(
+            f"the {world} processes did not all join within train.rendezvous_timeout={timeout:g} s ({reason}); "
+            f"start the other nodes' processes with the same MASTER_ADDR and MASTER_PORT "
+            f"(num_nodes={num_nodes}), or raise train.rendezvous_timeout"
+        ) from None
     return fabric
 
 
@@ -150,6 +169,14 @@ def train(
     elif data is None:
         check_data(run_dir, config, resuming=True)
     data = data if data is not None else load_data(config, run_dir)
+    check_fits_memory(
+        training_memory_bytes(
+            config.model, tuple(data.x_shape), min(tc.batch_size, len(data.train)) // tc.grad_accum_steps
+        ),
+        machine_memory_bytes(),
+        f"training with model.hidden={config.model.hidden} and train.batch_size={tc.batch_size}",
+        "use narrower layers (model.hidden) or a smaller train.batch_size",
+    )
     trainer = Trainer(config, run_dir, fabric, data, saved=saved, stop_at_step=stop_at_step)
     return trainer.fit()
 
