@@ -56,14 +56,38 @@ def publish(
 ) -> list[Path]:
     """Copy ``results_dir``/results.json to ``docs_dir``/<name>.json and its figures to
     ``docs_dir``/img/<name>-<figure>, render ``docs_dir``/<name>.md from the JSON, and re-render
-    the README's ``results:<name>`` block if it has one. Returns the files written."""
+    the README's ``results:<name>`` block. Returns the files written.
+
+    Everything is checked before anything is written: the name (a letter or digit, then letters,
+    digits, '.', '_' or '-'), that results.json is a results file edvae renders, and that the
+    README (unless ``readme`` is None or "") exists and holds the block
+    ``<!-- results:<name> -->`` ... ``<!-- /results:<name> -->``; any problem is one line."""
     results_dir, docs_dir = Path(results_dir), Path(docs_dir)
     source = results_dir / "results.json"
     if not source.is_file():
         raise EdvaeError(f"{source} not found: publish takes the --out folder of `edvae reproduce`")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise EdvaeError(f"--name must be letters, digits, '.', '_' or '-', got '{name}'")
-    result = json.loads(source.read_text())
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise EdvaeError(
+            f"--name must start with a letter or digit, then letters, digits, '.', '_' or '-', got {name!r}"
+        )
+    try:
+        result = json.loads(source.read_text())
+        docs_markdown(result, name), _block(result)  # renders, or the file is not a results file
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        what = f"lacks {err}" if isinstance(err, KeyError) else f"cannot be read ({' '.join(str(err).split())[:120]})"
+        raise EdvaeError(
+            f"{source} is not a results file of `edvae reproduce`: it {what}; run the study again to rewrite it"
+        ) from None
+    if readme is not None and str(readme) != "":
+        if not Path(readme).is_file():
+            raise EdvaeError(f"README {readme} not found; pass --readme PATH, or --readme '' to publish the pages only")
+        if name not in readme_blocks(Path(readme).read_text()):
+            raise EdvaeError(
+                f"{readme} has no block for {name}: add the lines '<!-- results:{name} -->' and "
+                f"'<!-- /results:{name} -->' where it goes, or pass --readme '' to publish the pages only"
+            )
+    else:
+        readme = None
     (docs_dir / "img").mkdir(parents=True, exist_ok=True)
     written = [docs_dir / f"{name}.json"]
     shutil.copyfile(source, written[0])

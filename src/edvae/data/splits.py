@@ -268,6 +268,7 @@ def finish(
     """
     check_values(x, likelihood, source, row_name, range_fix)
     n = x.shape[0]
+    split = check_split(split, source)  # three positive fractions: no empty or missing split
     sizes = split_sizes(n, split, source)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "split")))
     data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))

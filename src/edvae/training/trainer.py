@@ -116,6 +116,19 @@ def _make_fabric(config: RunConfig, callbacks: Sequence[Any]):
     return fabric
 
 
+def _checked_callbacks(callbacks: Any) -> list[Any]:
+    """``callbacks`` as a list, refused (one line) unless it is a list or tuple of objects that
+    each have at least one of the :data:`HOOKS` methods."""
+    if not isinstance(callbacks, (list, tuple)):
+        raise EdvaeError(f"callbacks must be a list of objects with methods such as on_step_end, got {callbacks!r}")
+    for item in callbacks:
+        if not any(callable(getattr(item, hook, None)) for hook in HOOKS):
+            raise EdvaeError(
+                f"callback {item!r} has none of the methods {', '.join(HOOKS)}; pass objects that define at least one"
+            )
+    return list(callbacks)
+
+
 def train(
     config: RunConfig,
     run_dir: str | Path,
@@ -142,6 +155,7 @@ def train(
     uses exactly that data. File data are recorded by absolute path and sha256, and a resumed
     run refuses a data file that changed (:func:`edvae.runs.record_data`, :func:`~edvae.runs.check_data`).
     """
+    callbacks = _checked_callbacks(callbacks)
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     saved: dict[str, Any] | None = load_checkpoint(run_dir) if resume else None
