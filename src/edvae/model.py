@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -96,11 +96,13 @@ def resolve_likelihood(config: ModelConfig, data: DataSplits) -> str:
     return data.likelihood if config.likelihood == "auto" else config.likelihood
 
 
-def _build_prior(config: ModelConfig, data: DataSplits, encoder: nn.Module, fit: bool = True) -> nn.Module:
+def _build_prior(
+    config: ModelConfig, data: DataSplits, encoder: nn.Module, fit: bool = True, state: Any = None
+) -> nn.Module:
     """The prior the config names, from the registry (:func:`edvae.priors.make`), given the data
     and encoder of the model being built; its event dimension must be the latent dimension."""
     dim = config.latent_dim
-    context = priors.PriorContext(dim=dim, data=data, encoder=encoder, fit=fit)
+    context = priors.PriorContext(dim=dim, data=data, encoder=encoder, fit=fit, state=state)
     prior = priors.make(config.prior, dim, context=context, **config.prior_options)
     prior_dim = priors.event_dim(prior)
     if prior_dim != dim:
@@ -140,12 +142,14 @@ def check_fits_memory(needed: int, available: int, what: str, fix: str) -> None:
         )
 
 
-def build_model(config: ModelConfig, data: DataSplits, *, fit_prior: bool = True) -> VAE:
+def build_model(config: ModelConfig, data: DataSplits, *, fit_prior: bool = True, weights: Any = None) -> VAE:
     """Build the VAE a :class:`~edvae.config.ModelConfig` describes, for data shaped like ``data``.
 
     ``fit_prior=False`` builds a prior known only by samples (``"samples:PATH"``) without fitting
     it (a flow is not trained, a KDE bandwidth is not cross-validated): use it when a state dict
-    is loaded next, which restores the fitted flow weights and the bandwidth.
+    is loaded next, which restores the fitted flow weights and the bandwidth. ``weights``: that
+    state dict, when known; the prior is then sized from it (its ``prior.*`` entries), so a
+    ``samples:PATH`` prior does not read its file.
     """
     x_shape = tuple(data.x_shape)
     if config.network == "mlp":
@@ -160,7 +164,12 @@ def build_model(config: ModelConfig, data: DataSplits, *, fit_prior: bool = True
         likelihood = GaussianLikelihood(x_shape, scale=config.decoder_scale, init_log_scale=config.decoder_log_scale)
     else:
         likelihood = BernoulliLikelihood()
-    prior = _build_prior(config, data, encoder, fit=fit_prior)
+    state = None
+    if not fit_prior and isinstance(weights, dict):
+        state = {
+            k.removeprefix("prior."): v for k, v in weights.items() if isinstance(k, str) and k.startswith("prior.")
+        }
+    prior = _build_prior(config, data, encoder, fit=fit_prior, state=state)
     return VAE(encoder, decoder, likelihood, prior, config.latent_dim)
 
 

@@ -74,6 +74,9 @@ DATA_RECORD_NAME = "data.json"
 STORED_DATA_NAME = "data.pt"
 #: Options of the ``file`` data set that name a file (recorded and checked like ``data.path``).
 _PATH_OPTIONS = ("labels_path",)
+#: The role under which ``data.json`` records a ``samples:PATH`` prior's file (provenance only).
+PRIOR_ROLE = "prior_samples"
+SAMPLES_PREFIX = "samples:"
 
 
 def load_data(config: RunConfig, run_dir: str | Path | None = None) -> DataSplits:
@@ -115,7 +118,9 @@ def record_data(
     * file data: ``data.path`` (and ``labels_path``) become absolute paths, so the run can be
       evaluated from any folder.
 
-    ``data.json`` records the sha256 of every data file. ``write=False`` (processes other than
+    ``data.json`` records the sha256 of every data file, and the absolute path and sha256 of a
+    ``samples:PATH`` prior's file (whose path the returned config makes absolute; evaluation and
+    resume use the prior stored in the checkpoint and never read that file). ``write=False`` (processes other than
     the first) only computes the config.
     """
     run_dir = Path(run_dir)
@@ -134,9 +139,15 @@ def record_data(
         options = {**config.data.options, **{k: v for k, v in files.items() if k != "path"}}
         new_data = config.data.model_copy(update={"path": files.get("path", config.data.path), "options": options})
         record = {role: {"path": p, "sha256": file_sha256(p)} for role, p in files.items() if Path(p).is_file()}
+    model = config.model
+    if model.prior.startswith(SAMPLES_PREFIX):  # provenance only: evaluation uses the checkpoint's prior
+        prior_file = Path(model.prior[len(SAMPLES_PREFIX) :]).expanduser().resolve()
+        model = model.model_copy(update={"prior": f"{SAMPLES_PREFIX}{prior_file}"})
+        if prior_file.is_file():
+            record[PRIOR_ROLE] = {"path": str(prior_file), "sha256": file_sha256(prior_file)}
     if write:
         (run_dir / DATA_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    return config.model_copy(update={"data": new_data})
+    return config.model_copy(update={"data": new_data, "model": model})
 
 
 def check_data(run_dir: str | Path, config: RunConfig, *, resuming: bool = False) -> None:
@@ -150,6 +161,8 @@ def check_data(run_dir: str | Path, config: RunConfig, *, resuming: bool = False
         return  # a run from before data provenance was recorded
     record = json.loads(record_path.read_text())
     for role, entry in record.items():
+        if role == PRIOR_ROLE:
+            continue  # the prior's samples were read once; the checkpoint holds the prior itself
         path = Path(entry["path"]) if Path(entry["path"]).is_absolute() else run_dir / entry["path"]
         what = "data file" if role == "path" else f"{role} file"
         fix = (
@@ -225,7 +238,7 @@ def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, 
         folder = Path(run_dir).parent if Path(run_dir).is_file() else Path(run_dir)
         check_data(folder, config)
         data = load_data(config, folder)
-    model = build_model(config.model, data, fit_prior=False)  # fitted values come from the state dict
+    model = build_model(config.model, data, fit_prior=False, weights=state["model"])  # fitted values: the state dict
     if given:
         _check_data_fits(model, state["model"], data, run_dir)
     load_weights(model, state["model"], run_dir)

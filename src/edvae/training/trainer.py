@@ -223,7 +223,7 @@ class Trainer:
         if self.batches_per_epoch < 1:
             raise EdvaeError(f"train.batch_size={tc.batch_size} exceeds the {n_train} training examples; lower it")
 
-        model = build_model(config.model, data, fit_prior=saved is None).to(
+        model = build_model(config.model, data, fit_prior=saved is None, weights=saved and saved.get("model")).to(
             fabric.device
         )  # resume: weights from the checkpoint
         self.objective: TrainingObjective = build_objective(config.objective, n_train)
