@@ -389,7 +389,7 @@ def cached_true_log_likelihoods(
     """
     if not config.eval.true_ll or config.data.name in ("file", "stored"):
         return None
-    from edvae import __version__
+    from edvae._version import __version__
 
     settings = {
         "data": config.data.model_dump(),
