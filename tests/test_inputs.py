@@ -237,7 +237,9 @@ def test_publish_checks_everything_before_writing(tmp_path):
     readme = tmp_path / "README.md"
     one_line_error(invoke("publish", results, "--name", "x", "--docs", docs, "--readme", readme), "not found")
     readme.write_text("# no block\n")
-    one_line_error(invoke("publish", results, "--name", "x", "--docs", docs, "--readme", readme), "has no block")
+    one_line_error(
+        invoke("publish", results, "--name", "x", "--docs", docs, "--readme", readme), "has no block showing x"
+    )
     assert not docs.exists()
     readme.write_text("<!-- results:x -->\n<!-- /results:x -->\n")
     assert invoke("publish", results, "--name", "x", "--docs", docs, "--readme", readme).exit_code == 0

@@ -234,10 +234,10 @@ def draw_aggregate_posterior(
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.5, color="darkred", linewidths=0)
     else:
-        labels = labels.cpu().numpy()
-        classes = np.unique(labels)
+        label_values = labels.cpu().numpy()
+        classes = np.unique(label_values)
         cmap = "tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "viridis"
-        sc = ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.8, c=labels, cmap=cmap, linewidths=0)
+        sc = ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.8, c=label_values, cmap=cmap, linewidths=0)
         if legend and len(classes) <= 20:
             handles, names = sc.legend_elements(num=list(classes))
             ax.legend(handles, names, fontsize=6, markerscale=0.6, loc="best", title="label", title_fontsize=6)

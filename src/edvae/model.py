@@ -60,7 +60,12 @@ class VAE(nn.Module):
     """
 
     def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, likelihood: nn.Module, prior: nn.Module, latent_dim: int
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        likelihood: GaussianLikelihood | BernoulliLikelihood,
+        prior: nn.Module,
+        latent_dim: int,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -159,7 +164,7 @@ def build_model(config: ModelConfig, data: DataSplits, *, fit_prior: bool = True
         encoder = ConvEncoder(x_shape, config.latent_dim)
         decoder = ConvDecoder(x_shape, config.latent_dim)
     kind = resolve_likelihood(config, data)
-    likelihood: nn.Module
+    likelihood: GaussianLikelihood | BernoulliLikelihood
     if kind == "gaussian":
         likelihood = GaussianLikelihood(x_shape, scale=config.decoder_scale, init_log_scale=config.decoder_log_scale)
     else:
@@ -185,7 +190,7 @@ def calibrate_decoder(model: VAE, x: Tensor, *, generator: torch.Generator, batc
     model has such a decoder (a learned or fixed scale, or a Bernoulli decoder, is left alone).
     """
     likelihood = model.likelihood
-    if getattr(likelihood, "scale", None) != "optimal":
+    if not isinstance(likelihood, GaussianLikelihood) or likelihood.scale != "optimal":
         return False
     was_training = model.training
     model.eval()

@@ -42,7 +42,7 @@ LOG_SCALE_MIN: float = -7.0
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.SiLU) -> nn.Sequential:
     """A multilayer perceptron ``sizes[0] -> ... -> sizes[-1]``, activation between layers."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(activation())
@@ -187,6 +187,9 @@ class GaussianLikelihood(nn.Module):
       run. In eval mode ``log_scale`` is used, so ELBO and IWAE are bounds of one fixed model.
     * ``"fixed"``: s = exp(``init_log_scale``), a buffer.
     """
+
+    log_scale: Tensor
+    running_log_scale: Tensor  # scale="optimal" only
 
     def __init__(self, x_shape: Sequence[int], scale: str = "learned", init_log_scale: float = 0.0) -> None:
         super().__init__()

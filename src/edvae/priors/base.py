@@ -109,7 +109,7 @@ def _shown(value: Any) -> str:
 
 def _positive_int(name: str, value: Any, maximum: int | None = None) -> int:
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-    require(ok, f"{name} must be a positive integer, got {_shown(value)}")
+    require(bool(ok), f"{name} must be a positive integer, got {_shown(value)}")
     require(maximum is None or value <= maximum, f"{name}={value!r} is too large; use at most {maximum}")
     return int(value)
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from edvae.accelerator import PLACEMENT, choose_accelerator, network_macs
 from edvae.checkpoint import CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint
 from edvae.config import RunConfig, validate_config
 from edvae.data import DataSplits
@@ -54,14 +55,6 @@ __all__ = ["HOOKS", "TrainResult", "Trainer", "follow_new_total", "load_data", "
 #: ``on_checkpoint(trainer, state, path)`` after each checkpoint is written, and
 #: ``on_train_end(trainer, state, result)``.
 HOOKS = ("on_train_start", "on_step_end", "on_validation_end", "on_checkpoint", "on_train_end")
-_PLACEMENT = (
-    "devices",
-    "num_nodes",
-    "accelerator",
-    "threads",
-    "progress",
-    "rendezvous_timeout",
-)  # may change on resume
 
 
 @dataclass
@@ -80,7 +73,9 @@ class TrainResult:
     validation_seconds: float = 0.0
 
 
-def _make_fabric(config: RunConfig, callbacks: Sequence[Any]):
+def _make_fabric(config: RunConfig, callbacks: Sequence[Any], accelerator: str | None = None):
+    """The Fabric of a run, launched; ``accelerator``: ``cpu`` or ``gpu`` (``train.accelerator``
+    resolved, see :func:`edvae.accelerator.choose_accelerator`)."""
     from lightning_fabric import Fabric
     from lightning_fabric.strategies import DDPStrategy
 
@@ -97,7 +92,7 @@ def _make_fabric(config: RunConfig, callbacks: Sequence[Any]):
         )
     timeout = config.train.rendezvous_timeout
     fabric = Fabric(
-        accelerator=config.train.accelerator,
+        accelerator=accelerator or config.train.accelerator,
         devices=devices,
         num_nodes=num_nodes,
         strategy=DDPStrategy(timeout=timedelta(seconds=timeout)) if world > 1 else "auto",
@@ -154,6 +149,10 @@ def train(
     keeps a copy (``data.pt``, the stored config reading it back), so that evaluating the run
     uses exactly that data. File data are recorded by absolute path and sha256, and a resumed
     run refuses a data file that changed (:func:`edvae.runs.record_data`, :func:`~edvae.runs.check_data`).
+
+    ``train.accelerator``: ``cpu``, ``gpu`` (refused with one line where torch sees none) or
+    ``auto``, the GPU only for networks big enough to gain from it
+    (:func:`edvae.accelerator.choose_accelerator` on the forward multiply-adds of one step).
     """
     callbacks = _checked_callbacks(callbacks)
     run_dir = Path(run_dir)
@@ -161,28 +160,33 @@ def train(
     saved: dict[str, Any] | None = load_checkpoint(run_dir) if resume else None
     if saved is not None:
         stored = validate_config(saved["config"], source=str(run_dir / CHECKPOINT_NAME))
-        placement = {k: getattr(config.train, k) for k in ("epochs", *_PLACEMENT)} if config is not None else {}
+        placement = {k: getattr(config.train, k) for k in ("epochs", *PLACEMENT)} if config is not None else {}
         config = stored.model_copy(update={"train": stored.train.model_copy(update=placement)})
         started = saved["epoch"] + (saved["batch_in_epoch"] > 0)  # epochs finished or begun
         if config.train.epochs < started:
             raise EdvaeError(
-                f"cannot resume {run_dir} with train.epochs={config.train.epochs}: it has already trained {saved['epoch']} "
+                f"cannot resume {run_dir} with train.epochs={config.train.epochs}: it has already trained "
+                f"{saved['epoch']} "
                 f"epochs{' and begun the next' if saved['batch_in_epoch'] else ''}; pass train.epochs={started} or more"
             )
     tc = config.train
-    if tc.accelerator == "gpu" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
-        raise EdvaeError(
-            "train.accelerator='gpu' but torch sees no GPU on this machine; set train.accelerator=cpu or auto"
-        )
-    fabric = _make_fabric(config, callbacks)
+    loaded, macs = None, 0
+    if tc.accelerator == "auto":  # the rule reads the data's shape: loaded before the launch, then reused
+        source = data
+        if source is None:
+            if saved is not None:
+                check_data(run_dir, config, resuming=True)
+            source = loaded = load_data(config, run_dir)
+        macs = tc.batch_size * sum(network_macs(config.model, source.x_shape))
+    fabric = _make_fabric(config, callbacks, choose_accelerator(tc.accelerator, macs, setting="train.accelerator"))
     if tc.threads:  # after the launch, which sets cores / processes threads unless OMP_NUM_THREADS is set
         torch.set_num_threads(tc.threads)
     fabric.seed_everything(tc.seed, verbose=False)
     if saved is None:  # record the data: absolute file paths and hashes, data in memory saved in the run folder
         config = record_data(config, run_dir, data, write=fabric.is_global_zero)
-    elif data is None:
+    elif data is None and loaded is None:
         check_data(run_dir, config, resuming=True)
-    data = data if data is not None else load_data(config, run_dir)
+    data = data if data is not None else loaded if loaded is not None else load_data(config, run_dir)
     check_fits_memory(
         training_memory_bytes(
             config.model, tuple(data.x_shape), min(tc.batch_size, len(data.train)) // tc.grad_accum_steps
@@ -466,7 +470,7 @@ class Trainer:
         if world > 1:
             sums = self.fabric.all_reduce(sums, reduce_op="sum")
             count *= world
-        return {k: float(v) / count for k, v in zip(names, sums.tolist())}
+        return {k: float(v) / count for k, v in zip(names, sums.tolist(), strict=True)}
 
     def save_checkpoint(self, completed: bool = False) -> None:
         """Write :meth:`TrainState.state_dict` atomically to ``checkpoint.pt``; refuses (with a
@@ -474,7 +478,8 @@ class Trainer:
         s = self.state
         if not all(bool(torch.isfinite(p).all()) for p in [*s.model.parameters(), *self.objective.parameters()]):
             raise TrainingError(
-                f"the parameters became non-finite by step {s.step} (epoch {s.epoch + 1}); {kept_checkpoint(self.run_dir)}. "
+                f"the parameters became non-finite by step {s.step} (epoch {s.epoch + 1}); "
+                f"{kept_checkpoint(self.run_dir)}. "
                 "Lower train.lr or set train.grad_clip"
             )
         s.log_lines, s.completed = self.log.lines, completed
@@ -512,7 +517,7 @@ class Trainer:
         """Mean of the processes' gradients of ``params`` (what DDP does for the model's), one all-reduce."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = self.fabric.all_reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
-        for p, part in zip(params, flat.split([g.numel() for g in grads])):
+        for p, part in zip(params, flat.split([g.numel() for g in grads]), strict=True):
             p.grad = part.view_as(p).clone()
 
     def _skip_or_stop(self, obj: Objective, outputs: list[Any]) -> None:
@@ -537,7 +542,8 @@ class Trainer:
         self._consecutive_skips += 1
         if self._consecutive_skips > MAX_CONSECUTIVE_SKIPS:
             raise TrainingError(
-                f"{what} was non-finite for {self._consecutive_skips} steps in a row {where}; giving up; {kept_checkpoint(self.run_dir)}"
+                f"{what} was non-finite for {self._consecutive_skips} steps in a row {where}; giving up; "
+                f"{kept_checkpoint(self.run_dir)}"
             )
 
     def _log_step(self, obj: Objective) -> None:
@@ -545,7 +551,7 @@ class Trainer:
         values = torch.stack([v.float() for v in obj.terms.values()])
         if self.world > 1:
             values = self.fabric.all_reduce(values, reduce_op="mean")
-        logged = dict(zip(obj.terms, values.tolist()))
+        logged = dict(zip(obj.terms, values.tolist(), strict=True))
         self.log.log("train", self.state.step, self.state.epoch + 1, logged)
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{logged['loss']:.3f}", refresh=False)
@@ -580,7 +586,7 @@ def follow_new_total(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, tota
         scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / total_steps)) / 2
         for base in scheduler.base_lrs
     ]
-    for group, lr in zip(scheduler.optimizer.param_groups, rates):
+    for group, lr in zip(scheduler.optimizer.param_groups, rates, strict=True):
         group["lr"] = lr
     scheduler._last_lr = list(rates)
 
