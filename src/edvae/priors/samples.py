@@ -343,8 +343,9 @@ def _stored_samples(state: Any, method: str, dim: int) -> Tensor | None:
         return None
     if method == "kde":
         samples = state.get("samples")
-        ok = isinstance(samples, Tensor) and samples.ndim == 2 and samples.shape[1] == dim and len(samples) >= 2
-        return samples.clone() if ok else None
+        if isinstance(samples, Tensor) and samples.ndim == 2 and samples.shape[1] == dim and len(samples) >= 2:
+            return samples.clone()
+        return None
     loc, scale = state.get("loc"), state.get("scale")
     if isinstance(loc, Tensor) and isinstance(scale, Tensor) and loc.shape == scale.shape == (dim,):
         return torch.stack([loc - scale.abs() - 1, loc + scale.abs() + 1])
