@@ -1082,12 +1082,14 @@ def _dataset_queries(
     n = mu.shape[0]
     if num_queries is not None and (not isinstance(num_queries, int) or num_queries < 1):
         raise EdvaeError(f"num_queries={num_queries!r} must be a positive integer or None.")
+    # drawn on the generator's device (a CPU generator serves a model on any device), then moved
+    drawn_on = mu.device if generator is None else generator.device
     if num_queries is None or num_queries >= n:
         index = torch.arange(n, device=mu.device)
     else:
-        index = torch.randperm(n, generator=generator, device=mu.device)[:num_queries]
+        index = torch.randperm(n, generator=generator, device=drawn_on)[:num_queries].to(mu.device)
     mu_rows, logvar_rows = mu[index], logvar[index]
-    noise = torch.randn(mu_rows.shape, generator=generator, dtype=mu_rows.dtype, device=mu_rows.device)
+    noise = torch.randn(mu_rows.shape, generator=generator, dtype=mu_rows.dtype, device=drawn_on).to(mu.device)
     z = mu_rows + torch.exp(0.5 * logvar_rows) * noise
     return p, index, z, mu_rows, logvar_rows, _plan("full", z.shape[0], n, None, 0)
 

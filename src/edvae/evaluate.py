@@ -442,7 +442,7 @@ def cached_true_log_likelihoods(
     key = hashlib.sha256(name.encode() + x.contiguous().numpy().tobytes()).hexdigest()
     if path.is_file():
         try:
-            stored = torch.load(path, weights_only=True)
+            stored = torch.load(path, map_location="cpu", weights_only=True)
             cached = stored["log_p_true"] if stored.get("key") == key else None
             if cached is not None and stored.get("digest") != _digest(key, cached):
                 cached = None  # values changed after they were written

@@ -7,6 +7,7 @@ everything an objective needs in one :class:`ModelOutput`.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,7 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.prior = prior
         self.latent_dim = latent_dim
+        self._prior_checked_on: torch.device | None = None  # see prior_distribution
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior parameters ``(mu, logvar)``, each ``(B, D)``."""
@@ -83,8 +85,19 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     def prior_distribution(self) -> Distribution:
-        """The prior p(z) as a distribution."""
-        return self.prior()
+        """The prior p(z) as a distribution.
+
+        The first call on each device checks that the distribution's tensors lie on the model's
+        device (:func:`edvae.priors.check_prior_device`; devices only, no host synchronisation),
+        so a prior that builds its tensors elsewhere (``torch.ones(dim)`` inside ``forward()``)
+        is refused with one line naming it, not a device mismatch deep inside torch.
+        """
+        dist = self.prior()
+        first = next(itertools.chain(self.encoder.parameters(), self.parameters()), None)
+        if first is not None and first.device != self._prior_checked_on:
+            priors.check_prior_device(dist, first.device, self.prior)
+            self._prior_checked_on = first.device
+        return dist
 
     def forward(self, x: Tensor, eps: Tensor | None = None) -> ModelOutput:
         """Encode, sample z = mu + exp(logvar / 2) * eps, decode and score log p(x|z)."""
@@ -195,8 +208,9 @@ def calibrate_decoder(model: VAE, x: Tensor, *, generator: torch.Generator, batc
     was_training = model.training
     model.eval()
     total = torch.zeros(likelihood.log_scale.shape, dtype=torch.float64)
+    device = next(model.encoder.parameters()).device
     for start in range(0, x.shape[0], batch_size):
-        batch = x[start : start + batch_size]
+        batch = x[start : start + batch_size].to(device)
         mu, logvar = model.encode(batch)
         eps = torch.randn(mu.shape, generator=generator).to(mu)
         residual = batch - model.decode(mu + torch.exp(0.5 * logvar) * eps)

@@ -242,7 +242,8 @@ class GaussianLikelihood(nn.Module):
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """x ~ p(x|z)."""
-        noise = torch.randn(params.shape, generator=generator, dtype=params.dtype)
+        device = params.device if generator is None else generator.device  # draw where the generator lives
+        noise = torch.randn(params.shape, generator=generator, dtype=params.dtype, device=device).to(params.device)
         return params + noise * self.log_scale.clamp(min=LOG_SCALE_MIN).exp()
 
 
@@ -263,4 +264,7 @@ class BernoulliLikelihood(nn.Module):
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """x ~ p(x|z)."""
-        return torch.bernoulli(torch.sigmoid(params), generator=generator)
+        probs = torch.sigmoid(params)
+        if generator is None or generator.device == probs.device:
+            return torch.bernoulli(probs, generator=generator)
+        return torch.bernoulli(probs.to(generator.device), generator=generator).to(probs.device)
