@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import conftest
@@ -596,3 +596,198 @@ def test_random_argument_vectors_end_with_exit_0_or_one_line_and_exit_2():
         run()
     print(f"random CLI vectors: {counts[2]} refused with one line, {counts[0]} help/version")
     assert counts[2] > 50
+
+
+# --------------------------------------------------------------------------------------------
+# files through the command line: TOML configs, data files, checkpoints
+
+#: TOML values a config cannot hold or that break its structure, as TOML text.
+TOML_ODDITIES = st.sampled_from(
+    [
+        "1979-05-27T07:32:00Z",
+        "1979-05-27",
+        "07:32:00",
+        "1979-05-27T07:32:00",
+        "[1979-05-27]",
+        "{ a = 1979-05-27 }",
+        "nan",
+        "inf",
+        "-inf",
+        '"""multi\nline"""',
+        "[[1], [2]]",
+        "{}",
+        "[]",
+        "0x1F",
+        "1e999",
+        '"\\u00e9"',
+    ]
+)
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` (a plain config value) as TOML text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return "{ " + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + " }"
+
+
+@st.composite
+def toml_files(draw: st.DrawFn) -> str:
+    """The tiny BASE config as TOML text, with 0-3 edits of TOML's own kinds: dates and times
+    anywhere, arrays of tables where sections go, duplicate keys, stray lines, random text."""
+    lines = [f"name = {_toml_value(BASE['name'])}"]
+    for section, values in BASE.items():
+        if section == "name":
+            continue
+        header = f"[[{section}]]" if draw(st.integers(0, 12)) == 0 else f"[{section}]"
+        lines.append(header)
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    for _ in range(draw(st.integers(0, 3))):
+        where = draw(st.integers(0, len(lines)))
+        edit = draw(
+            st.one_of(
+                st.builds(
+                    lambda k, v: f"{k} = {v}", st.sampled_from(["seed", "lr", "when", "name", "epochs"]), TOML_ODDITIES
+                ),
+                st.sampled_from(["[train]", "[[model]]", "[data.options]", "train = 3", "[bogus]", "= 1", "x ="]),
+                st.text(max_size=12),
+            )
+        )
+        lines.insert(where, edit)
+    return "\n".join(lines) + "\n"
+
+
+def _one_line_or_success(result: Any, what: str) -> int:
+    """Exit 0, or one ``error:`` line on stderr with exit 2 (a bad input) or 1 (a run that could
+    not go on, its last good checkpoint kept), never a traceback. Returns the exit code."""
+    assert isinstance(result.exception, (SystemExit, type(None))), f"{what}: {result.exception!r}\n{result.output}"
+    assert "Traceback" not in result.output, what
+    if result.exit_code != 0:
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code in (1, 2), f"{what}: exit {result.exit_code}: {result.stderr}"
+        assert len(lines) == 1 and lines[0].startswith("error: "), f"{what}: {result.stderr}"
+    return result.exit_code
+
+
+def test_random_toml_files_train_or_end_in_one_line():
+    """Random TOML files through `edvae train FILE`: exit 0 with a checkpoint, or one line."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from edvae.cli import app
+
+    counts: Counter[int] = Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+
+        @settings(
+            max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+        )
+        @given(toml_files())
+        def run(text: str) -> None:
+            path, out = Path(tmp) / "c.toml", Path(tmp) / f"run{sum(counts.values())}"
+            path.write_text(text, encoding="utf-8", errors="surrogatepass")
+            code = _one_line_or_success(CliRunner().invoke(app, ["train", str(path), "--out", str(out)]), text)
+            counts[code] += 1
+            assert (code == 0) == (out / "checkpoint.pt").is_file(), text
+
+        run()
+    print(f"\nrandom TOML files: {counts[0]} trained, {counts[2]} refused with one line, {counts[1]} stopped")
+    assert counts[0] >= 3 and counts[2] >= 5, counts
+
+
+def _npy_bytes(rows: int, cols: int, scale: float = 1.0) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.random.default_rng(0).normal(size=(rows, cols)) * scale)
+    return buffer.getvalue()
+
+
+@st.composite
+def data_files(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A data file: its name and bytes. Random bytes under a data extension, or arrays of random
+    shapes holding NaN, huge values or strings, saved as .npy, .npz, .csv or .csv.gz."""
+    import gzip
+    import io
+
+    import numpy as np
+
+    ext = draw(st.sampled_from(["npy", "npy", "npy", "csv", "csv", "npz", "csv.gz", "tsv", "idx", "bin"]))
+    if draw(st.integers(0, 6)) == 0:
+        return f"x.{ext}", draw(st.binary(max_size=64))
+    rows, cols = draw(st.sampled_from([40, 60, 2, 1, 0])), draw(st.sampled_from([3, 1, 4, 0]))
+    values = np.random.default_rng(draw(st.integers(0, 3))).normal(size=(rows, cols))
+    spoil = draw(st.sampled_from(["none", "none", "nan", "inf", "huge", "1e30", "int", "strings", "1d", "3d"]))
+    if spoil in ("nan", "inf") and values.size:
+        values.flat[draw(st.integers(0, values.size - 1))] = float(spoil)
+    elif spoil in ("huge", "1e30"):
+        values = values * (1e300 if spoil == "huge" else 1e30)
+    elif spoil == "int":
+        values = np.round(values * 100).astype(np.int64)
+    elif spoil == "1d":
+        values = values.reshape(-1)
+    elif spoil == "3d" and values.size:
+        values = values.reshape(rows, cols, 1)
+    if spoil == "strings":
+        values = values.astype(str)
+    buffer = io.BytesIO()
+    if ext.startswith("csv") or ext == "tsv":
+        flat = values.reshape(len(values), -1) if values.size and values.ndim > 1 else values.reshape(-1, 1)
+        sep = "\t" if ext == "tsv" else ","
+        text = "\n".join(sep.join(str(v) for v in row) for row in flat)
+        if draw(st.booleans()):
+            text = draw(st.sampled_from(["a,b,c,d", "NA,1,2,3", "# comment", ""])) + "\n" + text
+        raw = text.encode()
+        return f"x.{ext}", gzip.compress(raw) if ext.endswith(".gz") else raw
+    if ext == "npz":
+        np.savez(
+            buffer, x=values, **({"y": np.arange(len(values)) - draw(st.integers(0, 2))} if draw(st.booleans()) else {})
+        )
+    else:
+        np.save(buffer, values)
+    return f"x.{ext}", buffer.getvalue()
+
+
+def test_random_data_files_train_or_end_in_one_line():
+    """Random data files through `edvae train --data FILE` (tiny settings): exit 0 with a
+    checkpoint, or one line; a refused file writes no checkpoint."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from edvae.cli import app
+
+    tiny = ["train.epochs=1", "train.batch_size=4", "train.progress=false", "model.hidden=[4]"]
+    counts: Counter[int] = Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+
+        @settings(
+            max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+        )
+        @given(data_files(), st.sampled_from(["gaussian", "bernoulli"]))
+        @example(("x.npy", _npy_bytes(40, 3)), "gaussian")  # the kinds that train, always tried
+        @example(("x.csv", b"a,b\n" + b"0.5,0.25\n0.75,1\n" * 20), "bernoulli")
+        @example(("x.npy", _npy_bytes(40, 3, 1e30)), "gaussian")
+        def run(file: tuple[str, bytes], likelihood: str) -> None:
+            name, raw = file
+            path, out = Path(tmp) / name, Path(tmp) / f"run{sum(counts.values())}"
+            path.write_bytes(raw)
+            args = ["train", "--data", str(path), "--out", str(out), "--set", f"data.options.likelihood={likelihood}"]
+            for item in tiny:
+                args += ["--set", item]
+            code = _one_line_or_success(CliRunner().invoke(app, args), f"{name} {raw[:80]!r}")
+            counts[code] += 1
+            assert (code == 0) == (out / "checkpoint.pt").is_file(), name
+
+        run()
+    print(f"\nrandom data files: {counts[0]} trained, {counts[2]} refused with one line, {counts[1]} stopped")
+    assert counts[0] >= 2 and counts[2] >= 10, counts

@@ -29,7 +29,7 @@ __all__ = [
 
 #: The ``train.*`` settings that say where and how a run executes, not what it computes: a run
 #: may resume with other values, and a study reuses a finished run whatever they were.
-PLACEMENT = ("devices", "num_nodes", "accelerator", "threads", "progress")
+PLACEMENT = ("devices", "num_nodes", "accelerator", "threads", "progress", "rendezvous_timeout")
 
 #: The values of ``train.accelerator`` and of every ``--accelerator`` option.
 ACCELERATORS = ("cpu", "gpu", "auto")

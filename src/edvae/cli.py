@@ -85,6 +85,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # -h works as --help on every command
     help="Entropy-Decomposed VAEs: train, evaluate and compare VAEs term by term.",
 )
 

@@ -8,6 +8,7 @@ keys, wrong types and out-of-range values are refused with one line naming the k
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -60,6 +61,13 @@ class DataConfig(_Strict):
     path: str | None = None
     seed: int = Field(0, ge=0, le=2**32 - 1)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _path_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("data.path is empty; give the path of a data file (or leave data.path out)")
+        return value
 
 
 #: Largest hidden-layer width accepted (wider layers do not fit in memory anyway).
@@ -250,6 +258,15 @@ class TrainConfig(_Strict):
     )
     devices: int = Field(1, ge=1)
     num_nodes: int = Field(1, ge=1)
+    rendezvous_timeout: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description=(
+            "seconds a multi-process run waits for all its processes to join (and for any one collective "
+            "operation) before it stops with a one-line error"
+        ),
+    )
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
     threads: int = Field(
         1,
@@ -308,8 +325,37 @@ def _section(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+#: The value types a config holds (TOML's, without its dates and times, and None for JSON's null).
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: Any, source: str, key: str = "") -> None:
+    """Refuse (one line naming the key) a value a config cannot hold: TOML dates and times, or
+    any other object that is not a string, number, boolean, list or table."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise EdvaeError(f"{source}: config key {name!r} under '{key or '(top level)'}' is not a string")
+            _check_plain(item, source, f"{key}.{name}" if key else name)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_plain(item, source, key)
+    elif not isinstance(value, _PLAIN):
+        kind = "a TOML date/time" if isinstance(value, (datetime.date, datetime.time)) else f"a {type(value).__name__}"
+        raise EdvaeError(
+            f"{source}: '{key}' holds {kind} ({value!r}); config values are strings, numbers, booleans, lists "
+            "and tables: quote it if you meant text"
+        )
+
+
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
-    """Build a :class:`RunConfig` from a plain dict, or raise :class:`EdvaeError` (one line)."""
+    """Build a :class:`RunConfig` from a plain dict, or raise :class:`EdvaeError` (one line).
+
+    Values other than strings, numbers, booleans, lists and tables (TOML dates and times) are
+    refused, naming the key."""
+    if not isinstance(raw, dict):
+        raise EdvaeError(f"{source}: a config is a table of sections (data, model, ...), got {type(raw).__name__}")
+    _check_plain(raw, source)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
@@ -324,9 +370,15 @@ def load_config(path: str | Path) -> dict[str, Any]:
             f"config file {path} does not exist; presets live in configs/ (e.g. configs/edvae-complex.toml)"
         )
     try:
-        return tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise EdvaeError(f"config file {path} is not valid TOML: {err}") from None
+    _check_plain(raw, f"config file {path}")
+    for name, value in raw.items():  # [[train]] (an array of tables) where a section [train] goes
+        if name in RunConfig.model_fields and name != "name" and not isinstance(value, dict):
+            shown = f"[[{name}]] (an array of tables)" if isinstance(value, list) else f"{name} = {value!r}"
+            raise EdvaeError(f"config file {path}: '{name}' is a section, write [{name}] instead of {shown}")
+    return raw
 
 
 def _parse_value(text: str) -> Any:
@@ -342,6 +394,7 @@ def _parse_value(text: str) -> Any:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as JSON/TOML, else taken as strings)."""
+    _check_plain(raw, "config")
     out = json.loads(json.dumps(raw))
     for item in overrides or []:
         if "=" not in item:

@@ -44,10 +44,11 @@ from edvae.accelerator import accelerator_device, choose_accelerator, network_ma
 from edvae.checkpoint import save_atomic
 from edvae.config import EvalConfig, ModelConfig, RunConfig
 from edvae.data import DataSplits, binarize_batch
+from edvae.data.files import machine_memory_bytes
 from edvae.data.sampling import derive_seed
 from edvae.errors import EdvaeError
 from edvae.estimators import PriorLike, dataset_decomposition_terms, kl_divergence, log_posterior
-from edvae.model import VAE
+from edvae.model import VAE, check_fits_memory
 from edvae.runs import load_data, load_run  # load_run also importable from here, its former home
 
 __all__ = [
@@ -69,6 +70,8 @@ __all__ = [
 
 #: Importance samples times examples held in memory at once during evaluation.
 _SAMPLES_PER_CHUNK = 100_000
+#: Bumped when the true log-likelihood cache's content changes meaning (old files are recomputed).
+TRUE_LL_CACHE_FORMAT = 2
 #: The folder, next to a run folder, where ``edvae evaluate`` caches per-data-set results.
 CACHE_DIR_NAME = ".edvae-cache"
 
@@ -201,11 +204,18 @@ def _chunk_size(config: EvalConfig) -> int:
 
 def _mean_se(values: Tensor) -> tuple[float, float]:
     """mean_n v_n and its standard error sd(v) / sqrt(N) (sample sd; NaN for N = 1)."""
-    values = values.double()
+    values = values.detach().double()
     return float(values.mean()), float(values.std() / math.sqrt(values.numel()))
 
 
 @torch.inference_mode()
+def evaluation_memory_bytes(samples: int, chunk: int, features: int, latent_dim: int) -> int:
+    """A lower estimate of the memory of one evaluation block, in bytes: K importance samples of
+    a block of b examples hold the repeated inputs and decoder outputs (3 K b F float32 values for
+    F features) and the codes, noise and log-densities (6 K b D + 8 K b values)."""
+    return 4 * samples * chunk * (3 * features + 6 * latent_dim + 8)
+
+
 def evaluate_model(
     model: VAE,
     data: DataSplits,
@@ -254,6 +264,12 @@ def evaluate_model(
     prior = model.prior_distribution()
     k = config.iwae_samples
     chunk = _chunk_size(config)
+    check_fits_memory(
+        evaluation_memory_bytes(k, chunk, math.prod(data.x_shape), model.latent_dim),
+        machine_memory_bytes(),
+        f"evaluating with eval.iwae_samples={k}",
+        "lower --iwae-samples (eval.iwae_samples)",
+    )
     per_example: dict[str, list[Tensor]] = {"elbo": [], "iwae": [], "kl": [], "reconstruction": [], "mse": []}
     mus, logvars = [], []
     starts = range(0, x_all.shape[0], chunk)
@@ -389,34 +405,59 @@ def run_cache_dir(run_dir: str | Path) -> Path:
     return folder.resolve().parent / CACHE_DIR_NAME
 
 
+def _digest(key: str, values: Tensor) -> str:
+    """sha256 of a cache key and the cached values' bytes (a cache edited after writing fails it)."""
+    return hashlib.sha256(key.encode() + values.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
 def cached_true_log_likelihoods(
     config: RunConfig, cache_dir: str | Path, *, split: str = "test", data: DataSplits | None = None
 ) -> Tensor | None:
     """log p_true(x_n) of every example of ``split`` of the data set ``config.data`` names,
     (N,) float64, computed once per data set and cached in ``cache_dir``.
 
-    The key is the sha256 of the data config (name, seed, options; it fixes the synthetic data
-    and so its exact likelihood). ``None`` when ``config.eval.true_ll`` is off or the data have
+    The cache file carries its key and a digest of its values: the sha256 of the data config (name, seed, options), the
+    split, the edvae version, :data:`TRUE_LL_CACHE_FORMAT` and the split's bytes. A file whose
+    key differs, that cannot be read, or whose values are not N finite float64 numbers is
+    recomputed and rewritten. ``None`` when ``config.eval.true_ll`` is off or the data have
     no ground truth (real data, files, data stored from memory). A cache that cannot be written
     is skipped (the value is still returned).
     """
     if not config.eval.true_ll or config.data.name in ("file", "stored"):
         return None
-    key = hashlib.sha256(json.dumps(config.data.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / (f"true_ll-{key}.pt" if split == "test" else f"true_ll-{key}-{split}.pt")
-    if path.is_file():
-        try:
-            cached = torch.load(path, map_location="cpu", weights_only=True).get("log_p_true")
-        except (RuntimeError, EOFError, AttributeError, OSError):
-            cached = None
-        if isinstance(cached, Tensor):
-            return cached
+    from edvae._version import __version__
+
+    settings = {
+        "data": config.data.model_dump(),
+        "split": split,
+        "version": __version__,
+        "format": TRUE_LL_CACHE_FORMAT,
+    }
+    name = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / (f"true_ll-{name}.pt" if split == "test" else f"true_ll-{name}-{split}.pt")
     data = data if data is not None else load_data(config)
     if data.ground_truth is None:
         return None
+    x = getattr(data, split)
+    key = hashlib.sha256(name.encode() + x.contiguous().numpy().tobytes()).hexdigest()
+    if path.is_file():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            cached = stored["log_p_true"] if stored.get("key") == key else None
+            if cached is not None and stored.get("digest") != _digest(key, cached):
+                cached = None  # values changed after they were written
+        except Exception:  # noqa: BLE001 - a cache that cannot be read is recomputed, whatever the damage
+            cached = None
+        if (
+            isinstance(cached, Tensor)
+            and cached.dtype == torch.float64
+            and tuple(cached.shape) == (x.shape[0],)
+            and bool(torch.isfinite(cached).all())
+        ):
+            return cached
     value = true_log_likelihoods(data, split)
     try:
-        save_atomic({"log_p_true": value, "data": config.data.model_dump()}, path)
+        save_atomic({"log_p_true": value, "key": key, "digest": _digest(key, value), "settings": settings}, path)
     except OSError:
         pass
     return value

@@ -8,8 +8,9 @@ everything an objective needs in one :class:`ModelOutput`.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,15 @@ if TYPE_CHECKING:
     from edvae.config import ModelConfig
     from edvae.data import DataSplits
 
-__all__ = ["ModelOutput", "VAE", "build_model", "calibrate_decoder", "resolve_likelihood"]
+__all__ = [
+    "ModelOutput",
+    "VAE",
+    "build_model",
+    "calibrate_decoder",
+    "check_fits_memory",
+    "resolve_likelihood",
+    "training_memory_bytes",
+]
 
 
 @dataclass
@@ -105,11 +114,13 @@ def resolve_likelihood(config: ModelConfig, data: DataSplits) -> str:
     return data.likelihood if config.likelihood == "auto" else config.likelihood
 
 
-def _build_prior(config: ModelConfig, data: DataSplits, encoder: nn.Module, fit: bool = True) -> nn.Module:
+def _build_prior(
+    config: ModelConfig, data: DataSplits, encoder: nn.Module, fit: bool = True, state: Any = None
+) -> nn.Module:
     """The prior the config names, from the registry (:func:`edvae.priors.make`), given the data
     and encoder of the model being built; its event dimension must be the latent dimension."""
     dim = config.latent_dim
-    context = priors.PriorContext(dim=dim, data=data, encoder=encoder, fit=fit)
+    context = priors.PriorContext(dim=dim, data=data, encoder=encoder, fit=fit, state=state)
     prior = priors.make(config.prior, dim, context=context, **config.prior_options)
     prior_dim = priors.event_dim(prior)
     if prior_dim != dim:
@@ -119,12 +130,44 @@ def _build_prior(config: ModelConfig, data: DataSplits, encoder: nn.Module, fit:
     return prior
 
 
-def build_model(config: ModelConfig, data: DataSplits, *, fit_prior: bool = True) -> VAE:
+def training_memory_bytes(config: ModelConfig, x_shape: tuple[int, ...], batch_size: int) -> int:
+    """A lower estimate of the memory one training step needs, in bytes (float32).
+
+    With F = prod(x_shape) features, D = latent_dim and MLP widths h_1..h_L, the encoder
+    F -> h_1 -> ... -> h_L -> 2D and the mirrored decoder have P = sum of (n_in + 1) n_out
+    weights; Adam keeps 4 copies of them (weights, gradients, two moments). Each of the B
+    examples of a batch keeps its activations for the backward pass, about 2 (F + sum h + 3D)
+    values (a convolutional network: 64 F). Estimate: 4 (4P + 2 B A) bytes, A the activations
+    per example; it leaves out the objective's (B, B, D) terms, which are computed blockwise."""
+    features = math.prod(x_shape)
+    dim = config.latent_dim
+    if config.network == "mlp":
+        sizes = [features, *config.hidden, 2 * dim]
+        params = 2 * sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        activations = 2 * (features + sum(config.hidden) + 3 * dim)
+    else:
+        params, activations = 0, 64 * features
+    return 4 * (4 * params + 2 * batch_size * activations)
+
+
+def check_fits_memory(needed: int, available: int, what: str, fix: str) -> None:
+    """Refuse (:class:`EdvaeError`, one line) work estimated at ``needed`` bytes on a machine
+    with ``available`` bytes of memory, before any of it is allocated."""
+    if needed > available:
+        raise EdvaeError(
+            f"{what} needs about {needed / 2**30:.3g} GiB of memory, more than this machine's "
+            f"{available / 2**30:.3g} GiB; {fix}"
+        )
+
+
+def build_model(config: ModelConfig, data: DataSplits, *, fit_prior: bool = True, weights: Any = None) -> VAE:
     """Build the VAE a :class:`~edvae.config.ModelConfig` describes, for data shaped like ``data``.
 
     ``fit_prior=False`` builds a prior known only by samples (``"samples:PATH"``) without fitting
     it (a flow is not trained, a KDE bandwidth is not cross-validated): use it when a state dict
-    is loaded next, which restores the fitted flow weights and the bandwidth.
+    is loaded next, which restores the fitted flow weights and the bandwidth. ``weights``: that
+    state dict, when known; the prior is then sized from it (its ``prior.*`` entries), so a
+    ``samples:PATH`` prior does not read its file.
     """
     x_shape = tuple(data.x_shape)
     if config.network == "mlp":
@@ -139,7 +182,12 @@ def build_model(config: ModelConfig, data: DataSplits, *, fit_prior: bool = True
         likelihood = GaussianLikelihood(x_shape, scale=config.decoder_scale, init_log_scale=config.decoder_log_scale)
     else:
         likelihood = BernoulliLikelihood()
-    prior = _build_prior(config, data, encoder, fit=fit_prior)
+    state = None
+    if not fit_prior and isinstance(weights, dict):
+        state = {
+            k.removeprefix("prior."): v for k, v in weights.items() if isinstance(k, str) and k.startswith("prior.")
+        }
+    prior = _build_prior(config, data, encoder, fit=fit_prior, state=state)
     return VAE(encoder, decoder, likelihood, prior, config.latent_dim)
 
 

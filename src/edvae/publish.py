@@ -258,12 +258,24 @@ def publish(
     published JSON (:func:`refresh`). With ``budget_of=BASE`` the results are the budget check of
     the published study BASE (written by ``edvae reproduce --budget``): ``name`` defaults to
     ``BASE-<f>x`` (and must be it), and BASE's page gains the budget-check table. Returns the
-    files written."""
+    files written.
+
+    Everything is checked before anything is written: results.json renders, the name (a letter
+    or digit, then letters, digits, '.', '_' or '-'), and a README given (not None or "") exists
+    and shows the study in a block (``results:<name>``, ``headline:<name>`` or ``studies``); any
+    problem is one line."""
     results_dir, docs_dir = Path(results_dir), Path(docs_dir)
     source = results_dir / "results.json"
     if not source.is_file():
         raise EdvaeError(f"{source} not found: publish takes the --out folder of `edvae reproduce`")
-    result = json.loads(source.read_text())
+    try:
+        result = json.loads(source.read_text())
+        docs_markdown(result, "check")  # renders, or the file is not a results file
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        what = f"lacks {err}" if isinstance(err, KeyError) else f"cannot be read ({' '.join(str(err).split())[:120]})"
+        raise EdvaeError(
+            f"{source} is not a results file of `edvae reproduce`: it {what}; run the study again to rewrite it"
+        ) from None
     if budget_of is not None:
         base_path = docs_dir / f"{budget_of}.json"
         if not base_path.is_file():
@@ -277,8 +289,21 @@ def publish(
         raise EdvaeError("these results are a budget check (reproduce --budget): publish them with --budget-of STUDY")
     if name is None:
         raise EdvaeError("give --name NAME (docs/results/NAME.json) or --budget-of STUDY")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise EdvaeError(f"--name must be letters, digits, '.', '_' or '-', got '{name}'")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise EdvaeError(
+            f"--name must start with a letter or digit, then letters, digits, '.', '_' or '-', got {name!r}"
+        )
+    if readme is not None and str(readme) != "":
+        if not Path(readme).is_file():
+            raise EdvaeError(f"README {readme} not found; pass --readme PATH, or --readme '' to publish the pages only")
+        tags = {m["tag"] for m in MARKER.finditer(Path(readme).read_text())}
+        if budget_of is None and not tags & {f"results:{name}", f"headline:{name}", "studies"}:
+            raise EdvaeError(
+                f"{readme} has no block showing {name}: add the lines '<!-- results:{name} -->' and "
+                f"'<!-- /results:{name} -->' (or a studies block) where it goes, or pass --readme '' for the pages only"
+            )
+    else:
+        readme = None
     (docs_dir / "img").mkdir(parents=True, exist_ok=True)
     written = [docs_dir / f"{name}.json"]
     shutil.copyfile(source, written[0])

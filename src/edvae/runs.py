@@ -74,6 +74,9 @@ DATA_RECORD_NAME = "data.json"
 STORED_DATA_NAME = "data.pt"
 #: Options of the ``file`` data set that name a file (recorded and checked like ``data.path``).
 _PATH_OPTIONS = ("labels_path",)
+#: The role under which ``data.json`` records a ``samples:PATH`` prior's file (provenance only).
+PRIOR_ROLE = "prior_samples"
+SAMPLES_PREFIX = "samples:"
 
 
 def load_data(config: RunConfig, run_dir: str | Path | None = None) -> DataSplits:
@@ -115,7 +118,9 @@ def record_data(
     * file data: ``data.path`` (and ``labels_path``) become absolute paths, so the run can be
       evaluated from any folder.
 
-    ``data.json`` records the sha256 of every data file. ``write=False`` (processes other than
+    ``data.json`` records the sha256 of every data file, and the absolute path and sha256 of a
+    ``samples:PATH`` prior's file (whose path the returned config makes absolute; evaluation and
+    resume use the prior stored in the checkpoint and never read that file). ``write=False`` (processes other than
     the first) only computes the config.
     """
     run_dir = Path(run_dir)
@@ -134,28 +139,40 @@ def record_data(
         options = {**config.data.options, **{k: v for k, v in files.items() if k != "path"}}
         new_data = config.data.model_copy(update={"path": files.get("path", config.data.path), "options": options})
         record = {role: {"path": p, "sha256": file_sha256(p)} for role, p in files.items() if Path(p).is_file()}
+    model = config.model
+    if model.prior.startswith(SAMPLES_PREFIX):  # provenance only: evaluation uses the checkpoint's prior
+        prior_file = Path(model.prior[len(SAMPLES_PREFIX) :]).expanduser().resolve()
+        model = model.model_copy(update={"prior": f"{SAMPLES_PREFIX}{prior_file}"})
+        if prior_file.is_file():
+            record[PRIOR_ROLE] = {"path": str(prior_file), "sha256": file_sha256(prior_file)}
     if write:
         (run_dir / DATA_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    return config.model_copy(update={"data": new_data})
+    return config.model_copy(update={"data": new_data, "model": model})
 
 
-def check_data(run_dir: str | Path, config: RunConfig) -> None:
+def check_data(run_dir: str | Path, config: RunConfig, *, resuming: bool = False) -> None:
     """Refuse (:class:`EdvaeError`, one line naming the file) to read a run's data when a file
-    recorded in ``data.json`` is missing or its content changed since training."""
+    recorded in ``data.json`` is missing or its content changed since training. The fix offered
+    depends on the purpose: evaluation can take another file (``--data``), a resumed run
+    (``resuming=True``) trains on the same data only, so the file goes back where it was."""
     run_dir = Path(run_dir)
     record_path = run_dir / DATA_RECORD_NAME
     if not record_path.is_file():
         return  # a run from before data provenance was recorded
     record = json.loads(record_path.read_text())
     for role, entry in record.items():
+        if role == PRIOR_ROLE:
+            continue  # the prior's samples were read once; the checkpoint holds the prior itself
         path = Path(entry["path"]) if Path(entry["path"]).is_absolute() else run_dir / entry["path"]
         what = "data file" if role == "path" else f"{role} file"
         fix = (
             "pass --data PATH (Python: data=...) to evaluate on another file"
-            if config.data.name == "file"
+            if config.data.name == "file" and not resuming
             else "re-run training"
         )
         if not path.is_file():
+            if resuming and config.data.name == "file":
+                fix = f"a resumed run trains on the same data: move the file back or link it there (ln -s NEW {path})"
             raise EdvaeError(f"the {what} {path} this run was trained on is missing; {fix}")
         if file_sha256(path) != entry["sha256"]:
             raise EdvaeError(f"the {what} {path} changed since this run was trained on it (sha256 differs); {fix}")
@@ -185,6 +202,20 @@ def _splits_payload(data: DataSplits) -> dict[str, Any]:
     return payload
 
 
+def _check_data_fits(model: VAE, weights: Any, data: DataSplits, run_dir: str | Path) -> None:
+    """Refuse other data whose examples have another shape than the training data's: the model
+    built for them has weights of other shapes than the checkpoint's (the data's fault, not the
+    checkpoint's)."""
+    own = model.state_dict()
+    for key, value in weights.items() if isinstance(weights, dict) else ():
+        if key in own and isinstance(value, torch.Tensor) and value.shape != own[key].shape:
+            raise EdvaeError(
+                f"the data to evaluate on have examples of shape {tuple(data.x_shape)}, which the model in {run_dir} "
+                f"does not take (its weight {key} has shape {tuple(value.shape)}, data of this shape need "
+                f"{tuple(own[key].shape)}); evaluate on data with the features of the training data"
+            )
+
+
 def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, RunConfig, dict[str, Any], DataSplits]:
     """Rebuild a trained model from its run folder: ``(model, config, checkpoint, data)``.
 
@@ -202,11 +233,14 @@ def load_run(run_dir: str | Path, data: DataSplits | None = None) -> tuple[VAE, 
                 f"{run_dir} was trained with a prior passed to edvae.fit as a Python object; load it from Python with "
                 "the same kind of object: edvae.load(run_dir, prior=...)"
             )
+    given = data is not None
     if data is None:
         folder = Path(run_dir).parent if Path(run_dir).is_file() else Path(run_dir)
         check_data(folder, config)
         data = load_data(config, folder)
-    model = build_model(config.model, data, fit_prior=False)  # fitted values come from the state dict
+    model = build_model(config.model, data, fit_prior=False, weights=state["model"])  # fitted values: the state dict
+    if given:
+        _check_data_fits(model, state["model"], data, run_dir)
     load_weights(model, state["model"], run_dir)
     model.eval()
     return model, config, state, data

@@ -6,7 +6,9 @@ Formats (chosen by extension, or by the ``format`` option; any of them may be gz
 * ``.npz``: the data under ``x`` or ``data`` (or the only array), labels under ``y`` or
   ``labels``.
 * ``.csv`` / ``.tsv``: a numeric table, one example per line, optional header line (detected:
-  a first line with a non-numeric cell), ``#`` comment lines and blank lines ignored.
+  a first line with a cell that is neither a number nor a missing-value spelling such as ``NA``,
+  ``NaN``, ``null`` or an empty cell), ``#`` comment lines and blank lines ignored; a missing
+  value in a data row is refused (fill it in or drop the row).
 * MNIST idx files (``*-idx3-ubyte``, ``*.idx3-ubyte``, ``*.idx``): the big-endian format of
   yann.lecun.com: magic ``0x0000TTDD`` (TT the value type, 0x08 for unsigned bytes; DD the
   number of dimensions: 0x00000803 for images, 0x00000801 for labels), DD big-endian 32-bit
@@ -27,15 +29,16 @@ Options:
 * ``delimiter``: for csv/tsv (default ``","`` / tab).
 
 Every problem (missing, empty or corrupt file, wrong shape, non-finite or out-of-range
-values, label count mismatch, unknown extension) raises :class:`~edvae.errors.EdvaeError`
+values, label count mismatch or labels outside [0, 2^31), unknown extension, a path that is
+not a regular file, a file larger than a quarter of the machine's memory) raises :class:`~edvae.errors.EdvaeError`
 naming the file, the row where it applies, and the fix.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
 import math
+import os
 import re
 import zlib
 from collections.abc import Callable, Sequence
@@ -44,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from edvae.data.splits import DataSplits, check_split, finish, resolve_likelihood
+from edvae.data.splits import MAX_LABEL, DataSplits, check_split, finish, resolve_likelihood
 from edvae.errors import EdvaeError
 
 __all__ = ["FORMATS", "SUPPORTED", "load_file", "read_idx"]
@@ -91,15 +94,52 @@ def _detect_format(path: Path) -> str:
     )
 
 
-def _read_bytes(path: Path, what: str = "file") -> bytes:
+def machine_memory_bytes() -> int:
+    """The machine's physical memory in bytes (``sysconf``; 16 GiB where it cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return 16 << 30
+
+
+def max_data_bytes() -> int:
+    """The largest data file edvae reads: a quarter of the machine's memory (uncompressed), since
+    a file of B bytes becomes arrays of several times B while it is parsed, scaled and split."""
+    return machine_memory_bytes() // 4
+
+
+def check_data_path(path: Path, what: str = "file") -> None:
+    """Refuse, before reading, a path that is missing, a directory, not a regular file (a device
+    such as /dev/zero, a pipe) or larger than :func:`max_data_bytes`."""
     if not path.exists():
         raise EdvaeError(f"{what} '{path}' does not exist; check the path")
     if path.is_dir():
         raise EdvaeError(f"{what} '{path}' is a directory; pass the path of a data file inside it")
+    if not path.is_file():
+        raise EdvaeError(f"{what} '{path}' is not a regular file (a device, pipe or socket); pass a data file")
+    size, limit = path.stat().st_size, max_data_bytes()
+    if size > limit:
+        raise EdvaeError(
+            f"{what} '{path}' has {size / 2**30:.1f} GiB, more than edvae reads on this machine "
+            f"({limit / 2**30:.1f} GiB, a quarter of its memory); use a subset of the data"
+        )
+
+
+def _read_bytes(path: Path, what: str = "file") -> bytes:
+    check_data_path(path, what)
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
+        limit = max_data_bytes()
         try:
-            raw = gzip.decompress(raw)
+            inflater = zlib.decompressobj(wbits=31)
+            raw = inflater.decompress(raw, limit + 1)
+            if len(raw) > limit:
+                raise EdvaeError(
+                    f"{what} '{path}' unpacks to more than {limit / 2**30:.1f} GiB, more than edvae reads on this "
+                    "machine (a quarter of its memory); use a subset of the data"
+                )
+            if not inflater.eof:
+                raise zlib.error("the compressed stream ends early")
         except (OSError, EOFError, zlib.error) as exc:
             raise EdvaeError(f"{what} '{path}' is a damaged gzip file ({exc}); download or write it again") from None
     if not raw:
@@ -214,6 +254,21 @@ def _read_npz(raw: bytes, path: Path) -> _Table:
     return _Table(x, labels=labels)
 
 
+#: Spellings of a missing value (compared lower-case, quotes and blanks stripped): a first row
+#: holding them is a data row with a missing value (refused), not a header.
+MISSING_SPELLINGS = frozenset({"", "na", "n/a", "nan", "null", "none", "#n/a", "?", "-", "missing"})
+
+
+def _cell(cell: str) -> str:
+    return cell.strip().strip('"').strip("'").strip()
+
+
+def _is_header(cells: list[str]) -> bool:
+    """A first row is a header when one of its cells is neither a number nor a missing-value
+    spelling (:data:`MISSING_SPELLINGS`): ``NA,1.5`` is a data row, ``x,y`` a header."""
+    return any(not _is_number(c) and _cell(c).lower() not in MISSING_SPELLINGS for c in cells)
+
+
 def _is_number(cell: str) -> bool:
     try:
         float(cell.strip().strip('"').strip("'"))
@@ -234,7 +289,7 @@ def _read_text_table(raw: bytes, path: Path, delimiter: str) -> _Table:
         raise EdvaeError(f"file '{path}' has no data rows; write one example per line")
     columns = None
     first_cells = entries[0][1].split(delimiter)
-    if not all(_is_number(c) for c in first_cells):
+    if _is_header(first_cells):
         columns = [c.strip().strip('"').strip("'") for c in first_cells]
         entries = entries[1:]
         if not entries:
@@ -272,6 +327,11 @@ def _raise_text_error(entries: list[tuple[int, str]], path: Path, delimiter: str
                 f"give every row the same number of {delimiter!r}-separated values"
             )
         for column, cell in enumerate(cells, start=1):
+            if not _is_number(cell) and _cell(cell).lower() in MISSING_SPELLINGS:
+                raise EdvaeError(
+                    f"file '{path}': line {number}, column {column} holds {cell.strip()!r}, a missing value; "
+                    "edvae needs every value: fill it in or remove that row"
+                )
             if not _is_number(cell):
                 raise EdvaeError(
                     f"file '{path}': line {number}, column {column} holds {cell.strip()!r}, which is not a number; "
@@ -305,6 +365,13 @@ def _as_labels(values: np.ndarray, path: Path, row_name: Callable[[int], str], w
         raise EdvaeError(
             f"{what} in '{path}': {row_name(row)} has label {values[row].item()!r}, not a whole number; "
             "labels must be integer class indices"
+        )
+    out_of_range = (as_float < 0) | (as_float >= MAX_LABEL)
+    if out_of_range.any():
+        row = int(np.flatnonzero(out_of_range)[0])
+        raise EdvaeError(
+            f"{what} in '{path}': {row_name(row)} has label {values[row].item()!r}; labels must be class indices, "
+            f"whole numbers from 0 to {MAX_LABEL - 1}"
         )
     return as_float.astype(np.int64)
 
@@ -387,7 +454,12 @@ def load_file(
     """Load, check, scale, split and binarise the examples in the file at ``path``."""
     if path is None:
         raise EdvaeError("dataset 'file' needs the data file: pass path=PATH (.npy, .npz, .csv, .tsv or idx)")
+    if not str(path).strip():
+        raise EdvaeError(
+            "the data file path is empty; set data.path (or --data) to a .npy, .npz, .csv, .tsv or idx file"
+        )
     path = Path(path).expanduser()
+    check_data_path(path)
     source = f"file '{path}'"
     if format is not None and format not in FORMATS:
         raise EdvaeError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -415,6 +487,7 @@ def load_file(
         if table.labels is not None:
             raise EdvaeError(f"{source} already has labels (from the file or label_column), so drop labels_path")
         lpath = Path(labels_path).expanduser()
+        check_data_path(lpath, "labels file")
         ltable = _read(lpath, _detect_format(lpath), None, what="labels file")
         table.labels = _as_labels(ltable.x, lpath, ltable.row_name, "labels")
         if len(table.labels) != table.x.shape[0]:

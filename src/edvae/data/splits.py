@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BINARIZE_MODES",
     "LIKELIHOODS",
+    "MAX_LABEL",
     "DataSplits",
     "binarize_batch",
     "derive_seed",
@@ -52,6 +53,10 @@ __all__ = [
 LIKELIHOODS = ("gaussian", "bernoulli")
 BINARIZE_MODES = ("none", "static", "dynamic")
 SPLIT_NAMES = ("train", "val", "test")
+
+
+#: Labels are class indices in [0, MAX_LABEL) (they index int32-sized tables downstream).
+MAX_LABEL = 2**31
 
 
 @dataclass
@@ -102,6 +107,12 @@ class DataSplits:
                 raise EdvaeError(
                     f"DataSplits.{split}_labels must be an int64 tensor of shape ({x.shape[0]},), "
                     f"got {labels.dtype} {tuple(labels.shape)}"
+                )
+            if labels is not None and labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < MAX_LABEL):
+                bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+                raise EdvaeError(
+                    f"DataSplits.{split}_labels holds {bad}; labels are class indices, whole numbers from 0 to "
+                    f"{MAX_LABEL - 1}"
                 )
             factors = getattr(self, f"{split}_factors")
             if factors is not None and (
@@ -258,6 +269,7 @@ def finish(
     """
     check_values(x, likelihood, source, row_name, range_fix)
     n = x.shape[0]
+    split = check_split(split, source)  # three positive fractions: no empty or missing split
     sizes = split_sizes(n, split, source)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "split")))
     data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))

@@ -22,10 +22,12 @@ from typing import Any
 
 from edvae.budget import scaled_epochs
 from edvae.config import RunConfig, validate_config
+from edvae.errors import EdvaeError
 from edvae.experiments.variants import apply_variant, merge
 
 __all__ = [
     "BASE",
+    "MAX_RUNS",
     "QUICK",
     "QUICK_SEEDS",
     "SEEDS",
@@ -125,6 +127,12 @@ def build_runs(
     config overrides, or lists names of :data:`edvae.experiments.variants.VARIANTS`.
     """
     model_overrides = models if isinstance(models, dict) else {m: None for m in models}
+    total = len(datasets) * len(model_overrides) * seeds
+    if total > MAX_RUNS:
+        raise EdvaeError(
+            f"this study would train {total} runs ({len(datasets)} data sets x {len(model_overrides)} models x {seeds} "
+            f"seeds), more than the {MAX_RUNS} a study may hold; lower --seeds"
+        )
     runs = []
     for dataset, data_overrides in datasets.items():
         for model, override in model_overrides.items():
@@ -140,6 +148,8 @@ def build_runs(
     return runs
 
 
+#: The most runs one study may hold (data sets x models x seeds), checked before any is built.
+MAX_RUNS = 10_000
 #: Seeds of every study's default run (enough for a paired t-interval with 4 degrees of freedom).
 SEEDS = 5
 #: Seeds of a ``--quick`` study.

@@ -39,12 +39,16 @@ class PriorContext:
         encoder: the model's encoder, mapping (B, *x_shape) to ``(mu, logvar)``.
         fit: whether to fit a prior to data now; ``False`` when a state dict holding the
             fitted values is loaded next (build it cheaply, do not fit).
+        state: with ``fit=False``, that state dict (the prior's own entries, names without the
+            ``prior.`` prefix), when known: a prior may size itself from it instead of reading
+            files (a ``samples:PATH`` prior never needs its file again).
     """
 
     dim: int
     data: Any = None
     encoder: nn.Module | None = None
     fit: bool = True
+    state: Any = None
 
 
 @dataclass(frozen=True)

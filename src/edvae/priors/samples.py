@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -335,6 +335,23 @@ def from_samples(
     return prior
 
 
+def _stored_samples(state: Any, method: str, dim: int) -> Tensor | None:
+    """Samples that build a prior of the shape a stored state dict holds, without the file: the
+    KDE's own samples, or for a flow two points with the stored mean and positive spread (its
+    loc and scale then come from the state dict). None when the state does not hold them."""
+    if not isinstance(state, Mapping):
+        return None
+    if method == "kde":
+        samples = state.get("samples")
+        if isinstance(samples, Tensor) and samples.ndim == 2 and samples.shape[1] == dim and len(samples) >= 2:
+            return samples.clone()
+        return None
+    loc, scale = state.get("loc"), state.get("scale")
+    if isinstance(loc, Tensor) and isinstance(scale, Tensor) and loc.shape == scale.shape == (dim,):
+        return torch.stack([loc - scale.abs() - 1, loc + scale.abs() + 1])
+    return None
+
+
 @register("samples", argument="path")
 def _samples(
     dim: int,
@@ -353,11 +370,13 @@ def _samples(
     bandwidth cross-validation): the fitted values are buffers and parameters that a state
     dict restores.
     """
+    stand_in = None
     if context is not None and not context.fit:
         flow_steps = 0
         bandwidth = "scott" if isinstance(bandwidth, str) and bandwidth == "cv" else bandwidth
+        stand_in = _stored_samples(context.state, method, dim)
     return from_samples(
-        load_samples(path, dim=dim),
+        stand_in if stand_in is not None else load_samples(path, dim=dim),
         method,
         bandwidth=bandwidth,
         chunk_size=chunk_size,

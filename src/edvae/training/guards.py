@@ -12,19 +12,27 @@ import torch
 from torch import Tensor
 
 from edvae.checkpoint import CHECKPOINT_NAME
-from edvae.errors import TrainingError
+from edvae.errors import EdvaeError, TrainingError
 
 __all__ = [
+    "DIVERGENCE_FACTOR",
+    "LARGE_DATA_VALUE",
     "MAX_CONSECUTIVE_SKIPS",
     "StopFlag",
     "checkpoint_due",
     "diverged",
+    "divergence_warning",
+    "first_step_error",
     "flag_interval",
     "kept_checkpoint",
     "nonfinite_flag",
 ]
 
 MAX_CONSECUTIVE_SKIPS = 50
+#: Data values whose magnitude reaches this are named as the cause of a non-finite first step.
+LARGE_DATA_VALUE = 1e6
+#: A validation ELBO this many times the first epoch's magnitude below it is a diverging run.
+DIVERGENCE_FACTOR = 100.0
 
 
 class StopFlag:
@@ -69,6 +77,37 @@ def diverged(outputs: list[Any], step: int, epoch: int, run_dir: Path) -> Traini
     return TrainingError(
         f"the encoder outputs became non-finite at step {step} (epoch {epoch + 1}): the parameters diverged; "
         f"{kept_checkpoint(run_dir)}. Lower train.lr or set train.grad_clip"
+    )
+
+
+def first_step_error(x_train: Tensor, where: str) -> EdvaeError:
+    """The error of a non-finite step taken before any parameter update: the learning rate has
+    not acted yet, so the cause is the data (named with its largest magnitude when it reaches
+    :data:`LARGE_DATA_VALUE`) or the model settings."""
+    finite = x_train[torch.isfinite(x_train)]
+    largest = float(finite.abs().max()) if finite.numel() else float("nan")
+    if largest >= LARGE_DATA_VALUE:
+        return EdvaeError(
+            f"the first training step is non-finite {where}, before any parameter update (so not the learning rate): "
+            f"the training data reach |x| = {largest:.3g}; rescale them to order 1 (data.options.scale=..., or "
+            "standardise the features)"
+        )
+    return EdvaeError(
+        f"the first training step is non-finite {where}, before any parameter update (so not the learning rate; the "
+        f"data's largest magnitude is {largest:.3g}); check the model settings (prior, likelihood, "
+        "model.decoder_log_scale) for these data"
+    )
+
+
+def divergence_warning(first: float, current: float, epoch: int) -> str | None:
+    """A warning line when the validation ELBO ``current`` (at ``epoch``) is worse than the first
+    epoch's ``first`` by more than :data:`DIVERGENCE_FACTOR` times its magnitude (at least 1 nat):
+    the run diverges although its values are still finite. None otherwise."""
+    if not current < first - DIVERGENCE_FACTOR * max(abs(first), 1.0):
+        return None
+    return (
+        f"warning: the validation ELBO {current:.4g} at epoch {epoch} is orders of magnitude worse than {first:.4g} "
+        "at the first validation: the run is diverging; lower train.lr or set train.grad_clip"
     )
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,10 +24,11 @@ from edvae.accelerator import PLACEMENT, choose_accelerator, network_macs
 from edvae.checkpoint import CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint
 from edvae.config import RunConfig, validate_config
 from edvae.data import DataSplits
+from edvae.data.files import machine_memory_bytes
 from edvae.data.sampling import binarize_with_uniforms, derive_seed
 from edvae.distributed import gather_columns, gather_rows
 from edvae.errors import EdvaeError, TrainingError
-from edvae.model import build_model, calibrate_decoder
+from edvae.model import build_model, calibrate_decoder, check_fits_memory, training_memory_bytes
 from edvae.objective_kinds import TrainingObjective, build_objective
 from edvae.objectives import Objective
 from edvae.runs import CONFIG_NAME, PRIOR_FIT_NAME, check_data, load_data, record_data
@@ -35,6 +38,8 @@ from edvae.training.guards import (
     StopFlag,
     checkpoint_due,
     diverged,
+    divergence_warning,
+    first_step_error,
     flag_interval,
     kept_checkpoint,
     nonfinite_flag,
@@ -74,6 +79,7 @@ def _make_fabric(config: RunConfig, callbacks: Sequence[Any], accelerator: str |
     """The Fabric of a run, launched; ``accelerator``: ``cpu`` or ``gpu`` (``train.accelerator``
     resolved, see :func:`edvae.accelerator.choose_accelerator`)."""
     from lightning_fabric import Fabric
+    from lightning_fabric.strategies import DDPStrategy
 
     devices, num_nodes = config.train.devices, config.train.num_nodes
     if "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_WORLD_SIZE" in os.environ:
@@ -86,16 +92,38 @@ def _make_fabric(config: RunConfig, callbacks: Sequence[Any], accelerator: str |
             f"train.batch_size={config.train.batch_size} must be divisible by the number of processes ({world}) "
             f"times train.grad_accum_steps ({config.train.grad_accum_steps})"
         )
+    timeout = config.train.rendezvous_timeout
     fabric = Fabric(
         accelerator=accelerator or config.train.accelerator,
         devices=devices,
         num_nodes=num_nodes,
-        strategy="ddp" if world > 1 else "auto",
+        strategy=DDPStrategy(timeout=timedelta(seconds=timeout)) if world > 1 else "auto",
         plugins=[AtomicCheckpointIO()],
         callbacks=list(callbacks),
     )
-    fabric.launch()
+    try:
+        fabric.launch()
+    except torch.distributed.DistStoreError as err:  # the processes did not all join in time
+        reason = " ".join(str(err).split())
+        raise EdvaeError(
+            f"the {world} processes did not all join within train.rendezvous_timeout={timeout:g} s ({reason}); "
+            f"start the other nodes' processes with the same MASTER_ADDR and MASTER_PORT "
+            f"(num_nodes={num_nodes}), or raise train.rendezvous_timeout"
+        ) from None
     return fabric
+
+
+def _checked_callbacks(callbacks: Any) -> list[Any]:
+    """``callbacks`` as a list, refused (one line) unless it is a list or tuple of objects that
+    each have at least one of the :data:`HOOKS` methods."""
+    if not isinstance(callbacks, (list, tuple)):
+        raise EdvaeError(f"callbacks must be a list of objects with methods such as on_step_end, got {callbacks!r}")
+    for item in callbacks:
+        if not any(callable(getattr(item, hook, None)) for hook in HOOKS):
+            raise EdvaeError(
+                f"callback {item!r} has none of the methods {', '.join(HOOKS)}; pass objects that define at least one"
+            )
+    return list(callbacks)
 
 
 def train(
@@ -128,6 +156,7 @@ def train(
     ``auto``, the GPU only for networks big enough to gain from it
     (:func:`edvae.accelerator.choose_accelerator` on the forward multiply-adds of one step).
     """
+    callbacks = _checked_callbacks(callbacks)
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     saved: dict[str, Any] | None = load_checkpoint(run_dir) if resume else None
@@ -148,7 +177,7 @@ def train(
         source = data
         if source is None:
             if saved is not None:
-                check_data(run_dir, config)
+                check_data(run_dir, config, resuming=True)
             source = loaded = load_data(config, run_dir)
         macs = tc.batch_size * sum(network_macs(config.model, source.x_shape))
     fabric = _make_fabric(config, callbacks, choose_accelerator(tc.accelerator, macs, setting="train.accelerator"))
@@ -158,8 +187,16 @@ def train(
     if saved is None:  # record the data: absolute file paths and hashes, data in memory saved in the run folder
         config = record_data(config, run_dir, data, write=fabric.is_global_zero)
     elif data is None and loaded is None:
-        check_data(run_dir, config)
+        check_data(run_dir, config, resuming=True)
     data = data if data is not None else loaded if loaded is not None else load_data(config, run_dir)
+    check_fits_memory(
+        training_memory_bytes(
+            config.model, tuple(data.x_shape), min(tc.batch_size, len(data.train)) // tc.grad_accum_steps
+        ),
+        machine_memory_bytes(),
+        f"training with model.hidden={config.model.hidden} and train.batch_size={tc.batch_size}",
+        "use narrower layers (model.hidden) or a smaller train.batch_size",
+    )
     trainer = Trainer(config, run_dir, fabric, data, saved=saved, stop_at_step=stop_at_step)
     return trainer.fit()
 
@@ -193,7 +230,7 @@ class Trainer:
         if self.batches_per_epoch < 1:
             raise EdvaeError(f"train.batch_size={tc.batch_size} exceeds the {n_train} training examples; lower it")
 
-        model = build_model(config.model, data, fit_prior=saved is None).to(
+        model = build_model(config.model, data, fit_prior=saved is None, weights=saved and saved.get("model")).to(
             fabric.device
         )  # resume: weights from the checkpoint
         self.objective: TrainingObjective = build_objective(config.objective, n_train)
@@ -259,6 +296,8 @@ class Trainer:
         self._stop_flag = StopFlag()
         self._signalled = False
         self._consecutive_skips = 0
+        self._first_elbo: float | None = None  # the first validation ELBO of this process's run
+        self._warned_divergence = False
         self._tick = time.perf_counter()
 
     @property
@@ -339,6 +378,7 @@ class Trainer:
         started = time.perf_counter()
         s.last_validation = self.validate()
         self.log.log("val", s.step, s.epoch + 1, s.last_validation)
+        self._warn_if_diverging(s.last_validation)
         s.validation_seconds += time.perf_counter() - started
         self.fabric.call("on_validation_end", trainer=self, state=s, metrics=s.last_validation)
         s.epoch += 1
@@ -522,6 +562,21 @@ class Trainer:
 
     # ------------------------------------------------------------------------- helpers
 
+    def _warn_if_diverging(self, metrics: dict[str, float]) -> None:
+        """One warning line on stderr (once per process run, main process) when the validation
+        ELBO fell by orders of magnitude below this run's first validation (:func:`divergence_warning`)."""
+        elbo = metrics.get("elbo", metrics.get("elbo_mc"))
+        if elbo is None or not math.isfinite(elbo) or self._warned_divergence:
+            return
+        if self._first_elbo is None:
+            self._first_elbo = elbo
+            return
+        line = divergence_warning(self._first_elbo, elbo, self.state.epoch + 1)
+        if line is not None:
+            self._warned_divergence = True
+            if self.fabric.is_global_zero:
+                print(line, file=sys.stderr, flush=True)
+
     def _backward(self, loss: Tensor, sync: bool) -> None:
         if not self.wrapped:
             loss.backward()
@@ -547,6 +602,8 @@ class Trainer:
         what = f"the objective term '{culprit}'" if culprit else "the gradient"
         where = f"at step {step} (epoch {s.epoch + 1})"
         error = diverged(outputs, step, s.epoch, self.run_dir)
+        if step - s.skipped_steps == 1 and (error is not None or self.tc.on_nonfinite == "stop"):
+            raise first_step_error(self.x_train, where)  # no update applied yet: not the learning rate
         if error is None and self.tc.on_nonfinite == "stop":
             error = TrainingError(
                 f"{what} became non-finite {where}; {kept_checkpoint(self.run_dir)}. "
