@@ -33,6 +33,7 @@ from edvae.objective_kinds import build_objective
 from edvae.report import write_report
 from edvae.runs import EVALUATION_NAME, LATENTS_NAME, METRICS_NAME, load_data, load_run
 from edvae.train import train
+from edvae.training.run_dir import RunLock
 
 __all__ = ["ACTIONS", "RunSpec", "Study", "plan_run", "run_study", "run_one", "run_convergence", "preflight"]
 
@@ -179,11 +180,21 @@ def preflight(study: Study) -> None:
 def run_study(
     study: Study, out_dir: str | Path, *, workers: int = 2, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Run every run of ``study`` and write the report into ``out_dir``; returns results.json's content."""
+    """Run every run of ``study`` and write the report into ``out_dir``; returns results.json's content.
+
+    One study at a time writes ``out_dir``: the process holds its lock
+    (:class:`edvae.training.run_dir.RunLock`), and each run's training holds its run folder's,
+    so a second ``edvae reproduce`` on the same folder is refused with one line naming the pid
+    of the first."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise EdvaeError(f"--out {out_dir} is a file; choose a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir, what="edvae reproduce"):
+        return _run_study(study, out_dir, workers=workers, overwrite=overwrite, progress=progress)
+
+
+def _run_study(study: Study, out_dir: Path, *, workers: int, overwrite: bool, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     if study.prepare is not None:
         study.prepare(study, out_dir)
