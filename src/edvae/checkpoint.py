@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from torch import Tensor
 
 from edvae.errors import EdvaeError
 
@@ -96,10 +97,10 @@ class RngStates(BaseModel):
     """The random states a checkpoint stores (:func:`edvae.training.state.rng_state`)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
-    torch: torch.Tensor
-    numpy: tuple[str, torch.Tensor, StrictInt, StrictInt, float]
+    torch: Tensor
+    numpy: tuple[str, Tensor, StrictInt, StrictInt, float]
     python: tuple[StrictInt, tuple[StrictInt, ...], float | None]
-    noise: torch.Tensor
+    noise: Tensor
 
 
 class CheckpointMeta(BaseModel):
@@ -116,7 +117,7 @@ class CheckpointMeta(BaseModel):
     format: Literal["edvae-checkpoint-v1"]
     version: str | None = None
     config: dict[str, Any]
-    model: dict[str, torch.Tensor]
+    model: dict[str, Tensor]
     step: StrictInt = Field(ge=0)
     epoch: StrictInt = Field(ge=0)
     completed: StrictBool

@@ -293,7 +293,7 @@ def evaluate(
 
     An unfinished run (still training, or stopped before its last epoch) is evaluated at its
     latest checkpoint, and says so: one "warning:" line on stderr, and "completed": false in
-    the --json output ("completed": true for a finished run).
+    the --json output (a finished run's output has no "completed" key).
 
     The true log-likelihood of synthetic data is cached per data set in .edvae-cache/ next to
     the run folder (shared by the runs of one parent folder)."""
@@ -336,7 +336,8 @@ def evaluate(
     if not checkpoint["completed"]:
         typer.echo(f"warning: {_unfinished(run_dir, checkpoint)}", err=True)
     if as_json:
-        typer.echo(json.dumps({**metrics, "completed": checkpoint["completed"]}, indent=2))
+        unfinished = {} if checkpoint["completed"] else {"completed": False}
+        typer.echo(json.dumps({**metrics, **unfinished}, indent=2))
     else:
         width = max(len(k) for k in metrics)
         for name, value in metrics.items():
