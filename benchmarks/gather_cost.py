@@ -135,10 +135,11 @@ def main() -> None:
 
     print(f"{WORLD} processes, gloo on CPU, 1 thread each; torch {torch.__version__}; median of {args.steps} steps\n")
     print(
-        "| B | D | gathered: 2BD floats (KiB) | if z too: 3BD (KiB) | gather fwd+bwd (ms) | step, 2 proc. (ms) | gather share | step, 1 proc. (ms) |"
+        "| B | D | gathered: 2BD floats (KiB) | if z too: 3BD (KiB) | gather fwd+bwd (ms) | step, 2 proc. (ms) | "
+        "gather share | step, 1 proc. (ms) |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (batch, dim), (gather, step), one in zip(cases, measured, single):
+    for (batch, dim), (gather, step), one in zip(cases, measured, single, strict=True):
         two_bd, three_bd = 2 * batch * dim, 3 * batch * dim
         ref = "-" if one is None else f"{1e3 * one:.2f}"
         print(

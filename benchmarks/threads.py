@@ -81,7 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     if "OMP_NUM_THREADS" in os.environ:
         print(
-            f"note: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} fixes torch's default; unset it to measure the default"
+            f"note: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} fixes torch's default; unset it to measure the "
+            "default"
         )
     counts = {"1": 1, "2": 2, f"default ({DEFAULT_THREADS})": DEFAULT_THREADS}
     steps = {name: _setup(spec) for name, spec in NETWORKS.items()}
@@ -110,7 +111,8 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs; torch default threads {DEFAULT_THREADS}; {args.repeats} interleaved repeats")
     for condition, values in loads.items():
         print(
-            f"1-min load average ({condition}): median {statistics.median(values):.2f}, range {min(values):.2f}-{max(values):.2f}"
+            f"1-min load average ({condition}): median {statistics.median(values):.2f}, range "
+            f"{min(values):.2f}-{max(values):.2f}"
         )
     print()
     print("| network | condition | " + " | ".join(f"{c} thr (ms/step)" for c in counts) + " |")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from edvae.experiments import get_study
-from edvae.publish import docs_markdown, update_readme
+from edvae.publish import refresh
 from edvae.report import build_result
 
 
@@ -26,9 +26,10 @@ def main(name: str, docs_dir: Path = Path("docs/results"), readme: Path = Path("
         study, old["records"], figures=old["figures"], wall_seconds=old["wall_seconds"], plan=old.get("plan")
     )
     new["environment"] = old["environment"]
+    if old.get("budget"):  # a budget check (reproduce --budget) keeps its factor
+        new["budget"] = old["budget"]
     path.write_text(json.dumps(new, indent=2) + "\n")
-    (docs_dir / f"{name}.md").write_text(docs_markdown(new, name))
-    readme.write_text(update_readme(readme.read_text(), {name: new}))
+    refresh(docs_dir, readme)  # every page and README block, from the published JSON
 
 
 if __name__ == "__main__":

@@ -33,7 +33,10 @@ def fitted(array, tmp_path_factory):
 
 
 def test_import_edvae_stays_torch_free_and_exports_the_api_lazily():
-    code = "import sys, edvae; assert 'torch' not in sys.modules; edvae.fit; assert 'torch' in sys.modules; print(edvae.Run.__name__)"
+    code = (
+        "import sys, edvae; assert 'torch' not in sys.modules; edvae.fit; assert 'torch' in sys.modules; "
+        "print(edvae.Run.__name__)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "Run", done.stderr
 
@@ -78,7 +81,10 @@ def test_decompose_is_the_full_data_set_decomposition_and_load_gives_the_same_ru
     assert terms["mi"] + terms["marginal_kl"] == pytest.approx(terms["kl"], abs=0.5)
     again = edvae.load(fitted.dir)
     assert again.config == fitted.config
-    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), fitted.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(again.model.state_dict().values(), fitted.model.state_dict().values(), strict=True)
+    )
     assert again.decompose() == terms
     assert again.decompose(fitted.data.test) == terms  # x given explicitly: the same rows, the same draws
     with pytest.raises(EdvaeError, match=r"x must have shape \(N, \*\(6,\)\)"):
@@ -119,7 +125,8 @@ def test_a_distribution_prior_is_trained_saved_and_needs_the_object_to_load(arra
         done.returncode != 0 and "pass an object of the same kind again: edvae.load(run_dir, prior=...)" in done.stderr
     )
     code = (
-        "import torch, edvae; d = torch.distributions.Independent(torch.distributions.Laplace(torch.zeros(3), torch.ones(3)), 1); "
+        "import torch, edvae; d = torch.distributions.Independent(torch.distributions.Laplace(torch.zeros(3), "
+        "torch.ones(3)), 1); "
         f"print(edvae.load({str(run.dir)!r}, prior=d).decompose()['kl'])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -168,3 +175,23 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "runs" / "mine" / "checkpoint.pt").is_file()
     assert edvae.load(tmp_path / "runs" / "mine").config.model.prior == "mixture"
+
+
+def test_accelerator_reaches_training_and_evaluation(fitted, array, tmp_path, monkeypatch):
+    """``fit(accelerator=)`` is train.accelerator (an unknown value or a missing GPU is one
+    EdvaeError); ``Run.evaluate(accelerator=)`` evaluates there, the CPU's numbers unchanged."""
+    import edvae.accelerator
+
+    with pytest.raises(EdvaeError, match="train.accelerator"):
+        edvae.fit(array, out=tmp_path / "bad", epochs=1, overrides=FAST, accelerator="tpu")
+    if not edvae.accelerator.gpu_available():
+        with pytest.raises(EdvaeError, match="torch sees no GPU"):
+            edvae.fit(array, out=tmp_path / "gpu", epochs=1, overrides=FAST, accelerator="gpu")
+        with pytest.raises(EdvaeError, match="torch sees no GPU"):
+            fitted.evaluate(accelerator="gpu")
+    monkeypatch.setattr(edvae.accelerator, "gpu_available", lambda: True)  # auto must still pick the CPU here
+    run = edvae.fit(array, out=tmp_path / "auto", epochs=1, overrides=FAST, accelerator="auto")
+    assert run.config.train.accelerator == "auto"
+    assert fitted.evaluate(accelerator="cpu") == fitted.evaluate()
+    monkeypatch.setattr(edvae.accelerator, "AUTO_GPU_MIN_MACS", 10**15)  # evaluation's pass is large: raise the bar
+    assert fitted.evaluate(accelerator="auto") == fitted.evaluate()

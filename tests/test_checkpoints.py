@@ -190,7 +190,9 @@ def half_write_cli():
 
 
 pid = fork(half_write_cli)
-wait_until(lambda: os.path.exists(args["ready"]), pid, "the 2nd checkpoint write to stall (does save_atomic still use open()?)")
+wait_until(
+    lambda: os.path.exists(args["ready"]), pid, "the 2nd checkpoint write to stall (does save_atomic still use open()?)"
+)
 os.kill(pid, signal.SIGKILL)
 report["A"] = {"status": os.waitpid(pid, 0)[1], **json.loads(Path(args["ready"]).read_text())}
 
@@ -263,7 +265,7 @@ def test_sigkill_while_writing_checkpoints_never_loses_the_checkpoint(tmp_path, 
     assert os.WIFSIGNALED(a["status"]) and os.WTERMSIG(a["status"]) == signal.SIGKILL
     temp = Path(a["temp"])
     assert temp.parent == run and temp.name != CHECKPOINT_NAME and temp.stat().st_size == a["size"] // 2
-    with pytest.raises(Exception):
+    with pytest.raises((RuntimeError, OSError)):  # torch's zip reader fails either way, by where the cut falls
         torch.load(temp, weights_only=True)
     state = load_checkpoint(run)
     assert state["step"] == 3 and not state["completed"]

@@ -160,7 +160,12 @@ TRAIN_ERRORS = [
     ("prior samples missing", ["{tiny}", "--prior", "samples:{tmp}/nope.npy"], "does not exist"),
     ("prior samples with NaN", ["{tiny}", "--prior", "samples:{samples_nan}"], "NaN or Inf"),
     ("true prior of another dimension", ["{tiny}", "--set", "model.latent_dim=3"], "make them agree"),
-    ("GPU on a CPU machine", ["{tiny}", "--set", "train.accelerator=gpu"], "torch sees no GPU"),
+    pytest.param(
+        "GPU on a CPU machine",
+        ["{tiny}", "--set", "train.accelerator=gpu"],
+        "torch sees no GPU",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+    ),
     ("--out holds another run", ["{tiny}", "--out", "{run}"], "already holds a run; pass --overwrite"),
     ("--out is a file", ["{tiny}", "--out", "{a file}"], "is a file, not a folder"),
     ("--out inside a file", ["{tiny}", "--out", "{a file}/sub"], "cannot create the run folder"),
@@ -191,7 +196,9 @@ def _args(template: list, files: dict[str, Path], out: Path) -> list[str]:
     return args
 
 
-@pytest.mark.parametrize("case, template, message", TRAIN_ERRORS, ids=[c[0] for c in TRAIN_ERRORS])
+@pytest.mark.parametrize(
+    "case, template, message", TRAIN_ERRORS, ids=[(c.values if hasattr(c, "values") else c)[0] for c in TRAIN_ERRORS]
+)
 def test_train_refuses_bad_input_with_one_line(files, tmp_path, case, template, message):
     assert_one_line_error(invoke("train", *_args(template, files, tmp_path / "out")), message)
 
@@ -551,3 +558,50 @@ def test_evaluate_caches_the_true_log_likelihood_per_data_set(files, tmp_path, m
     assert second.exit_code == 0, second.stderr
     assert json.loads(second.stdout)["true_ll"] == json.loads(first.stdout)["true_ll"]
     assert invoke("evaluate", run, "--json", "--split", "val").exception is not None  # another split: not that cache
+
+
+NO_GPU = pytest.mark.skipif(
+    torch.cuda.is_available() or torch.backends.mps.is_available(), reason="this machine has a GPU"
+)
+
+
+@NO_GPU
+@pytest.mark.parametrize("command", ["train", "evaluate", "reproduce"])
+def test_accelerator_gpu_without_a_gpu_is_one_line_before_any_work(files, tmp_path, command):
+    args = {
+        "train": ["train", files["tiny"], "--out", tmp_path / "out"],
+        "evaluate": ["evaluate", files["run"]],
+        "reproduce": ["reproduce", "--out", tmp_path / "out", "--quick", "--seeds", "1"],
+    }[command]
+    assert_one_line_error(invoke(*args, "--accelerator", "gpu"), "--accelerator='gpu' but torch sees no GPU")
+    assert not (tmp_path / "out").exists()  # refused before any folder or run was made
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "reproduce"])
+def test_an_unknown_accelerator_is_one_line(files, tmp_path, command):
+    args = {
+        "train": ["train", files["tiny"], "--out", tmp_path / "out"],
+        "evaluate": ["evaluate", files["run"]],
+        "reproduce": ["reproduce", "--out", tmp_path / "out"],
+    }[command]
+    assert_one_line_error(invoke(*args, "--accelerator", "tpu"), "--accelerator must be one of cpu, gpu, auto")
+
+
+def test_accelerator_auto_trains_the_study_network_on_the_cpu_and_evaluates_like_cpu(files, tmp_path, monkeypatch):
+    """``auto`` with a GPU present keeps the tiny study network on the CPU (the rule of
+    edvae.accelerator.choose_accelerator), and is stored as asked; ``evaluate --accelerator cpu``
+    is the default's numbers exactly."""
+    import json
+
+    import edvae.accelerator
+
+    monkeypatch.setattr(edvae.accelerator, "gpu_available", lambda: True)  # would fail if it picked the GPU
+    run = tmp_path / "run"
+    result = invoke("train", files["tiny"], "--out", run, "--accelerator", "auto")
+    assert result.exit_code == 0, result.stderr
+    assert load_checkpoint(run)["config"]["train"]["accelerator"] == "auto"
+    monkeypatch.undo()
+    default = invoke("evaluate", run, "--json", "--no-true-ll")
+    on_cpu = invoke("evaluate", run, "--json", "--no-true-ll", "--accelerator", "cpu")
+    assert default.exit_code == on_cpu.exit_code == 0, default.stderr + on_cpu.stderr
+    assert json.loads(default.stdout) == json.loads(on_cpu.stdout)

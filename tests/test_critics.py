@@ -57,11 +57,11 @@ def posterior_batch(batch, dim, seed, logvar_low=-2.0):
 def brute_momentum_estimate(queries, keys, negatives, tau):
     """mean_i [ l_i0 - log sum_k exp l_ik ] + log(n + 1), written out row by row."""
     total = 0.0
-    for u, k in zip(queries.tolist(), keys.tolist()):
-        logits = [sum(a * b for a, b in zip(u, k)) / tau]
-        logits += [sum(a * b for a, b in zip(u, v)) / tau for v in negatives.tolist()]
+    for u, k in zip(queries.tolist(), keys.tolist(), strict=True):
+        logits = [sum(a * b for a, b in zip(u, k, strict=True)) / tau]
+        logits += [sum(a * b for a, b in zip(u, v, strict=True)) / tau for v in negatives.tolist()]
         top = max(logits)
-        total += logits[0] - (top + math.log(sum(math.exp(l - top) for l in logits)))
+        total += logits[0] - (top + math.log(sum(math.exp(s - top) for s in logits)))
     return total / queries.shape[0] + math.log(negatives.shape[0] + 1)
 
 
@@ -143,7 +143,7 @@ def test_momentum_estimate_never_exceeds_log_k_plus_one(seed, tau):
     critic = filled_critic(dim=4, queue_size=16, fill=0, seed=seed, temperature=tau)
     critic.key_encoder.load_state_dict(identity_encoder(4).state_dict())
     g = torch.Generator().manual_seed(seed)
-    for step in range(6):
+    for _ in range(6):
         x = torch.randn(8, 4, generator=g, dtype=F64)
         bound = math.log(int(critic.size) + 1)
         for z in (torch.randn(8, 4, generator=g, dtype=F64), 3.0 * x):  # random; aligned
@@ -331,13 +331,13 @@ def test_state_dict_round_trip_resumes_exactly():
     critic2.load_state_dict(saved["critic"])
     optimizer2 = torch.optim.SGD([*encoder2.parameters(), *critic2.head.parameters()], lr=0.1)
     optimizer2.load_state_dict(saved["opt"])
-    for (name, a), b in zip(critic.state_dict().items(), critic2.state_dict().values()):
+    for (name, a), b in zip(critic.state_dict().items(), critic2.state_dict().values(), strict=True):
         assert torch.equal(a, b) and a.dtype == b.dtype, name
 
     last = train_steps(critic, encoder, optimizer, 2, seed=2)
     last2 = train_steps(critic2, encoder2, optimizer2, 2, seed=2)
     assert torch.equal(last, last2)
-    for a, b in zip(critic.state_dict().values(), critic2.state_dict().values()):
+    for a, b in zip(critic.state_dict().values(), critic2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -88,7 +88,7 @@ def test_csv_with_header_and_label_column(tmp_path):
     rng = np.random.default_rng(3)
     x = rng.random((20, 3)).round(4)
     y = np.arange(20) % 4
-    lines = ["a,b,label,c"] + [f"{r[0]},{r[1]},{k},{r[2]}" for r, k in zip(x, y)]
+    lines = ["a,b,label,c"] + [f"{r[0]},{r[1]},{k},{r[2]}" for r, k in zip(x, y, strict=True)]
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
     by_name = load_dataset(path=tmp_path / "t.csv", label_column="label", binarize="none")
     by_index = load_dataset(path=tmp_path / "t.csv", label_column=2, binarize="none")
@@ -127,8 +127,8 @@ def test_idx_images_with_labels_file(tmp_path, images, compress):
     assert data.x_shape == (1, 4, 5) and data.info["format"] == "idx"
     rows, got = _rows(data).double() * 255, _labels(data)
     # each image comes back with its own label
-    expected = {tuple(p.ravel().tolist()): int(k) for p, k in zip(pixels, labels)}
-    assert all(expected[tuple(r.round().int().tolist())] == int(k) for r, k in zip(rows, got))
+    expected = {tuple(p.ravel().tolist()): int(k) for p, k in zip(pixels, labels, strict=True)}
+    assert all(expected[tuple(r.round().int().tolist())] == int(k) for r, k in zip(rows, got, strict=True))
 
 
 def test_gaussian_likelihood_accepts_any_finite_values(tmp_path):
@@ -347,7 +347,7 @@ def test_cli_round_trip_npz_with_labels(tmp_path):
 def test_cli_round_trip_csv_with_header_label_column_and_conv(tmp_path):
     x, y = _images()
     header = ",".join([*(f"p{i}" for i in range(36)), "label"])
-    rows = [",".join(map(str, [*img.ravel(), label])) for img, label in zip(x, y)]
+    rows = [",".join(map(str, [*img.ravel(), label])) for img, label in zip(x, y, strict=True)]
     (tmp_path / "bars.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
     m = _train_and_evaluate(
         tmp_path,

@@ -74,7 +74,9 @@ def test_beta_tcvae_at_unit_weights_is_the_monte_carlo_elbo_loss_and_gradients(e
     )
     mc_elbo = log_px.mean() - (E.log_posterior(z, mu, logvar) - p.log_prob(z)).mean()
     torch.testing.assert_close(out.loss, -mc_elbo, rtol=0, atol=1e-12)
-    for mine, reference in zip(grads(out.loss, (log_px, mu, logvar)), grads(-mc_elbo, (log_px, mu, logvar))):
+    for mine, reference in zip(
+        grads(out.loss, (log_px, mu, logvar)), grads(-mc_elbo, (log_px, mu, logvar)), strict=True
+    ):
         torch.testing.assert_close(mine, reference, rtol=0, atol=1e-12)
     if diagnostics:  # the split it reports adds up to the same Monte-Carlo KL
         t = out.terms
@@ -120,7 +122,9 @@ def test_beta_tcvae_weights_enter_the_terms_of_decompose():
     tc = (log_q - log_q_d.sum(1)).mean()
     dimwise = (log_q_d - Normal(0.0, 1.0).log_prob(z)).sum(1).mean()
     by_hand = -log_px.mean() + alpha * mi + beta * tc + gamma * dimwise
-    for mine, reference in zip(grads(out.loss, (log_px, mu, logvar)), grads(by_hand, (log_px, mu, logvar))):
+    for mine, reference in zip(
+        grads(out.loss, (log_px, mu, logvar)), grads(by_hand, (log_px, mu, logvar)), strict=True
+    ):
         torch.testing.assert_close(mine, reference, rtol=1e-9, atol=1e-10)
 
 
@@ -131,7 +135,9 @@ def test_beta_vae_at_beta_one_is_the_elbo(kl):
     out = decomposed_elbo(log_px, z, mu, logvar, normal(), dataset_size=N, kl=kl, **weights)
     reference = elbo(log_px, z, mu, logvar, normal(), kl=kl)
     assert torch.equal(out.loss, reference.loss)
-    for mine, ref in zip(grads(out.loss, (log_px, mu, logvar)), grads(reference.loss, (log_px, mu, logvar))):
+    for mine, ref in zip(
+        grads(out.loss, (log_px, mu, logvar)), grads(reference.loss, (log_px, mu, logvar)), strict=True
+    ):
         torch.testing.assert_close(mine, ref, rtol=0, atol=1e-14)
 
 
@@ -184,7 +190,7 @@ def test_estimates_that_cancel_are_not_computed(monkeypatch):
     monkeypatch.setattr("edvae.objectives.log_aggregate_marginals", refuse)
     off = decomposed_elbo(log_px, z, mu, logvar, normal(), dataset_size=N, diagnostics=False, **weights)
     torch.testing.assert_close(off.loss, on.loss, rtol=0, atol=1e-12)
-    for a, b in zip(grads(off.loss, (mu, logvar)), g_on):
+    for a, b in zip(grads(off.loss, (mu, logvar)), g_on, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert set(off.terms) == {"reconstruction", "cross_entropy", "loss"}
 

@@ -108,7 +108,7 @@ def _step(case: tuple, rank: int, world: int) -> dict[str, dict[str, torch.Tenso
         dist.all_reduce(terms)  # every term is a mean over R rows: the mean of the means
         terms /= world
     grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-    return {"terms": dict(zip(names, terms)), "grads": grads}
+    return {"terms": dict(zip(names, terms, strict=True)), "grads": grads}
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -147,7 +147,8 @@ def test_terms_and_gradients_of_two_processes_equal_one_process(spawned, index):
     if CASES[index][0] in ("mixture", "vamp"):
         assert any(name.startswith("prior.") for name in single["grads"])
     print(
-        f"\n{CASES[index][0]}: max |2 processes - 1 process|: terms {errors['terms']:.2e}, gradients {errors['grads']:.2e}"
+        f"\n{CASES[index][0]}: max |2 processes - 1 process|: terms {errors['terms']:.2e}, gradients "
+        f"{errors['grads']:.2e}"
     )
 
 
@@ -292,7 +293,7 @@ def test_two_process_training_and_resume_match_one_process(tmp_path, objective_o
     assert [(r["split"], r["step"]) for r in log_two] == [(r["split"], r["step"]) for r in log_one]
     worst_log = max(
         abs(b[k] - a[k]) / max(1.0, abs(a[k]))
-        for a, b in zip(log_one, log_two)
+        for a, b in zip(log_one, log_two, strict=True)
         for k in a
         if k not in ("split", "step", "epoch")
     )
@@ -304,5 +305,6 @@ def test_two_process_training_and_resume_match_one_process(tmp_path, objective_o
     worst_eval = max(abs(metrics_two[k] - v) / max(1.0, abs(v)) for k, v in metrics_one.items() if k not in unseeded)
     assert worst_eval < 1e-4, (metrics_one, metrics_two)
     print(
-        f"\n1 vs 2 processes: max relative difference of logged terms {worst_log:.2e}, of evaluation metrics {worst_eval:.2e}"
+        f"\n1 vs 2 processes: max relative difference of logged terms {worst_log:.2e}, of evaluation metrics "
+        f"{worst_eval:.2e}"
     )

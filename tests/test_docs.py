@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_raw
 from edvae.experiments.runner import run_study
 from edvae.experiments.study import Study, build_runs
-from edvae.publish import docs_markdown, publish, readme_blocks, stale_docs
+from edvae.publish import HAND_WRITTEN, MARKER, publish, readme_blocks, render_page, stale_docs
 from edvae.report import render_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +21,39 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_committed_docs_agree_with_their_results():
     assert stale_docs(ROOT / "docs" / "results", ROOT / "README.md") == []
+
+
+def test_the_readme_is_a_front_page_whose_summary_and_headline_are_generated():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    assert (
+        text.index("bash scripts/reproduce.sh") < text.index("bash scripts/test.sh") < text.index("## What ED-VAE is")
+    )
+    tags = [m["tag"] for m in MARKER.finditer(text)]
+    assert tags == ["studies", "headline:paper"]
+    summary = next(m["body"] for m in MARKER.finditer(text) if m["tag"] == "studies")
+    studies = [p.stem for p in sorted((ROOT / "docs" / "results").glob("*.json"))]
+    for name in studies:
+        result = json.loads((ROOT / "docs" / "results" / f"{name}.json").read_text())
+        if not result.get("budget"):  # a budget check is reported on its study's line
+            assert f"| [{name}](docs/results/{name}.md) | {result['title']} |" in summary
+            page = (ROOT / "docs" / "results" / f"{name}.md").read_text()
+            assert "## Budget check" in page and "Converged: " in page
+
+
+def test_the_hand_written_part_of_a_page_is_not_checked_but_the_generated_part_is(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    source = ROOT / "docs" / "results" / "ablation.json"
+    (docs / "ablation.json").write_text(source.read_text())
+    results = {"ablation": json.loads(source.read_text())}
+    generated = render_page("ablation", results)
+    (docs / "ablation.md").write_text(generated + "\n" + HAND_WRITTEN + "\nanything at all\n")
+    assert stale_docs(docs, None) == []
+    (docs / "ablation.md").write_text(generated.replace("No budget check was run", "A budget check was run"))
+    assert stale_docs(docs, None) == [
+        f"{docs / 'ablation.md'} is not what {docs / 'ablation'}.json renders to (run `edvae publish`)"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +89,7 @@ def test_publish_writes_pages_and_readme_blocks_that_stay_checked(study_out, tmp
     written = publish(study_out, "tiny", docs, readme)
     result = json.loads((docs / "tiny.json").read_text())
     assert result == json.loads((study_out / "results.json").read_text())
-    assert (docs / "tiny.md").read_text() == docs_markdown(result, "tiny")
+    assert (docs / "tiny.md").read_text() == render_page("tiny", {"tiny": result})
     for figure in result["figures"]:
         assert (docs / "img" / f"tiny-{figure}").stat().st_size > 1000
         assert f"(img/tiny-{figure})" in (docs / "tiny.md").read_text()

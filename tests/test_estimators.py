@@ -586,7 +586,7 @@ def test_analytic_kl_to_a_diagonal_gaussian_is_torchs_to_the_bit(dtype):
             kl = torch.distributions.kl_divergence(Independent(Normal(m, torch.exp(0.5 * lv)), 1), prior)
         kl.sum().backward()
         results.append((kl.detach(), m.grad, lv.grad))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
 
 
@@ -605,7 +605,7 @@ def test_narrow_posteriors_far_apart_match_brute_force(chunk_size):
         assert float(brute_log_density(z, mu, logvar).fill_diagonal_(-math.inf).max()) < -700
         # the expanded square carries ~1e-16 * z^2 / sigma^2 ~ 1e-16 * 1e3 * 2e5 of rounding
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-7)
-        for a, b in zip(inputs, reference):
+        for a, b in zip(inputs, reference, strict=True):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)
 
 

@@ -320,3 +320,12 @@ def test_the_logistic_regression_probe_is_the_penalised_optimum_that_sklearn_fin
     reference = LogisticRegression(max_iter=10_000, tol=1e-10).fit(features.numpy(), labels.numpy())
     assert torch.allclose(weight, torch.from_numpy(reference.coef_), atol=1e-4)
     assert torch.allclose(bias, torch.from_numpy(reference.intercept_), atol=1e-4)
+
+
+def test_true_log_likelihoods_of_real_data_is_one_clear_error():
+    """Real data has no known generative process: an EdvaeError naming it, not an AttributeError on None."""
+    from edvae.data import load_dataset
+
+    digits = load_dataset("digits", seed=0)
+    with pytest.raises(EdvaeError, match="'digits' has no known generative process"):
+        evaluate_module.true_log_likelihoods(digits)

@@ -6,8 +6,9 @@ the call minus VmRSS before it, after a small warm-up so that thread pools and l
 are already counted; the high-water mark is first reset to the current RSS through
 /proc/self/clear_refs where the kernel allows it (otherwise the result only errs on the high
 side). ``ru_maxrss`` is not used: Linux carries it over from the parent across fork and exec,
-so inside a big pytest process it would hide the child's own peak. A (B, B, D) float32 tensor of pairwise differences would need B*B*D*4 bytes: 1 GiB at
-B = 4096, D = 16, and 32 GiB at B = 16384, D = 32.
+so inside a big pytest process it would hide the child's own peak. A (B, B, D) float32 tensor
+of pairwise differences would need B*B*D*4 bytes: 1 GiB at B = 4096, D = 16, and 32 GiB at
+B = 16384, D = 32.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def test_without_diagnostics_the_loss_and_gradients_are_unchanged(monkeypatch, w
         results[diagnostics] = out, [t.grad for t in (log_px, z, mu, logvar)]
     (full, full_grads), (lean, lean_grads) = results[True], results[False]
     assert torch.equal(full.loss, lean.loss)
-    for a, b in zip(full_grads, lean_grads):
+    for a, b in zip(full_grads, lean_grads, strict=True):
         assert torch.equal(a, b)
     assert set(lean.terms) < set(full.terms) and {"reconstruction", "cross_entropy", "loss"} <= set(lean.terms)
     assert all(torch.equal(lean.terms[k], full.terms[k]) for k in lean.terms)

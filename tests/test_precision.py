@@ -144,7 +144,7 @@ def check_gradients(fn, inputs, scale_fn=None):
     better than a relative rounding of each term."""
     scales = grads(scale_fn or fn, [t.double() for t in inputs])
     for name, got, ref, scale in zip(
-        ("z", "mu", "logvar"), grads(fn, inputs), grads(fn, [t.double() for t in inputs]), scales
+        ("z", "mu", "logvar"), grads(fn, inputs), grads(fn, [t.double() for t in inputs]), scales, strict=True
     ):
         assert got.dtype == F32
         scale = scale.abs().max().item()

@@ -242,7 +242,8 @@ def test_random_accepted_configs_train_and_evaluate_or_fail_cleanly():
     check()
     refused = counts["refused by validate_config"] + counts["refused by train"] + counts["refused by evaluate"]
     print(
-        f"\ntrain: {refused} bad configs refused, {counts['diverged']} diverged, {counts['trained']} trained ({dict(counts)})"
+        f"\ntrain: {refused} bad configs refused, {counts['diverged']} diverged, {counts['trained']} trained "
+        f"({dict(counts)})"
     )
     assert counts["trained"] >= 1 and refused >= 1, counts
 

@@ -154,7 +154,7 @@ def merge_train(raw, **train_options):
 def test_readings_are_variants_with_systematic_names():
     assert len(READINGS) == len(READING_GRID) == len(set(READINGS))
     runs = build_runs(BASE, {"complex": {"data": {"name": "complex"}}}, list(READINGS), 1)
-    for spec, (mi_weight, critic, weight) in zip(runs, READING_GRID):
+    for spec, (mi_weight, critic, weight) in zip(runs, READING_GRID, strict=True):
         objective = spec.config.objective
         assert spec.model in VARIANTS and spec.model == reading_name(mi_weight, critic, weight)
         assert (objective.mi_weight, objective.entropy_weight, objective.cross_entropy_weight) == (

@@ -113,6 +113,7 @@ def test_reproduce_writes_a_sane_report(tmp_path):
         (["--set", "train.epoch=3"], "unknown config key 'train.epoch'"),
         (["--set", "model.prior=nonsense"], "nonsense"),
         (["--set", "data.name=nonsense"], "nonsense"),
+        (["--budget", "0"], "--budget must be a positive factor such as 2x or 1.5, got '0'"),
     ],
 )
 def test_bad_study_input_is_one_clear_line(tmp_path, args, message):
@@ -185,3 +186,37 @@ def test_a_pool_worker_whose_study_process_is_gone_starts_no_run(tmp_path, tiny_
     assert not (tmp_path / "orphan").exists()
     record = _pool_worker((spec, str(tmp_path / "live"), False, os.getppid()))
     assert record is not None and (tmp_path / "live" / "runs" / spec.folder / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("study, epochs", [("paper", 320), ("readings", 30)])
+def test_a_doubled_budget_builds_the_runs_that_set_builds_with_twice_the_epochs(study, epochs):
+    """`--budget 2x` and `--set train.epochs=2T` give the same run folders and configs, so a study
+    folder trained one way is reused by the other (run_study's plan compares the configs)."""
+    from edvae.experiments.study import with_budget
+
+    doubled = with_budget(get_study(study, seeds=3), 2.0)
+    by_set = get_study(study, seeds=3, overrides={"train": {"epochs": epochs}})
+    assert [s.folder for s in doubled.runs] == [s.folder for s in by_set.runs]
+    assert [s.config.model_dump() for s in doubled.runs] == [s.config.model_dump() for s in by_set.runs]
+    assert doubled.budget == {"factor": 2.0, "epochs": [[epochs // 2, epochs]]} and by_set.budget is None
+
+
+def test_a_budget_check_reuses_runs_trained_with_those_epochs_and_records_its_factor(
+    tmp_path, tiny_config, monkeypatch
+):
+    from edvae.experiments import RunSpec, Study, run_study
+    from edvae.experiments.study import with_budget
+
+    monkeypatch.setattr("edvae.report._figures", lambda *args, **kwargs: [])
+
+    def study(epochs: int) -> Study:
+        config = tiny_config(train={"epochs": epochs, "seed": 0}, eval={"iwae_samples": 20, "true_ll": False})
+        return Study(
+            name="tiny", title="tiny", description="one tiny run", runs=[RunSpec("complex", "edvae", 0, config)]
+        )
+
+    assert run_study(study(2), tmp_path, workers=1, progress=False)["plan"]["train"] == 1
+    result = run_study(with_budget(study(1), 2.0), tmp_path, workers=1, progress=False)
+    assert result["plan"]["reuse"] == 1 and result["budget"] == {"factor": 2.0, "epochs": [[1, 2]]}
+    assert json.loads((tmp_path / "results.json").read_text())["budget"] == result["budget"]
+    assert "**Budget check at 2x**: every run's epochs multiplied by 2 (1 → 2)" in (tmp_path / "results.md").read_text()

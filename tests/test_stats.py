@@ -29,7 +29,7 @@ def test_interval_matches_scipy_on_hand_data():
     ref = [1.0, 2.0, 3.5, 0.5, 2.2]
     mod = [1.4, 2.6, 4.0, 1.2, 2.1]
     (c,) = paired_comparisons(_records({("d", "ref"): ref, ("d", "m"): mod}), "ref", ["iwae"])
-    diffs = [m - r for m, r in zip(mod, ref)]
+    diffs = [m - r for m, r in zip(mod, ref, strict=True)]
     low, high = sps.t.interval(0.95, len(diffs) - 1, loc=sum(diffs) / 5, scale=sps.sem(diffs))
     assert c["mean_diff"] == pytest.approx(sum(diffs) / 5, abs=1e-12)
     assert (c["ci_low"], c["ci_high"]) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
@@ -181,7 +181,7 @@ def test_best_model_is_a_conclusion_only_when_no_other_is_within_noise():
         ("d", "clear"): [b - 0.20 for b in base],
         ("d", "other"): [b + 0.00 for b in base],
         ("d", "copy"): [b - 0.20 for b in base],
-        ("d", "noisy"): [b - 0.20 + e for b, e in zip(base, [0.05, -0.06, 0.04, -0.05, 0.03])],
+        ("d", "noisy"): [b - 0.20 + e for b, e in zip(base, [0.05, -0.06, 0.04, -0.05, 0.03], strict=True)],
         ("e", "other"): [b + 0.00 for b in base],
         ("e", "clear"): [b - 0.20 for b in base],
     }

@@ -108,7 +108,7 @@ def test_gradient_accumulation_equals_one_big_batch_for_the_elbo(tmp_path, tiny_
     for k in (2, 4):
         acc, acc_obj = _first_step_gradients(tmp_path, tiny_config, f"acc{k}", grad_accum_steps=k, **options)
         assert len(acc) == len(big)
-        for a, b in zip(acc, big):
+        for a, b in zip(acc, big, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(acc_obj.loss, big_obj.loss.detach(), rtol=1e-6, atol=1e-6)
         for name in big_obj.terms:
@@ -136,7 +136,7 @@ def _same(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -274,7 +274,7 @@ def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path, tiny_confi
     assert load_checkpoint(tmp_path / "r")["config"] == before["config"]  # nothing rewritten
 
 
-# ----------------------------------------------------------------------------- the loop: learning, logs, checkpoints, exact resume, non-finite steps
+# ------------------------------------------------ the loop: learning, logs, checkpoints, exact resume, non-finite steps
 def _params(run_dir):
     return load_checkpoint(run_dir)["model"]
 

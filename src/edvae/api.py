@@ -55,17 +55,21 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.dir)!r}, prior={self.config.model.prior!r}, objective={self.config.objective.kind!r})"
 
-    def evaluate(self, split: str = "test", **eval_overrides: Any) -> dict[str, float]:
+    def evaluate(self, split: str = "test", *, accelerator: str = "cpu", **eval_overrides: Any) -> dict[str, float]:
         """The metrics of ``edvae evaluate`` (:mod:`edvae.evaluate`) on ``split`` (``"test"`` or
         ``"val"``); ``eval_overrides`` are ``eval.*`` settings (``iwae_samples=100``,
-        ``true_ll=False``, ``seed=1``). The true log-likelihood is cached as the CLI caches it."""
+        ``true_ll=False``, ``seed=1``). The true log-likelihood is cached as the CLI caches it.
+        ``accelerator``: ``"cpu"`` (default), ``"gpu"`` or ``"auto"``
+        (:func:`edvae.evaluate.evaluation_accelerator`); ``self.model`` stays where it is."""
         from edvae.evaluate import evaluate_run, run_cache_dir
 
         if split not in ("test", "val"):
             raise EdvaeError(f"split must be 'test' or 'val', got {split!r}")
         items = [f"eval.{key}={json.dumps(value)}" for key, value in eval_overrides.items()]
         config = validate_config(apply_overrides(self.config.model_dump(), items), source="Run.evaluate").eval
-        return evaluate_run(self.dir, config=config, split=split, cache_dir=run_cache_dir(self.dir))
+        return evaluate_run(
+            self.dir, config=config, split=split, cache_dir=run_cache_dir(self.dir), accelerator=accelerator
+        )
 
     @torch.inference_mode()
     def decompose(self, x: Any = None, *, num_queries: int | None = None, seed: int = 0) -> dict[str, float]:
@@ -82,7 +86,7 @@ class Run:
         from edvae.estimators import dataset_decomposition
 
         rows = self.data.test if x is None else _as_tensor(x, "x", self.data.x_shape)
-        mus, logvars = zip(*(self.model.encode(rows[i : i + 1024]) for i in range(0, rows.shape[0], 1024)))
+        mus, logvars = zip(*(self.model.encode(rows[i : i + 1024]) for i in range(0, rows.shape[0], 1024)), strict=True)
         gen = torch.Generator().manual_seed(seed)
         terms = dataset_decomposition(
             torch.cat(mus), torch.cat(logvars), self.model.prior_distribution(), num_queries=num_queries, generator=gen
@@ -128,6 +132,7 @@ def fit(
     overwrite: bool = False,
     likelihood: str = "gaussian",
     split: Sequence[float] = (0.8, 0.1, 0.1),
+    accelerator: str | None = None,
 ) -> Run:
     """Train a VAE on the array ``x`` and return its :class:`Run` (folder ``out``).
 
@@ -143,6 +148,9 @@ def fit(
       or a list of ``"key=value"``; they win over the arguments above.
     * ``likelihood``: ``"gaussian"`` (any finite values) or ``"bernoulli"`` (values in [0, 1],
       binarised at every step).
+    * ``accelerator``: where to train, ``train.accelerator``: ``"cpu"`` (the default), ``"gpu"``
+      or ``"auto"`` (the GPU for networks big enough to gain from it,
+      :func:`edvae.accelerator.choose_accelerator`). The returned run's model is on the CPU.
 
     ``callbacks`` and ``overwrite`` are those of :func:`edvae.train.train`. Errors are
     :class:`~edvae.errors.EdvaeError` with one line naming the argument.
@@ -150,7 +158,7 @@ def fit(
     from edvae.train import train
 
     values, labels = _as_arrays(x)
-    config = _config(out, prior, objective, epochs, overrides)
+    config = _config(out, prior, objective, epochs, overrides, accelerator)
     likelihood, binarize = resolve_likelihood(likelihood, None, "edvae.fit")
     data = finish(
         "array",
@@ -168,7 +176,7 @@ def fit(
     return load(out, prior=None if isinstance(prior, str) else prior)
 
 
-def _config(out: Any, prior: Any, objective: Any, epochs: Any, overrides: Any) -> RunConfig:
+def _config(out: Any, prior: Any, objective: Any, epochs: Any, overrides: Any, accelerator: Any = None) -> RunConfig:
     if not isinstance(out, (str, Path)) or not str(out).strip():
         raise EdvaeError(f"out must be a non-empty folder path, got {out!r}")
     model: dict[str, Any] = {}
@@ -189,7 +197,10 @@ def _config(out: Any, prior: Any, objective: Any, epochs: Any, overrides: Any) -
             )
     elif not isinstance(objective, Mapping):
         raise EdvaeError(f"objective must be a name or a dict of objective settings, got {type(objective).__name__}")
-    raw = {"name": Path(out).name or "run", "model": model, "objective": dict(objective), "train": {"epochs": epochs}}
+    train: dict[str, Any] = {"epochs": epochs}
+    if accelerator is not None:
+        train["accelerator"] = accelerator
+    raw = {"name": Path(out).name or "run", "model": model, "objective": dict(objective), "train": train}
     if overrides is None:
         items: list[str] = []
     elif isinstance(overrides, Mapping):

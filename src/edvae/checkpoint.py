@@ -180,7 +180,10 @@ def _load_failure(err: Exception) -> str:
     if isinstance(err, pickle.UnpicklingError) and "weights_only" in text:
         detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
         detail = f": {detail[:120].rstrip('.')}" if detail else ""
-        return f"it holds Python objects other than tensors and plain values{detail}; refused, as loading it could run code"
+        return (
+            f"it holds Python objects other than tensors and plain values{detail}; refused, as loading it could "
+            "run code"
+        )
     return first_sentence(text) if text.strip() else type(err).__name__
 
 
@@ -211,7 +214,8 @@ def load_weights(module: torch.nn.Module, weights: Any, source: str | Path) -> N
         reason = " ".join(str(err).split())  # torch lists every missing/unexpected key over several lines
         reason = reason.removeprefix(f"Error(s) in loading state_dict for {type(module).__name__}: ")
         raise EdvaeError(
-            f"the weights in {source} do not fit the model its config describes ({reason[:160]}{'...' * (len(reason) > 160)}); "
+            f"the weights in {source} do not fit the model its config describes "
+            f"({reason[:160]}{'...' * (len(reason) > 160)}); "
             "the checkpoint is damaged or from another version, re-run training"
         ) from None
 

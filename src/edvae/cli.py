@@ -12,10 +12,10 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from edvae.errors import EdvaeError, TrainingError
 
@@ -33,13 +33,19 @@ class _OneLineUsageErrors(TyperGroup):
         prog_name: str | None = None,
         complete_var: str | None = None,
         standalone_mode: bool = True,
+        windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
         if {"--help", "-h"} & set(sys.argv[1:] if args is None else args):
             self._name_the_choices()
         try:
             result = super().main(
-                args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
             )
         except typer.TyperException as err:  # the parser's ClickException family
             context = getattr(err, "ctx", None)
@@ -67,6 +73,8 @@ class _OneLineUsageErrors(TyperGroup):
         choices = {"prior": f"Priors: {', '.join(prior_names())}.", "study": f"Studies: {', '.join(STUDIES)}."}
         for command in self.commands.values():
             for param in command.params:
+                if not isinstance(param, (TyperArgument, TyperOption)):
+                    continue
                 extra = choices.get(param.name or "")
                 if extra and extra not in (param.help or ""):
                     param.help = f"{param.help} {extra}"
@@ -133,6 +141,12 @@ def _root(
     _STATE["debug"] = debug
 
 
+@overload
+def _folder(value: str, option: str) -> Path: ...
+@overload
+def _folder(value: None, option: str) -> None: ...
+@overload
+def _folder(value: str | None, option: str) -> Path | None: ...
 def _folder(value: str | None, option: str) -> Path | None:
     """A folder given on the command line; an empty string (which a Path would silently read
     as the current folder) is refused."""
@@ -141,6 +155,18 @@ def _folder(value: str | None, option: str) -> Path | None:
     if not value.strip():
         raise EdvaeError(f"{option} must be a non-empty path; to use the current folder write {option} .")
     return Path(value)
+
+
+_ACCELERATOR_HELP = "cpu, gpu or auto: the GPU only for networks big enough to gain from it (docs/gpu.md)."
+
+
+def _accelerator(value: str | None) -> str | None:
+    """An ``--accelerator`` value, checked at once: one of cpu, gpu, auto, and a GPU must exist for gpu."""
+    if value is not None:
+        from edvae.accelerator import choose_accelerator
+
+        choose_accelerator(value, 0, setting="--accelerator")
+    return value
 
 
 def _raw_config(config: Path | None, overrides: list[str], prior: str | None, data: Path | None) -> dict[str, Any]:
@@ -163,8 +189,8 @@ def train(
     ] = None,
     out: Annotated[str | None, typer.Option("--out", help="Run folder for checkpoint and logs.")] = None,
     set_: Annotated[
-        list[str], typer.Option("--set", help="Override a config key: --set train.epochs=10 (repeatable).")
-    ] = [],
+        list[str] | None, typer.Option("--set", help="Override a config key: --set train.epochs=10 (repeatable).")
+    ] = None,
     prior: Annotated[
         str | None, typer.Option("--prior", help="Prior name, 'true', or samples:PATH (.npy/.pt/.csv).")
     ] = None,
@@ -177,6 +203,9 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
     devices: Annotated[int | None, typer.Option("--devices", min=1, help="Processes (CPU) or GPUs per node.")] = None,
     num_nodes: Annotated[int | None, typer.Option("--num-nodes", min=1, help="Number of machines.")] = None,
+    accelerator: Annotated[
+        str | None, typer.Option("--accelerator", help=f"Where to train (train.accelerator): {_ACCELERATOR_HELP}")
+    ] = None,
 ) -> None:
     """Train one model (traditional VAE or ED-VAE) and write its checkpoint and logs.
 
@@ -194,14 +223,16 @@ def train(
     the pid of the first."""
     from edvae.config import RunConfig, validate_config
 
-    out, resume = _folder(out, "--out"), _folder(resume_dir, "--resume")
-    overrides = list(set_)
+    out_dir, resume = _folder(out, "--out"), _folder(resume_dir, "--resume")
+    overrides = list(set_ or [])
+    if _accelerator(accelerator) is not None:
+        overrides.append(f"train.accelerator={json.dumps(accelerator)}")
     if devices is not None:
         overrides.append(f"train.devices={devices}")
     if num_nodes is not None:
         overrides.append(f"train.num_nodes={num_nodes}")
     if resume is not None:
-        if out is not None and out.resolve() != resume.resolve():
+        if out_dir is not None and out_dir.resolve() != resume.resolve():
             raise EdvaeError("--resume continues in its own folder; drop --out or give the same folder")
         if config is not None or prior is not None or data is not None:
             raise EdvaeError("--resume takes the config stored in the checkpoint; pass only --set train.* overrides")
@@ -221,12 +252,12 @@ def train(
         cfg: RunConfig = validate_config(apply_overrides(stored, overrides), source=str(resume))
         run_dir = resume
     else:
-        if out is None:
+        if out_dir is None:
             raise EdvaeError("missing --out DIR: the folder where the run's checkpoint and logs go")
         if config is None and prior is None and data is None and not overrides:
             raise EdvaeError("give a CONFIG file (e.g. configs/edvae-complex.toml) or --set overrides")
         cfg = validate_config(_raw_config(config, overrides, prior, data), source=str(config or "--set"))
-        run_dir = out
+        run_dir = out_dir
     from edvae.train import train as run_training  # the heavy imports, after the config is checked
 
     result = run_training(cfg, run_dir, resume=resume is not None, overwrite=overwrite)
@@ -277,8 +308,9 @@ def evaluate(
         bool, typer.Option("--no-true-ll", help="Skip the true log-likelihood of synthetic data (quadrature).")
     ] = False,
     set_: Annotated[
-        list[str], typer.Option("--set", help="Override an evaluation setting: --set eval.seed=1 (repeatable).")
-    ] = [],
+        list[str] | None,
+        typer.Option("--set", help="Override an evaluation setting: --set eval.seed=1 (repeatable)."),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -288,6 +320,7 @@ def evaluate(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Progress bars on stderr (default: on a terminal).")
     ] = None,
+    accelerator: Annotated[str, typer.Option("--accelerator", help=f"Where to evaluate: {_ACCELERATOR_HELP}")] = "cpu",
 ) -> None:
     """Evaluate a trained model with the same metrics as every other (ELBO, IWAE, MI, ...).
 
@@ -301,9 +334,10 @@ def evaluate(
 
     if split not in ("test", "val"):
         raise EdvaeError(f"--split must be 'test' or 'val', got '{split}'")
-    if any(not o.startswith("eval.") for o in set_):
+    _accelerator(accelerator)
+    if any(not o.startswith("eval.") for o in set_ or []):
         raise EdvaeError("evaluate takes only eval.* settings (e.g. --set eval.iwae_samples=100)")
-    overrides = list(set_)
+    overrides = list(set_ or [])
     if iwae_samples is not None:
         overrides.append(f"eval.iwae_samples={iwae_samples}")
     if no_true_ll:
@@ -332,6 +366,7 @@ def evaluate(
         split=split,
         cache_dir=run_cache_dir(run_dir) if other is None else None,
         progress=show,
+        accelerator=accelerator,
     )
     if not checkpoint["completed"]:
         typer.echo(f"warning: {_unfinished(run_dir, checkpoint)}", err=True)
@@ -366,18 +401,42 @@ def reproduce(
     study: Annotated[str, typer.Option("--study", help="Which study to run.")] = "paper",
     quick: Annotated[bool, typer.Option("--quick", help="Fewer epochs and 2 seeds (a few minutes).")] = False,
     seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="Seeds per model.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Runs trained in parallel.")] = 2,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Runs trained in parallel (with gpu: processes sharing the GPU).")
+    ] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Retrain runs already in --out.")] = False,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a key of every run's config (repeatable).")] = [],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key of every run's config (repeatable).")
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="Train every run for FACTOR times its epochs (2x, 1.5), everything else the same: a budget check, "
+            "published with `edvae publish OUT --budget-of NAME`. Runs trained with the same epochs through --set "
+            "are reused.",
+        ),
+    ] = None,
+    accelerator: Annotated[
+        str | None,
+        typer.Option("--accelerator", help=f"Where every run trains and is evaluated: {_ACCELERATOR_HELP}"),
+    ] = None,
 ) -> None:
     """Run a study (default: the paper's) end to end and write its report."""
+    from edvae.budget import parse_budget
+
+    factor = parse_budget(budget) if budget is not None else None
     out = _folder(out_dir, "--out")
+    _accelerator(accelerator)
     from edvae.config import apply_overrides
     from edvae.experiments import get_study, run_study
+    from edvae.experiments.study import with_budget
 
     overrides = apply_overrides({}, list(set_)) if set_ else None
     chosen = get_study(study, quick=quick, seeds=seeds, overrides=overrides)
-    result = run_study(chosen, out, workers=workers, overwrite=overwrite)
+    if factor is not None:
+        chosen = with_budget(chosen, factor)
+    result = run_study(chosen, out, workers=workers, overwrite=overwrite, accelerator=accelerator)
     from edvae.experiments.runner import plan_line
 
     typer.echo(f"{len(result['records'])} runs ({plan_line(result['plan'])}); report: {out / 'results.md'}")
@@ -386,19 +445,41 @@ def reproduce(
 @app.command()
 @_friendly
 def publish(
-    results_dir: Annotated[str, typer.Argument(help="The --out folder of `edvae reproduce` (holds results.json).")],
+    results_dir: Annotated[
+        str | None,
+        typer.Argument(
+            help="The --out folder of `edvae reproduce` (holds results.json). Without it: re-render every page and "
+            "README block from the published JSON files."
+        ),
+    ] = None,
     name: Annotated[
-        str, typer.Option("--name", help="Name in the docs: docs/results/NAME.json/.md, README block results:NAME.")
-    ],
+        str | None,
+        typer.Option("--name", help="Name in the docs: docs/results/NAME.json/.md (README blocks results:NAME ...)."),
+    ] = None,
+    budget_of: Annotated[
+        str | None,
+        typer.Option(
+            "--budget-of",
+            help="The results are the budget check (`edvae reproduce --budget 2x`) of the published study NAME: "
+            "written as docs/results/NAME-2x.json/.md, and NAME's page gains the budget-check table.",
+        ),
+    ] = None,
     docs: Annotated[str, typer.Option("--docs", help="Folder of the generated result pages.")] = "docs/results",
     readme: Annotated[
-        str, typer.Option("--readme", help="README whose results:NAME block is regenerated.")
+        str, typer.Option("--readme", help="README whose generated blocks are regenerated.")
     ] = "README.md",
 ) -> None:
-    """Publish a study's results into the docs: copy results.json and figures, regenerate the page and README block."""
+    """Publish a study's results into the docs: copy results.json and figures, regenerate pages and README blocks."""
     from edvae.publish import publish as publish_results
+    from edvae.publish import refresh
 
-    for path in publish_results(results_dir, name, docs, readme):
+    if results_dir is None:
+        if name is not None or budget_of is not None:
+            raise EdvaeError("--name and --budget-of need a RESULTS_DIR (the --out folder of `edvae reproduce`)")
+        written = refresh(docs, readme)
+    else:
+        written = publish_results(results_dir, name, docs, readme, budget_of=budget_of)
+    for path in written:
         typer.echo(str(path))
 
 
@@ -411,14 +492,16 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="A short version (under a minute).")] = False,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Torch threads for the timed comparisons.")] = 1,
 ) -> None:
-    """Measure the decomposition's cost next to a plain VAE, the loop against pythae and a hand-written one, and the estimators' scaling."""
+    """Measure the decomposition's cost next to a plain VAE, the loop against pythae and a hand-written one, \
+and the estimators' scaling."""
     out = _folder(out_dir, "--out")
     from edvae.bench import run_bench
 
     report = run_bench(out, quick=quick, threads=threads)
     overhead = report["overhead"][0]["results"]
     typer.echo(
-        f"edvae / vae-std {overhead['edvae']['ratio']:.2f}x, edvae-paper / vae-std {overhead['edvae-paper']['ratio']:.2f}x "
+        f"edvae / vae-std {overhead['edvae']['ratio']:.2f}x, edvae-paper / vae-std "
+        f"{overhead['edvae-paper']['ratio']:.2f}x "
         f"(synthetic); report: {out / 'bench.md'}"
     )
 
@@ -429,4 +512,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -45,6 +45,7 @@ class _Strict(BaseModel):
     @classmethod
     def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """Refuse ``true``/``false`` where a number goes (pydantic would read them as 1/0)."""
+        assert info.field_name is not None  # a field validator always has its field's name
         annotation = cls.model_fields[info.field_name].annotation
         kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
         if isinstance(value, bool) and kinds and kinds <= {int, float}:
@@ -80,9 +81,9 @@ class ModelConfig(_Strict):
     decoder_scale: Literal["learned", "optimal", "fixed"] = Field(
         "optimal",
         description=(
-            "Gaussian decoder scale: the batch's maximum-likelihood value in training and the training set's at the end "
-            "(calibrated, the default: a learned scale starting at 1 needs thousands of steps to reach the data's noise "
-            "level), trained with the rest, or fixed (edvae.networks.GaussianLikelihood)"
+            "Gaussian decoder scale: the batch's maximum-likelihood value in training and the training set's at the "
+            "end (calibrated, the default: a learned scale starting at 1 needs thousands of steps to reach the data's "
+            "noise level), trained with the rest, or fixed (edvae.networks.GaussianLikelihood)"
         ),
     )
     decoder_log_scale: float = Field(
@@ -146,7 +147,8 @@ class ObjectiveConfig(_Strict):
     )
     critic_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="options of the critic (edvae.critics.CRITIC_OPTIONS), e.g. {queue_size = 4096, temperature = 0.1, momentum = 0.99}",
+        description="options of the critic (edvae.critics.CRITIC_OPTIONS), e.g. {queue_size = 4096, temperature = 0.1, "
+        "momentum = 0.99}",
     )
 
     @model_validator(mode="after")
@@ -196,6 +198,7 @@ class ObjectiveConfig(_Strict):
     @field_validator("kind", "mi_estimator", "entropy_estimator")
     @classmethod
     def _registered(cls, value: str, info: ValidationInfo) -> str:
+        assert info.field_name is not None  # a field validator always has its field's name
         choices = {"kind": tuple(OBJECTIVES), "mi_estimator": MI_ESTIMATORS, "entropy_estimator": ENTROPY_ESTIMATORS}[
             info.field_name
         ]
@@ -254,7 +257,8 @@ class TrainConfig(_Strict):
         le=1024,
         description=(
             "torch threads per process (set for the whole process); 0 leaves torch's default. 1 by measurement: on a "
-            "shared 2-core machine the study networks train 20-50x faster with 1 thread than with 2 (docs/performance.md)"
+            "shared 2-core machine the study networks train 20-50x faster with 1 thread than with 2 "
+            "(docs/performance.md)"
         ),
     )
     progress: bool = True

@@ -167,6 +167,9 @@ class MomentumCritic(Critic):
     """
 
     pending: Tensor | None
+    queue: Tensor
+    pointer: Tensor
+    size: Tensor
 
     def __init__(
         self,
@@ -300,8 +303,8 @@ class MomentumCritic(Critic):
 
     def update(self, encoder: nn.Module, gather: Callable[[Tensor], Tensor] | None = None) -> None:
         """After an optimiser step: :meth:`momentum_update` from ``encoder``, then enqueue the
-        keys of the training :meth:`estimate` s since the last update (all processes' keys, in rank order, when ``gather``
-        maps the local (n, E) keys to the concatenation over processes)."""
+        keys of the training :meth:`estimate` s since the last update (all processes' keys, in rank order,
+        when ``gather`` maps the local (n, E) keys to the concatenation over processes)."""
         self.momentum_update(encoder)
         if self.pending is not None:
             self.enqueue(self.pending if gather is None else gather(self.pending))

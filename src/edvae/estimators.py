@@ -57,7 +57,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -93,7 +93,7 @@ __all__ = [
 METHODS: tuple[str, ...] = ("mss", "mws", "batch", "full")
 KL_METHODS: tuple[str, ...] = ("auto", "analytic", "mc")
 
-PriorLike = Union[Distribution, nn.Module, Callable[[], Distribution]]
+PriorLike = Distribution | nn.Module | Callable[[], Distribution]
 """A ``Distribution`` with ``event_shape == (D,)``, or a module/callable returning one."""
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -142,7 +142,7 @@ def _check_finite(validate: bool, **tensors: Tensor) -> None:
     flags = torch.stack([torch.isfinite(t).all() for t in tensors.values()])
     if bool(flags.all()):
         return
-    bad = [name for name, ok in zip(tensors, flags.tolist()) if not ok]
+    bad = [name for name, ok in zip(tensors, flags.tolist(), strict=True) if not ok]
     raise EdvaeError(
         f"{' and '.join(bad)} {'contains' if len(bad) == 1 else 'contain'} NaN or Inf "
         "values; check the encoder for diverging "
@@ -666,14 +666,14 @@ class _Direct:
             if single:
                 self.grad_mu, self.grad_logvar = grad_mu, grad_logvar
             else:
-                if self.grad_mu is None:
+                if self.grad_mu is None or self.grad_logvar is None:  # (both are set together)
                     self.grad_mu, self.grad_logvar = torch.zeros_like(self.mu), torch.zeros_like(self.mu)
                 self.grad_mu[:, cs] += grad_mu
                 self.grad_logvar[:, cs] += grad_logvar
 
     def gradients(self, want_mu: bool, want_logvar: bool) -> tuple[Tensor | None, ...]:
         grads = (self.grad_z, self.grad_mu if want_mu else None, self.grad_logvar if want_logvar else None)
-        return tuple(None if g is None else g.T.to(t) for g, t in zip(grads, self.dtypes))
+        return tuple(None if g is None else g.T.to(t) for g, t in zip(grads, self.dtypes, strict=True))
 
 
 def _is_direct(z: Tensor, mu: Tensor, logvar: Tensor) -> bool:
@@ -754,7 +754,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         z: Tensor,
         mu: Tensor,
@@ -781,12 +781,14 @@ class _WeightedLogSumExp(torch.autograd.Function):
             if single:
                 out = value
             else:
+                assert out is not None  # allocated above when not single
                 rs = slice(r0, r0 + block.shape[0])
                 out[:, rs] = torch.logaddexp(out[:, rs], value)
         ctx.kept = (exps, sums) if keep else ()
         ctx.save_for_backward(out)
         ctx.kernel = kernel
         ctx.blocking = (plans, fix, chunk_rows, chunk_columns)
+        assert out is not None  # _blocks yields at least one block
         return out
 
     @staticmethod
@@ -815,9 +817,10 @@ class _WeightedLogSumExp(torch.autograd.Function):
             if not kept:
                 _apply_overrides(block, plans[0], r0, c0, n_columns)
                 block.sub_(out[0, rs, None] - plans[0].log_base).clamp_(min=kernel.floor).exp_()
-            weight: Tensor | None = alpha[rs, None]
+            row_weight = alpha[rs, None]
+            weight: Tensor | None = row_weight
             if fix.entries:  # G = diag(alpha) E + the correction entries, as one block
-                weights = block * weight
+                weights = block * row_weight
                 weight = None
                 flat, exps = weights.view(-1), block.view(-1)
                 for k, shift, factor in fix.entries:
@@ -911,7 +914,7 @@ def log_aggregate_posterior(
     float64: module docstring), else in float64.
     """
     _check_inputs(z, mu, logvar, validate)
-    methods = method if isinstance(method, tuple) and method else (method,)
+    methods: tuple[Any, ...] = method if isinstance(method, tuple) and method else (method,)  # () -> _plan refuses
     plans = tuple(_plan(m, z.shape[0], mu.shape[0], dataset_size, row_offset) for m in methods)
     log_q = _log_q(z, mu, logvar, plans if isinstance(method, tuple) else plans[0], chunk_size)
     return log_q.to(_result_dtype(z, mu, logvar))
@@ -1079,12 +1082,14 @@ def _dataset_queries(
     n = mu.shape[0]
     if num_queries is not None and (not isinstance(num_queries, int) or num_queries < 1):
         raise EdvaeError(f"num_queries={num_queries!r} must be a positive integer or None.")
+    # drawn on the generator's device (a CPU generator serves a model on any device), then moved
+    drawn_on = mu.device if generator is None else generator.device
     if num_queries is None or num_queries >= n:
         index = torch.arange(n, device=mu.device)
     else:
-        index = torch.randperm(n, generator=generator, device=mu.device)[:num_queries]
+        index = torch.randperm(n, generator=generator, device=drawn_on)[:num_queries].to(mu.device)
     mu_rows, logvar_rows = mu[index], logvar[index]
-    noise = torch.randn(mu_rows.shape, generator=generator, dtype=mu_rows.dtype, device=mu_rows.device)
+    noise = torch.randn(mu_rows.shape, generator=generator, dtype=mu_rows.dtype, device=drawn_on).to(mu.device)
     z = mu_rows + torch.exp(0.5 * logvar_rows) * noise
     return p, index, z, mu_rows, logvar_rows, _plan("full", z.shape[0], n, None, 0)
 
@@ -1128,7 +1133,7 @@ class DecompositionTerms(NamedTuple):
     log q(z_s|x_s) - log p(z_s) exactly, per query: log q_hat cancels, and with it its bias.
     """
 
-    index: Tensor
+    index: Tensor  # type: ignore[assignment]  # a public field name that shadows tuple.index
     mi: Tensor
     entropy: Tensor
     cross_entropy: Tensor

@@ -40,12 +40,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from edvae.accelerator import accelerator_device, choose_accelerator, network_macs
 from edvae.checkpoint import save_atomic
-from edvae.config import EvalConfig, RunConfig
+from edvae.config import EvalConfig, ModelConfig, RunConfig
 from edvae.data import DataSplits, binarize_batch
 from edvae.data.sampling import derive_seed
 from edvae.errors import EdvaeError
-from edvae.estimators import dataset_decomposition_terms, kl_divergence, log_posterior
+from edvae.estimators import PriorLike, dataset_decomposition_terms, kl_divergence, log_posterior
 from edvae.model import VAE
 from edvae.runs import load_data, load_run  # load_run also importable from here, its former home
 
@@ -54,6 +55,7 @@ __all__ = [
     "cached_true_log_likelihoods",
     "evaluate_model",
     "evaluate_run",
+    "evaluation_accelerator",
     "evaluation_seed",
     "fit_logistic_regression",
     "load_run",
@@ -91,7 +93,7 @@ def sliced_wasserstein(
     """
     n = min(a.shape[0], b.shape[0])
     a, b = a[:n].double(), b[:n].double()
-    theta = torch.randn(a.shape[1], projections, generator=generator, dtype=torch.float64)
+    theta = torch.randn(a.shape[1], projections, generator=generator, dtype=torch.float64).to(a.device)
     theta = theta / theta.norm(dim=0, keepdim=True)
     pa, _ = torch.sort(a @ theta, dim=0)
     pb, _ = torch.sort(b @ theta, dim=0)
@@ -115,7 +117,8 @@ def fit_logistic_regression(
     by Newton's method in float64 from zero, with the Hessian (with p_n = softmax(W f_n + b),
     g_n = (f_n, 1))
 
-        d^2 L / d theta_{c,i} d theta_{d,j} = sum_n (delta_cd p_nc - p_nc p_nd) g_ni g_nj + delta_cd delta_ij [i is a weight],
+        d^2 L / d theta_{c,i} d theta_{d,j}
+            = sum_n (delta_cd p_nc - p_nc p_nd) g_ni g_nj + delta_cd delta_ij [i is a weight],
 
     a step halved until L decreases, stopping when the gradient's largest entry is below
     ``tolerance`` times N. The flat direction (one constant added to every intercept) gets
@@ -170,9 +173,11 @@ def _probe_accuracy(model: VAE, data: DataSplits, x_eval: Tensor, y_eval: Tensor
     dynamic binarisation (binary test images) the training images are binarised once with
     ``seed``, not left in grey levels."""
     x_fit = binarize_batch(data.train, seed) if getattr(data, "binarize", "none") == "dynamic" else data.train
-    features, labels = model.encode(x_fit)[0], data.train_labels
+    device = x_eval.device  # the model's; the regression runs on the CPU
+    features, labels = model.encode(x_fit.to(device))[0].cpu(), data.train_labels
+    assert labels is not None  # the callers probe only data with labels
     weight, bias = fit_logistic_regression(features, labels)
-    predicted = (model.encode(x_eval)[0].double() @ weight.T + bias).argmax(1)
+    predicted = (model.encode(x_eval)[0].double().cpu() @ weight.T + bias).argmax(1)
     return float((predicted == y_eval.long()).double().mean())
 
 
@@ -187,6 +192,11 @@ def evaluation_seed(seed: int, purpose: str = "noise") -> int:
     bits of a seed, so offsetting by 2**32 would not do.
     """
     return derive_seed(seed, "evaluation", purpose)
+
+
+def _chunk_size(config: EvalConfig) -> int:
+    """Examples per pass of the importance sampling: at most ``_SAMPLES_PER_CHUNK`` samples in memory."""
+    return max(1, min(config.batch_size, _SAMPLES_PER_CHUNK // config.iwae_samples))
 
 
 def _mean_se(values: Tensor) -> tuple[float, float]:
@@ -228,17 +238,22 @@ def evaluate_model(
     independent of the training noise. ``true_ll`` may pass the precomputed per-example
     log p_true(x_n) of the split, shape (N,) (:func:`true_log_likelihoods`; it depends only on the
     data, so a study computes it once per data set).
+
+    It runs on the model's device: the inputs, and the noise drawn from the seeded CPU
+    generators, are moved there (on the CPU every number is that of a CPU-only evaluation).
     """
     config = config or EvalConfig()
     model.eval()
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(evaluation_seed(config.seed))
     x_all: Tensor = getattr(data, split)
     labels = getattr(data, f"{split}_labels", None)
     if getattr(data, "binarize", "none") == "dynamic":
         x_all = binarize_batch(x_all, evaluation_seed(config.seed, "binarise"))
+    x_all = x_all.to(device)
     prior = model.prior_distribution()
     k = config.iwae_samples
-    chunk = max(1, min(config.batch_size, _SAMPLES_PER_CHUNK // k))
+    chunk = _chunk_size(config)
     per_example: dict[str, list[Tensor]] = {"elbo": [], "iwae": [], "kl": [], "reconstruction": [], "mse": []}
     mus, logvars = [], []
     starts = range(0, x_all.shape[0], chunk)
@@ -248,7 +263,7 @@ def evaluate_model(
         mu, logvar = model.encode(x)
         mus.append(mu)
         logvars.append(logvar)
-        eps = torch.randn((k, b, mu.shape[1]), generator=gen)
+        eps = torch.randn((k, b, mu.shape[1]), generator=gen).to(device)
         z = (mu + torch.exp(0.5 * logvar) * eps).reshape(k * b, -1)
         x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
         log_px = model.likelihood.log_prob(x_rep, model.decode(z)).view(k, b)
@@ -286,13 +301,14 @@ def evaluate_model(
         if true_ll is None:
             for _ in _progress(range(1), enabled=progress, total=1, desc=f"true log-likelihood of {n} examples"):
                 true_ll = true_log_likelihoods(data, split)
-        values["true_ll"] = true_ll
+        assert true_ll is not None  # computed in the loop above
+        values["true_ll"] = true_ll.to(device)
         values["ll_gap"] = values["true_ll"] - values["iwae"]
     metrics: dict[str, float] = {}
     for name, per in values.items():
         metrics[name], metrics[f"{name}_se"] = _mean_se(per)
     metrics["active_units"] = float(active_units(mu_all))
-    z_agg = mu_all + torch.exp(0.5 * logvar_all) * torch.randn(mu_all.shape, generator=gen)
+    z_agg = mu_all + torch.exp(0.5 * logvar_all) * torch.randn(mu_all.shape, generator=gen).to(device)
     with torch.random.fork_rng():  # distributions sample from the global generator: seed it here
         torch.manual_seed(evaluation_seed(config.seed, "prior"))
         prior_samples = prior.sample((n,))
@@ -307,13 +323,27 @@ def evaluate_model(
     return metrics
 
 
+def evaluation_accelerator(
+    requested: str, model_config: ModelConfig, x_shape: tuple[int, ...], config: EvalConfig
+) -> str:
+    """``cpu`` or ``gpu`` for evaluating a model (:func:`edvae.accelerator.choose_accelerator`);
+    the pass that ``auto`` weighs is one chunk of :func:`evaluate_model`: its b examples through
+    the encoder and their b x K importance samples through the decoder."""
+    macs = 0
+    if requested == "auto":
+        encoder, decoder = network_macs(model_config, x_shape)
+        chunk = _chunk_size(config)
+        macs = chunk * (encoder + config.iwae_samples * decoder)
+    return choose_accelerator(requested, macs)
+
+
 # ----------------------------------------------------------------------------- known factors
 #: Examples the disentanglement metrics use at most (MIG and TC cost O(N^2 D))
 DISENTANGLEMENT_EXAMPLES = 2000
 
 
 def disentanglement_metrics(
-    mu: Tensor, logvar: Tensor, factors: Tensor, prior: object, *, seed: int
+    mu: Tensor, logvar: Tensor, factors: Tensor, prior: PriorLike, *, seed: int
 ) -> dict[str, float]:
     """``mig``, ``dci``, ``dci_completeness``, ``tc`` and (factorised prior) ``dimwise_kl`` of
     the posteriors (N, D) of examples with known ``factors`` (N, K), on at most
@@ -327,6 +357,7 @@ def disentanglement_metrics(
     scores = dci(mu, factors, seed=seed)
     out.update(dci=scores.disentanglement, dci_completeness=scores.completeness)
     split = dataset_decomposition(mu, logvar, prior, generator=gen, per_dimension=True)
+    assert split.total_correlation is not None  # per_dimension=True computes it
     out["tc"] = float(split.total_correlation)
     if split.dimwise_kl is not None:
         out["dimwise_kl"] = float(split.dimwise_kl.sum())
@@ -336,6 +367,11 @@ def disentanglement_metrics(
 def true_log_likelihoods(data: DataSplits, split: str = "test") -> Tensor:
     """log p_true(x_n) for every example of a split of synthetic data, (N,) float64 (exact up
     to quadrature)."""
+    if data.ground_truth is None:
+        raise EdvaeError(
+            f"data set {data.name!r} has no known generative process; "
+            "true log-likelihoods exist only for synthetic data"
+        )
     return data.ground_truth.true_log_likelihood(getattr(data, split)).double()
 
 
@@ -370,7 +406,7 @@ def cached_true_log_likelihoods(
     path = Path(cache_dir) / (f"true_ll-{key}.pt" if split == "test" else f"true_ll-{key}-{split}.pt")
     if path.is_file():
         try:
-            cached = torch.load(path, weights_only=True).get("log_p_true")
+            cached = torch.load(path, map_location="cpu", weights_only=True).get("log_p_true")
         except (RuntimeError, EOFError, AttributeError, OSError):
             cached = None
         if isinstance(cached, Tensor):
@@ -395,14 +431,18 @@ def evaluate_run(
     true_ll: Tensor | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    accelerator: str = "cpu",
 ) -> dict[str, float]:
     """Evaluate the model saved in ``run_dir``; adds ``train_seconds`` from its checkpoint.
 
     ``data``: other data to evaluate on (default: the run's own, checked against the recorded
     hashes); ``cache_dir``: where the true log-likelihood is cached per data set
-    (:func:`cached_true_log_likelihoods`; not used with ``data``)."""
+    (:func:`cached_true_log_likelihoods`; not used with ``data``). ``accelerator``: ``cpu``
+    (default), ``gpu`` or ``auto`` (:func:`evaluation_accelerator`): the model and the split
+    move there."""
     model, run_config, state, data_used = load_run(run_dir, data)
     config = config or run_config.eval
+    model.to(accelerator_device(evaluation_accelerator(accelerator, run_config.model, data_used.x_shape, config)))
     if true_ll is None and cache_dir is not None and data is None and config.true_ll:
         with_eval = run_config.model_copy(update={"eval": config})
         true_ll = cached_true_log_likelihoods(with_eval, cache_dir, split=split, data=data_used)

@@ -110,6 +110,11 @@ def _decoded_mean(model: VAE, z: Tensor) -> Tensor:
     return model.likelihood.mean(model.decode(z))
 
 
+def _on_model(model: VAE, x: Tensor) -> Tensor:
+    """``x`` on the model's device (the data stay on the CPU; the model may not)."""
+    return x.to(next(model.parameters()).device)
+
+
 def _split(data: DataSplits, split: str) -> tuple[Tensor, Tensor | None]:
     if split not in ("train", "val", "test"):
         raise EdvaeError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -142,7 +147,7 @@ def _draw_reconstructions(ax: Any, models: Mapping[str, VAE], data: DataSplits, 
     x = x[:n]
     rows = [_as_images(x, data)]
     for model in models.values():
-        rows.append(_as_images(_decoded_mean(model, model.encode(x)[0]), data))
+        rows.append(_as_images(_decoded_mean(model, model.encode(_on_model(model, x))[0]), data))
     names = ["input", *(f"{name}" if len(models) > 1 else "reconstruction" for name in models)]
     _show(ax, _mosaic(rows), names, rows[0].shape[1], f"{split} inputs and reconstructions E[x | z = mu(x)]")
 
@@ -165,12 +170,12 @@ def _draw_samples(ax: Any, model: VAE, data: DataSplits, *, n: int, seed: int, t
 
 def _draw_traversals(ax: Any, model: VAE, data: DataSplits, *, dims: int, steps: int, split: str, title: str) -> None:
     x, _ = _split(data, split)
-    mu = model.encode(x)[0]
+    mu = model.encode(_on_model(model, x))[0]
     order = torch.argsort(mu.double().var(dim=0), descending=True)[: min(dims, mu.shape[1])]
     fractions = torch.linspace(0.05, 0.95, steps)
     rows, names = [], []
     for d in order.tolist():
-        values = torch.quantile(mu[:, d].double(), fractions.double()).to(mu.dtype)
+        values = torch.quantile(mu[:, d].double(), fractions.double().to(mu.device)).to(mu.dtype)
         z = mu[:1].repeat(steps, 1)
         z[:, d] = values
         rows.append(_as_images(_decoded_mean(model, z), data))
@@ -184,9 +189,9 @@ def _aggregate_samples(
     """One z ~ q(z|x) per example of the first ``max_points`` of ``split``, and their labels."""
     x, labels = _split(data, split)
     x = x[:max_points]
-    mu, logvar = model.encode(x)
+    mu, logvar = model.encode(_on_model(model, x))
     gen = torch.Generator().manual_seed(seed)
-    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen).to(mu.device)
     return z, None if labels is None else labels[: x.shape[0]]
 
 
@@ -234,10 +239,10 @@ def draw_aggregate_posterior(
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.5, color="darkred", linewidths=0)
     else:
-        labels = labels.cpu().numpy()
-        classes = np.unique(labels)
+        label_values = labels.cpu().numpy()
+        classes = np.unique(label_values)
         cmap = "tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "viridis"
-        sc = ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.8, c=labels, cmap=cmap, linewidths=0)
+        sc = ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.8, c=label_values, cmap=cmap, linewidths=0)
         if legend and len(classes) <= 20:
             handles, names = sc.legend_elements(num=list(classes))
             ax.legend(handles, names, fontsize=6, markerscale=0.6, loc="best", title="label", title_fontsize=6)

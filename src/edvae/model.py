@@ -7,6 +7,7 @@ everything an objective needs in one :class:`ModelOutput`.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,7 +52,12 @@ class VAE(nn.Module):
     """
 
     def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, likelihood: nn.Module, prior: nn.Module, latent_dim: int
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        likelihood: GaussianLikelihood | BernoulliLikelihood,
+        prior: nn.Module,
+        latent_dim: int,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -59,6 +65,7 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.prior = prior
         self.latent_dim = latent_dim
+        self._prior_checked_on: torch.device | None = None  # see prior_distribution
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior parameters ``(mu, logvar)``, each ``(B, D)``."""
@@ -69,8 +76,19 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     def prior_distribution(self) -> Distribution:
-        """The prior p(z) as a distribution."""
-        return self.prior()
+        """The prior p(z) as a distribution.
+
+        The first call on each device checks that the distribution's tensors lie on the model's
+        device (:func:`edvae.priors.check_prior_device`; devices only, no host synchronisation),
+        so a prior that builds its tensors elsewhere (``torch.ones(dim)`` inside ``forward()``)
+        is refused with one line naming it, not a device mismatch deep inside torch.
+        """
+        dist = self.prior()
+        first = next(itertools.chain(self.encoder.parameters(), self.parameters()), None)
+        if first is not None and first.device != self._prior_checked_on:
+            priors.check_prior_device(dist, first.device, self.prior)
+            self._prior_checked_on = first.device
+        return dist
 
     def forward(self, x: Tensor, eps: Tensor | None = None) -> ModelOutput:
         """Encode, sample z = mu + exp(logvar / 2) * eps, decode and score log p(x|z)."""
@@ -116,7 +134,7 @@ def build_model(config: ModelConfig, data: DataSplits, *, fit_prior: bool = True
         encoder = ConvEncoder(x_shape, config.latent_dim)
         decoder = ConvDecoder(x_shape, config.latent_dim)
     kind = resolve_likelihood(config, data)
-    likelihood: nn.Module
+    likelihood: GaussianLikelihood | BernoulliLikelihood
     if kind == "gaussian":
         likelihood = GaussianLikelihood(x_shape, scale=config.decoder_scale, init_log_scale=config.decoder_log_scale)
     else:
@@ -137,13 +155,14 @@ def calibrate_decoder(model: VAE, x: Tensor, *, generator: torch.Generator, batc
     model has such a decoder (a learned or fixed scale, or a Bernoulli decoder, is left alone).
     """
     likelihood = model.likelihood
-    if getattr(likelihood, "scale", None) != "optimal":
+    if not isinstance(likelihood, GaussianLikelihood) or likelihood.scale != "optimal":
         return False
     was_training = model.training
     model.eval()
     total = torch.zeros(likelihood.log_scale.shape, dtype=torch.float64)
+    device = next(model.encoder.parameters()).device
     for start in range(0, x.shape[0], batch_size):
-        batch = x[start : start + batch_size]
+        batch = x[start : start + batch_size].to(device)
         mu, logvar = model.encode(batch)
         eps = torch.randn(mu.shape, generator=generator).to(mu)
         residual = batch - model.decode(mu + torch.exp(0.5 * logvar) * eps)

@@ -42,7 +42,7 @@ LOG_SCALE_MIN: float = -7.0
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.SiLU) -> nn.Sequential:
     """A multilayer perceptron ``sizes[0] -> ... -> sizes[-1]``, activation between layers."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(activation())
@@ -188,6 +188,9 @@ class GaussianLikelihood(nn.Module):
     * ``"fixed"``: s = exp(``init_log_scale``), a buffer.
     """
 
+    log_scale: Tensor
+    running_log_scale: Tensor  # scale="optimal" only
+
     def __init__(self, x_shape: Sequence[int], scale: str = "learned", init_log_scale: float = 0.0) -> None:
         super().__init__()
         if scale not in DECODER_SCALES:
@@ -239,7 +242,8 @@ class GaussianLikelihood(nn.Module):
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """x ~ p(x|z)."""
-        noise = torch.randn(params.shape, generator=generator, dtype=params.dtype)
+        device = params.device if generator is None else generator.device  # draw where the generator lives
+        noise = torch.randn(params.shape, generator=generator, dtype=params.dtype, device=device).to(params.device)
         return params + noise * self.log_scale.clamp(min=LOG_SCALE_MIN).exp()
 
 
@@ -260,4 +264,7 @@ class BernoulliLikelihood(nn.Module):
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """x ~ p(x|z)."""
-        return torch.bernoulli(torch.sigmoid(params), generator=generator)
+        probs = torch.sigmoid(params)
+        if generator is None or generator.device == probs.device:
+            return torch.bernoulli(probs, generator=generator)
+        return torch.bernoulli(probs.to(generator.device), generator=generator).to(probs.device)

@@ -192,7 +192,7 @@ class EDObjective(TrainingObjective):
         from edvae.objectives import ed_elbo, uses_aggregate_posterior
 
         super().__init__(dataset_size=dataset_size)
-        self.options = dict(
+        self.options: dict[str, Any] = dict(
             mi_weight=mi_weight,
             entropy_weight=entropy_weight,
             cross_entropy_weight=cross_entropy_weight,
@@ -328,7 +328,8 @@ class DecomposedObjective(TrainingObjective):
         unknown = set(weights) - set(self.weights)
         if unknown:
             raise EdvaeError(
-                f"unknown weight(s) {', '.join(sorted(unknown))} for objective {self.kind!r}; use {', '.join(self.weights)}"
+                f"unknown weight(s) {', '.join(sorted(unknown))} for objective {self.kind!r}; use "
+                f"{', '.join(self.weights)}"
             )
         super().__init__(dataset_size=dataset_size)
         chosen = {**self.weights, **{k: v for k, v in self.defaults.items() if k in self.weights}, **weights}

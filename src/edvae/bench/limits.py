@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,9 @@ class _StepProbe:
     profiles the next ``steps`` steps of the loop (validation and checkpoints excluded)."""
 
     def __init__(self, steps: int) -> None:
-        self.steps, self.flops, self.profile, self.events = steps, 0, None, []
+        self.steps, self.flops = steps, 0
+        self.profile: Any = None  # a torch.profiler.profile while profiling
+        self.events: list[Any] = []
 
     def on_train_start(self, trainer: Any) -> None:
         from torch.profiler import ProfilerActivity, profile
@@ -274,7 +277,7 @@ def threads(*, quick: bool, work: Path, default_threads: int) -> dict[str, Any]:
             for variant, prior in (("vae-std", None),) if quick else (("vae-std", None), ("edvae-paper", "normal")):
                 config = validate_config(_raw_config(base, variant, prior, 1))
 
-                def timed(n: int):
+                def timed(n: int, config: Any, task: str, data: Any) -> Callable[[], float]:
                     def run() -> float:
                         torch.set_num_threads(n)
                         clock = _StepClock(skip=3)
@@ -294,7 +297,7 @@ def threads(*, quick: bool, work: Path, default_threads: int) -> dict[str, Any]:
                 for load in ("idle", "with a competing process"):
                     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load != "idle" else None
                     try:
-                        runs = _interleaved({str(n): timed(n) for n in counts}, repeats)
+                        runs = _interleaved({str(n): timed(n, config, task, data) for n in counts}, repeats)
                     finally:
                         if spinner is not None:
                             spinner.kill()
@@ -310,7 +313,8 @@ class _StepClock:
     """Callback: wall-clock seconds of the training steps after the first ``skip``."""
 
     def __init__(self, skip: int) -> None:
-        self.skip, self.steps, self.seconds, self._last = skip, 0, 0.0, None
+        self.skip, self.steps, self.seconds = skip, 0, 0.0
+        self._last: float | None = None
 
     def on_step_end(self, step: int) -> None:
         now = time.perf_counter()

@@ -35,7 +35,8 @@ def _markdown(report: dict[str, Any]) -> str:
             f"{task['network']['latent_dim']}, batch {task['network']['batch_size']}; {task['epochs']} epoch(s) "
             f"of {task['steps_per_call'] // task['epochs']} steps per call, {task['repeats']} repeats.",
             "",
-            "| variant | ms / step | step ratio to vae-std | s / epoch with validation | epoch ratio | epoch ratio (CPU s) |",
+            "| variant | ms / step | step ratio to vae-std | s / epoch with validation | epoch ratio | epoch ratio "
+            "(CPU s) |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for name, row in task["results"].items():
@@ -64,7 +65,8 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     p = report["peers"]
     lines += [
-        f"{p['task']}; {p['n_train']} training examples, {p['epochs']} epochs, {p['repeats']} repeats; pythae: {p['pythae']}.",
+        f"{p['task']}; {p['n_train']} training examples, {p['epochs']} epochs, {p['repeats']} repeats; pythae: "
+        f"{p['pythae']}.",
         "Each side is timed as a user runs it: set-up, per-epoch validation and whatever it saves. The",
         "hand-written loop uses torch's default Adam; edvae uses the fused one (the same algorithm in one kernel).",
         "",
@@ -73,14 +75,17 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     for name, row in p["results"].items():
         lines.append(
-            f"| {name} | {row['examples_per_second']:.0f} | {row['examples_per_cpu_second']:.0f} | {row['test_elbo']:.3f} |"
+            f"| {name} | {row['examples_per_second']:.0f} | {row['examples_per_cpu_second']:.0f} | "
+            f"{row['test_elbo']:.3f} |"
         )
     r = p["ratios"]
     lines += [
         "",
-        f"edvae / hand-written: {r['vs_hand_written']:.2f}x (CPU {r['vs_hand_written_cpu']:.2f}x; target >= {TARGETS['vs_hand_written']}x)"
+        f"edvae / hand-written: {r['vs_hand_written']:.2f}x (CPU {r['vs_hand_written_cpu']:.2f}x; target >= "
+        f"{TARGETS['vs_hand_written']}x)"
         + (
-            f"; edvae / pythae: {r['vs_pythae']:.2f}x (CPU {r['vs_pythae_cpu']:.2f}x; target >= {TARGETS['vs_pythae']}x); "
+            f"; edvae / pythae: {r['vs_pythae']:.2f}x (CPU {r['vs_pythae_cpu']:.2f}x; target >= "
+            f"{TARGETS['vs_pythae']}x); "
             f"hand-written / pythae: {r['hand_written_vs_pythae']:.2f}x."
             if "vs_pythae" in r
             else "."
@@ -91,27 +96,32 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     s = report["scaling"]
     lines += [
-        f"Each point in a fresh process (torch threads: {s['threads'] or 'default'}); peak extra memory = VmHWM after minus VmRSS before.",
+        f"Each point in a fresh process (torch threads: {s['threads'] or 'default'}); peak extra memory = VmHWM after "
+        "minus VmRSS before.",
         "",
         "| MSS forward + backward | seconds | CPU s | peak extra MiB |",
         "| --- | ---: | ---: | ---: |",
     ]
     for pt in s["mss_forward_backward"]:
         lines.append(
-            f"| B = {pt['B']}, D = {s['dim']} | {pt['seconds']:.3f} | {pt['cpu_seconds']:.3f} | {pt['peak_increase_mib']:.0f} |"
+            f"| B = {pt['B']}, D = {s['dim']} | {pt['seconds']:.3f} | {pt['cpu_seconds']:.3f} | "
+            f"{pt['peak_increase_mib']:.0f} |"
         )
     lines += ["", "| dataset_decomposition | seconds | CPU s | peak extra MiB |", "| --- | ---: | ---: | ---: |"]
     for pt in s["dataset_decomposition"]:
         lines.append(
-            f"| N = {pt['N']}, {pt['queries']} queries, D = {s['dim']} | {pt['seconds']:.2f} | {pt['cpu_seconds']:.2f} | {pt['peak_increase_mib']:.0f} |"
+            f"| N = {pt['N']}, {pt['queries']} queries, D = {s['dim']} | {pt['seconds']:.2f} | {pt['cpu_seconds']:.2f} "
+            f"| {pt['peak_increase_mib']:.0f} |"
         )
     lines += [
         "",
-        f"Fitted log-log slopes: time ~ B^{s['slope_mss_time_vs_B']:.2f} over all points, B^{s['slope_mss_time_vs_B_largest_two']:.2f} "
+        f"Fitted log-log slopes: time ~ B^{s['slope_mss_time_vs_B']:.2f} over all points, "
+        f"B^{s['slope_mss_time_vs_B_largest_two']:.2f} "
         f"between the two largest (expected 2: small batches are dominated by a fixed cost per call); "
         f"time ~ N^{s['slope_dataset_time_vs_N']:.2f} (expected 1, at a fixed number of queries)."
         + (f" Plot: [{s['plot']}]({s['plot']})." if s.get("plot") else ""),
-        f"Targets: B = 16384 within {TARGETS['mss_b16384_mib']:.0f} MiB; N = 50000 in <= {TARGETS['dataset_n50000_seconds']:.0f} s "
+        f"Targets: B = 16384 within {TARGETS['mss_b16384_mib']:.0f} MiB; N = 50000 in <= "
+        f"{TARGETS['dataset_n50000_seconds']:.0f} s "
         f"with <= {TARGETS['dataset_n50000_mib']:.0f} MiB.",
         "",
         "## 4. Profile of the ED training loop",
@@ -119,14 +129,16 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     pr = report["profile"]
     lines += [
-        f"{pr['run']}: {pr['self_cpu_ms_per_step_total']:.2f} ms of self CPU time per step (profiler overhead included).",
+        f"{pr['run']}: {pr['self_cpu_ms_per_step_total']:.2f} ms of self CPU time per step (profiler overhead "
+        "included).",
         "",
         "| operator | ms / step | share | calls / step |",
         "| --- | ---: | ---: | ---: |",
     ]
     for row in pr["top"]:
         lines.append(
-            f"| `{row['name']}` | {row['self_cpu_ms_per_step']:.3f} | {100 * row['share']:.1f}% | {row['calls_per_step']:.1f} |"
+            f"| `{row['name']}` | {row['self_cpu_ms_per_step']:.3f} | {100 * row['share']:.1f}% | "
+            f"{row['calls_per_step']:.1f} |"
         )
     lines += _limits_markdown(report)
     h = report["hygiene"]
@@ -135,8 +147,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Hygiene: batches indexed from tensors held in memory: {h['batches_by_index_from_tensors']}; "
         f"evaluation under `torch.inference_mode`: {h['evaluation_inference_mode']}; validation under it: "
         f"{h['validation_inference_mode']}; reads of a tensor's value to the host (`item`/`bool`/`float`) per "
-        f"training step: {pr['scalar_reads_per_step']:.1f} (the one non-finite flag of the loss and gradients; with several "
-        f"processes one `tolist()` of the all-reduced flags instead); logging every "
+        f"training step: {pr['scalar_reads_per_step']:.1f} (the one non-finite flag of the loss and gradients; with "
+        f"several processes one `tolist()` of the all-reduced flags instead); logging every "
         f"{h['log_every_steps_default']} steps by default.",
         "",
         "## 5. Correctness side by side: mutual information far above log B",
@@ -183,8 +195,10 @@ def _limits_markdown(report: dict[str, Any]) -> list[str]:
             "",
             "### 4b. Distance to the limit",
             "",
-            f"Machine rate: a {mm['n']}^3 float32 matrix product at {mm['threads']} thread(s) runs at {mm['gflops']:.1f} GFLOP/s (best of 5).",
-            "FLOPs of one training step counted by `torch.utils.flop_counter.FlopCounterMode` (matrix products, forward and",
+            f"Machine rate: a {mm['n']}^3 float32 matrix product at {mm['threads']} thread(s) runs at "
+            f"{mm['gflops']:.1f} GFLOP/s (best of 5).",
+            "FLOPs of one training step counted by `torch.utils.flop_counter.FlopCounterMode` (matrix products, "
+            "forward and",
             "backward); the step time is the overhead study's median.",
             "",
             "| task / variant | MFLOP / step | ms / step | GFLOP/s | share of the matmul rate |",
@@ -200,14 +214,17 @@ def _limits_markdown(report: dict[str, Any]) -> list[str]:
             for name, v in task["variants"].items():
                 lines += [
                     "",
-                    f"Where a step goes, {task['task']} / {name} (training steps only, {v['profiled_steps']} steps profiled, "
-                    f"{v['self_cpu_ms_per_step_total']:.2f} ms of self CPU time per step with the profiler's overhead):",
+                    f"Where a step goes, {task['task']} / {name} (training steps only, "
+                    f"{v['profiled_steps']} steps profiled, "
+                    f"{v['self_cpu_ms_per_step_total']:.2f} ms of self CPU time per step "
+                    "with the profiler's overhead):",
                     "",
                     "| operator | ms / step | share | calls / step |",
                     "| --- | ---: | ---: | ---: |",
                 ]
                 lines += [
-                    f"| `{r['name']}` | {r['self_cpu_ms_per_step']:.3f} | {100 * r['share']:.1f}% | {r['calls_per_step']:.1f} |"
+                    f"| `{r['name']}` | {r['self_cpu_ms_per_step']:.3f} | {100 * r['share']:.1f}% | "
+                    f"{r['calls_per_step']:.1f} |"
                     for r in v["top"]
                 ]
     if "start_up" in report:
@@ -224,13 +241,17 @@ def _limits_markdown(report: dict[str, Any]) -> list[str]:
         lines += [f"| {name} | {sec:.2f} |" for name, sec in su["seconds"].items()]
         lines += [
             "",
-            f"`edvae train` reaches its first step {su['first_step_after_torch_import']:.2f} s after a bare `import torch` "
+            f"`edvae train` reaches its first step {su['first_step_after_torch_import']:.2f} s after a bare `import "
+            "torch` "
             f"(target <= {TARGETS['first_step_after_torch_seconds']:.1f} s), of which importing lightning_fabric takes "
-            f"{su['lightning_fabric_import']:.2f} s: its `wrappers` module imports `torch._dynamo` unconditionally, and every "
+            f"{su['lightning_fabric_import']:.2f} s: its `wrappers` module imports `torch._dynamo` unconditionally, "
+            "and every "
             "submodule (the checkpoint I/O plugin included) imports the package first. Imported by the first step: "
             f"{', '.join(su['imported_by_first_step']) or 'none of the optional heavy modules'}.",
-            f"`edvae evaluate` of a synthetic run ({su['evaluate_test_examples']} test examples, 100 importance samples, true log-likelihood cached): "
-            f"{su['evaluate_after_imports_seconds']:.2f} s after its imports (target <= {TARGETS['evaluate_seconds']:.0f} s); "
+            f"`edvae evaluate` of a synthetic run ({su['evaluate_test_examples']} test examples, 100 importance "
+            "samples, true log-likelihood cached): "
+            f"{su['evaluate_after_imports_seconds']:.2f} s after its imports (target <= "
+            f"{TARGETS['evaluate_seconds']:.0f} s); "
             f"imported by then: {', '.join(su['evaluate_imported']) or 'none of the optional heavy modules'}.",
         ]
     if "threads" in report:
@@ -240,8 +261,8 @@ def _limits_markdown(report: dict[str, Any]) -> list[str]:
             "",
             "### 4d. Threads",
             "",
-            f"ms per training step ({th['steps']} steps per run, the first 3 not timed, median of {th['repeats']}) at each torch "
-            f"thread count (default: {th['default']}), idle and next to a spinning CPU-bound subprocess.",
+            f"ms per training step ({th['steps']} steps per run, the first 3 not timed, median of {th['repeats']}) at "
+            f"each torch thread count (default: {th['default']}), idle and next to a spinning CPU-bound subprocess.",
             "",
             "| network / variant | load | " + " | ".join(f"{n} thread(s)" for n in counts) + " | default / best |",
             "| --- | --- | " + " | ".join("---:" for _ in counts) + " | ---: |",
@@ -336,7 +357,8 @@ def _targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
         )
         out.append(
             (
-                f"edvae evaluate (synthetic, K = 100, truth cached) <= {TARGETS['evaluate_seconds']:.0f} s after imports",
+                f"edvae evaluate (synthetic, K = 100, truth cached) <= {TARGETS['evaluate_seconds']:.0f} s after "
+                "imports",
                 f"{su['evaluate_after_imports_seconds']:.2f} s",
                 su["evaluate_after_imports_seconds"] <= TARGETS["evaluate_seconds"],
             )
@@ -359,7 +381,8 @@ def _targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
         )
         out.append(
             (
-                f"dataset_decomposition N = 50000 in <= {TARGETS['dataset_n50000_seconds']:.0f} s and <= {TARGETS['dataset_n50000_mib']:.0f} MiB",
+                f"dataset_decomposition N = 50000 in <= {TARGETS['dataset_n50000_seconds']:.0f} s and <= "
+                f"{TARGETS['dataset_n50000_mib']:.0f} MiB",
                 f"{full[0]['seconds']:.1f} s, {full[0]['peak_increase_mib']:.0f} MiB",
                 ok,
             )
@@ -376,19 +399,24 @@ def _snippet(report: dict[str, Any]) -> str:
         "",
         f"Measured by `edvae bench --out benchmarks/results` ({report['machine']['cores']} CPU cores, torch "
         f"{report['machine']['torch']}, {report['machine']['torch_threads']} thread):",
-        f"* a training step with the ED objective takes {syn['edvae']['ratio']:.2f}x (MSS) and {syn['edvae-paper']['ratio']:.2f}x "
+        f"* a training step with the ED objective takes {syn['edvae']['ratio']:.2f}x (MSS) and "
+        f"{syn['edvae-paper']['ratio']:.2f}x "
         f"(InfoNCE, paper) the time of a plain VAE step on the 16-D synthetic task"
         + (
-            f", {mn['results']['edvae']['ratio']:.2f}x and {mn['results']['edvae-paper']['ratio']:.2f}x on an MNIST-sized MLP;"
+            f", {mn['results']['edvae']['ratio']:.2f}x and {mn['results']['edvae-paper']['ratio']:.2f}x on an "
+            "MNIST-sized MLP;"
             if mn
             else ";"
         ),
-        f"* edvae's training loop runs {p['ratios']['vs_hand_written']:.2f}x the examples/s of a minimal hand-written PyTorch loop"
+        f"* edvae's training loop runs {p['ratios']['vs_hand_written']:.2f}x the examples/s of a minimal hand-written "
+        "PyTorch loop"
         + (f" and {p['ratios']['vs_pythae']:.2f}x pythae's VAE trainer;" if "vs_pythae" in p["ratios"] else ";"),
-        f"* MSS on B = {s['mss_forward_backward'][-1]['B']} (D = 16) takes {s['mss_forward_backward'][-1]['seconds']:.1f} s and "
+        f"* MSS on B = {s['mss_forward_backward'][-1]['B']} (D = 16) takes "
+        f"{s['mss_forward_backward'][-1]['seconds']:.1f} s and "
         f"{s['mss_forward_backward'][-1]['peak_increase_mib']:.0f} MiB; the full-data-set decomposition of N = "
         f"{s['dataset_decomposition'][-1]['N']} takes {s['dataset_decomposition'][-1]['seconds']:.1f} s;",
-        f"* with I(x; z) = {c['truth (full data set)']['mi']:.2f} nats far above log 64, MSS estimates {c['edvae MSS']['mi']:.2f}"
+        f"* with I(x; z) = {c['truth (full data set)']['mi']:.2f} nats far above log 64, MSS estimates "
+        f"{c['edvae MSS']['mi']:.2f}"
         + (
             f", pythae's beta-TCVAE term {c['pythae BetaTCVAE MSS']['mi']:.2f}." if "pythae BetaTCVAE MSS" in c else "."
         ),
@@ -397,9 +425,12 @@ def _snippet(report: dict[str, Any]) -> str:
         v = report["limits"][0]["variants"]["vae-std"]
         su = report["start_up"]
         lines.append(
-            f"* a synthetic vae-std step runs at {v['achieved_gflops']:.0f} GFLOP/s, {v['share_of_matmul_rate']:.2f} of this core's "
-            f"float32 matrix-multiply rate; `edvae train` steps {su['first_step_after_torch_import']:.1f} s after `import torch`, "
-            f"`edvae evaluate` (synthetic, K = 100) takes {su['evaluate_after_imports_seconds']:.1f} s after its imports."
+            f"* a synthetic vae-std step runs at {v['achieved_gflops']:.0f} GFLOP/s, {v['share_of_matmul_rate']:.2f} "
+            "of this core's "
+            f"float32 matrix-multiply rate; `edvae train` steps {su['first_step_after_torch_import']:.1f} s after "
+            "`import torch`, "
+            f"`edvae evaluate` (synthetic, K = 100) takes {su['evaluate_after_imports_seconds']:.1f} s after its "
+            "imports."
         )
     lines.append("Details: [benchmarks/results/bench.md](benchmarks/results/bench.md).")
     return "\n".join(lines) + "\n"

@@ -101,7 +101,7 @@ def _slope(sizes: list[int], seconds: list[float]) -> float:
     """Least-squares slope of log(seconds) against log(size)."""
     xs, ys = [math.log(s) for s in sizes], [math.log(t) for t in seconds]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
 def scaling(*, quick: bool, out_dir: Path, threads: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@ against a plain VAE, edvae against its peers, the profile of a step and the hot 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -28,6 +29,7 @@ class _LoopClock:
         self.started = time.process_time()
 
     def on_train_end(self) -> None:
+        assert self.started is not None  # on_train_start ran first
         self.seconds = time.process_time() - self.started
 
 
@@ -68,7 +70,7 @@ def overhead(task: str, *, quick: bool, work: Path) -> dict[str, Any]:
 
     runs = _interleaved({name: side(name) for name in configs}, repeats)
     steps = runs["vae-std"]["out"][0][0].step
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for name, run in runs.items():
         loop = [r.train_seconds / epochs for r, _ in run["out"]]
         step_ms = [1e3 * (r.train_seconds - r.validation_seconds) / steps for r, _ in run["out"]]
@@ -81,7 +83,7 @@ def overhead(task: str, *, quick: bool, work: Path) -> dict[str, Any]:
             "wall_seconds_per_call": _median(run["wall"]),
         }
     ref = rows["vae-std"]
-    for name, row in rows.items():
+    for row in rows.values():
         row["ratio"] = row["ms_per_step"] / ref["ms_per_step"]
         row["ratio_epoch"] = row["seconds_per_epoch"] / ref["seconds_per_epoch"]
         row["ratio_cpu"] = row["cpu_seconds_per_epoch"] / ref["cpu_seconds_per_epoch"]
@@ -274,7 +276,8 @@ def peers(*, quick: bool, work: Path) -> dict[str, Any]:
             rows["hand-written PyTorch loop"]["examples_per_second"] / p["examples_per_second"]
         )
     return {
-        "task": "synthetic: complex data (16-D), MLP encoder/decoder hidden [128, 128], latent 2, unit-variance Gaussian likelihood, N(0, I) prior, Adam lr 1e-3, batch 256",
+        "task": "synthetic: complex data (16-D), MLP encoder/decoder hidden [128, 128], latent 2, unit-variance "
+        "Gaussian likelihood, N(0, I) prior, Adam lr 1e-3, batch 256",
         "n_train": int(data.train.shape[0]),
         "epochs": epochs,
         "repeats": repeats,
@@ -292,7 +295,7 @@ def _scalar_reads(run: Callable[[], Any]) -> int:
     class Count(TorchDispatchMode):
         reads = 0
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func is torch.ops.aten._local_scalar_dense.default:
                 Count.reads += 1
             return func(*args, **(kwargs or {}))
@@ -313,7 +316,7 @@ def profile_step(*, quick: bool, work: Path, rows: int = 15) -> dict[str, Any]:
     from edvae.experiments.variants import merge
     from edvae.train import train
 
-    options = {"n_train": 2560 if quick else 10240, "n_val": 256, "n_test": 256}
+    options: dict[str, Any] = {"n_train": 2560 if quick else 10240, "n_val": 256, "n_test": 256}
     data = load_dataset("complex", **options)
     config = validate_config(_raw_config(merge(_SYNTHETIC, {"data": {"options": options}}), "edvae-paper", "normal", 1))
     train(config, work / "profile-warm", data=data, overwrite=True)
@@ -325,11 +328,12 @@ def profile_step(*, quick: bool, work: Path, rows: int = 15) -> dict[str, Any]:
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]
     k = 5
     reads = [
-        _scalar_reads(lambda n=n: train(config, work / "reads", data=data, overwrite=True, stop_at_step=n))
+        _scalar_reads(functools.partial(train, config, work / "reads", data=data, overwrite=True, stop_at_step=n))
         for n in (k, 2 * k)
     ]
     return {
-        "run": f"edvae-paper objective, N(0, I) prior, synthetic task, one epoch: {steps} steps, a validation and a checkpoint",
+        "run": f"edvae-paper objective, N(0, I) prior, synthetic task, one epoch: {steps} steps, a validation and a "
+        "checkpoint",
         "steps": steps,
         "self_cpu_ms_per_step_total": total / 1e3 / steps,
         "top": [
@@ -372,7 +376,7 @@ def hygiene(work: Path) -> dict[str, Any]:
     from edvae.experiments.variants import merge
     from edvae.train import train
 
-    options = {"n_train": 512, "n_val": 256, "n_test": 256}
+    options: dict[str, Any] = {"n_train": 512, "n_val": 256, "n_test": 256}
     config = validate_config(_raw_config(merge(_SYNTHETIC, {"data": {"options": options}}), "edvae", "normal", 1))
     probe = _HygieneProbe()
     train(config, work / "hygiene", data=load_dataset("complex", **options), overwrite=True, callbacks=[probe])

@@ -137,18 +137,23 @@ def sprites_dataset(
     generator = torch.Generator().manual_seed(derive_seed(seed, name, "grid"))
     flat = torch.randperm(grid, generator=generator)[:n]
     columns = []
-    for count, value in zip(reversed(counts), reversed(values)):  # mixed-radix digits of flat
+    for count, value in zip(reversed(counts), reversed(values), strict=True):  # mixed-radix digits of flat
         columns.append(value[flat % count])
         flat = flat // count
     factors = torch.stack(columns[::-1], dim=1)
     parts: dict[str, Any] = {}
     start = 0
-    for split_name, rows in zip(SPLIT_NAMES, sizes):
+    for split_name, rows in zip(SPLIT_NAMES, sizes, strict=True):
         part = factors[start : start + rows]
         start += rows
         parts[split_name] = render_sprites(part, size)
         parts[f"{split_name}_factors"] = part.contiguous()
-    info = {"seed": seed, "size": size, "factor_sizes": dict(zip(SPRITE_FACTORS, counts)), "split": tuple(fractions)}
+    info = {
+        "seed": seed,
+        "size": size,
+        "factor_sizes": dict(zip(SPRITE_FACTORS, counts, strict=True)),
+        "split": tuple(fractions),
+    }
     return DataSplits(
         name=name,
         x_shape=(1, size, size),
@@ -204,7 +209,7 @@ def nongaussian_factors_dataset(
     families = [FACTOR_FAMILIES[k % len(FACTOR_FAMILIES)] for k in range(n_factors)]
     g = SyntheticGenerator(n_factors, obs_dim, seed=generator_seed)
     parts: dict[str, Any] = {}
-    for split_name, count in zip(SPLIT_NAMES, (n_train, n_val, n_test)):
+    for split_name, count in zip(SPLIT_NAMES, (n_train, n_val, n_test), strict=True):
         count = _check_int(name, f"n_{split_name}", count, 1)
         generator = torch.Generator().manual_seed(derive_seed(seed, name, split_name))
         v = sample_factors(count, families, generator)

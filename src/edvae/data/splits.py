@@ -111,7 +111,8 @@ class DataSplits:
             ):
                 raise EdvaeError(
                     f"DataSplits.{split}_factors must be a float32 tensor of shape ({x.shape[0]}, "
-                    f"{len(self.factor_names)}) (one column per factor name), got {factors.dtype} {tuple(factors.shape)}"
+                    f"{len(self.factor_names)}) (one column per factor name), got {factors.dtype} "
+                    f"{tuple(factors.shape)}"
                 )
 
     @property
@@ -133,7 +134,7 @@ class DataSplits:
         ]
         if self.likelihood == "bernoulli":
             parts.append(f"{self.binarize} binarisation")
-        if self.has_labels:
+        if self.train_labels is not None and self.val_labels is not None and self.test_labels is not None:
             n_classes = int(torch.cat([self.train_labels, self.val_labels, self.test_labels]).unique().numel())
             parts.append(f"{n_classes} label classes")
         if self.ground_truth is not None:
@@ -185,7 +186,7 @@ def check_split(split: Any, source: str) -> tuple[float, float, float]:
             f"{source}: split must be three positive train/val/test fractions that sum to 1, "
             f"got {split!r}; use e.g. split=(0.8, 0.1, 0.1)"
         )
-    return fractions  # type: ignore[return-value]
+    return fractions
 
 
 def split_sizes(n: int, split: Sequence[float], source: str) -> tuple[int, int, int]:
@@ -277,7 +278,7 @@ def finish(
     label_tensor = None if labels is None else torch.from_numpy(np.array(labels, dtype=np.int64))
     parts: dict[str, Any] = {}
     start = 0
-    for split_name, size in zip(SPLIT_NAMES, sizes):
+    for split_name, size in zip(SPLIT_NAMES, sizes, strict=True):
         idx = order[start : start + size]
         start += size
         part = data[idx]

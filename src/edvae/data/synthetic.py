@@ -65,7 +65,7 @@ class SyntheticGenerator(nn.Module):
         sizes = [latent_dim, *hidden_sizes, obs_dim - latent_dim]
         self.latent_dim, self.obs_dim, self.skip = latent_dim, obs_dim, float(skip)
         self.layers = nn.ModuleList()
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layer = nn.Linear(fan_in, fan_out)
             gain = 1.0 if i == len(sizes) - 2 else 1.5
             with torch.no_grad():
@@ -184,7 +184,7 @@ def _synthetic_dataset(
 ) -> DataSplits:
     """The shared body of the synthetic data sets: build the ground truth, sample the splits."""
     truth = make_ground_truth(name, prior, prior_options, generator_seed=generator_seed, **process)
-    checked = {s: _check_int(name, f"n_{s}", v, 1) for s, v in zip(SPLIT_NAMES, sizes)}
+    checked = {s: _check_int(name, f"n_{s}", v, 1) for s, v in zip(SPLIT_NAMES, sizes, strict=True)}
     return _sample_splits(name, truth, seed, checked, {"generator_seed": generator_seed, **info})
 
 

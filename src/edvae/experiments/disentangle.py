@@ -110,22 +110,24 @@ def disentangle_study(
         title="Disentanglement: VAE, beta-VAE, beta-TCVAE and ED-VAE on data with known factors",
         description=(
             "Data: dSprites-like 16x16 binary sprites (5000 images; factors shape, scale, orientation, position x, y) "
-            "and 16-D vectors of 4 independent non-Gaussian factors (5000 train). Every model has the N(0, I) prior and "
-            f"the same networks, Adam with a cosine schedule and batch 128 ({budget}). beta-VAE: beta = 4 (Higgins et "
-            "al. 2017); beta-TCVAE: alpha = gamma = 1, beta = 6, MSS (Chen et al. 2018); edvae: ED objective at unit "
-            "weights (the Monte-Carlo ELBO); edvae-paper: InfoNCE MI maximised. Test-split metrics: MIG, DCI, TC and "
-            f"dimension-wise KL of q(z), ELBO, IWAE ({shown['sprites']['eval']['iwae_samples']} samples)."
+            "and 16-D vectors of 4 independent non-Gaussian factors (5000 train). Every model has the N(0, I) prior "
+            f"and the same networks, Adam with a cosine schedule and batch 128 ({budget}). beta-VAE: beta = 4 "
+            "(Higgins et al. 2017); beta-TCVAE: alpha = gamma = 1, beta = 6, MSS (Chen et al. 2018); edvae: ED "
+            "objective at unit weights (the Monte-Carlo ELBO); edvae-paper: InfoNCE MI maximised. Test-split metrics: "
+            f"MIG, DCI, TC and dimension-wise KL of q(z), ELBO, IWAE ({shown['sprites']['eval']['iwae_samples']} "
+            "samples)."
         ),
         runs=build_runs(BASE, datasets, MODELS, seeds, overrides),
         metrics=list(METRICS),
         notes=[
-            "mig: mutual information gap (Chen et al. 2018), factors with more than 20 values cut into 20 quantile bins; "
-            "dci: DCI disentanglement (Eastwood & Williams 2018), random forests on posterior means.",
+            "mig: mutual information gap (Chen et al. 2018), factors with more than 20 values cut into 20 quantile "
+            "bins; dci: DCI disentanglement (Eastwood & Williams 2018), random forests on posterior means.",
             "tc, dimwise_kl: total correlation and summed dimension-wise KL of the test split's aggregate posterior "
             "(full-data-set estimator), the split I + TC + sum_d KL_d of beta-TCVAE.",
             "edvae equals vae in expectation (the same N(0, I) prior, only the KL estimator differs).",
             "beta = 4 is Higgins et al.'s setting for 64x64 dSprites (4096 pixels); on 256 pixels the same beta weighs "
-            "the KL 16 times more per pixel (their normalised beta_norm = beta M / N), so beta-VAE may switch off units here.",
+            "the KL 16 times more per pixel (their normalised beta_norm = beta M / N), so beta-VAE may switch off "
+            "units here.",
         ],
         reference="vae",
         extra_figures=real_figures,

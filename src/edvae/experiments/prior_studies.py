@@ -100,6 +100,7 @@ def write_prior_samples(study: Study, out_dir: str | Path) -> Path:
     """
     path = Path(out_dir).resolve() / SAMPLES_FILE
     truth = load_data(study.runs[0].config).ground_truth
+    assert truth is not None  # the study's data set is synthetic
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SAMPLES_SEED)
         samples = truth.prior.sample((N_PRIOR_SAMPLES,))
@@ -142,10 +143,11 @@ def unknown_prior_study(
             base,
             overrides,
             (
-                f"The models receive {N_PRIOR_SAMPLES} samples of the true ring prior (file {SAMPLES_FILE} in the output "
-                "folder) and turn them into a density: a Gaussian KDE (bandwidth by held-out likelihood) or a neural "
-                "spline flow (1000 Adam steps, fit report in each run's prior_fit.json). References: the ED-VAE with the "
-                "exact ring density, and a traditional VAE with N(0, I) (analytic KL). ED objective at unit weights."
+                f"The models receive {N_PRIOR_SAMPLES} samples of the true ring prior (file {SAMPLES_FILE} in the "
+                "output folder) and turn them into a density: a Gaussian KDE (bandwidth by held-out likelihood) or a "
+                "neural spline flow (1000 Adam steps, fit report in each run's prior_fit.json). References: the "
+                "ED-VAE with the exact ring density, and a traditional VAE with N(0, I) (analytic KL). ED objective "
+                "at unit weights."
             ),
         ),
         runs=build_runs(base, _COMPLEX, models, default_seeds(seeds, quick), overrides),

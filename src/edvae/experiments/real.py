@@ -100,7 +100,8 @@ def real_study(*, quick: bool = False, seeds: int | None = None, overrides: dict
         notes=[
             "nll = -IWAE bound (nats per image, lower is better); bpd = nll / (pixels * ln 2) (bits per pixel).",
             "mse: per pixel, decoder mean at the posterior mean against the binarised test image.",
-            "probe_accuracy: logistic regression on posterior means (train split) scored on the test split; chance is 0.1.",
+            "probe_accuracy: logistic regression on posterior means (train split) scored on the test split; chance is "
+            "0.1.",
             "edvae equals vae in expectation (only the KL estimator differs with N(0, I); with the mixture both use "
             "the same Monte-Carlo KL), so differences between them are estimator noise, not the objective.",
         ],
@@ -122,5 +123,6 @@ def real_figures(study: Study, records: list[dict[str, Any]], fig_dir: Path) -> 
             if record["dataset"] == dataset and record["seed"] == first_seed:
                 model, _, _, data = load_run(record["run_dir"], data)
                 models[record["model"]] = model
+        assert data is not None  # a study runs every data set with every seed
         written += comparison_figures(models, data, fig_dir, prefix=f"{dataset}-")
     return written

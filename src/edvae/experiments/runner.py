@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from edvae.accelerator import PLACEMENT, choose_accelerator
 from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edvae.config import RunConfig
 from edvae.convergence import convergence, validation_elbos
@@ -57,12 +58,15 @@ def _save_latents(run_dir: Path, spec: RunSpec) -> None:
 
 def _config_differences(stored: dict[str, Any], spec: RunSpec) -> list[str]:
     """The dotted keys where a checkpoint's config differs from the run's (settings added since
-    it was written take their defaults); ``["config"]`` when the stored one is no longer valid."""
+    it was written take their defaults); ``["config"]`` when the stored one is no longer valid.
+    Where the run executes (:data:`edvae.accelerator.PLACEMENT`: accelerator, devices, threads,
+    ...) is not a difference: a study trained on the CPU is reused or resumed on a GPU."""
     try:
         old = RunConfig.model_validate(stored).model_dump()
     except ValueError:
         return ["config"]
-    return _differences(old, spec.config.model_dump())
+    placement = {f"train.{key}" for key in PLACEMENT}
+    return [key for key in _differences(old, spec.config.model_dump()) if key not in placement]
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -108,7 +112,11 @@ def run_one(spec: RunSpec, out_dir: str | Path, overwrite: bool = False) -> dict
     if action in ("resume", "train"):
         train(spec.config, run_dir, resume=action == "resume", overwrite=action == "train")
     if action != "reuse":
-        metrics = evaluate_run(run_dir, true_ll=cached_true_log_likelihoods(spec.config, Path(out_dir) / "cache"))
+        metrics = evaluate_run(
+            run_dir,
+            true_ll=cached_true_log_likelihoods(spec.config, Path(out_dir) / "cache"),
+            accelerator=spec.config.train.accelerator,
+        )
         _save_latents(run_dir, spec)
         evaluation.write_text(json.dumps(metrics, indent=2) + "\n")
     metrics = json.loads(evaluation.read_text())
@@ -178,9 +186,19 @@ def preflight(study: Study) -> None:
 
 
 def run_study(
-    study: Study, out_dir: str | Path, *, workers: int = 2, overwrite: bool = False, progress: bool = True
+    study: Study,
+    out_dir: str | Path,
+    *,
+    workers: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+    accelerator: str | None = None,
 ) -> dict[str, Any]:
     """Run every run of ``study`` and write the report into ``out_dir``; returns results.json's content.
+
+    ``accelerator`` (``cpu``, ``gpu``, ``auto``; default: each run's ``train.accelerator``) is
+    where every run trains and is evaluated. With ``gpu`` the ``workers`` processes (started
+    with ``spawn``, as CUDA needs) share the one GPU, each with its own CUDA context.
 
     One study at a time writes ``out_dir``: the process holds its lock
     (:class:`edvae.training.run_dir.RunLock`), and each run's training holds its run folder's,
@@ -191,21 +209,27 @@ def run_study(
         raise EdvaeError(f"--out {out_dir} is a file; choose a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(out_dir, what="edvae reproduce"):
-        return _run_study(study, out_dir, workers=workers, overwrite=overwrite, progress=progress)
+        return _run_study(
+            study, out_dir, workers=workers, overwrite=overwrite, progress=progress, accelerator=accelerator
+        )
 
 
-def _run_study(study: Study, out_dir: Path, *, workers: int, overwrite: bool, progress: bool) -> dict[str, Any]:
+def _run_study(
+    study: Study, out_dir: Path, *, workers: int, overwrite: bool, progress: bool, accelerator: str | None
+) -> dict[str, Any]:
     started = time.perf_counter()
     if study.prepare is not None:
         study.prepare(study, out_dir)
     preflight(study)
+    placement: dict[str, Any] = {"progress": False, "threads": 1}
+    if accelerator is not None:
+        choose_accelerator(accelerator, 0, setting="--accelerator")  # refuses a GPU that is not there, at once
+        placement["accelerator"] = accelerator
     for spec in study.runs:
-        spec.config = spec.config.model_copy(
-            update={"train": spec.config.train.model_copy(update={"progress": False, "threads": 1})}
-        )
+        spec.config = spec.config.model_copy(update={"train": spec.config.train.model_copy(update=placement)})
     plans = [plan_run(spec, out_dir, overwrite) for spec in study.runs]
     counts = {action: sum(1 for a, _ in plans if a == action) for action in ACTIONS}
-    refused = [(spec, d) for spec, (a, d) in zip(study.runs, plans) if a == "refuse"]
+    refused = [(spec, d) for spec, (a, d) in zip(study.runs, plans, strict=True) if a == "refuse"]
     if refused:
         spec, differences = refused[0]
         raise EdvaeError(
@@ -230,6 +254,7 @@ def _run_study(study: Study, out_dir: Path, *, workers: int, overwrite: bool, pr
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             for record in pool.map(_pool_worker, [(*job, os.getpid()) for job in jobs]):
+                assert record is not None  # None only in an orphaned pool, whose results nobody reads
                 records.append(record)
                 if bar is not None:
                     bar.update(1)

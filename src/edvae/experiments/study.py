@@ -14,15 +14,28 @@ it in :data:`edvae.experiments.STUDIES`:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edvae.budget import scaled_epochs
 from edvae.config import RunConfig, validate_config
 from edvae.experiments.variants import apply_variant, merge
 
-__all__ = ["BASE", "QUICK", "QUICK_SEEDS", "SEEDS", "RunSpec", "Study", "build_runs", "default_seeds", "shared_config"]
+__all__ = [
+    "BASE",
+    "QUICK",
+    "QUICK_SEEDS",
+    "SEEDS",
+    "RunSpec",
+    "Study",
+    "build_runs",
+    "default_seeds",
+    "shared_config",
+    "with_budget",
+]
 
 #: The synthetic studies' shared configuration: same networks, optimiser and budget for every variant.
 BASE: dict[str, Any] = {
@@ -81,7 +94,7 @@ class Study:
     #: Called as ``prepare(study, out_dir)`` by :func:`~edvae.experiments.runner.run_study` before
     #: anything is built: writes files the runs read (e.g. a prior-samples file) and may point the
     #: runs' configs at them.
-    prepare: Callable[[Study, Path], None] | None = None
+    prepare: Callable[[Study, Path], object] | None = None
     #: Called as ``extra_figures(study, records, fig_dir)`` by the report after its own figures;
     #: returns the paths of the PNGs it wrote (e.g. per-model image figures, :mod:`edvae.figures`).
     extra_figures: Callable[[Study, list[dict[str, Any]], Path], list[Path]] | None = None
@@ -93,6 +106,9 @@ class Study:
     #: :func:`edvae.stats.best_models`); None: every model. A diagnostic variant (e.g. the paper
     #: study's learned decoder scale, there to show what calibration changes) is left out.
     contenders: list[str] | None = None
+    #: Set by :func:`with_budget`: ``{"factor": f, "epochs": [[base, scaled], ...]}`` (recorded in
+    #: results.json as ``budget``); None: the study's own budget.
+    budget: dict[str, Any] | None = None
 
 
 def build_runs(
@@ -141,3 +157,20 @@ def shared_config(
     """The raw settings every run of one data set gets before its model variant: ``base`` <
     ``dataset`` < ``overrides``, the layers of :func:`build_runs` (what a description quotes)."""
     return merge(merge(base, dataset or {}), overrides or {})
+
+
+def with_budget(study: Study, factor: float) -> Study:
+    """``study`` with every run's ``train.epochs`` E replaced by ``round(factor * E)``
+    (:func:`edvae.budget.scaled_epochs`), everything else unchanged: each config is validated
+    again from its dump with the new epochs, so that it equals the config the same study builds
+    with ``--set train.epochs=<factor * E>`` where E is the same for every run (and a study
+    folder trained that way is reused). Records ``budget`` = ``{"factor", "epochs": [[E, new
+    E], ...]}`` on the returned study; its description still quotes the base budget."""
+    runs, pairs = [], {}
+    for spec in study.runs:
+        epochs = scaled_epochs(spec.config.train.epochs, factor)
+        pairs[spec.config.train.epochs] = epochs
+        raw = merge(spec.config.model_dump(), {"train": {"epochs": epochs}})
+        runs.append(RunSpec(spec.dataset, spec.model, spec.seed, validate_config(raw, source=f"run {spec.folder}")))
+    budget = {"factor": factor, "epochs": [[base, new] for base, new in sorted(pairs.items())]}
+    return dataclasses.replace(study, runs=runs, budget=budget)

@@ -48,7 +48,16 @@ configs and on the command line. A factory that declares a ``context`` parameter
 """
 
 from edvae.priors.analytic import BananaPrior, BananaTransform, FactorizedPrior, GaussianMixturePrior
-from edvae.priors.base import DistributionPrior, Prior, as_prior, distribution_of, event_dim
+from edvae.priors.base import (
+    DistributionPrior,
+    Prior,
+    as_prior,
+    check_prior_device,
+    distribution_of,
+    distribution_tensors,
+    event_dim,
+    map_distribution_tensors,
+)
 from edvae.priors.io import load_samples
 from edvae.priors.learned import FlowPrior, VampPrior
 from edvae.priors.registry import PriorContext, make, names, register
@@ -67,11 +76,14 @@ __all__ = [
     "PriorContext",
     "VampPrior",
     "as_prior",
+    "check_prior_device",
     "distribution_of",
+    "distribution_tensors",
     "event_dim",
     "from_samples",
     "load_samples",
     "make",
+    "map_distribution_tensors",
     "names",
     "register",
     "scott_bandwidth",

@@ -4,10 +4,10 @@ data set's own generating prior (``"true"``)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import (
     Distribution,
     Independent,
@@ -20,7 +20,7 @@ from torch.distributions import (
     constraints,
 )
 
-from edvae.errors import require
+from edvae.errors import EdvaeError, require
 from edvae.priors.base import (
     _MAX_COMPONENTS,
     Prior,
@@ -62,12 +62,14 @@ class FactorizedPrior(Prior):
         learnable = _flag("learnable", learnable)
         self.family = family
         self.param_names = tuple(params)
+        # a class-level dict on every torch distribution (a property only on the base class)
+        arg_constraints = cast("dict[str, constraints.Constraint]", family.arg_constraints)
         for name, value in params.items():
-            constraint = family.arg_constraints.get(name)
+            constraint = arg_constraints.get(name)
             require(
                 constraint is constraints.real or constraint is constraints.positive,
                 f"{family.__name__} has no real or positive parameter {name!r}; "
-                f"use one of {', '.join(family.arg_constraints)}",
+                f"use one of {', '.join(arg_constraints)}",
             )
             positive = constraint is constraints.positive
             self._register(name, value, (self.dim,), positive=positive, learnable=learnable)
@@ -75,7 +77,7 @@ class FactorizedPrior(Prior):
     def forward(self) -> Independent:
         # the parameters were checked when registered (finite; positive ones learned as logs),
         # so the distribution skips torch's per-call argument checks (host synchronisations)
-        params = {name: self._value(name) for name in self.param_names}
+        params: dict[str, Any] = {name: self._value(name) for name in self.param_names}
         return Independent(self.family(**params, validate_args=False), 1, validate_args=False)
 
     def extra_repr(self) -> str:
@@ -96,6 +98,10 @@ class GaussianMixturePrior(Prior):
         logits: (K,) unnormalised log-weights; ``None`` for equal weights.
         learnable: whether logits, means and scales are parameters.
     """
+
+    means: Tensor
+    scales: Tensor
+    logits: Tensor
 
     def __init__(
         self,
@@ -176,6 +182,8 @@ class BananaPrior(Prior):
     u_1 = +-2 s_1 the centre line lies b * 4 s_1^2 = 4.5 above its value at u_1 = 0, over four
     standard deviations of z_2 given z_1.
     """
+
+    base_scale: Tensor
 
     def __init__(self, dim: int, *, curvature: float = 0.5, scale: float = 1.5) -> None:
         super().__init__(dim)
@@ -284,12 +292,12 @@ def _laplace(dim: int, *, loc: Any = 0.0, scale: Any = 1.0, learnable: bool = Fa
 
 
 @register("true")
-def _true(dim: int, *, context: PriorContext) -> Prior:
+def _true(dim: int, *, context: PriorContext) -> nn.Module:
     """The data set's own generating prior p_true(z), known for synthetic data only."""
     data = context.data
-    require(
-        data is not None and data.ground_truth is not None,
-        f"model.prior='true' needs synthetic data with a known prior, but data set "
-        f"'{getattr(data, 'name', None)}' has none; choose one of: {', '.join(names())}",
-    )
+    if data is None or data.ground_truth is None:
+        raise EdvaeError(
+            f"model.prior='true' needs synthetic data with a known prior, but data set "
+            f"'{getattr(data, 'name', None)}' has none; choose one of: {', '.join(names())}"
+        )
     return as_prior(data.ground_truth.prior)

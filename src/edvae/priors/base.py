@@ -12,17 +12,29 @@ callable returning one, a zuko flow) and is the only place that checks them.
 from __future__ import annotations
 
 import abc
+import copy
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal, Transform
+from torch.distributions.transforms import _InverseTransform
 
 from edvae.errors import EdvaeError, require
 
-__all__ = ["DistributionPrior", "Prior", "as_prior", "distribution_of", "event_dim"]
+__all__ = [
+    "DistributionPrior",
+    "Prior",
+    "as_prior",
+    "check_prior_device",
+    "distribution_of",
+    "distribution_tensors",
+    "event_dim",
+    "map_distribution_tensors",
+]
 
 _MAX_COMPONENTS = 100_000  # make(): at most this many mixture components or pseudo-inputs
 
@@ -109,7 +121,7 @@ def _shown(value: Any) -> str:
 
 def _positive_int(name: str, value: Any, maximum: int | None = None) -> int:
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-    require(ok, f"{name} must be a positive integer, got {_shown(value)}")
+    require(bool(ok), f"{name} must be a positive integer, got {_shown(value)}")
     require(maximum is None or value <= maximum, f"{name}={value!r} is too large; use at most {maximum}")
     return int(value)
 
@@ -173,11 +185,103 @@ def _validated_samples(samples: Any, source: str, dim: int | None = None) -> Ten
 # Prior-like objects: the one conversion to a distribution, and the module wrapping one
 
 
+# ---------------------------------------------------------------------------------------------
+# The tensors inside a distribution: mapped by .to() (DistributionPrior), checked against the model
+
+
+def _walk(obj: Any, fn: Callable[[Tensor], Tensor], memo: dict[int, Any]) -> Any:
+    """``obj`` with every tensor t reachable through it replaced by ``fn(t)``; see
+    :func:`map_distribution_tensors`. An object none of whose contents changed is returned
+    itself (not copied); ``memo`` maps ``id`` of a visited object to its result, so shared
+    tensors stay shared and reference cycles end."""
+    key = id(obj)
+    if key in memo:
+        return memo[key]
+    if isinstance(obj, Tensor):
+        out: Any = fn(obj)
+    elif isinstance(obj, nn.Module):
+        for t in (*obj.parameters(), *obj.buffers()):
+            fn(t)  # visited (for a check), never replaced: a module is moved by its own .to()
+        out = obj
+    elif isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
+        memo[key] = obj
+        items = [_walk(item, fn, memo) for item in obj]
+        changed = any(a is not b for a, b in zip(items, obj, strict=True))
+        out = (items if isinstance(obj, list) else type(obj)(items)) if changed else obj
+    elif isinstance(obj, dict):
+        memo[key] = obj
+        mapped = {k: _walk(v, fn, memo) for k, v in obj.items()}
+        out = mapped if any(mapped[k] is not v for k, v in obj.items()) else obj
+    elif isinstance(obj, (Distribution, Transform)):
+        memo[key] = obj  # a cycle back to obj (a transform and its inverse) keeps the original
+        attributes = vars(obj)
+        mapped = {k: _walk(v, fn, memo) for k, v in attributes.items()}
+        if any(mapped[k] is not v for k, v in attributes.items()):
+            out = copy.copy(obj)
+            out.__dict__.update(mapped)
+            if isinstance(obj, Transform):  # caches tied to the old tensors
+                if not isinstance(obj, _InverseTransform):  # its _inv caches the inverse (an
+                    out._inv = None  # inverse's _inv is its forward transform: mapped, kept)
+                if "_cached_x_y" in attributes:
+                    out._cached_x_y = (None, None)
+        else:
+            out = obj
+    else:
+        out = obj
+    memo[key] = out
+    return out
+
+
+def map_distribution_tensors(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution:
+    r"""A copy of ``dist`` with every tensor inside it replaced by ``fn(t)``: what ``.to()``,
+    ``.double()`` or ``.cuda()`` do to a module's buffers, applied to a distribution.
+
+    It walks the attributes of the distribution and of every distribution and transform it
+    holds (``base_dist``, ``component_distribution``, ``transforms``, ...), in lists, tuples
+    and dicts, including the values torch caches lazily (``Categorical.probs`` after
+    ``.logits`` was read). Objects that hold a mapped tensor are shallow copies; ``dist`` and
+    everything it shares with others (a data set's ground truth) are left unchanged. A module
+    inside the distribution is not moved (move it with its own ``.to()``).
+    """
+    return _walk(dist, fn, {})
+
+
+def distribution_tensors(dist: Any) -> Iterator[Tensor]:
+    """Every tensor reachable in ``dist`` by :func:`map_distribution_tensors`' walk (and the
+    parameters and buffers of any module it holds), each once."""
+    found: list[Tensor] = []
+
+    def visit(t: Tensor) -> Tensor:
+        found.append(t)
+        return t
+
+    _walk(dist, visit, {})
+    return iter(found)
+
+
+def check_prior_device(dist: Distribution, device: torch.device, prior: Any) -> None:
+    r"""Raise one line if a tensor of ``dist`` (the output of ``prior``) lies on another device
+    than ``device`` (the model's).
+
+    0-d CPU tensors are allowed (torch treats them as scalars on any device). Only devices are
+    compared, never values: no host synchronisation, cheap enough to run once per device.
+    """
+    for t in distribution_tensors(dist):
+        if t.device != device and not (t.dim() == 0 and t.device.type == "cpu"):
+            raise EdvaeError(
+                f"the prior {type(prior).__name__} returns a distribution with tensors on {t.device} while the "
+                f"model is on {device}; build its tensors as buffers/parameters so they follow .to(), or on "
+                "the model's device"
+            )
+
+
 class DistributionPrior(Prior):
     r"""A fixed prior wrapping a ready-made distribution p(z): ``forward()`` returns it.
 
-    The distribution's tensors are not buffers of this module: ``.to()`` and ``.double()``
-    leave them unchanged, so build the distribution on the device and dtype you will use.
+    The distribution's tensors follow ``.to()``, ``.double()``, ``.cuda()`` like buffers:
+    each moves a copy of the distribution (:func:`map_distribution_tensors`; the distribution
+    passed in, perhaps shared with a data set, is never changed). They are not buffers: the
+    state dict stays empty, as the distribution is rebuilt with the module.
     """
 
     def __init__(self, distribution: Distribution) -> None:
@@ -187,6 +291,12 @@ class DistributionPrior(Prior):
 
     def forward(self) -> Distribution:
         return self.distribution
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DistributionPrior:
+        super()._apply(fn, recurse)
+        with torch.no_grad():
+            self.distribution = map_distribution_tensors(self.distribution, fn)
+        return self
 
 
 def distribution_of(prior: Any, dim: int | None = None) -> Distribution:

@@ -10,7 +10,7 @@ import zuko
 from torch import Tensor, nn
 from torch.distributions import AffineTransform, MixtureSameFamily, TransformedDistribution
 
-from edvae.errors import require
+from edvae.errors import EdvaeError, require
 from edvae.priors.base import (
     _MAX_COMPONENTS,
     Prior,
@@ -41,6 +41,9 @@ class FlowPrior(Prior):
             ``steps``, ``n_train``, ``n_heldout``, ``train_log_likelihood`` and
             ``heldout_log_likelihood`` (mean nats per sample). Not part of the state dict.
     """
+
+    loc: Tensor
+    scale: Tensor
 
     def __init__(
         self,
@@ -74,7 +77,9 @@ class _FlowDistribution(TransformedDistribution):
     the flow's layers take only their own dtype. The result is in the flow's dtype."""
 
     def log_prob(self, value: Tensor) -> Tensor:
-        return super().log_prob(value.to(self.transforms[0].loc.dtype))
+        standardise = self.transforms[0]  # FlowPrior.forward puts its AffineTransform(loc, scale) first
+        assert isinstance(standardise, AffineTransform) and isinstance(standardise.loc, Tensor)
+        return super().log_prob(value.to(standardise.loc.dtype))
 
 
 class VampPrior(Prior):
@@ -93,6 +98,8 @@ class VampPrior(Prior):
         encoder: a callable mapping a batch (K, *input_shape) to ``(mu, logvar)``, each (K, D).
         pseudo_inputs: (K, *input_shape) initial pseudo-inputs (copied into a parameter).
     """
+
+    encoder: Callable[[Tensor], Any]
 
     def __init__(self, dim: int, encoder: Callable[[Tensor], Any], pseudo_inputs: Tensor) -> None:
         super().__init__(dim)
@@ -157,10 +164,12 @@ def _vamp(
             train = context.data.train
             rows = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(0))[:k]
             init = train[rows].clone()
-    require(encoder is not None, "prior 'vamp' needs option(s) encoder; pass encoder=...")
+    if encoder is None:
+        raise EdvaeError("prior 'vamp' needs option(s) encoder; pass encoder=...")
     generator = _generator(seed)
     if init is None:
-        require(input_shape is not None, "the vamp prior needs input_shape=(...) or init=data")
+        if input_shape is None:
+            raise EdvaeError("the vamp prior needs input_shape=(...) or init=data")
         sizes = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
         shape = tuple(_positive_int("input_shape entries", size) for size in sizes)
         pseudo = torch.randn((k, *shape), generator=generator)

@@ -179,13 +179,13 @@ def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **opti
     if not (isinstance(base, str) and base in _REGISTRY):
         _load_plugins()
     entry = _REGISTRY.get(base) if isinstance(base, str) else None
-    require(
-        entry is not None and (not colon or entry.argument is not None),
-        f"unknown prior name {_shown(name)}; choose one of: {', '.join(names(in_model=True))}"
-        + ("" if entry is None else f" ({base!r} takes no ':' argument)"),
-    )
+    if entry is None or (colon and entry.argument is None):
+        raise EdvaeError(
+            f"unknown prior name {_shown(name)}; choose one of: {', '.join(names(in_model=True))}"
+            + ("" if entry is None else f" ({base!r} takes no ':' argument)")
+        )
     dim = _positive_int("dim", dim, _MAX_DIM)
-    if colon:
+    if colon and entry.argument is not None:  # (an entry without argument was refused above)
         require(
             entry.argument not in options,
             f"prior {name!r} gives {entry.argument} after ':' and as an option; give it once",

@@ -58,7 +58,7 @@ def _kernel_sums_and_means(
     """
     z, s, a = queries.to(torch.float64), samples.to(torch.float64), half_precisions.to(torch.float64)
     step = chunk_size or max(len(z), len(s), 1)
-    s_blocks = list(zip(s.split(step), (s * s).sum(-1).split(step)))
+    s_blocks = list(zip(s.split(step), (s * s).sum(-1).split(step), strict=True))
     sums, weighted = [], []
     for zc in z.split(step):
         zc_sq = (zc * zc).sum(-1, keepdim=True)
@@ -105,6 +105,7 @@ class _KernelLogSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, z: Tensor, samples: Tensor, half_precision: Tensor, chunk_size: int | None) -> Tensor:
         sums, means = _kernel_sums_and_means(z, samples, half_precision.reshape(1), chunk_size, means=True)
+        assert means is not None  # means=True returns them
         ctx.save_for_backward(z, means[0], half_precision)
         return sums[0]
 
@@ -175,7 +176,7 @@ class KernelDensity(Distribution):
         log_norm = _kde_log_norm(dim, len(self.samples), self.bandwidth.to(torch.float64))
         return (sums - log_norm).reshape(value.shape[:-1]).to(value.dtype)
 
-    def rsample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
         shape = torch.Size(sample_shape)
         index = torch.randint(len(self.samples), shape, device=self.samples.device)
         noise = torch.randn(shape + self.event_shape, dtype=self.samples.dtype, device=self.samples.device)
@@ -188,6 +189,9 @@ class KDEPrior(Prior):
     log p(z) = logsumexp_k log N(z; s_k, h^2 I) - log K. The samples and the bandwidth h are
     buffers (they follow ``.to()`` / ``.double()``); nothing is learned.
     """
+
+    samples: Tensor
+    bandwidth: Tensor
 
     def __init__(self, samples: Tensor, bandwidth: float, *, chunk_size: int | None = 1024) -> None:
         samples = _validated_samples(samples, "samples")

@@ -67,7 +67,8 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
     holds_logs = _holds_logs(run_dir)
     if holds_run and not overwrite:
         raise EdvaeError(
-            f"{run_dir} already holds a run; pass --overwrite to replace it, --resume to continue it, or choose another --out"
+            f"{run_dir} already holds a run; pass --overwrite to replace it, --resume to continue it, or choose "
+            "another --out"
         )
     if holds_logs and not holds_run and not overwrite:
         raise EdvaeError(
@@ -130,8 +131,8 @@ def check_resumable(run_dir: Path) -> None:
         return
     if run_dir.is_dir() and _holds_logs(run_dir):
         raise EdvaeError(
-            f"cannot resume: {run_dir} holds no {CHECKPOINT_NAME}, only the logs of a run that stopped before its first "
-            f"checkpoint; start it again with: edvae train CONFIG --out {run_dir} --overwrite"
+            f"cannot resume: {run_dir} holds no {CHECKPOINT_NAME}, only the logs of a run that stopped before its "
+            f"first checkpoint; start it again with: edvae train CONFIG --out {run_dir} --overwrite"
         )
     raise EdvaeError(f"cannot resume: no checkpoint at {run_dir / CHECKPOINT_NAME}; start a new run with --out instead")
 

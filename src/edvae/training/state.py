@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,12 +13,16 @@ from edvae._version import __version__
 from edvae.checkpoint import CHECKPOINT_FORMAT, load_weights, validate_checkpoint
 from edvae.errors import EdvaeError
 
+if TYPE_CHECKING:
+    from edvae.model import VAE
+
 __all__ = ["TrainState", "rng_state", "set_rng_state"]
 
 
 def rng_state(noise: torch.Generator) -> dict[str, Any]:
     """Every random state a run draws from: torch's, numpy's, Python's and the run's noise generator."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the legacy form of the global MT19937 generator's state
     return {
         "torch": torch.get_rng_state(),
         "numpy": [
@@ -54,7 +58,7 @@ class TrainState:
     """
 
     config: Any
-    model: torch.nn.Module
+    model: VAE
     optimizer: torch.optim.Optimizer
     scheduler: Any  # None for a constant learning rate
     noise: torch.Generator  # the run's stream of reparameterisation (and binarisation) noise

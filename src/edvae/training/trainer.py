@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from edvae.accelerator import PLACEMENT, choose_accelerator, network_macs
 from edvae.checkpoint import CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint
 from edvae.config import RunConfig, validate_config
 from edvae.data import DataSplits
@@ -51,7 +52,6 @@ __all__ = ["HOOKS", "TrainResult", "Trainer", "follow_new_total", "load_data", "
 #: ``on_checkpoint(trainer, state, path)`` after each checkpoint is written, and
 #: ``on_train_end(trainer, state, result)``.
 HOOKS = ("on_train_start", "on_step_end", "on_validation_end", "on_checkpoint", "on_train_end")
-_PLACEMENT = ("devices", "num_nodes", "accelerator", "threads", "progress")  # may change on resume
 #: train.* settings that keep a run's footing: they may change on resume, and the change is recorded.
 RESUMABLE = ("epochs", "lr", "grad_clip", "on_nonfinite", "log_every", "checkpoint_every", "checkpoint_seconds")
 
@@ -72,7 +72,9 @@ class TrainResult:
     validation_seconds: float = 0.0
 
 
-def _make_fabric(config: RunConfig, callbacks: Sequence[Any]):
+def _make_fabric(config: RunConfig, callbacks: Sequence[Any], accelerator: str | None = None):
+    """The Fabric of a run, launched; ``accelerator``: ``cpu`` or ``gpu`` (``train.accelerator``
+    resolved, see :func:`edvae.accelerator.choose_accelerator`)."""
     from lightning_fabric import Fabric
 
     devices, num_nodes = config.train.devices, config.train.num_nodes
@@ -87,7 +89,7 @@ def _make_fabric(config: RunConfig, callbacks: Sequence[Any]):
             f"times train.grad_accum_steps ({config.train.grad_accum_steps})"
         )
     fabric = Fabric(
-        accelerator=config.train.accelerator,
+        accelerator=accelerator or config.train.accelerator,
         devices=devices,
         num_nodes=num_nodes,
         strategy="ddp" if world > 1 else "auto",
@@ -143,6 +145,10 @@ def train(
     keeps a copy (``data.pt``, the stored config reading it back), so that evaluating the run
     uses exactly that data. File data are recorded by absolute path and sha256, and a resumed
     run refuses a data file that changed (:func:`edvae.runs.record_data`, :func:`~edvae.runs.check_data`).
+
+    ``train.accelerator``: ``cpu``, ``gpu`` (refused with one line where torch sees none) or
+    ``auto``, the GPU only for networks big enough to gain from it
+    (:func:`edvae.accelerator.choose_accelerator` on the forward multiply-adds of one step).
     """
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
@@ -155,15 +161,20 @@ def train(
         started = saved["epoch"] + ((saved.get("batch_in_epoch") or 0) > 0)  # epochs finished or begun
         if config.train.epochs < started:
             raise EdvaeError(
-                f"cannot resume {run_dir} with train.epochs={config.train.epochs}: it has already trained {saved['epoch']} "
-                f"epochs{' and begun the next' if saved.get('batch_in_epoch') else ''}; pass train.epochs={started} or more"
+                f"cannot resume {run_dir} with train.epochs={config.train.epochs}: it has already trained "
+                f"{saved['epoch']} epochs{' and begun the next' if saved.get('batch_in_epoch') else ''}; "
+                f"pass train.epochs={started} or more"
             )
     tc = config.train
-    if tc.accelerator == "gpu" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
-        raise EdvaeError(
-            "train.accelerator='gpu' but torch sees no GPU on this machine; set train.accelerator=cpu or auto"
-        )
-    fabric = _make_fabric(config, callbacks)
+    loaded, macs = None, 0
+    if tc.accelerator == "auto":  # the rule reads the data's shape: loaded before the launch, then reused
+        source = data
+        if source is None:
+            if saved is not None:
+                check_data(run_dir, config)
+            source = loaded = load_data(config, run_dir)
+        macs = tc.batch_size * sum(network_macs(config.model, source.x_shape))
+    fabric = _make_fabric(config, callbacks, choose_accelerator(tc.accelerator, macs, setting="train.accelerator"))
     if tc.threads:  # after the launch, which sets cores / processes threads unless OMP_NUM_THREADS is set
         torch.set_num_threads(tc.threads)
     locks: list[RunLock] = []
@@ -185,18 +196,11 @@ def train(
         fabric.seed_everything(tc.seed, verbose=False)
         if saved is None:  # record the data: absolute file paths and hashes, data in memory saved in the run folder
             config = record_data(config, work_dir, data, write=fabric.is_global_zero)
-        elif data is None:
+        elif data is None and loaded is None:
             check_data(run_dir, config)
-        data = data if data is not None else load_data(config, run_dir)
-        trainer = Trainer(
-            config,
-            work_dir,
-            fabric,
-            data,
-            saved=saved,
-            stop_at_step=stop_at_step,
-            replaces=run_dir if staging else None,
-        )
+        data = data if data is not None else loaded if loaded is not None else load_data(config, run_dir)
+        replaces = run_dir if staging is not None else None
+        trainer = Trainer(config, work_dir, fabric, data, saved=saved, stop_at_step=stop_at_step, replaces=replaces)
         result = trainer.fit()
         staging = None if trainer.run_dir == run_dir else staging
         return result
@@ -248,7 +252,7 @@ def resumed_config(
     recorded["name"] = (stored.name, given.name)
     recorded.update({f"eval.{k}": (getattr(stored.eval, k), v) for k, v in given.eval.model_dump().items()})
     changes = [{"step": step, "key": k, "from": a, "to": b} for k, (a, b) in recorded.items() if a != b]
-    update = {k: getattr(given.train, k) for k in (*RESUMABLE, *_PLACEMENT)}
+    update = {k: getattr(given.train, k) for k in (*RESUMABLE, *PLACEMENT)}
     config = stored.model_copy(
         update={"name": given.name, "eval": given.eval, "train": stored.train.model_copy(update=update)}
     )
@@ -260,7 +264,7 @@ def _identity(config: RunConfig, with_data: bool) -> dict[str, Any]:
     the train.* settings other than :data:`RESUMABLE` and the placement. File paths are compared
     resolved."""
     dump = config.model_dump()
-    train = {k: v for k, v in dump["train"].items() if k not in (*RESUMABLE, *_PLACEMENT)}
+    train = {k: v for k, v in dump["train"].items() if k not in (*RESUMABLE, *PLACEMENT)}
     data: dict[str, Any] = {}
     if with_data:
         data = dict(dump["data"], options=dict(dump["data"]["options"]))
@@ -396,11 +400,7 @@ class Trainer:
         step = epoch x steps-per-epoch + batch_in_epoch, with batch_in_epoch at most the steps per
         epoch (equal: stopped after an epoch's last step, before its validation)."""
         s, per_epoch = self.state, self.batches_per_epoch
-        if (
-            s.batch_in_epoch > per_epoch
-            or s.step != s.epoch * per_epoch + s.batch_in_epoch
-            or s.skipped_steps > s.step
-        ):
+        if s.batch_in_epoch > per_epoch or s.step != s.epoch * per_epoch + s.batch_in_epoch or s.skipped_steps > s.step:
             raise EdvaeError(
                 f"{source} is a damaged edvae checkpoint: its position (step {s.step}, epoch {s.epoch}, batch "
                 f"{s.batch_in_epoch}, {s.skipped_steps} skipped) does not add up for this run's {per_epoch} steps per "
@@ -583,7 +583,7 @@ class Trainer:
         if world > 1:
             sums = self.fabric.all_reduce(sums, reduce_op="sum")
             count *= world
-        return {k: float(v) / count for k, v in zip(names, sums.tolist())}
+        return {k: float(v) / count for k, v in zip(names, sums.tolist(), strict=True)}
 
     def save_checkpoint(self, completed: bool = False) -> None:
         """Write :meth:`TrainState.state_dict` atomically to ``checkpoint.pt``; refuses (with a
@@ -591,7 +591,8 @@ class Trainer:
         s = self.state
         if not all(bool(torch.isfinite(p).all()) for p in [*s.model.parameters(), *self.objective.parameters()]):
             raise TrainingError(
-                f"the parameters became non-finite by step {s.step} (epoch {s.epoch + 1}); {kept_checkpoint(self.run_dir)}. "
+                f"the parameters became non-finite by step {s.step} (epoch {s.epoch + 1}); "
+                f"{kept_checkpoint(self.run_dir)}. "
                 "Lower train.lr or set train.grad_clip"
             )
         s.log_lines, s.completed = self.log.lines, completed
@@ -629,7 +630,7 @@ class Trainer:
         """Mean of the processes' gradients of ``params`` (what DDP does for the model's), one all-reduce."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = self.fabric.all_reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
-        for p, part in zip(params, flat.split([g.numel() for g in grads])):
+        for p, part in zip(params, flat.split([g.numel() for g in grads]), strict=True):
             p.grad = part.view_as(p).clone()
 
     def _skip_or_stop(self, obj: Objective, outputs: list[Any]) -> None:
@@ -652,7 +653,8 @@ class Trainer:
         self._consecutive_skips += 1
         if self._consecutive_skips > MAX_CONSECUTIVE_SKIPS:
             raise TrainingError(
-                f"{what} was non-finite for {self._consecutive_skips} steps in a row {where}; giving up; {kept_checkpoint(self.run_dir)}"
+                f"{what} was non-finite for {self._consecutive_skips} steps in a row {where}; giving up; "
+                f"{kept_checkpoint(self.run_dir)}"
             )
 
     def _log_step(self, obj: Objective) -> None:
@@ -660,7 +662,7 @@ class Trainer:
         values = torch.stack([v.float() for v in obj.terms.values()])
         if self.world > 1:
             values = self.fabric.all_reduce(values, reduce_op="mean")
-        logged = dict(zip(obj.terms, values.tolist()))
+        logged = dict(zip(obj.terms, values.tolist(), strict=True))
         self.log.log("train", self.state.step, self.state.epoch + 1, logged)
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{logged['loss']:.3f}", refresh=False)
@@ -705,7 +707,7 @@ def follow_new_total(
         scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / total_steps)) / 2
         for base in scheduler.base_lrs
     ]
-    for group, lr in zip(scheduler.optimizer.param_groups, rates):
+    for group, lr in zip(scheduler.optimizer.param_groups, rates, strict=True):
         group["lr"] = lr
     scheduler._last_lr = list(rates)
 
