@@ -208,7 +208,7 @@ CHECKPOINT_ERRORS = [
     ("empty", "is truncated, corrupt or not a safe edvae checkpoint (EOFError)"),
     ("random bytes", "is truncated, corrupt or not a safe edvae checkpoint"),
     ("foreign", "is not an edvae checkpoint (no 'edvae-checkpoint-v1' marker)"),
-    ("marker only", "is a damaged edvae checkpoint (missing or invalid: config, model"),
+    ("marker only", "is a damaged edvae checkpoint: the entry 'config' is missing"),
     ("invalid stored config", "invalid value for 'train.epochs'"),
     ("weights of another model", "do not fit the model its config describes"),
     ("not a run", "no checkpoint at"),

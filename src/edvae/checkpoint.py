@@ -16,10 +16,12 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from torch import Tensor
 
 from edvae.errors import EdvaeError
 
@@ -28,8 +30,10 @@ __all__ = [
     "CHECKPOINT_NAME",
     "AtomicCheckpointIO",
     "save_atomic",
+    "CheckpointMeta",
     "load_checkpoint",
     "load_weights",
+    "validate_checkpoint",
 ]
 
 #: Marker stored in every checkpoint; files without it are refused.
@@ -82,17 +86,92 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise EdvaeError(f"{path} is not an edvae checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    missing = [key for key in _REQUIRED_KEYS if key not in state]
-    if missing or not isinstance(state["config"], dict):
-        raise EdvaeError(
-            f"{path} is a damaged edvae checkpoint (missing or invalid: {', '.join(missing) or 'config'}); re-run "
-            "training"
-        )
+    validate_checkpoint(state, path)
     return state
 
 
-#: Entries every edvae checkpoint has (a file with the marker but without them is refused).
-_REQUIRED_KEYS = ("config", "model", "step", "epoch", "completed")
+_NonNegative = Field(ge=0, allow_inf_nan=False)
+
+
+class RngStates(BaseModel):
+    """The random states a checkpoint stores (:func:`edvae.training.state.rng_state`)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    torch: Tensor
+    numpy: tuple[str, Tensor, StrictInt, StrictInt, float]
+    python: tuple[StrictInt, tuple[StrictInt, ...], float | None]
+    noise: Tensor
+
+
+class CheckpointMeta(BaseModel):
+    """The schema of a checkpoint (:meth:`edvae.training.state.TrainState.state_dict`).
+
+    ``config``, ``model``, ``step``, ``epoch`` and ``completed`` are required (they are all that
+    evaluation reads); the rest is what a resume needs and may be absent from a checkpoint written
+    by an earlier version (a resume then refuses it, see :func:`edvae.training.state.TrainState`).
+    Counters are whole numbers >= 0, ``completed`` a bool, times finite and >= 0, tensors tensors;
+    entries it does not name are allowed (a later version's).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="allow")
+    format: Literal["edvae-checkpoint-v1"]
+    version: str | None = None
+    config: dict[str, Any]
+    model: dict[str, Tensor]
+    step: StrictInt = Field(ge=0)
+    epoch: StrictInt = Field(ge=0)
+    completed: StrictBool
+    batch_in_epoch: StrictInt | None = Field(None, ge=0)
+    train_seconds: float | None = _NonNegative
+    validation_seconds: float | None = _NonNegative
+    skipped_steps: StrictInt | None = Field(None, ge=0)
+    last_validation: dict[str, float] | None = None
+    log_lines: StrictInt | None = Field(None, ge=0)
+    world_size: StrictInt | None = Field(None, ge=1)
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    rng: RngStates | None = None
+    objective: dict[str, Any] | None = None
+    changes: list[dict[str, Any]] | None = None
+
+
+#: Entries a checkpoint must hold for a run to resume from it.
+RESUME_KEYS = (
+    "optimizer",
+    "rng",
+    "batch_in_epoch",
+    "train_seconds",
+    "skipped_steps",
+    "last_validation",
+    "log_lines",
+)
+
+
+def validate_checkpoint(state: dict[str, Any], path: str | Path, *, resume: bool = False) -> None:
+    """Check a loaded checkpoint's entries against :class:`CheckpointMeta` (and, with
+    ``resume``, that it holds :data:`RESUME_KEYS`), or raise :class:`EdvaeError`: one line
+    naming the file, the first wrong entry and the fix. The tensors are checked against the
+    model later, when they are loaded into it (:func:`load_weights`)."""
+    fix = "re-run training, or point to another run folder"
+    try:
+        CheckpointMeta.model_validate(state)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        if first["type"] == "missing":
+            what = f"the entry '{key}' is missing"
+        else:
+            got = first.get("input")
+            shown = type(got).__name__ if isinstance(got, (dict, list, tuple, torch.Tensor)) else repr(got)[:40]
+            what = f"'{key}' is invalid ({first['msg'][0].lower() + first['msg'][1:]}; got {shown})"
+        raise EdvaeError(f"{path} is a damaged edvae checkpoint: {what}; {fix}") from None
+    if resume:
+        missing = [key for key in RESUME_KEYS if state.get(key) is None]
+        if missing:
+            raise EdvaeError(
+                f"{path} cannot be resumed: it holds no {', '.join(missing)} (a damaged checkpoint, or one written "
+                f"by an older edvae); evaluate it, or start the run again with --overwrite"
+            )
 
 
 def _load_failure(err: Exception) -> str:
@@ -123,8 +202,13 @@ def first_sentence(text: str, limit: int = 160) -> str:
 
 
 def load_weights(module: torch.nn.Module, weights: Any, source: str | Path) -> None:
-    """``module.load_state_dict(weights)``, or :class:`EdvaeError` if they do not fit its layout."""
+    """``module.load_state_dict(weights)`` (strict: every name, shape and dtype as the module's),
+    or :class:`EdvaeError` if they do not fit its layout."""
     try:
+        expected = module.state_dict()
+        for name, value in weights.items():
+            if name in expected and isinstance(value, torch.Tensor) and value.dtype != expected[name].dtype:
+                raise TypeError(f"'{name}' is {value.dtype}, the model's is {expected[name].dtype}")
         module.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError, ValueError) as err:
         reason = " ".join(str(err).split())  # torch lists every missing/unexpected key over several lines

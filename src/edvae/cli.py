@@ -208,7 +208,20 @@ def train(
         str | None, typer.Option("--accelerator", help=f"Where to train (train.accelerator): {_ACCELERATOR_HELP}")
     ] = None,
 ) -> None:
-    """Train one model (traditional VAE or ED-VAE) and write its checkpoint and logs."""
+    """Train one model (traditional VAE or ED-VAE) and write its checkpoint and logs.
+
+    --resume RUN continues a run; --set may change the settings that keep its footing:
+    train.epochs, train.lr (the optimiser's rate changes at once), train.grad_clip,
+    train.on_nonfinite, train.log_every, train.checkpoint_every, train.checkpoint_seconds (and
+    where it runs: --devices, --num-nodes, train.accelerator, train.threads, train.progress).
+    Each change is recorded with its step under "changes" in the checkpoint and config.json.
+    Settings that would change what the run is (train.batch_size, seed, lr_schedule,
+    grad_accum_steps, data, model, objective) are refused: start a new run instead.
+
+    --overwrite replaces the run in --out only once the new run has its first checkpoint (it is
+    written into .NAME.new beside it until then): a new run that fails to start leaves the old
+    one as it was. One process at a time writes a run folder: a second one is refused, naming
+    the pid of the first."""
     from edvae.config import RunConfig, validate_config
 
     out_dir, resume = _folder(out, "--out"), _folder(resume_dir, "--resume")
@@ -225,7 +238,10 @@ def train(
         if config is not None or prior is not None or data is not None:
             raise EdvaeError("--resume takes the config stored in the checkpoint; pass only --set train.* overrides")
         if any(not o.startswith("train.") for o in overrides):
-            raise EdvaeError("on --resume only train.* settings may change (e.g. --set train.epochs=100)")
+            raise EdvaeError(
+                "on --resume only train.* settings may change (e.g. --set train.epochs=100 or train.lr=0.0005); "
+                "see 'edvae train --help'"
+            )
         from edvae.checkpoint import load_checkpoint
         from edvae.training.run_dir import check_resumable
 
@@ -309,6 +325,10 @@ def evaluate(
 ) -> None:
     """Evaluate a trained model with the same metrics as every other (ELBO, IWAE, MI, ...).
 
+    An unfinished run (still training, or stopped before its last epoch) is evaluated at its
+    latest checkpoint, and says so: one "warning:" line on stderr, and "completed": false in
+    the --json output (a finished run's output has no "completed" key).
+
     The true log-likelihood of synthetic data is cached per data set in .edvae-cache/ next to
     the run folder (shared by the runs of one parent folder)."""
     from edvae.config import apply_overrides
@@ -328,7 +348,8 @@ def evaluate(
     from edvae.checkpoint import load_checkpoint
     from edvae.config import validate_config
 
-    stored = load_checkpoint(run_dir)["config"]
+    checkpoint = load_checkpoint(run_dir)
+    stored = checkpoint["config"]
     run_config = validate_config(apply_overrides(stored, overrides), source=f"the config stored in {run_dir}")
     from edvae.evaluate import evaluate_run, run_cache_dir
     from edvae.runs import load_data
@@ -348,12 +369,30 @@ def evaluate(
         progress=show,
         accelerator=accelerator,
     )
+    if not checkpoint["completed"]:
+        typer.echo(f"warning: {_unfinished(run_dir, checkpoint)}", err=True)
     if as_json:
-        typer.echo(json.dumps(metrics, indent=2))
+        unfinished = {} if checkpoint["completed"] else {"completed": False}
+        typer.echo(json.dumps({**metrics, **unfinished}, indent=2))
     else:
         width = max(len(k) for k in metrics)
         for name, value in metrics.items():
             typer.echo(f"{name:<{width}}  {value:.6g}")
+
+
+def _unfinished(run_dir: Path, checkpoint: dict[str, Any]) -> str:
+    """One line on an unfinished run's checkpoint: where it is, and whether it is still training."""
+    from edvae.training.run_dir import lock_holder
+
+    folder = run_dir.parent if run_dir.is_file() else run_dir
+    epochs = checkpoint["config"].get("train", {}).get("epochs", "?")
+    where = f"its checkpoint is at step {checkpoint['step']}, epoch {checkpoint['epoch']} of {epochs}"
+    holder = lock_holder(folder)
+    if holder is not None:
+        state = f"it is still training (pid {holder})" if holder else "it is still training"
+    else:
+        state = f"it stopped before its end (resume it with: edvae train --resume {folder})"
+    return f"{folder} is an unfinished run ({where}; {state}); these metrics are those of that checkpoint"
 
 
 @app.command()

@@ -25,6 +25,8 @@ Binarisation (``likelihood="bernoulli"`` only):
 from __future__ import annotations
 
 import math
+import pickle
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -158,8 +160,19 @@ def load_stored(*, seed: int, path: Any) -> DataSplits:
 
     if path is None or not Path(path).is_file():
         raise EdvaeError(f"stored data {path} is missing; data.name='stored' reads the data.pt a run folder holds")
+    fix = "re-run training (the run's data.pt is written by 'edvae train' when data are passed in memory)"
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, random bytes, or a pickle of objects other than tensors (refused unrun)
+        reason = (
+            "it holds objects other than tensors" if isinstance(err, pickle.UnpicklingError) else type(err).__name__
+        )
+        raise EdvaeError(f"stored data {path} is damaged or not edvae data ({reason}); {fix}") from None
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), torch.Tensor) for k in SPLIT_NAMES):
+        raise EdvaeError(f"stored data {path} is not edvae data (no train/val/test tensors); {fix}")
+    try:
         return DataSplits(
             **{
                 **saved,
@@ -168,8 +181,9 @@ def load_stored(*, seed: int, path: Any) -> DataSplits:
                 "info": {"source": str(path)},
             }
         )
-    except (RuntimeError, KeyError, TypeError, EOFError) as err:
-        raise EdvaeError(f"stored data {path} is damaged ({type(err).__name__}); re-run training") from None
+    except (EdvaeError, RuntimeError, KeyError, TypeError, ValueError) as err:
+        reason = str(err) if isinstance(err, EdvaeError) else type(err).__name__
+        raise EdvaeError(f"stored data {path} is damaged ({reason}); {fix}") from None
 
 
 def check_split(split: Any, source: str) -> tuple[float, float, float]:

@@ -34,6 +34,7 @@ from edvae.objective_kinds import build_objective
 from edvae.report import write_report
 from edvae.runs import EVALUATION_NAME, LATENTS_NAME, METRICS_NAME, load_data, load_run
 from edvae.train import train
+from edvae.training.run_dir import RunLock
 
 __all__ = ["ACTIONS", "RunSpec", "Study", "plan_run", "run_study", "run_one", "run_convergence", "preflight"]
 
@@ -197,11 +198,25 @@ def run_study(
 
     ``accelerator`` (``cpu``, ``gpu``, ``auto``; default: each run's ``train.accelerator``) is
     where every run trains and is evaluated. With ``gpu`` the ``workers`` processes (started
-    with ``spawn``, as CUDA needs) share the one GPU, each with its own CUDA context."""
+    with ``spawn``, as CUDA needs) share the one GPU, each with its own CUDA context.
+
+    One study at a time writes ``out_dir``: the process holds its lock
+    (:class:`edvae.training.run_dir.RunLock`), and each run's training holds its run folder's,
+    so a second ``edvae reproduce`` on the same folder is refused with one line naming the pid
+    of the first."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise EdvaeError(f"--out {out_dir} is a file; choose a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir, what="edvae reproduce"):
+        return _run_study(
+            study, out_dir, workers=workers, overwrite=overwrite, progress=progress, accelerator=accelerator
+        )
+
+
+def _run_study(
+    study: Study, out_dir: Path, *, workers: int, overwrite: bool, progress: bool, accelerator: str | None
+) -> dict[str, Any]:
     started = time.perf_counter()
     if study.prepare is not None:
         study.prepare(study, out_dir)

@@ -7,6 +7,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 from edvae.errors import EdvaeError
 from edvae.runs import (
@@ -21,19 +22,45 @@ from edvae.runs import (
     TENSORBOARD_DIR,
 )
 
-__all__ = ["MetricsLog", "check_resumable", "prepare_run_dir"]
+__all__ = [
+    "LOCK_NAME",
+    "MetricsLog",
+    "RunLock",
+    "check_resumable",
+    "lock_holder",
+    "prepare_run_dir",
+    "replace_run",
+    "staging_dir",
+]
+
+#: The lock file a writer holds in its folder (a run folder, or a study's --out), see :class:`RunLock`.
+LOCK_NAME = ".edvae.lock"
+#: The files of a run, deleted when ``--overwrite`` replaces a run in place (see :func:`replace_run`).
+_RUN_FILES = (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    CONFIG_NAME,
+    PRIOR_FIT_NAME,
+    DATA_RECORD_NAME,
+    STORED_DATA_NAME,
+    EVALUATION_NAME,
+    LATENTS_NAME,
+)
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Check that ``run_dir`` can take a new run (or holds one to resume) and create it.
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
+    """Check that ``run_dir`` can take a new run (or holds one to resume); True when it holds a
+    run (or a failed run's logs) that the new run will replace (``overwrite``).
 
     A folder holding a run (a checkpoint), or only the logs of a run that failed before its
-    first checkpoint, is refused unless ``overwrite``, which deletes the run's files (and no
-    others) first."""
+    first checkpoint, is refused unless ``overwrite``. Nothing is deleted here: the new run is
+    written into a sibling folder and replaces the old one only once it has its first checkpoint
+    (:func:`staging_dir`, :func:`replace_run`), so a new run that fails to start loses nothing.
+    A folder for a new run is created."""
     checkpoint = run_dir / CHECKPOINT_NAME
     if resume:
         check_resumable(run_dir)
-        return
+        return False
     if run_dir.exists() and not run_dir.is_dir():
         raise EdvaeError(f"--out {run_dir} is a file, not a folder; choose another output folder")
     holds_run = checkpoint.exists()
@@ -49,24 +76,48 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             "pass --overwrite to replace them, or choose another --out"
         )
     if holds_run or holds_logs:
-        for name in (
-            CHECKPOINT_NAME,
-            METRICS_NAME,
-            CONFIG_NAME,
-            PRIOR_FIT_NAME,
-            DATA_RECORD_NAME,
-            STORED_DATA_NAME,
-            EVALUATION_NAME,
-            LATENTS_NAME,
-        ):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
+        return True
+    _make_folder(run_dir)
+    return False
+
+
+def _make_folder(folder: Path) -> None:
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise EdvaeError(
-            f"cannot create the run folder {run_dir} ({err.strerror or err}); choose a writable --out"
+            f"cannot create the run folder {folder} ({err.strerror or err}); choose a writable --out"
         ) from None
+
+
+def staging_dir(run_dir: Path, create: bool = True) -> Path:
+    """The sibling folder a run that replaces the one in ``run_dir`` is written into until its
+    first checkpoint (``.NAME.new`` beside it; the same path in every process of a run).
+    ``create``: a leftover one (a start killed before its first checkpoint) is removed and a
+    new one made; the caller holds ``run_dir``'s lock."""
+    resolved = run_dir.resolve()
+    staging = resolved.parent / f".{resolved.name}.new"
+    if create:
+        shutil.rmtree(staging, ignore_errors=True)
+        _make_folder(staging)
+    return staging
+
+
+def replace_run(run_dir: Path, staging: Path) -> None:
+    """Put the new run in ``staging`` in the place of the old run in ``run_dir``: the old run's
+    files go to a sibling backup folder (one rename), the new folder takes the name (a second
+    rename) and the backup is deleted. The new run already has its first checkpoint, so at every
+    instant one of the two runs is complete on disk. Files in ``run_dir`` that are not a run's
+    (a user's notes) are moved into the new folder, never deleted."""
+    run_dir = run_dir.resolve()
+    backup = run_dir.parent / f".{run_dir.name}.old"
+    shutil.rmtree(backup, ignore_errors=True)
+    os.rename(run_dir, backup)
+    os.rename(staging, run_dir)
+    for entry in backup.iterdir():
+        if entry.name not in (*_RUN_FILES, TENSORBOARD_DIR, LOCK_NAME) and not (run_dir / entry.name).exists():
+            os.rename(entry, run_dir / entry.name)
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 def _holds_logs(run_dir: Path) -> bool:
@@ -84,6 +135,91 @@ def check_resumable(run_dir: Path) -> None:
             f"first checkpoint; start it again with: edvae train CONFIG --out {run_dir} --overwrite"
         )
     raise EdvaeError(f"cannot resume: no checkpoint at {run_dir / CHECKPOINT_NAME}; start a new run with --out instead")
+
+
+class RunLock:
+    """One writer per folder: an advisory lock (``fcntl.flock``, exclusive) on ``FOLDER/.edvae.lock``.
+
+    :meth:`acquire` takes the lock and writes this process's pid into the file, or raises
+    :class:`EdvaeError` naming the pid of the process that holds it. The kernel releases the
+    lock when its process ends however it ends (a SIGKILL included), so a stale lock file of a
+    dead process is simply taken over. Held by ``edvae train`` (a new run, ``--resume`` and
+    ``--overwrite``) for its run folder and by ``edvae reproduce`` for its ``--out``; on a system
+    without ``fcntl`` it does nothing. ``what`` names the holder in the refusal."""
+
+    def __init__(self, folder: Path, what: str = "edvae train") -> None:
+        self.folder, self.what = Path(folder), what
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no advisory locks
+            return self
+        _make_folder(self.folder)
+        path = self.folder / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise EdvaeError(
+                f"cannot write into {self.folder} ({err.strerror or err}); choose a writable --out"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            holder = f"pid {pid}" if pid else "another process"
+            raise EdvaeError(
+                f"{self.folder} is in use by another {self.what} ({holder}); one process at a time writes a run "
+                f"folder: wait for it to finish or stop it{f' (kill {pid})' if pid else ''}, then try again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The pid of the live process holding ``folder``'s :class:`RunLock` (0 when the file names
+    none), or None when nobody holds it. Reads only: creates no file."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return None
+    path = Path(folder) / LOCK_NAME
+    if not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _read_pid(fd) or 0
+    finally:
+        os.close(fd)
+    return None
 
 
 def _truncate_lines(path: Path, keep: int) -> None:

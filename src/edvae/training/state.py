@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from edvae._version import __version__
-from edvae.checkpoint import CHECKPOINT_FORMAT, load_weights
+from edvae.checkpoint import CHECKPOINT_FORMAT, load_weights, validate_checkpoint
+from edvae.errors import EdvaeError
 
 if TYPE_CHECKING:
     from edvae.model import VAE
@@ -72,6 +73,8 @@ class TrainState:
     last_validation: dict[str, float] = field(default_factory=dict)
     log_lines: int = 0  # lines of metrics.jsonl written up to this state
     completed: bool = False
+    #: settings changed on resume: ``{"step", "key", "from", "to"}``, oldest first (see :func:`edvae.train.train`)
+    changes: list[dict[str, Any]] = field(default_factory=list)
     stopped_by: str | None = None  # not stored: a resumed run is not stopped
 
     def state_dict(self) -> dict[str, Any]:
@@ -99,21 +102,71 @@ class TrainState:
         objective_state = self.objective.state_dict() if self.objective is not None else {}
         if objective_state:
             state["objective"] = objective_state
+        if self.changes:
+            state["changes"] = [dict(change) for change in self.changes]
         return state
 
     def load_state_dict(self, saved: dict[str, Any], source: Any = "checkpoint") -> None:
         """Resume from a checkpoint written by :meth:`state_dict` (or by an earlier version of
-        the trainer: ``validation_seconds`` and ``objective`` may be missing). ``source`` names it
-        in the error a damaged checkpoint raises."""
+        the trainer: ``validation_seconds``, ``objective`` and ``changes`` may be missing).
+
+        The checkpoint is checked as data first (:func:`edvae.checkpoint.validate_checkpoint`),
+        its tensors against the model, optimiser and objective they go into (names, shapes,
+        dtypes), so a damaged or forged checkpoint ends in one :class:`EdvaeError` naming
+        ``source`` instead of a run that trains on from a wrong state."""
+        validate_checkpoint(saved, source, resume=True)
         load_weights(self.model, saved["model"], source)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        _check_optimizer_state(self.optimizer, saved["optimizer"], source)
+        parts = [("optimizer", lambda: self.optimizer.load_state_dict(saved["optimizer"]))]
         if self.scheduler is not None:
-            self.scheduler.load_state_dict(saved["scheduler"])
-        set_rng_state(saved["rng"], self.noise)
+            parts.append(("learning-rate schedule", lambda: self.scheduler.load_state_dict(saved["scheduler"])))
+        parts.append(("random states", lambda: set_rng_state(saved["rng"], self.noise)))
+        if self.objective is not None and "objective" in saved:
+            parts.append(("objective's state", lambda: self.objective.load_state_dict(saved["objective"])))
+        for what, load in parts:
+            try:
+                load()
+            except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+                raise EdvaeError(
+                    f"the {what} in {source} does not fit this run ({_reason(err)}); the checkpoint is damaged or from "
+                    "another version: start the run again with --overwrite"
+                ) from None
         self.step, self.epoch, self.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
         self.train_seconds, self.skipped_steps = saved["train_seconds"], saved["skipped_steps"]
-        self.validation_seconds = saved.get("validation_seconds", 0.0)
+        self.validation_seconds = saved.get("validation_seconds") or 0.0
         self.last_validation, self.log_lines = saved["last_validation"], saved["log_lines"]
         self.completed = saved.get("completed", False)
-        if self.objective is not None and "objective" in saved:
-            self.objective.load_state_dict(saved["objective"])
+        self.changes = [dict(change) for change in saved.get("changes") or []]
+
+
+def _reason(err: Exception) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:160] + "..." * (len(text) > 160)
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any], source: Any) -> None:
+    """Refuse (:class:`EdvaeError`) an optimiser state whose per-parameter tensors (Adam's
+    moments) do not have the shape and dtype of the parameters they belong to, which torch's
+    ``Optimizer.load_state_dict`` accepts and the next step fails on (or worse, broadcasts)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = saved.get("state")
+    groups = saved.get("param_groups")
+    if not isinstance(state, dict) or not isinstance(groups, list):
+        raise EdvaeError(f"the optimizer state in {source} is damaged (no state or param_groups); start the run again")
+    for index, entry in state.items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            raise EdvaeError(
+                f"the optimizer state in {source} names parameter {index!r}, which this run's model does not have; "
+                "the checkpoint is damaged or from another version: start the run again with --overwrite"
+            )
+        for name, value in entry.items():
+            if (
+                isinstance(value, torch.Tensor)
+                and value.dim() > 0
+                and (value.shape != params[index].shape or value.dtype != params[index].dtype)
+            ):
+                raise EdvaeError(
+                    f"the optimizer state '{name}' of parameter {index} in {source} has shape {tuple(value.shape)} "
+                    f"({value.dtype}), the parameter {tuple(params[index].shape)} ({params[index].dtype}); the "
+                    "checkpoint is damaged or from another version: start the run again with --overwrite"
+                )

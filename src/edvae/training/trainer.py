@@ -5,9 +5,11 @@ See :mod:`edvae.training` for what it guarantees and how to extend it.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -44,7 +46,7 @@ from edvae.training.guards import (
     kept_checkpoint,
     nonfinite_flag,
 )
-from edvae.training.run_dir import MetricsLog, prepare_run_dir
+from edvae.training.run_dir import MetricsLog, RunLock, prepare_run_dir, replace_run, staging_dir
 from edvae.training.state import TrainState
 
 __all__ = ["HOOKS", "TrainResult", "Trainer", "follow_new_total", "load_data", "train"]
@@ -57,6 +59,8 @@ __all__ = ["HOOKS", "TrainResult", "Trainer", "follow_new_total", "load_data", "
 #: ``on_checkpoint(trainer, state, path)`` after each checkpoint is written, and
 #: ``on_train_end(trainer, state, result)``.
 HOOKS = ("on_train_start", "on_step_end", "on_validation_end", "on_checkpoint", "on_train_end")
+#: train.* settings that keep a run's footing: they may change on resume, and the change is recorded.
+RESUMABLE = ("epochs", "lr", "grad_clip", "on_nonfinite", "log_every", "checkpoint_every", "checkpoint_seconds")
 
 
 @dataclass
@@ -138,14 +142,34 @@ def train(
 ) -> TrainResult:
     """Train the model a config describes, writing checkpoints and logs into ``run_dir``.
 
-    ``resume=True`` continues from ``run_dir/checkpoint.pt`` (the config stored there wins for
-    everything but ``train.epochs`` and where the run executes: ``train.devices``,
-    ``num_nodes``, ``accelerator``, ``threads``, ``progress``; a run may resume on another
-    number of processes, it sees the same global batches and noise). ``train.epochs`` may grow
-    (never below the epochs already trained); a cosine schedule then follows the new total number
-    of steps (see :func:`follow_new_total`). ``stop_at_step`` stops
-    gracefully after that many steps, exactly as a SIGTERM would (for tests and time-boxed runs).
-    ``callbacks``: objects with any of the methods in :data:`HOOKS` (see :mod:`edvae.training`).
+    **Resume.** ``resume=True`` continues from ``run_dir/checkpoint.pt``. Settings that keep the
+    run's footing may change: ``train.epochs`` (never below the epochs already trained; a cosine
+    schedule then follows the new total number of steps, see :func:`follow_new_total`),
+    ``train.lr`` (the optimiser's rate changes at once; a cosine schedule continues on the curve of
+    the new rate), ``grad_clip``, ``on_nonfinite``, ``log_every``, ``checkpoint_every``,
+    ``checkpoint_seconds``, and ``name`` and ``eval.*``. Each change is recorded in the run's
+    history: the checkpoint's ``changes`` (and ``config.json``'s) list ``{"step", "key",
+    "from", "to"}``, the step being the one the new value takes effect after, while the stored
+    config holds the latest values. Where the run executes may change without a record:
+    ``train.devices``, ``num_nodes``, ``accelerator``, ``threads``, ``progress`` (a run may
+    resume on another number of processes, it sees the same global batches and noise). Settings
+    that would change what the run is (``train.batch_size``, ``seed``, ``lr_schedule``,
+    ``grad_accum_steps``, and ``data``, ``model`` and ``objective``) are refused with an
+    :class:`EdvaeError`. ``config=None`` resumes with the stored config unchanged; with nothing
+    changed, a resumed run is bit-for-bit the uninterrupted one.
+
+    **Overwrite.** ``overwrite=True`` replaces a run (or a failed run's logs) already in
+    ``run_dir``, but only once the new run has its first checkpoint: until then it is written
+    into the sibling folder ``.NAME.new``, and a new run that fails before (bad data, a bad prior
+    file, a divergence at step 2, a full disk) is removed, leaving the old run as it was.
+
+    **One writer.** The process holds ``run_dir``'s lock (:class:`edvae.training.run_dir.RunLock`)
+    while it writes: a second writer (a second run, a concurrent resume, an overwrite of a live run)
+    is refused with an :class:`EdvaeError` naming the pid of the first.
+
+    ``stop_at_step`` stops gracefully after that many steps, exactly as a SIGTERM would (for
+    tests and time-boxed runs). ``callbacks``: objects with any of the methods in :data:`HOOKS`
+    (see :mod:`edvae.training`).
 
     ``data`` trains on data in memory instead of the data the config names; the run folder then
     keeps a copy (``data.pt``, the stored config reading it back), so that evaluating the run
@@ -162,14 +186,15 @@ def train(
     saved: dict[str, Any] | None = load_checkpoint(run_dir) if resume else None
     if saved is not None:
         stored = validate_config(saved["config"], source=str(run_dir / CHECKPOINT_NAME))
-        placement = {k: getattr(config.train, k) for k in ("epochs", *PLACEMENT)} if config is not None else {}
-        config = stored.model_copy(update={"train": stored.train.model_copy(update=placement)})
-        started = saved["epoch"] + (saved["batch_in_epoch"] > 0)  # epochs finished or begun
+        config, changes = resumed_config(stored, config, run_dir, saved["step"])
+        if changes:  # the run's history: the checkpoint's changes, then these (TrainState.load_state_dict reads them)
+            saved = {**saved, "changes": [*(saved.get("changes") or []), *changes]}
+        started = saved["epoch"] + ((saved.get("batch_in_epoch") or 0) > 0)  # epochs finished or begun
         if config.train.epochs < started:
             raise EdvaeError(
                 f"cannot resume {run_dir} with train.epochs={config.train.epochs}: it has already trained "
-                f"{saved['epoch']} "
-                f"epochs{' and begun the next' if saved['batch_in_epoch'] else ''}; pass train.epochs={started} or more"
+                f"{saved['epoch']} epochs{' and begun the next' if saved.get('batch_in_epoch') else ''}; "
+                f"pass train.epochs={started} or more"
             )
     tc = config.train
     loaded, macs = None, 0
@@ -183,22 +208,123 @@ def train(
     fabric = _make_fabric(config, callbacks, choose_accelerator(tc.accelerator, macs, setting="train.accelerator"))
     if tc.threads:  # after the launch, which sets cores / processes threads unless OMP_NUM_THREADS is set
         torch.set_num_threads(tc.threads)
-    fabric.seed_everything(tc.seed, verbose=False)
-    if saved is None:  # record the data: absolute file paths and hashes, data in memory saved in the run folder
-        config = record_data(config, run_dir, data, write=fabric.is_global_zero)
-    elif data is None and loaded is None:
-        check_data(run_dir, config, resuming=True)
-    data = data if data is not None else loaded if loaded is not None else load_data(config, run_dir)
-    check_fits_memory(
-        training_memory_bytes(
-            config.model, tuple(data.x_shape), min(tc.batch_size, len(data.train)) // tc.grad_accum_steps
-        ),
-        machine_memory_bytes(),
-        f"training with model.hidden={config.model.hidden} and train.batch_size={tc.batch_size}",
-        "use narrower layers (model.hidden) or a smaller train.batch_size",
+    locks: list[RunLock] = []
+    staging: Path | None = None
+    try:
+        if fabric.is_global_zero:  # the process that writes; the checks again, now that nobody else can write
+            locks.append(RunLock(run_dir).acquire())
+            replacing = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        else:
+            replacing = False  # rank 0 decides
+        if fabric.world_size > 1:
+            replacing = bool(fabric.broadcast(replacing, src=0))
+        if replacing:
+            staging = staging_dir(run_dir, create=fabric.is_global_zero)
+            if fabric.is_global_zero:
+                locks.append(RunLock(staging).acquire())
+            fabric.barrier()
+        work_dir = staging if staging is not None else run_dir
+        fabric.seed_everything(tc.seed, verbose=False)
+        if saved is None:  # record the data: absolute file paths and hashes, data in memory saved in the run folder
+            config = record_data(config, work_dir, data, write=fabric.is_global_zero)
+        elif data is None and loaded is None:
+            check_data(run_dir, config, resuming=True)
+        data = data if data is not None else loaded if loaded is not None else load_data(config, run_dir)
+        check_fits_memory(
+            training_memory_bytes(
+                config.model, tuple(data.x_shape), min(tc.batch_size, len(data.train)) // tc.grad_accum_steps
+            ),
+            machine_memory_bytes(),
+            f"training with model.hidden={config.model.hidden} and train.batch_size={tc.batch_size}",
+            "use narrower layers (model.hidden) or a smaller train.batch_size",
+        )
+        replaces = run_dir if staging is not None else None
+        trainer = Trainer(config, work_dir, fabric, data, saved=saved, stop_at_step=stop_at_step, replaces=replaces)
+        result = trainer.fit()
+        staging = None if trainer.run_dir == run_dir else staging
+        return result
+    except (EdvaeError, TrainingError) as err:
+        if staging is None:
+            raise
+        raise type(err)(_staged_failure(str(err), staging, run_dir)) from None
+    finally:
+        if staging is not None and fabric.is_global_zero:  # a new run that never had a checkpoint: the old one stays
+            shutil.rmtree(staging, ignore_errors=True)
+        for lock in reversed(locks):
+            lock.release()
+
+
+def _staged_failure(message: str, staging: Path, run_dir: Path) -> str:
+    """The error of a new run that failed before its first checkpoint while replacing the run in
+    ``run_dir`` (``--overwrite``): its words about the run folder turned into the truth (the old
+    run is unchanged)."""
+    kept = f"the run already in {run_dir} is unchanged (--overwrite replaces it once the new run has a checkpoint)"
+    message = message.replace(f"no checkpoint was written to {staging} yet", kept)
+    message = message.replace(f"the last good checkpoint in {staging} is kept", kept)
+    return message.replace(str(staging), str(run_dir)) if kept in message else f"{message}; {kept}"
+
+
+def resumed_config(
+    stored: RunConfig, given: RunConfig | None, run_dir: Path, step: int
+) -> tuple[RunConfig, list[dict[str, Any]]]:
+    """The config a resumed run goes on with, and the changes to record (see :func:`train`).
+
+    ``given`` (None: the stored config) may differ from ``stored`` in :data:`RESUMABLE`, the
+    placement, ``name`` and ``eval.*``; anything else raises :class:`EdvaeError` naming the
+    first such key. Returns ``stored`` with those values of ``given``, and the list of
+    ``{"step": step, "key", "from", "to"}`` for each recorded change (placement is not recorded).
+    """
+    if given is None:
+        return stored, []
+    with_data = stored.data.name != "stored"  # data in memory: the run folder's own copy, nothing to compare
+    old, new = _flat(_identity(stored, with_data)), _flat(_identity(given, with_data))
+    differing = [key for key in old if old[key] != new.get(key)] + [key for key in new if key not in old]
+    if differing:
+        key = differing[0]
+        was, now = old.get(key), new.get(key)
+        raise EdvaeError(
+            f"cannot resume {run_dir} with {key}={json.dumps(now)} (it was trained with {json.dumps(was)}): {key} "
+            "changes what the run is; start a new run instead (--out NEW, or --overwrite). On resume only "
+            f"{', '.join('train.' + k for k in RESUMABLE)} may change (and where it runs)"
+        )
+    recorded = {f"train.{k}": (getattr(stored.train, k), getattr(given.train, k)) for k in RESUMABLE}
+    recorded["name"] = (stored.name, given.name)
+    recorded.update({f"eval.{k}": (getattr(stored.eval, k), v) for k, v in given.eval.model_dump().items()})
+    changes = [{"step": step, "key": k, "from": a, "to": b} for k, (a, b) in recorded.items() if a != b]
+    update = {k: getattr(given.train, k) for k in (*RESUMABLE, *PLACEMENT)}
+    config = stored.model_copy(
+        update={"name": given.name, "eval": given.eval, "train": stored.train.model_copy(update=update)}
     )
-    trainer = Trainer(config, run_dir, fabric, data, saved=saved, stop_at_step=stop_at_step)
-    return trainer.fit()
+    return config, changes
+
+
+def _identity(config: RunConfig, with_data: bool) -> dict[str, Any]:
+    """What a run is (see :func:`resumed_config`): its data (``with_data``), model, objective and
+    the train.* settings other than :data:`RESUMABLE` and the placement. File paths are compared
+    resolved."""
+    dump = config.model_dump()
+    train = {k: v for k, v in dump["train"].items() if k not in (*RESUMABLE, *PLACEMENT)}
+    data: dict[str, Any] = {}
+    if with_data:
+        data = dict(dump["data"], options=dict(dump["data"]["options"]))
+        for holder, key in ((data, "path"), (data["options"], "labels_path")):
+            if holder.get(key) is not None:
+                holder[key] = str(Path(str(holder[key])).expanduser().resolve())
+    model = dict(dump["model"])
+    prior = model.get("prior")
+    if isinstance(prior, str) and prior.startswith("samples:"):
+        model["prior"] = "samples:" + str(Path(prior.removeprefix("samples:")).expanduser().resolve())
+    return {"data": data, "model": model, "objective": dump["objective"], "train": train}
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 class Trainer:
@@ -218,9 +344,11 @@ class Trainer:
         *,
         saved: dict[str, Any] | None = None,
         stop_at_step: int | None = None,
+        replaces: Path | None = None,
     ) -> None:
         tc = self.tc = config.train
         self.config, self.run_dir, self.fabric, self.stop_at_step = config, run_dir, fabric, stop_at_step
+        self.replaces = replaces  # the run folder this new run replaces once it has its first checkpoint
         self.world, self.rank = fabric.world_size, fabric.global_rank
         self.device = fabric.device  # a property that costs ~0.1 ms a read
         self.x_train = fabric.to_device(data.train)
@@ -270,9 +398,14 @@ class Trainer:
             world_size=self.world,
         )
         if saved is not None:
-            self.state.load_state_dict(saved, source=run_dir)
+            source = run_dir / CHECKPOINT_NAME
+            self.state.load_state_dict(saved, source=source)
+            self._check_position(source)
             if scheduler is not None:
-                follow_new_total(scheduler, self.total_steps)
+                follow_new_total(scheduler, self.total_steps, base_lr=tc.lr)
+            else:  # a constant rate: the config's, which a resume may have changed
+                for group in optimizer.param_groups:
+                    group["lr"] = tc.lr
 
         s = self.state
         self.log = MetricsLog(
@@ -282,7 +415,7 @@ class Trainer:
             keep_lines=s.log_lines if saved else None,
         )
         if fabric.is_global_zero:
-            (run_dir / CONFIG_NAME).write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+            self.write_config()
             fit_report = getattr(model.prior, "fit_report", None)
             if fit_report is not None:
                 (run_dir / PRIOR_FIT_NAME).write_text(json.dumps(fit_report, indent=2) + "\n")
@@ -303,6 +436,26 @@ class Trainer:
     @property
     def model(self) -> torch.nn.Module:
         return self.state.model
+
+    def write_config(self) -> None:
+        """``config.json``: the run's config (its latest values), and the settings changed on
+        resume (``"changes"``, see :func:`train`) when there are any."""
+        record = self.config.model_dump()
+        if self.state.changes:
+            record["changes"] = self.state.changes
+        (self.run_dir / CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
+
+    def _check_position(self, source: Path) -> None:
+        """Refuse a resumed position that does not add up (a forged or damaged checkpoint):
+        step = epoch x steps-per-epoch + batch_in_epoch, with batch_in_epoch at most the steps per
+        epoch (equal: stopped after an epoch's last step, before its validation)."""
+        s, per_epoch = self.state, self.batches_per_epoch
+        if s.batch_in_epoch > per_epoch or s.step != s.epoch * per_epoch + s.batch_in_epoch or s.skipped_steps > s.step:
+            raise EdvaeError(
+                f"{source} is a damaged edvae checkpoint: its position (step {s.step}, epoch {s.epoch}, batch "
+                f"{s.batch_in_epoch}, {s.skipped_steps} skipped) does not add up for this run's {per_epoch} steps per "
+                f"epoch; start the run again with --overwrite"
+            )
 
     # ------------------------------------------------------------------------- the run
 
@@ -557,7 +710,22 @@ class Trainer:
             )
         s.log_lines, s.completed = self.log.lines, completed
         path = self.run_dir / CHECKPOINT_NAME
-        self.fabric.save(path, s.state_dict())
+        try:
+            self.fabric.save(path, s.state_dict())
+        except OSError as err:
+            cause = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err)).lower()
+            resume = self.replaces or self.run_dir
+            then = (
+                f"free space and resume with: edvae train --resume {resume}"
+                if (self.run_dir / CHECKPOINT_NAME).is_file()
+                else "free space and start the run again"
+            )
+            raise TrainingError(f"{cause} writing {path}; {kept_checkpoint(self.run_dir)}; {then}") from None
+        if self.replaces is not None:  # the new run has its first checkpoint: it replaces the old run now
+            if self.fabric.is_global_zero:
+                replace_run(self.replaces, self.run_dir)
+            self.run_dir, self.replaces = self.replaces, None
+            path = self.run_dir / CHECKPOINT_NAME
         self.fabric.call("on_checkpoint", trainer=self, state=s, path=path)
 
     # ------------------------------------------------------------------------- helpers
@@ -641,8 +809,11 @@ class Trainer:
         self.log.close()
 
 
-def follow_new_total(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, total_steps: int) -> None:
-    """Put a resumed cosine schedule on the curve of the run's (new) total number of steps.
+def follow_new_total(
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, total_steps: int, base_lr: float | None = None
+) -> None:
+    """Put a resumed cosine schedule on the curve of the run's (new) total number of steps
+    (and, given ``base_lr``, of its (new) learning rate lr_0).
 
     The rule: the learning rate after t steps of a run of T = epochs x steps-per-epoch steps is
     lr_t = eta_min + (lr_0 - eta_min) (1 + cos(pi t / T)) / 2, with T that of the epochs the run
@@ -650,11 +821,18 @@ def follow_new_total(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, tota
     moves at once to the new curve's value at t, and the run ends at eta_min = 0 after T steps,
     exactly as a fresh run with those epochs does from step t on. The optimiser's rates are set
     to the closed form because torch's cosine scheduler updates them recursively (a ratio times
-    the previous rate), which would otherwise continue from the old curve's rate.
+    the previous rate), which would otherwise continue from the old curve's rate. A new
+    ``base_lr`` (``train.lr`` changed on resume) likewise moves the rate at once to
+    lr_t of the curve with lr_0 = ``base_lr``. With neither changed, nothing is touched.
     """
-    if scheduler.T_max == total_steps:
+    same_base = base_lr is None or all(base == base_lr for base in scheduler.base_lrs)
+    if scheduler.T_max == total_steps and same_base:
         return
     scheduler.T_max = total_steps
+    if base_lr is not None:
+        scheduler.base_lrs = [base_lr] * len(scheduler.base_lrs)
+        for group in scheduler.optimizer.param_groups:
+            group["initial_lr"] = base_lr
     t = scheduler.last_epoch
     rates = [
         scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / total_steps)) / 2
