@@ -178,7 +178,12 @@ def _matrix_cases(check: Check) -> list[tuple[str, dict[str, Any]]]:
     ]
     extra = {kind: {"kind": kind} for kind in OBJECTIVES if kind not in ("elbo", "ed")}
     extra |= {f"ed-infonce-{c}": {"kind": "ed", "mi_estimator": "infonce", "critic": c} for c in CRITICS}
-    cases += [(f"true/{o}", {"objective": om}) for o, om in extra.items()]
+    # a dimension-wise KL weight (beta-tcvae) needs a factorised prior: N(0, I) there, the ring elsewhere
+    factorised = {"beta-tcvae": {"prior": "normal"}}
+    cases += [
+        (f"{'normal' if o in factorised else 'true'}/{o}", {"objective": om, "model": factorised.get(o, {})})
+        for o, om in extra.items()
+    ]
     if check.dry:
         keep = {"true/ed", "mixture/elbo", "true/ed-infonce-momentum", "samples-kde/ed"}
         cases = [c for c in cases if c[0] in keep]

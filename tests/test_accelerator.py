@@ -79,3 +79,19 @@ def test_a_study_trained_on_one_accelerator_is_reused_on_another(tmp_path):
     assert run_study(study(), tmp_path, workers=1, progress=False)["plan"]["train"] == 1
     again = run_study(study(), tmp_path, workers=1, progress=False, accelerator="auto")
     assert again["plan"]["reuse"] == 1 and again["plan"]["refuse"] == 0
+
+
+def test_choosing_the_gpu_turns_tf32_off_for_convolutions_too(monkeypatch):
+    """torch turns TF32 on for cuDNN convolutions by default (seen on the H200: cudnn.allow_tf32
+    True); a GPU run must keep float32 arithmetic, as the published numbers are float32."""
+    import torch
+
+    monkeypatch.setattr(acc, "gpu_available", lambda: True)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        assert choose_accelerator("cpu", 10**12) == "cpu" and torch.backends.cudnn.allow_tf32  # the CPU: untouched
+        assert choose_accelerator("gpu", 0) == "gpu"
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

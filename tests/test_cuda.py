@@ -30,8 +30,13 @@ def test_first_step_on_cuda_matches_cpu(prior_id, objective_id, data, tmp_path_f
     case = OBJECTIVE_CASES[objective_id]
     cpu = cpu_model(prior_id, data, tmp_path_factory, tiny_config)
     gpu = copy.deepcopy(cpu).to(CUDA)
-    expected, cpu_result = outcome(lambda: train_step(cpu, objective_for(case, tiny_config, cpu), data))
-    status, gpu_result = outcome(lambda: train_step(gpu, objective_for(case, tiny_config, gpu), data))
+
+    def objective(model):  # a learned critic starts from the same weights on both devices
+        torch.manual_seed(0)
+        return objective_for(case, tiny_config, model)
+
+    expected, cpu_result = outcome(lambda: train_step(cpu, objective(cpu), data))
+    status, gpu_result = outcome(lambda: train_step(gpu, objective(gpu), data))
     assert status == expected, gpu_result
     if status == "refused":
         return

@@ -91,9 +91,23 @@ def choose_accelerator(requested: str, macs: int, *, setting: str = "accelerator
             f"{setting}='gpu' but torch sees no GPU on this machine; "
             f"use {setting}=cpu (or auto, which falls back to the CPU)"
         )
+    chosen = requested
     if requested == "auto":
-        return "gpu" if gpu_available() and macs >= AUTO_GPU_MIN_MACS else "cpu"
-    return requested
+        chosen = "gpu" if gpu_available() and macs >= AUTO_GPU_MIN_MACS else "cpu"
+    if chosen == "gpu":
+        strict_float32()
+    return chosen
+
+
+def strict_float32() -> None:
+    """Keep float32 arithmetic float32 on CUDA: no TF32 in matrix products or cuDNN convolutions.
+
+    torch leaves TF32 off for matrix products but on for cuDNN convolutions; TF32 rounds their
+    inputs to 10 mantissa bits (relative error ~1e-3 instead of ~1e-7), which would make a conv
+    model trained or evaluated on a GPU differ from the published float32 numbers by more than
+    float32 rounding. Called whenever :func:`choose_accelerator` picks the GPU."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def accelerator_device(accelerator: str) -> torch.device:
