@@ -119,6 +119,19 @@ def test_evaluate_run_is_evaluate_model_on_the_stored_model_plus_its_training_ti
 
 
 # ----------------------------------------------------------------------------- closed forms
+def test_sliced_wasserstein_of_samples_that_carry_a_graph_warns_nothing():
+    """Regression: samples of a prior with learned parameters carry a graph, and `edvae evaluate`
+    printed torch's "Converting a tensor with requires_grad=True to a scalar" warning on stderr."""
+    import warnings
+
+    a = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    b = a.clone().requires_grad_() * 2.0
+    expected = sliced_wasserstein(a, b.detach(), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sliced_wasserstein(a, b, generator=torch.Generator().manual_seed(1)) == expected > 0
+
+
 def test_sliced_wasserstein_of_a_translation_is_its_length_over_root_dimension():
     """For b = a + c, every projection is shifted by theta.c, so SW_2^2 = E_theta (theta.c)^2 =
     |c|^2 / D for theta uniform on the sphere (Monte Carlo over the projections); SW(a, a) = 0."""

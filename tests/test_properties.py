@@ -791,3 +791,207 @@ def test_random_data_files_train_or_end_in_one_line():
         run()
     print(f"\nrandom data files: {counts[0]} trained, {counts[2]} refused with one line, {counts[1]} stopped")
     assert counts[0] >= 2 and counts[2] >= 10, counts
+
+
+#: A checkpoint entry's replacement that removes it.
+_MISSING = object()
+
+#: Values a forged or damaged checkpoint may hold where a counter, flag or section goes.
+_WRONG_VALUES = st.sampled_from(
+    [_MISSING, -1, -(10**12), 10**12, 0, "3", 3.5, None, True, [], {}, math.nan, math.inf, b"x"]
+)
+_META_KEYS = [
+    "format",
+    "version",
+    "config",
+    "model",
+    "step",
+    "epoch",
+    "completed",
+    "batch_in_epoch",
+    "train_seconds",
+    "validation_seconds",
+    "skipped_steps",
+    "last_validation",
+    "log_lines",
+    "world_size",
+    "optimizer",
+    "scheduler",
+    "rng",
+    "changes",
+]
+_CONFIG_KEYS = [
+    ("train", "epochs"),
+    ("train", "batch_size"),
+    ("train", "seed"),
+    ("train", "lr"),
+    ("model", "latent_dim"),
+    ("model", "hidden"),
+    ("model", "prior"),
+    ("data", "name"),
+    ("data", "options"),
+    ("objective", "kind"),
+    ("eval", "iwae_samples"),
+]
+
+
+def _set(container: dict[str, Any], key: Any, value: Any) -> None:
+    if value is _MISSING:
+        container.pop(key, None)
+    else:
+        container[key] = value
+
+
+def _tensor_edit(tensor: torch.Tensor, edit: str) -> Any:
+    """A model, optimizer or RNG tensor spoiled in one way: shape, dtype, values or type."""
+    if edit == "flatten":
+        return tensor.reshape(-1)
+    if edit == "extra dim":
+        return tensor.unsqueeze(0)
+    if edit == "half":
+        return tensor[: max(1, len(tensor) // 2)] if tensor.dim() else tensor.reshape(1)
+    if edit == "empty":
+        return tensor.new_zeros(0)
+    if edit in ("float64", "float16", "int64", "bool"):
+        return tensor.to(getattr(torch, edit))
+    if edit == "nan":
+        return torch.full_like(tensor.float(), math.nan).to(tensor.dtype) if tensor.is_floating_point() else tensor
+    return "not a tensor"
+
+
+_TENSOR_EDITS = st.sampled_from(
+    ["drop", "flatten", "extra dim", "half", "empty", "float64", "float16", "int64", "bool", "nan", "str"]
+)
+
+
+@st.composite
+def checkpoint_mutations(draw: st.DrawFn) -> tuple[str, Callable[[Any], None]]:
+    """A way to damage a checkpoint file: (a description, a function of its path that does it).
+
+    The file's bytes (truncated at a random byte, random bytes flipped), its metadata (an entry
+    removed or of a wrong type or sign, a config entry spoiled), its model, optimizer or random
+    states (a tensor dropped, reshaped, of another dtype, NaN, or not a tensor)."""
+    kind = draw(st.sampled_from(["truncate", "flip", "meta", "meta", "config", "model", "model", "optimizer", "rng"]))
+    if kind == "truncate":
+        fraction = draw(st.floats(0, 1, exclude_max=True))
+
+        def truncate(path: Any) -> None:
+            raw = path.read_bytes()
+            path.write_bytes(raw[: int(fraction * len(raw))])
+
+        return f"truncated at {fraction:.3f} of its bytes", truncate
+    if kind == "flip":
+        flips = draw(
+            st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=6)
+        )
+
+        def flip(path: Any) -> None:
+            raw = bytearray(path.read_bytes())
+            for where, bits in flips:
+                raw[int(where * len(raw))] ^= bits
+            path.write_bytes(bytes(raw))
+
+        return f"bytes flipped {flips}", flip
+
+    if kind == "meta":
+        key, value = draw(st.sampled_from(_META_KEYS)), draw(_WRONG_VALUES)
+        what = f"{key} = {'(missing)' if value is _MISSING else repr(value)}"
+
+        def edit(state: dict[str, Any]) -> None:
+            _set(state, key, value)
+
+    elif kind == "config":
+        (section, key), value = draw(st.sampled_from(_CONFIG_KEYS)), draw(_WRONG_VALUES)
+        whole = draw(st.integers(0, 5)) == 0  # the whole section removed or spoiled
+        what = f"config.{section}{'' if whole else '.' + key} = {'(missing)' if value is _MISSING else repr(value)}"
+
+        def edit(state: dict[str, Any]) -> None:
+            if whole:
+                _set(state["config"], section, value)
+            else:
+                _set(state["config"][section], key, value)
+
+    else:
+        index, change = draw(st.integers(0, 63)), draw(_TENSOR_EDITS)
+        what = f"{kind} tensor #{index}: {change}"
+
+        def edit(state: dict[str, Any]) -> None:
+            if kind == "model":
+                tensors = state["model"]
+            elif kind == "optimizer":
+                tensors = state["optimizer"]["state"][index % len(state["optimizer"]["state"])]
+            else:
+                tensors = state["rng"]
+            names = [name for name, value in tensors.items() if isinstance(value, torch.Tensor)]
+            name = names[index % len(names)]
+            _set(tensors, name, _MISSING if change == "drop" else _tensor_edit(tensors[name], change))
+
+    def rewrite(path: Any) -> None:
+        state = torch.load(path, weights_only=True)
+        edit(state)
+        torch.save(state, path)
+
+    return what, rewrite
+
+
+def _snapshot(folder: Any) -> dict[str, bytes]:
+    """Every file under ``folder``, by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One finished tiny run (4 steps), trained once for the checkpoint mutations."""
+    from edvae.config import validate_config
+    from edvae.train import train
+
+    run = tmp_path_factory.mktemp("checkpoint-mutations") / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(validate_config(BASE), run)
+    return run
+
+
+def test_random_checkpoint_damage_evaluates_resumes_or_ends_in_one_line(tiny_run: Any) -> None:
+    """A copy of a run whose checkpoint is damaged at random (bytes, metadata, config, tensors)
+    through `edvae evaluate` and `edvae train --resume`: each ends in exit 0, or exit 1/2 with
+    one line and no traceback; a refused command leaves the run folder as it was, and the
+    original run is never touched."""
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from edvae.cli import app
+
+    pristine = _snapshot(tiny_run)
+    counts: Counter[str] = Counter()
+
+    @settings(max_examples=20, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @given(checkpoint_mutations())
+    def run(mutation: tuple[str, Callable[[Any], None]]) -> None:
+        what, mutate = mutation
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "run"
+            shutil.copytree(tiny_run, copy)
+            mutate(copy / "checkpoint.pt")
+            before = _snapshot(copy)
+            evaluated = CliRunner().invoke(app, ["evaluate", str(copy), "--no-true-ll"])
+            code = _one_line_or_success(evaluated, f"evaluate, {what}")
+            counts[f"evaluate exit {code}"] += 1
+            assert _snapshot(copy) == before, f"evaluate changed the run folder: {what}"
+            resumed = CliRunner().invoke(app, ["train", "--resume", str(copy), "--set", "train.epochs=2"])
+            code = _one_line_or_success(resumed, f"resume, {what}")
+            counts[f"resume exit {code}"] += 1
+            if code == 2:
+                assert _snapshot(copy) == before, f"a refused resume changed the run folder: {what}"
+            elif code == 1:
+                after = _snapshot(copy)
+                assert after["checkpoint.pt"] == before["checkpoint.pt"], (
+                    f"a stopped resume lost its checkpoint: {what}"
+                )
+
+    run()
+    assert _snapshot(tiny_run) == pristine
+    print(f"\nrandom checkpoint damage: {dict(counts)}")
+    assert counts["evaluate exit 2"] >= 5 and counts["resume exit 2"] >= 5, counts

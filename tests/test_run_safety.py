@@ -291,6 +291,10 @@ def _first_moment(shape):
     return change
 
 
+def _optimizer_entry(change):
+    return lambda s: change(next(iter(s["optimizer"]["state"].values())))
+
+
 def _weight_dtype(s):
     name = next(iter(s["model"]))
     s["model"][name] = s["model"][name].double()
@@ -306,8 +310,14 @@ FORGED = [
     ("missing optimizer", _drop("optimizer"), "cannot be resumed: it holds no optimizer"),
     ("rng not tensors", _set("rng", {"torch": 1, "numpy": [], "python": [], "noise": 2}), "'rng."),
     ("NaN seconds", _set("train_seconds", float("nan")), "'train_seconds' is invalid"),
+    ("string seconds", _set("train_seconds", "3"), "'train_seconds' is invalid"),
+    ("string validation value", _set("last_validation", {"loss": "1"}), "'last_validation.loss' is invalid"),
     ("position off", _set("step", 3), "its position (step 3, epoch 1, batch 0, 0 skipped) does not add up"),
     ("moment of another shape", _first_moment((3, 3)), "optimizer state 'exp_avg' of parameter"),
+    ("moment missing", _optimizer_entry(lambda e: e.pop("exp_avg")), "not the tensors exp_avg, exp_avg_sq, step"),
+    ("moment not a tensor", _optimizer_entry(lambda e: e.__setitem__("exp_avg_sq", 1.0)), "exp_avg_sq: float"),
+    ("scalar moment", _optimizer_entry(lambda e: e.__setitem__("exp_avg", torch.tensor(0.0))), "has shape ()"),
+    ("NaN step count", _optimizer_entry(lambda e: e.__setitem__("step", torch.tensor(math.nan))), "'step' of param"),
     ("weights of another dtype", _weight_dtype, "torch.float64, the model's is torch.float32"),
     ("model weights missing", _set("model", {}), "do not fit the model"),
 ]
@@ -321,7 +331,13 @@ def test_forged_checkpoints_end_in_one_line_naming_the_file(run, case, change, m
     line = one_line(invoke("train", "--resume", run, "--set", "train.epochs=2"), message)
     assert str(run) in line
     resumable_only = ("missing rng", "missing optimizer", "rng not tensors", "position off", "moment of another shape")
-    if case not in (*resumable_only, "NaN seconds"):  # evaluation reads the model and the position only
+    resumable_only += ("moment missing", "moment not a tensor", "scalar moment", "NaN step count")
+    if case not in (
+        *resumable_only,
+        "NaN seconds",
+        "string seconds",
+        "string validation value",
+    ):  # evaluation reads the model and the position only
         assert str(run) in one_line(invoke("evaluate", run, "--iwae-samples", "2", "--no-true-ll"), message)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
 from torch import Tensor
 
 from edvae.errors import EdvaeError
@@ -98,8 +98,8 @@ class RngStates(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
     torch: Tensor
-    numpy: tuple[str, Tensor, StrictInt, StrictInt, float]
-    python: tuple[StrictInt, tuple[StrictInt, ...], float | None]
+    numpy: tuple[str, Tensor, StrictInt, StrictInt, StrictFloat]
+    python: tuple[StrictInt, tuple[StrictInt, ...], StrictFloat | None]
     noise: Tensor
 
 
@@ -109,7 +109,8 @@ class CheckpointMeta(BaseModel):
     ``config``, ``model``, ``step``, ``epoch`` and ``completed`` are required (they are all that
     evaluation reads); the rest is what a resume needs and may be absent from a checkpoint written
     by an earlier version (a resume then refuses it, see :func:`edvae.training.state.TrainState`).
-    Counters are whole numbers >= 0, ``completed`` a bool, times finite and >= 0, tensors tensors;
+    Counters are whole numbers >= 0, ``completed`` a bool, times finite and >= 0 (numbers, never
+    strings: the validated dict is used as it is, so no value may need converting), tensors tensors;
     entries it does not name are allowed (a later version's).
     """
 
@@ -122,10 +123,10 @@ class CheckpointMeta(BaseModel):
     epoch: StrictInt = Field(ge=0)
     completed: StrictBool
     batch_in_epoch: StrictInt | None = Field(None, ge=0)
-    train_seconds: float | None = _NonNegative
-    validation_seconds: float | None = _NonNegative
+    train_seconds: StrictFloat | None = _NonNegative
+    validation_seconds: StrictFloat | None = _NonNegative
     skipped_steps: StrictInt | None = Field(None, ge=0)
-    last_validation: dict[str, float] | None = None
+    last_validation: dict[str, StrictFloat] | None = None
     log_lines: StrictInt | None = Field(None, ge=0)
     world_size: StrictInt | None = Field(None, ge=1)
     optimizer: dict[str, Any] | None = None

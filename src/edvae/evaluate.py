@@ -95,7 +95,7 @@ def sliced_wasserstein(
     one-dimensional W_2 is the mean squared difference of the sorted projections.
     """
     n = min(a.shape[0], b.shape[0])
-    a, b = a[:n].double(), b[:n].double()
+    a, b = a[:n].detach().double(), b[:n].detach().double()  # a metric: no graph (and no torch warning)
     theta = torch.randn(a.shape[1], projections, generator=generator, dtype=torch.float64).to(a.device)
     theta = theta / theta.norm(dim=0, keepdim=True)
     pa, _ = torch.sort(a @ theta, dim=0)

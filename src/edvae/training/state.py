@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -144,10 +145,17 @@ def _reason(err: Exception) -> str:
     return text[:160] + "..." * (len(text) > 160)
 
 
+#: The per-parameter entries of torch.optim.Adam's state (amsgrad is never used): a scalar step
+#: count and two moments of the parameter's shape and dtype.
+_ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
+
+
 def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any], source: Any) -> None:
     """Refuse (:class:`EdvaeError`) an optimiser state whose per-parameter tensors (Adam's
     moments) do not have the shape and dtype of the parameters they belong to, which torch's
-    ``Optimizer.load_state_dict`` accepts and the next step fails on (or worse, broadcasts)."""
+    ``Optimizer.load_state_dict`` accepts and the next step fails on (or worse, broadcasts); and,
+    for Adam, an entry without exactly ``step`` (one finite float count >= 0), ``exp_avg`` and
+    ``exp_avg_sq`` (a KeyError at the next step)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     state = saved.get("state")
     groups = saved.get("param_groups")
@@ -159,12 +167,23 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, An
                 f"the optimizer state in {source} names parameter {index!r}, which this run's model does not have; "
                 "the checkpoint is damaged or from another version: start the run again with --overwrite"
             )
+        expected = _ADAM_STATE if isinstance(optimizer, torch.optim.Adam) else set(entry)
+        if set(entry) != expected or not all(isinstance(value, torch.Tensor) for value in entry.values()):
+            found = ", ".join(f"{k}: {type(v).__name__}" for k, v in entry.items()) or "nothing"
+            raise EdvaeError(
+                f"the optimizer state of parameter {index} in {source} holds {found}, not the tensors "
+                f"{', '.join(sorted(expected))}; the checkpoint is damaged or from another version: start the run "
+                "again with --overwrite"
+            )
+        step = entry.get("step")
+        if step is not None and (step.numel() != 1 or not step.is_floating_point() or not 0 <= float(step) < math.inf):
+            raise EdvaeError(
+                f"the optimizer state 'step' of parameter {index} in {source} is not one finite count >= 0 "
+                f"(shape {tuple(step.shape)}, {step.dtype}); the checkpoint is damaged: start the run again with "
+                "--overwrite"
+            )
         for name, value in entry.items():
-            if (
-                isinstance(value, torch.Tensor)
-                and value.dim() > 0
-                and (value.shape != params[index].shape or value.dtype != params[index].dtype)
-            ):
+            if name != "step" and (value.shape != params[index].shape or value.dtype != params[index].dtype):
                 raise EdvaeError(
                     f"the optimizer state '{name}' of parameter {index} in {source} has shape {tuple(value.shape)} "
                     f"({value.dtype}), the parameter {tuple(params[index].shape)} ({params[index].dtype}); the "
