@@ -160,6 +160,9 @@ def test_a_live_writer_refuses_a_second_one_naming_its_pid_and_a_dead_ones_lock_
         other = _hold_lock(fresh)
         try:
             one_line(invoke("train", config, "--out", fresh), f"(pid {other.pid})")
+            (fresh / "metrics.jsonl").write_text("")  # the logs of a live run before its first checkpoint
+            line = one_line(invoke("train", "--resume", fresh), f"still starting or training (pid {other.pid})")
+            assert "stopped before its first checkpoint" not in line  # regression: blamed on a failed run
         finally:
             other.kill()
             other.wait()

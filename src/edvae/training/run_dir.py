@@ -126,9 +126,18 @@ def _holds_logs(run_dir: Path) -> bool:
 
 def check_resumable(run_dir: Path) -> None:
     """Raise :class:`EdvaeError` unless ``run_dir`` holds a checkpoint to resume from, saying
-    what to do instead (a folder holding only a failed run's logs: ``--overwrite``)."""
+    what to do instead (a folder locked by a live run before its first checkpoint: wait for it;
+    a folder holding only a failed run's logs: ``--overwrite``)."""
     if (run_dir / CHECKPOINT_NAME).is_file():
         return
+    holder = lock_holder(run_dir)
+    if holder is not None:  # a live run before its first checkpoint: not a failed one
+        who = f"pid {holder}" if holder else "another process"
+        raise EdvaeError(
+            f"cannot resume: {run_dir} is in use by a run that is still starting or training ({who}) and has no "
+            f"{CHECKPOINT_NAME} yet; one process at a time writes a run folder: wait for it to finish or stop it"
+            f"{f' (kill {holder})' if holder else ''}, then resume"
+        )
     if run_dir.is_dir() and _holds_logs(run_dir):
         raise EdvaeError(
             f"cannot resume: {run_dir} holds no {CHECKPOINT_NAME}, only the logs of a run that stopped before its "
