@@ -871,7 +871,9 @@ def checkpoint_mutations(draw: st.DrawFn) -> tuple[str, Callable[[Any], None]]:
     The file's bytes (truncated at a random byte, random bytes flipped), its metadata (an entry
     removed or of a wrong type or sign, a config entry spoiled), its model, optimizer or random
     states (a tensor dropped, reshaped, of another dtype, NaN, or not a tensor)."""
-    kind = draw(st.sampled_from(["truncate", "flip", "meta", "meta", "config", "model", "model", "optimizer", "rng"]))
+    kind = draw(
+        st.sampled_from(["truncate", "flip", "meta", "meta", "config", "model", "model", "optimizer", "groups", "rng"])
+    )
     if kind == "truncate":
         fraction = draw(st.floats(0, 1, exclude_max=True))
 
@@ -910,6 +912,14 @@ def checkpoint_mutations(draw: st.DrawFn) -> tuple[str, Callable[[Any], None]]:
                 _set(state["config"], section, value)
             else:
                 _set(state["config"][section], key, value)
+
+    elif kind == "groups":  # the optimizer's hyperparameters and parameter indices
+        key = draw(st.sampled_from(["lr", "betas", "eps", "weight_decay", "params", "initial_lr", "foreach"]))
+        value = draw(_WRONG_VALUES | st.sampled_from([(0.9,), (2.0, -1.0), [0, 0, 99]]))
+        what = f"optimizer.param_groups[0].{key} = {'(missing)' if value is _MISSING else repr(value)}"
+
+        def edit(state: dict[str, Any]) -> None:
+            _set(state["optimizer"]["param_groups"][0], key, value)
 
     else:
         index, change = draw(st.integers(0, 63)), draw(_TENSOR_EDITS)

@@ -298,6 +298,10 @@ def _optimizer_entry(change):
     return lambda s: change(next(iter(s["optimizer"]["state"].values())))
 
 
+def _optimizer_group(key, value):
+    return lambda s: s["optimizer"]["param_groups"][0].__setitem__(key, value)
+
+
 def _weight_dtype(s):
     name = next(iter(s["model"]))
     s["model"][name] = s["model"][name].double()
@@ -321,6 +325,9 @@ FORGED = [
     ("moment not a tensor", _optimizer_entry(lambda e: e.__setitem__("exp_avg_sq", 1.0)), "exp_avg_sq: float"),
     ("scalar moment", _optimizer_entry(lambda e: e.__setitem__("exp_avg", torch.tensor(0.0))), "has shape ()"),
     ("NaN step count", _optimizer_entry(lambda e: e.__setitem__("step", torch.tensor(math.nan))), "'step' of param"),
+    ("betas of three", _optimizer_group("betas", [0, 0, 99]), "the optimizer's setting 'betas' in"),
+    ("eps not a number", _optimizer_group("eps", {}), "the optimizer's setting 'eps' in"),
+    ("negative weight decay", _optimizer_group("weight_decay", -1.0), "the optimizer's setting 'weight_decay'"),
     ("weights of another dtype", _weight_dtype, "torch.float64, the model's is torch.float32"),
     ("model weights missing", _set("model", {}), "do not fit the model"),
 ]
@@ -335,6 +342,7 @@ def test_forged_checkpoints_end_in_one_line_naming_the_file(run, case, change, m
     assert str(run) in line
     resumable_only = ("missing rng", "missing optimizer", "rng not tensors", "position off", "moment of another shape")
     resumable_only += ("moment missing", "moment not a tensor", "scalar moment", "NaN step count")
+    resumable_only += ("betas of three", "eps not a number", "negative weight decay")
     if case not in (
         *resumable_only,
         "NaN seconds",
@@ -342,6 +350,18 @@ def test_forged_checkpoints_end_in_one_line_naming_the_file(run, case, change, m
         "string validation value",
     ):  # evaluation reads the model and the position only
         assert str(run) in one_line(invoke("evaluate", run, "--iwae-samples", "2", "--no-true-ll"), message)
+
+
+def test_evaluate_of_a_checkpoint_without_training_time_leaves_it_out(run):
+    """Regression: a checkpoint whose train_seconds is None (allowed: earlier versions) was a
+    TypeError in evaluate; it is evaluated, without a train_seconds metric."""
+    state = load_checkpoint(run)
+    state["train_seconds"] = None
+    torch.save(state, run / CHECKPOINT_NAME)
+    result = invoke("evaluate", run, "--iwae-samples", "2", "--no-true-ll", "--json")
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert "train_seconds" not in metrics and math.isfinite(metrics["elbo"])
 
 
 def test_a_full_disk_during_a_checkpoint_ends_in_one_line_and_keeps_the_last_one(run, monkeypatch):

@@ -474,7 +474,8 @@ def evaluate_run(
     progress: bool = False,
     accelerator: str = "cpu",
 ) -> dict[str, float]:
-    """Evaluate the model saved in ``run_dir``; adds ``train_seconds`` from its checkpoint.
+    """Evaluate the model saved in ``run_dir``; adds ``train_seconds`` from its checkpoint (when
+    it records them).
 
     ``data``: other data to evaluate on (default: the run's own, checked against the recorded
     hashes); ``cache_dir``: where the true log-likelihood is cached per data set
@@ -488,5 +489,6 @@ def evaluate_run(
         with_eval = run_config.model_copy(update={"eval": config})
         true_ll = cached_true_log_likelihoods(with_eval, cache_dir, split=split, data=data_used)
     metrics = evaluate_model(model, data_used, config, split=split, true_ll=true_ll, progress=progress)
-    metrics["train_seconds"] = float(state["train_seconds"])
+    if state.get("train_seconds") is not None:  # a checkpoint of an earlier version may not record it
+        metrics["train_seconds"] = float(state["train_seconds"])
     return metrics

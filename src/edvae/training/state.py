@@ -161,6 +161,7 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, An
     groups = saved.get("param_groups")
     if not isinstance(state, dict) or not isinstance(groups, list):
         raise EdvaeError(f"the optimizer state in {source} is damaged (no state or param_groups); start the run again")
+    _check_param_groups(optimizer, groups, source)
     for index, entry in state.items():
         if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
             raise EdvaeError(
@@ -188,4 +189,43 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, An
                     f"the optimizer state '{name}' of parameter {index} in {source} has shape {tuple(value.shape)} "
                     f"({value.dtype}), the parameter {tuple(params[index].shape)} ({params[index].dtype}); the "
                     "checkpoint is damaged or from another version: start the run again with --overwrite"
+                )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _check_param_groups(optimizer: torch.optim.Optimizer, groups: list[Any], source: Any) -> None:
+    """Refuse (:class:`EdvaeError`) saved ``param_groups`` that differ from this run's optimiser
+    in their number, keys or parameter indices, or whose hyperparameters are not of the kinds
+    this optimiser holds: numbers finite and >= 0 where it holds numbers, tuples of as many such
+    numbers where it holds tuples (Adam's betas), None or a bool where it holds either (``fused``,
+    ``foreach``: they follow the device), the same type elsewhere. Torch's
+    ``load_state_dict`` takes them as they are and the next step fails deep in torch."""
+    fix = "the checkpoint is damaged or from another version: start the run again with --overwrite"
+    if len(groups) != len(optimizer.param_groups):
+        raise EdvaeError(
+            f"the optimizer state in {source} has {len(groups)} parameter groups, this run's "
+            f"{len(optimizer.param_groups)}; {fix}"
+        )
+    for number, (saved, own) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
+        if not isinstance(saved, dict) or set(saved) != set(own):
+            keys = sorted(map(str, saved)) if isinstance(saved, dict) else type(saved).__name__
+            raise EdvaeError(f"the optimizer's parameter group {number} in {source} holds {keys}; {fix}")
+        for key, value in saved.items():
+            mine = own[key]
+            if key == "params":
+                good = isinstance(value, list) and len(value) == len(mine) and all(type(i) is int for i in value)
+            elif _is_number(mine):
+                good = _is_number(value)
+            elif isinstance(mine, tuple):
+                good = isinstance(value, tuple) and len(value) == len(mine) and all(map(_is_number, value))
+            elif mine is None or isinstance(mine, bool):  # fused, foreach, ...: may differ between devices
+                good = value is None or isinstance(value, bool)
+            else:
+                good = type(value) is type(mine)
+            if not good:
+                raise EdvaeError(
+                    f"the optimizer's setting '{key}' in {source} is {value!r:.40}, not a value of its kind; {fix}"
                 )
