@@ -181,6 +181,22 @@ def test_every_averaged_metric_reports_its_standard_error(trained):
     assert m["ll_gap"] == pytest.approx(m["true_ll"] - m["iwae"], abs=1e-9)
 
 
+def test_evaluation_runs_without_autograd(trained, monkeypatch):
+    """Every metric is computed under torch.inference_mode (no graph is kept: less memory, no
+    host reads of tensors that require grad); a decorator moved off evaluate_model broke it once."""
+    model, data = trained
+    seen: list[bool] = []
+    mean_se = evaluate_module._mean_se
+
+    def recording(values: torch.Tensor) -> tuple[float, float]:
+        seen.append(torch.is_inference_mode_enabled() and not values.requires_grad)
+        return mean_se(values)
+
+    monkeypatch.setattr(evaluate_module, "_mean_se", recording)
+    evaluate_model(model, data, EvalConfig(iwae_samples=5))
+    assert seen and all(seen)
+
+
 def _se(values: torch.Tensor) -> float:
     v = values.double()
     return math.sqrt(float(((v - v.mean()) ** 2).sum()) / (len(v) - 1)) / math.sqrt(len(v))
