@@ -192,7 +192,7 @@ def _matrix_cases(check: Check) -> list[tuple[str, dict[str, Any]]]:
 
 def matrix(check: Check) -> dict[str, Any]:
     from edvae.evaluate import evaluate_run
-    from edvae.train import train
+    from edvae.training import train
 
     results: dict[str, Any] = {}
     deadline = time.perf_counter() + check.sizes.stage_seconds
@@ -220,7 +220,7 @@ def matrix(check: Check) -> dict[str, Any]:
 def checkpoints(check: Check) -> dict[str, Any]:
     from edvae.checkpoint import load_checkpoint
     from edvae.evaluate import evaluate_run
-    from edvae.train import train
+    from edvae.training import train
 
     edvae_variant = {"objective": {"kind": "ed"}}
     gpu_run = check.work / "ckpt-gpu"
@@ -261,7 +261,7 @@ class _LossRecorder:
 
 
 def first_losses(check: Check) -> dict[str, Any]:
-    from edvae.train import train
+    from edvae.training import train
 
     steps = check.sizes.loss_steps
     cases = {
@@ -325,7 +325,7 @@ class _StepClock:
 
 
 def _step_time(config: Any, run_dir: Path, steps: int, window: int, data: Any = None) -> float:
-    from edvae.train import train
+    from edvae.training import train
 
     clock = _StepClock(window, "cuda" if config.train.accelerator == "gpu" else "cpu")
     train(config, run_dir, overwrite=True, stop_at_step=steps, data=data, callbacks=[clock])
@@ -414,7 +414,7 @@ def iwae(check: Check) -> dict[str, Any]:
 
     from edvae.config import EvalConfig
     from edvae.evaluate import evaluate_run
-    from edvae.train import train
+    from edvae.training import train
 
     s = check.sizes
     data, source = _image_data(s.iwae_examples * 10)

@@ -17,7 +17,7 @@ if [ "${EDVAE_GPU_CHECK_FORCE_CPU:-}" != 1 ] &&
   echo "gpu_check: torch sees no CUDA GPU on this machine (torch.cuda.is_available() is False); run it on a GPU machine" >&2
   exit 2
 fi
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ "${EDVAE_GPU_CHECK_FORCE_CPU:-}" != 1 ] && compgen -G ".whl/*.whl" >/dev/null; then  # the dry run uses this environment
   SITE=${EDVAE_GPU_CHECK_SITE:-/tmp/edvae-gpu-check-site}
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl ||
     { echo "gpu_check: could not install the wheels of .whl/ into $SITE" >&2; exit 3; }

@@ -122,7 +122,7 @@ def test_the_step_probe_profiles_a_run_shorter_than_its_steps(tiny_config, tmp_p
     """Regression: on a task with fewer steps per epoch than the probe asked for, the full bench
     died with "'_StepProbe' object has no attribute 'events'"."""
     from edvae.bench.limits import _StepProbe
-    from edvae.train import train
+    from edvae.training import train
 
     probe = _StepProbe(steps=100)
     train(tiny_config(train={"epochs": 1}), tmp_path / "run", callbacks=[probe])

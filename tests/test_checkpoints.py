@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from edvae.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, load_checkpoint
 from edvae.cli import app
 from edvae.config import RunConfig
-from edvae.train import METRICS_NAME, train
+from edvae.training import METRICS_NAME, train
 
 STEPS_PER_EPOCH = 512 // 64  # tiny_config: 512 training examples, batch size 64
 
@@ -115,7 +115,7 @@ torch.set_num_threads(1)
 import edvae.checkpoint as checkpoint
 from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edvae.config import validate_config
-from edvae.train import train
+from edvae.training import train
 
 args = json.loads(sys.argv[1])
 report = {}

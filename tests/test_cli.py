@@ -481,7 +481,7 @@ def test_a_run_trained_on_data_in_memory_is_evaluated_on_exactly_that_data(tmp_p
     from edvae.data import DataSplits
     from edvae.evaluate import evaluate_model
     from edvae.runs import load_run
-    from edvae.train import train
+    from edvae.training import train
 
     gen = torch.Generator().manual_seed(3)
     x = 5 + 2 * torch.randn(400, 6, generator=gen)  # not the config's synthetic data set (16-D)

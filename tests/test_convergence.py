@@ -41,7 +41,7 @@ def test_validation_elbos_reads_the_last_record_of_each_epoch(tmp_path) -> None:
 
 
 def test_a_trained_run_logs_one_validation_elbo_per_epoch(tiny_config, tmp_path) -> None:
-    from edvae.train import train
+    from edvae.training import train
 
     cfg = tiny_config(train={"epochs": 4})
     train(cfg, tmp_path / "run")

@@ -14,7 +14,9 @@ from torch import nn
 from edvae import estimators as E
 from edvae.critics import (
     CRITICS,
+    BilinearCritic,
     EncoderCritic,
+    MLPCritic,
     MomentumCritic,
     ScoreCritic,
     make_critic,
@@ -396,8 +398,8 @@ def test_make_critic_builds_each_name_with_its_defaults():
     encoder = LinearEncoder(3)
     built = {name: make_critic(name, 3, encoder=encoder) for name in CRITICS}
     assert isinstance(built["encoder"], EncoderCritic)
-    assert isinstance(built["bilinear"].score, E.BilinearCritic)
-    assert isinstance(built["mlp"].score, E.MLPCritic)
+    assert isinstance(built["bilinear"].score, BilinearCritic)
+    assert isinstance(built["mlp"].score, MLPCritic)
     momentum = built["momentum"]
     assert (momentum.queue_size, momentum.temperature, momentum.momentum) == (4096, 0.1, 0.99)
     assert momentum.queue.shape == (4096, 3) and momentum.bound(64) == math.log(4097)
@@ -451,7 +453,7 @@ def test_mlp_critic_has_no_parameter_infonce_cannot_see():
     """A bias on the column embedding adds g(z_i)^T b to every score of row i, which InfoNCE's
     log-softmax over j removes: its gradient is zero, so the critic must not carry one."""
     torch.manual_seed(0)
-    critic = E.MLPCritic(3, hidden=16, embedding=8)
+    critic = MLPCritic(3, hidden=16, embedding=8)
     z, mu, logvar = torch.randn(32, 3), torch.randn(32, 3), torch.zeros(32, 3)
     E.infonce(z, mu, logvar, critic=critic).backward()
     for name, parameter in critic.named_parameters():

@@ -178,7 +178,7 @@ def test_datasplits_checks_the_factor_shape():
 def test_a_tiny_run_trains_on_the_factor_data(tmp_path, data, model):
     from conftest import tiny_raw
     from edvae.config import validate_config
-    from edvae.train import train
+    from edvae.training import train
 
     raw = tiny_raw(model=dict(model, prior="normal"), train={"epochs": 2, "batch_size": 64})
     raw["data"] = data  # replace, not merge: the data sets have different options

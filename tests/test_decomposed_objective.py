@@ -250,7 +250,7 @@ def test_the_presets_train_as_study_variants(tmp_path, tiny_config, variant):
     import json
 
     from edvae.experiments.variants import VARIANTS
-    from edvae.train import train
+    from edvae.training import train
 
     cfg = tiny_config(model={"prior": "normal"}, objective=VARIANTS[variant]["objective"], train={"epochs": 2})
     result = train(cfg, tmp_path / "run")
@@ -261,7 +261,7 @@ def test_the_presets_train_as_study_variants(tmp_path, tiny_config, variant):
 
 
 def test_the_beta_tcvae_variant_on_a_non_factorised_prior_fails_in_one_line(tmp_path, tiny_config):
-    from edvae.train import train
+    from edvae.training import train
 
     cfg = tiny_config(model={"prior": "true"}, objective={"kind": "beta-tcvae"}, train={"epochs": 1})
     with pytest.raises(EdvaeError, match="factorises"):

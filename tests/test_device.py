@@ -48,6 +48,11 @@ _HOST_READS = (
 )
 
 
+#: samplers whose meta kernel older torch lacks (torch 2.11 has none for _standard_gamma, which
+#: Student-t sampling uses; seen on the GPU machine): their output has the input's shape
+_NO_META_KERNEL_BEFORE_2_13 = (torch.ops.aten._standard_gamma.default,)
+
+
 class MetaDevice(TorchDispatchMode):
     """Stand-in values for host reads of meta tensors; generator devices checked (module docstring)."""
 
@@ -69,6 +74,8 @@ class MetaDevice(TorchDispatchMode):
         try:
             return func(*args, **kwargs)
         except NotImplementedError as err:  # a deliberate copy to the CPU (.cpu(), .to("cpu"), for
+            if func in _NO_META_KERNEL_BEFORE_2_13 and args[0].device == META:  # a shape-preserving sampler
+                return torch.empty_like(args[0])
             if "Cannot copy out of meta tensor" not in str(err):  # metrics computed there by design)
                 raise
             dtype = kwargs.get("dtype") or next((a for a in args if isinstance(a, torch.dtype)), args[0].dtype)

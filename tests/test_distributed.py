@@ -84,7 +84,7 @@ def _step(case: tuple, rank: int, world: int) -> dict[str, dict[str, torch.Tenso
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(BATCH, X_DIM, generator=gen)
     eps = torch.randn(BATCH, LATENT, generator=gen)
-    rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)  # as edvae.train.shard_rows
+    rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)  # as edvae.training.shard_rows
     step_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     out = step_model(x[rows], eps[rows])
     mu, logvar, offset = gather_columns(out.mu, out.logvar)
@@ -157,7 +157,7 @@ def test_terms_and_gradients_of_two_processes_equal_one_process(spawned, index):
 
 @pytest.mark.parametrize("n, batch_size, world", [(512, 64, 2), (1000, 96, 4), (10, 3, 3), (7, 2, 1)])
 def test_each_epoch_splits_the_global_batches_across_processes_without_overlap(n, batch_size, world):
-    from edvae.train import epoch_order, rank_indices
+    from edvae.training import epoch_order, rank_indices
 
     for epoch in (0, 1):
         shards = [rank_indices(n, batch_size, 0, epoch, rank, world) for rank in range(world)]
@@ -174,7 +174,7 @@ def test_each_epoch_splits_the_global_batches_across_processes_without_overlap(n
 def test_a_batch_that_does_not_split_evenly_is_refused_before_any_process_starts(tmp_path):
     from edvae.config import validate_config
     from edvae.errors import EdvaeError
-    from edvae.train import train
+    from edvae.training import train
 
     config = validate_config(json.loads('{"train": {"batch_size": 64, "devices": 3}}'))
     with pytest.raises(EdvaeError, match="batch_size=64 must be divisible by the number of processes"):
@@ -249,13 +249,15 @@ def test_two_process_training_and_resume_match_one_process(tmp_path, objective_o
     parameters, same ``edvae evaluate`` metrics. With unit weights log q(z) cancels from the
     loss, and the processes gather the batch's posteriors only on logged steps."""
     from edvae.config import load_config, validate_config
-    from edvae.train import reads_batch_columns, train
+    from edvae.objective_kinds import build_objective
+    from edvae.training import train
 
     config_path = tmp_path / "tiny.toml"
     config_path.write_text(TINY_TOML.replace("OBJECTIVE_OPTIONS", objective_options))
     objective = validate_config(load_config(config_path)).objective
-    assert reads_batch_columns(objective, diagnostics=False) == bool(objective_options)
-    assert reads_batch_columns(objective, diagnostics=True)
+    built = build_objective(objective, dataset_size=1)
+    assert built.reads_batch_columns(diagnostics=False) == bool(objective_options)
+    assert built.reads_batch_columns(diagnostics=True)
     one, two = tmp_path / "one", tmp_path / "two"
     train(validate_config(load_config(config_path)), one)
 

@@ -18,7 +18,9 @@ from torch.distributions import (
 )
 
 from edvae import estimators as E
+from edvae.critics import BilinearCritic, MLPCritic
 from edvae.errors import EdvaeError
+from edvae.estimators import kernel
 
 F64 = torch.float64
 LOG_2PI = math.log(2 * math.pi)
@@ -105,7 +107,7 @@ def test_log_q_matches_brute_force(method, chunk_size):
 @pytest.mark.parametrize("method", E.METHODS)
 def test_column_blocks_merge_exactly(method, monkeypatch):
     """Columns split into blocks of 2 (merged with logaddexp) give the same values."""
-    monkeypatch.setattr(E, "_MAX_BLOCK_COLUMNS", 2)
+    monkeypatch.setattr(kernel, "_MAX_BLOCK_COLUMNS", 2)
     z, mu, logvar = posterior_batch(7, 2, seed=1)
     n = 7 if method == "full" else 30
     got = E.log_aggregate_posterior(z, mu, logvar, method=method, chunk_size=3, **method_kwargs(method, n))
@@ -443,7 +445,7 @@ def test_mi_nonnegative_on_average_over_samples(method):
 @pytest.mark.parametrize("method", E.METHODS)
 @pytest.mark.parametrize("chunk_size", [None, 2])
 def test_gradcheck(method, chunk_size, monkeypatch):
-    monkeypatch.setattr(E, "_MAX_BLOCK_COLUMNS", 3)  # several column blocks, too
+    monkeypatch.setattr(kernel, "_MAX_BLOCK_COLUMNS", 3)  # several column blocks, too
     z, mu, logvar = posterior_batch(5, 2, seed=11)
     inputs = tuple(t.clone().requires_grad_() for t in (z, mu, logvar))
     kwargs = method_kwargs(method, 20)
@@ -611,7 +613,7 @@ def test_narrow_posteriors_far_apart_match_brute_force(chunk_size):
 
 def test_infonce_with_learned_critics():
     z, mu, logvar = posterior_batch(8, 3, seed=16)
-    for critic in (E.BilinearCritic(3).double(), E.MLPCritic(3, hidden=16, embedding=4).double()):
+    for critic in (BilinearCritic(3).double(), MLPCritic(3, hidden=16, embedding=4).double()):
         value = E.infonce(z, mu, logvar, critic=critic)
         assert value.item() <= math.log(8) + 1e-12
         value.backward()
@@ -637,7 +639,7 @@ def test_infonce_default_critic_equals_batch_mi():
 def test_infonce_never_exceeds_log_batch(batch, dim, seed, logvar_low):
     z, mu, logvar = posterior_batch(batch, dim, seed, mu_scale=3.0, logvar_range=(logvar_low, 1.0))
     assert E.infonce(z, mu, logvar).item() <= math.log(batch) + 1e-9
-    critic = E.BilinearCritic(dim).double()
+    critic = BilinearCritic(dim).double()
     with torch.no_grad():
         critic.weight.mul_(50.0)
     assert E.infonce(z, mu, logvar, critic=critic).item() <= math.log(batch) + 1e-9
@@ -710,7 +712,7 @@ def test_bad_inputs_are_named():
 def test_several_methods_from_one_pass(chunk_size, columns, monkeypatch):
     """method=(...) gives each method's estimate and gradients, also in blocks and for row slices."""
     if columns:
-        monkeypatch.setattr(E, "_MAX_BLOCK_COLUMNS", columns)
+        monkeypatch.setattr(kernel, "_MAX_BLOCK_COLUMNS", columns)
     z, mu, logvar = posterior_batch(7, 2, seed=21)
     methods = ("mss", "batch", "mws")
     both = E.log_aggregate_posterior(z, mu, logvar, dataset_size=40, method=methods, chunk_size=chunk_size)

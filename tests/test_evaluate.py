@@ -16,7 +16,7 @@ from edvae.config import EvalConfig, validate_config
 from edvae.errors import EdvaeError
 from edvae.estimators import dataset_decomposition, dataset_decomposition_terms, log_posterior
 from edvae.evaluate import active_units, evaluate_model, evaluate_run, evaluation_seed, load_run, sliced_wasserstein
-from edvae.train import train
+from edvae.training import train
 
 
 # ----------------------------------------------------------------------------- a trained model on digits
@@ -194,6 +194,22 @@ def test_every_averaged_metric_reports_its_standard_error(trained):
     assert m["ll_gap"] == pytest.approx(m["true_ll"] - m["iwae"], abs=1e-9)
 
 
+def test_evaluation_runs_without_autograd(trained, monkeypatch):
+    """Every metric is computed under torch.inference_mode (no graph is kept: less memory, no
+    host reads of tensors that require grad); a decorator moved off evaluate_model broke it once."""
+    model, data = trained
+    seen: list[bool] = []
+    mean_se = evaluate_module._mean_se
+
+    def recording(values: torch.Tensor) -> tuple[float, float]:
+        seen.append(torch.is_inference_mode_enabled() and not values.requires_grad)
+        return mean_se(values)
+
+    monkeypatch.setattr(evaluate_module, "_mean_se", recording)
+    evaluate_model(model, data, EvalConfig(iwae_samples=5))
+    assert seen and all(seen)
+
+
 def _se(values: torch.Tensor) -> float:
     v = values.double()
     return math.sqrt(float(((v - v.mean()) ** 2).sum()) / (len(v) - 1)) / math.sqrt(len(v))
@@ -301,7 +317,7 @@ def test_evaluation_noise_is_not_the_training_noise(trained, monkeypatch):
         evaluate_model(model, data, EvalConfig(iwae_samples=2), true_ll=torch.zeros(3))
     training_noise = torch.randn(first[0].shape, generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(first[0], training_noise)
-    # every purpose has its own stream, none seeded like a training stream (edvae.train: the
+    # every purpose has its own stream, none seeded like a training stream (edvae.training: the
     # noise and global seeds s, epoch orders s * 1_000_003 + e, validation s * 7919 + e)
     seeds = {evaluation_seed(s, p) for s in range(50) for p in ("noise", "binarise", "prior", "probe")}
     training = {

@@ -111,7 +111,7 @@ def test_training_ends_with_the_training_set_scale(tiny_config, tmp_path) -> Non
     scale of the final model, recomputed here by brute force with the same noise."""
     from edvae.data.sampling import derive_seed
     from edvae.evaluate import load_run
-    from edvae.train import train
+    from edvae.training import train
 
     cfg = tiny_config(model={"decoder_scale": "optimal"}, objective={"kind": "elbo"})
     train(cfg, tmp_path / "run")

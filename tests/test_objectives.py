@@ -10,6 +10,7 @@ from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from edvae import estimators as E
+from edvae.critics import BilinearCritic
 from edvae.errors import EdvaeError
 from edvae.objectives import ENTROPY_ESTIMATORS, Objective, ed_elbo, elbo, uses_aggregate_posterior
 
@@ -133,7 +134,7 @@ def test_gradients_reach_every_input_prior_and_critic():
         def forward(self):
             return Independent(Normal(self.loc, torch.ones(3, dtype=F64)), 1)
 
-    prior, critic = Prior(), E.BilinearCritic(3).double()
+    prior, critic = Prior(), BilinearCritic(3).double()
     out = ed_elbo(log_px, z, mu, logvar, prior, dataset_size=100, mi_weight=-1.0, mi_estimator="infonce", critic=critic)
     out.loss.backward()
     for t in (log_px, z, mu, logvar, prior.loc, critic.weight):
@@ -237,7 +238,7 @@ def test_bad_inputs_are_named():
     prior = std_normal(3)
     _raises("mi_estimator", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=100, mi_estimator="full")
     _raises("entropy_estimator", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=100, entropy_estimator="infonce")
-    _raises("critic", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=100, critic=E.BilinearCritic(3))
+    _raises("critic", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=100, critic=BilinearCritic(3))
     _raises("dataset_size", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=None)
     _raises("dataset_size", ed_elbo, log_px, z, mu, logvar, prior, dataset_size=5)
     _raises("log_px", ed_elbo, log_px[:3], z, mu, logvar, prior, dataset_size=100)

@@ -1,7 +1,7 @@
 """The precision rule of the (R, B) pass over log q(z_i | x_j), proven against float64.
 
 float32 inputs with D <= ``_DIRECT_MAX_DIM`` take the float32 direct-difference kernel
-(``edvae.estimators._Direct``). The rule it must keep: every entry of L[i, j] = log q(z_i|x_j)
+(``edvae.estimators.kernel._Direct``). The rule it must keep: every entry of L[i, j] = log q(z_i|x_j)
 within 1e-3 nats of a float64 brute force on the same (float32) inputs wherever |L| <= 1000
 (every entry that can carry weight next to the row's own posterior) and within 2e-6 |L|
 elsewhere (float32 cannot even represent such values more finely); log q_hat, mi, entropy and
@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edvae import estimators as E
+from edvae.estimators import kernel as K
 
 F32, F64 = torch.float32, torch.float64
 LOG_2PI = math.log(2 * math.pi)
@@ -70,10 +71,10 @@ def brute_log_q(z, mu, logvar, log_w):
 
 def kernel_matrix(z, mu, logvar, chunk_rows, chunk_columns):
     """Every entry of L as the float32 kernel computes it, assembled from its blocks."""
-    kernel = E._kernel(z, mu, logvar)
-    assert isinstance(kernel, E._Direct)
+    kernel = K._kernel(z, mu, logvar)
+    assert isinstance(kernel, K._Direct)
     out = torch.empty(z.shape[0], mu.shape[0], dtype=F32)
-    for r0, c0, block, _ in E._blocks(kernel, chunk_rows, chunk_columns):
+    for r0, c0, block, _ in K._blocks(kernel, chunk_rows, chunk_columns):
         out[r0 : r0 + block.shape[0], c0 : c0 + block.shape[1]] = block
     return out
 
@@ -109,14 +110,14 @@ def test_blocked_entries_are_the_single_block_entries():
 
 
 def dispatches_to_float32(z, mu, logvar):
-    return isinstance(E._kernel(z, mu, logvar), E._Direct)
+    return isinstance(K._kernel(z, mu, logvar), K._Direct)
 
 
 def test_dispatch_float32_small_d_only():
-    z, mu, logvar = float32_batch(4, E._DIRECT_MAX_DIM, 1.0, 0.0, 1.0, seed=0)
+    z, mu, logvar = float32_batch(4, K._DIRECT_MAX_DIM, 1.0, 0.0, 1.0, seed=0)
     assert dispatches_to_float32(z, mu, logvar)
     assert not dispatches_to_float32(z.double(), mu, logvar)  # any float64 input: float64
-    wide = float32_batch(4, E._DIRECT_MAX_DIM + 1, 1.0, 0.0, 1.0, seed=0)
+    wide = float32_batch(4, K._DIRECT_MAX_DIM + 1, 1.0, 0.0, 1.0, seed=0)
     assert not dispatches_to_float32(*wide)
     assert E.log_aggregate_posterior(*wide, dataset_size=10).dtype == F32
 
@@ -210,7 +211,7 @@ def test_decomposition_and_infonce_within_the_rule(sigma, offset):
 
 @pytest.mark.parametrize("chunk_size", [1, 5, None])
 def test_blocks_and_row_offset_within_the_rule(chunk_size, monkeypatch):
-    monkeypatch.setattr(E, "_MAX_BLOCK_COLUMNS", 8)  # several column blocks merged by logaddexp
+    monkeypatch.setattr(K, "_MAX_BLOCK_COLUMNS", 8)  # several column blocks merged by logaddexp
     z, mu, logvar = float32_batch(20, 3, "mixed", 10.0, 1.0, seed=9)
     rows, offset = slice(6, 15), 6
     got = E.log_aggregate_posterior(
@@ -229,7 +230,7 @@ def test_blocks_and_row_offset_within_the_rule(chunk_size, monkeypatch):
 @settings(max_examples=40, deadline=None)
 @given(
     batch=st.integers(2, 40),
-    dim=st.integers(1, E._DIRECT_MAX_DIM),
+    dim=st.integers(1, K._DIRECT_MAX_DIM),
     log10_sigma=st.floats(-3.0, 0.7),
     offset=st.floats(-300.0, 300.0),
     spread=st.floats(0.0, 5.0),

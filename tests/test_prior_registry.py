@@ -25,7 +25,7 @@ from edvae.data import GroundTruth, load_dataset
 from edvae.errors import EdvaeError
 from edvae.model import build_model
 from edvae.priors import registry
-from edvae.train import train
+from edvae.training import train
 
 USER_MODULE = '''
 from torch.distributions import Normal

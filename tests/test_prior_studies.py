@@ -20,7 +20,7 @@ from edvae.evaluate import load_run
 from edvae.experiments import STUDIES, get_study, run_study
 from edvae.experiments.prior_studies import MISSPECIFIED_PRIORS, N_PRIOR_SAMPLES, SAMPLES_FILE
 from edvae.model import build_model
-from edvae.train import PRIOR_FIT_NAME, train
+from edvae.training import PRIOR_FIT_NAME, train
 
 SMALL_DATA = {"name": "complex", "options": {"n_train": 256, "n_val": 128, "n_test": 128}}
 TINY = {

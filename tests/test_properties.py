@@ -1,7 +1,7 @@
 """Property-based tests: whatever a user passes in, the only exception is an ``EdvaeError``.
 
 Random configs (valid and invalid keys, types and values) go through
-``edvae.config.validate_config`` and, when accepted, through a tiny ``edvae.train.train`` and
+``edvae.config.validate_config`` and, when accepted, through a tiny ``edvae.training.train`` and
 ``edvae.evaluate.evaluate_run``; random tensors (shapes, dtypes, NaN/Inf, bad arguments) go
 through the public mathematics. Each test counts the bad inputs it tried (refused with an
 ``EdvaeError``) and prints the counts (``pytest -s`` shows them). The examples are derandomized
@@ -202,7 +202,7 @@ def test_random_accepted_configs_train_and_evaluate_or_fail_cleanly():
     TrainingError (divergence); a finished run leaves a complete, finite, evaluable checkpoint."""
     from edvae.checkpoint import load_checkpoint
     from edvae.evaluate import evaluate_run
-    from edvae.train import train
+    from edvae.training import train
 
     counts: Counter[str] = Counter()
 

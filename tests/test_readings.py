@@ -20,7 +20,7 @@ from edvae.experiments.study import BASE, Study, build_runs
 from edvae.experiments.variants import READING_GRID, READINGS, VARIANTS, reading_name
 from edvae.report import write_report
 from edvae.stats import paired_comparisons
-from edvae.train import train
+from edvae.training import train
 
 STEPS_PER_EPOCH = 512 // 64  # tiny_raw: 512 training examples, batch 64
 

@@ -28,7 +28,7 @@ import edvae.checkpoint
 from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edvae.cli import app
 from edvae.errors import EdvaeError
-from edvae.train import load_data, train
+from edvae.training import load_data, train
 from edvae.training.run_dir import LOCK_NAME, RunLock
 
 TINY = """\

@@ -16,8 +16,7 @@ from edvae.errors import EdvaeError, TrainingError
 from edvae.evaluate import evaluate_run
 from edvae.model import ModelOutput
 from edvae.objective_kinds import OBJECTIVES, ELBOObjective, TrainingObjective, build_objective, register_objective
-from edvae.train import METRICS_NAME, train
-from edvae.training import TrainState
+from edvae.training import METRICS_NAME, TrainState, train
 
 STEPS_PER_EPOCH = 512 // 64  # tiny_raw: 512 training examples, batch 64
 

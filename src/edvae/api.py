@@ -7,7 +7,7 @@
 
 :func:`fit` builds a run config from its arguments (the same keys as a TOML config or
 ``--set``), splits the array into train/val/test with a seeded permutation, trains with
-:func:`edvae.train.train` (the array is stored in the run folder, so ``edvae evaluate RUN``
+:func:`edvae.training.train` (the array is stored in the run folder, so ``edvae evaluate RUN``
 uses exactly that data) and returns :func:`load` of the run folder: a :class:`Run`.
 
 Priors: a registered name (:func:`edvae.priors.names`), or a ``torch.distributions.Distribution``
@@ -152,10 +152,10 @@ def fit(
       or ``"auto"`` (the GPU for networks big enough to gain from it,
       :func:`edvae.accelerator.choose_accelerator`). The returned run's model is on the CPU.
 
-    ``callbacks`` and ``overwrite`` are those of :func:`edvae.train.train`. Errors are
+    ``callbacks`` and ``overwrite`` are those of :func:`edvae.training.train`. Errors are
     :class:`~edvae.errors.EdvaeError` with one line naming the argument.
     """
-    from edvae.train import train
+    from edvae.training import train
 
     values, labels = _as_arrays(x)
     config = _config(out, prior, objective, epochs, overrides, accelerator)

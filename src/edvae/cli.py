@@ -259,7 +259,7 @@ def train(
             raise EdvaeError("give a CONFIG file (e.g. configs/edvae-complex.toml) or --set overrides")
         cfg = validate_config(_raw_config(config, overrides, prior, data), source=str(config or "--set"))
         run_dir = out_dir
-    from edvae.train import train as run_training  # the heavy imports, after the config is checked
+    from edvae.training import train as run_training  # the heavy imports, after the config is checked
 
     result = run_training(cfg, run_dir, resume=resume is not None, overwrite=overwrite)
     from edvae.distributed import is_main_process
@@ -284,7 +284,7 @@ def train(
 
 def _echo_prior_fit(run_dir: Path) -> None:
     """One line on the prior fitted before training (a flow fitted to samples), if any."""
-    from edvae.train import PRIOR_FIT_NAME
+    from edvae.training import PRIOR_FIT_NAME
 
     path = run_dir / PRIOR_FIT_NAME
     if path.is_file():

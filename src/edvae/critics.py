@@ -13,9 +13,9 @@ and in where the negatives come from:
 * ``"encoder"`` (:class:`EncoderCritic`): f(z_i, x_j) = log q(z_i | x_j), the other B - 1 codes
   of the batch as negatives; I_NCE <= log B. It equals the mutual information of
   ``edvae.estimators.decompose(..., method="batch")`` and has no parameters.
-* ``"bilinear"`` (:class:`ScoreCritic` around ``edvae.estimators.BilinearCritic``):
+* ``"bilinear"`` (:class:`ScoreCritic` around :class:`BilinearCritic`):
   f(z_i, x_j) = z_i^T W mu_j with W learned; I_NCE <= log B.
-* ``"mlp"`` (:class:`ScoreCritic` around ``edvae.estimators.MLPCritic``): f(z_i, x_j) =
+* ``"mlp"`` (:class:`ScoreCritic` around :class:`MLPCritic`): f(z_i, x_j) =
   g(z_i)^T h(mu_j) / sqrt(k) with two learned MLPs; I_NCE <= log B.
 * ``"momentum"`` (:class:`MomentumCritic`, MoCo-style, He et al., 2020): f = cosine / tau between
   the query code and keys of a slowly updated copy of the encoder, the last K keys of past
@@ -26,7 +26,8 @@ nats, so an objective need not know which one it holds; ``critic.bound(batch_siz
 and ``critic.update(encoder)`` is what a trainer calls after every optimiser step (a no-op except
 for the momentum critic). Build one by name with :func:`make_critic`.
 
-This module is mathematics: it imports torch, ``edvae.errors`` and ``edvae.estimators`` only.
+This module is mathematics: it imports torch, ``edvae.errors``, ``edvae.estimators`` and
+``edvae.priors.base`` (one positive-integer check) only.
 """
 
 from __future__ import annotations
@@ -41,13 +42,16 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from edvae.errors import EdvaeError
-from edvae.estimators import BilinearCritic, MLPCritic, infonce
+from edvae.estimators import infonce
+from edvae.priors.base import _positive_int
 
 __all__ = [
+    "BilinearCritic",
     "CRITICS",
     "CRITIC_OPTIONS",
     "Critic",
     "EncoderCritic",
+    "MLPCritic",
     "MomentumCritic",
     "ScoreCritic",
     "check_critic",
@@ -98,9 +102,43 @@ class EncoderCritic(Critic):
         return infonce(z, mu, logvar, row_offset=row_offset, validate=validate)
 
 
+class BilinearCritic(nn.Module):
+    r"""Bilinear critic f(x_j, z_i) = z_i^T W mu_j, scores of shape (R, B).
+
+    ``W`` (D, D) starts at the identity. Call as ``critic(z, mu)`` with rows ``z`` (R, D) and
+    columns ``mu`` (B, D).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(dim))
+
+    def forward(self, z: Tensor, mu: Tensor) -> Tensor:
+        return z @ self.weight @ mu.T
+
+
+class MLPCritic(nn.Module):
+    r"""Separable MLP critic f(x_j, z_i) = g(z_i)^T h(mu_j) / sqrt(k), scores (R, B).
+
+    g and h are two-layer MLPs R^D -> R^k (``embedding`` = k). Separable critics cost one
+    (R, k) x (k, B) product instead of a network evaluation per pair. h's last layer has no
+    bias: a bias b would add g(z_i)^T b to every score of row i, which InfoNCE's log-softmax
+    over j removes, so nothing could learn it.
+    """
+
+    def __init__(self, dim: int, hidden: int = 128, embedding: int = 32) -> None:
+        super().__init__()
+        self.rows = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding))
+        self.columns = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding, bias=False))
+        self.scale = embedding**-0.5
+
+    def forward(self, z: Tensor, mu: Tensor) -> Tensor:
+        return self.scale * self.rows(z) @ self.columns(mu).T
+
+
 class ScoreCritic(Critic):
     r"""A learned score f(z_i, mu_j), (R, B) scores from ``score(z, mu)`` (e.g.
-    ``edvae.estimators.BilinearCritic`` or ``MLPCritic``), the batch's columns as negatives:
+    :class:`BilinearCritic` or :class:`MLPCritic`), the batch's columns as negatives:
 
         I_NCE = mean_i [ f(z_i, mu_{i+o}) - logsumexp_j f(z_i, mu_j) ] + log B <= log B.
 
@@ -342,13 +380,6 @@ CRITIC_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _positive_int(name: str, value: object, *, none_ok: bool = False) -> None:
-    if none_ok and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise EdvaeError(f"{name}={value!r} must be a positive integer{' or None' if none_ok else ''}.")
-
-
 def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     allowed = CRITIC_OPTIONS[name]
     unknown = sorted(set(options) - set(allowed))
@@ -359,8 +390,8 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
         )
     merged = {**allowed, **options}
     for key in ("hidden", "embedding", "queue_size", "projection"):
-        if key in merged:
-            _positive_int(key, merged[key], none_ok=key == "projection")
+        if key in merged and not (key == "projection" and merged[key] is None):
+            merged[key] = _positive_int(key, merged[key])
     if name == "momentum":
         tau, m = merged["temperature"], merged["momentum"]
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
@@ -398,7 +429,7 @@ def make_critic(name: str, dim: int, encoder: nn.Module | None = None, **options
     :class:`EdvaeError` s.
     """
     merged = check_critic(name, options)
-    _positive_int("dim", dim)
+    dim = _positive_int("dim", dim)
     if name == "encoder":
         return EncoderCritic()
     if name == "bilinear":

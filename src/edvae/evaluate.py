@@ -208,7 +208,6 @@ def _mean_se(values: Tensor) -> tuple[float, float]:
     return float(values.mean()), float(values.std() / math.sqrt(values.numel()))
 
 
-@torch.inference_mode()
 def evaluation_memory_bytes(samples: int, chunk: int, features: int, latent_dim: int) -> int:
     """A lower estimate of the memory of one evaluation block, in bytes: K importance samples of
     a block of b examples hold the repeated inputs and decoder outputs (3 K b F float32 values for
@@ -216,6 +215,7 @@ def evaluation_memory_bytes(samples: int, chunk: int, features: int, latent_dim:
     return 4 * samples * chunk * (3 * features + 6 * latent_dim + 8)
 
 
+@torch.inference_mode()
 def evaluate_model(
     model: VAE,
     data: DataSplits,

@@ -3,7 +3,7 @@
 ``edvae bench --out DIR`` (:func:`run_bench`) writes ``bench.json``, ``bench.md``,
 ``scaling.png`` and ``README-snippet.md`` into DIR.
 
-* **Overhead of the decomposition.** Epochs of :func:`edvae.train.train` (the real training
+* **Overhead of the decomposition.** Epochs of :func:`edvae.training.train` (the real training
   loop: steps, logging, validation, timed through its callbacks) for ``vae-std`` (ELBO, analytic KL, N(0, I)), ``edvae``
   (ED objective, MSS) and ``edvae-paper`` (InfoNCE mutual information, ``mi_weight=-1``), same
   networks, data and batch, on (a) the synthetic task (16-D data, 2-D latent, hidden

@@ -137,7 +137,7 @@ def step_limits(
     the overhead study's median step time) and its share of :func:`matmul_rate`; and the top
     operators of the training steps by self CPU time (profiler overhead included)."""
     from edvae.config import validate_config
-    from edvae.train import train
+    from edvae.training import train
 
     base, data, _ = _load_task_data(task, quick)
     steps = 5 if quick else 20
@@ -234,7 +234,7 @@ def start_up(*, quick: bool, work: Path) -> dict[str, Any]:
     from edvae.config import validate_config
     from edvae.evaluate import true_log_likelihoods
     from edvae.runs import load_data
-    from edvae.train import train
+    from edvae.training import train
 
     data_config = (
         {"name": "complex", "options": {"n_train": 2560, "n_val": 512, "n_test": 512}} if quick else {"name": "complex"}
@@ -264,7 +264,7 @@ def threads(*, quick: bool, work: Path, default_threads: int) -> dict[str, Any]:
     threads, idle and next to a spinning CPU-bound subprocess; each configuration in turn,
     interleaved over the repeats, the step time measured through the trainer's callbacks."""
     from edvae.config import validate_config
-    from edvae.train import train
+    from edvae.training import train
 
     counts = sorted({1, 2, default_threads})
     tasks = ["synthetic"] if quick else ["synthetic", "mnist-mlp"]

@@ -26,7 +26,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "repeats; ratios are ratios of medians. Wall-clock is what a user waits; CPU seconds (this",
         "process only) are less disturbed by other work on a shared machine.",
         "",
-        "## 1. Overhead of the decomposition (training steps of `edvae.train.train`)",
+        "## 1. Overhead of the decomposition (training steps of `edvae.training.train`)",
         "",
     ]
     for task in report["overhead"]:

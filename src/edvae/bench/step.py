@@ -1,6 +1,6 @@
 """The training step against a minimal hand-written loop of the same shape, and on a GPU.
 
-* :func:`step_ratio` (CPU): the steady-state time of one step of :func:`edvae.train.train`
+* :func:`step_ratio` (CPU): the steady-state time of one step of :func:`edvae.training.train`
   (vae-std) next to a minimal hand-written PyTorch loop of the same shape, separated from each
   run's fixed cost (set-up, the checkpoint written at the stop, ...). Each side is run to
   ``n1`` and to ``n2`` steps; with T(n) the time of a run of n steps,
@@ -68,7 +68,7 @@ def _hand_loop(data: Any, steps: int, *, device: str = "cpu", seed: int = 0) -> 
 
 
 def _trainer_run(config: Any, run_dir: Path, data: Any, steps: int) -> None:
-    from edvae.train import train
+    from edvae.training import train
 
     train(config, run_dir, data=data, overwrite=True, stop_at_step=steps)
 
@@ -184,7 +184,7 @@ def gpu_steps(*, quick: bool, work: Path) -> dict[str, Any]:
     from edvae.data import load_dataset
     from edvae.data.splits import DataSplits
     from edvae.experiments.variants import merge
-    from edvae.train import train
+    from edvae.training import train
 
     device = "cuda"
     peak = matmul_rate(device)

@@ -36,7 +36,7 @@ class _LoopClock:
 def _train_with_loop_cpu(config: Any, run_dir: Path, data: Any) -> tuple[Any, float]:
     """(TrainResult, process CPU seconds of the loop): from the trainer's ``on_train_start`` to
     its ``on_train_end``, the span that ``TrainResult.train_seconds`` measures in wall-clock time."""
-    from edvae.train import train
+    from edvae.training import train
 
     clock = _LoopClock()
     result = train(config, run_dir, data=data, overwrite=True, callbacks=[clock])
@@ -44,11 +44,11 @@ def _train_with_loop_cpu(config: Any, run_dir: Path, data: Any) -> tuple[Any, fl
 
 
 def overhead(task: str, *, quick: bool, work: Path) -> dict[str, Any]:
-    """Training-step time of :func:`edvae.train.train` for each variant and its ratio to
+    """Training-step time of :func:`edvae.training.train` for each variant and its ratio to
     vae-std's (``ratio``: the loop's time without the per-epoch validation, over the steps),
     and the same for whole epochs with their validation (``ratio_epoch``)."""
     from edvae.config import validate_config
-    from edvae.train import train
+    from edvae.training import train
 
     base, data, description = _load_task_data(task, quick)
     epochs, repeats = (1, 2) if quick else ((3, 9) if task == "synthetic" else (2, 3))
@@ -215,7 +215,7 @@ def peers(*, quick: bool, work: Path) -> dict[str, Any]:
     from edvae.data import load_dataset
     from edvae.evaluate import load_run
     from edvae.experiments.variants import merge
-    from edvae.train import train
+    from edvae.training import train
 
     epochs, repeats = (1, 1) if quick else (10, 7)
     options = {"n_train": 2560, "n_val": 512, "n_test": 512} if quick else _SYNTHETIC["data"]["options"]
@@ -314,7 +314,7 @@ def profile_step(*, quick: bool, work: Path, rows: int = 15) -> dict[str, Any]:
     from edvae.config import validate_config
     from edvae.data import load_dataset
     from edvae.experiments.variants import merge
-    from edvae.train import train
+    from edvae.training import train
 
     options: dict[str, Any] = {"n_train": 2560 if quick else 10240, "n_val": 256, "n_test": 256}
     data = load_dataset("complex", **options)
@@ -374,7 +374,7 @@ def hygiene(work: Path) -> dict[str, Any]:
     from edvae.config import validate_config
     from edvae.data import load_dataset
     from edvae.experiments.variants import merge
-    from edvae.train import train
+    from edvae.training import train
 
     options: dict[str, Any] = {"n_train": 512, "n_val": 256, "n_test": 256}
     config = validate_config(_raw_config(merge(_SYNTHETIC, {"data": {"options": options}}), "edvae", "normal", 1))

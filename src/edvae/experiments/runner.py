@@ -33,7 +33,7 @@ from edvae.model import build_model
 from edvae.objective_kinds import build_objective
 from edvae.report import write_report
 from edvae.runs import EVALUATION_NAME, LATENTS_NAME, METRICS_NAME, load_data, load_run
-from edvae.train import train
+from edvae.training import train
 from edvae.training.run_dir import RunLock
 
 __all__ = ["ACTIONS", "RunSpec", "Study", "plan_run", "run_study", "run_one", "run_convergence", "preflight"]

@@ -55,8 +55,9 @@ on every process; a callback that writes files should check ``trainer.fabric.is_
 
 from edvae.runs import METRICS_NAME, PRIOR_FIT_NAME, TENSORBOARD_DIR
 from edvae.training.batches import epoch_order, micro_batch_rows, rank_indices, shard_rows
+from edvae.training.launch import train
 from edvae.training.state import TrainState
-from edvae.training.trainer import HOOKS, Trainer, TrainResult, load_data, train
+from edvae.training.trainer import HOOKS, Trainer, TrainResult, load_data
 
 __all__ = [
     "HOOKS",

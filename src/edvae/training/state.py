@@ -74,7 +74,7 @@ class TrainState:
     last_validation: dict[str, float] = field(default_factory=dict)
     log_lines: int = 0  # lines of metrics.jsonl written up to this state
     completed: bool = False
-    #: settings changed on resume: ``{"step", "key", "from", "to"}``, oldest first (see :func:`edvae.train.train`)
+    #: settings changed on resume: ``{"step", "key", "from", "to"}``, oldest first (see :func:`edvae.training.train`)
     changes: list[dict[str, Any]] = field(default_factory=list)
     stopped_by: str | None = None  # not stored: a resumed run is not stopped
 
