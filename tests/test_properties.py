@@ -953,7 +953,7 @@ def _snapshot(folder: Any) -> dict[str, bytes]:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One finished tiny run (4 steps), trained once for the checkpoint mutations."""
     from edvae.config import validate_config
-    from edvae.train import train
+    from edvae.training import train
 
     run = tmp_path_factory.mktemp("checkpoint-mutations") / "run"
     with warnings.catch_warnings():
