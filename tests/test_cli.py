@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
+from cli_helpers import assert_one_line_error, invoke
 from edvae.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, load_checkpoint
-from edvae.cli import app
 from edvae.errors import EdvaeError
 
 TINY_TOML = """\
@@ -46,21 +45,6 @@ log_every = 2
 [eval]
 iwae_samples = 20
 """
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, expected: str, code: int = 2) -> str:
-    """Exit ``code``, exactly one stderr line ``error: ...`` containing ``expected``, no traceback."""
-    assert isinstance(result.exception, SystemExit), f"escaped: {result.exception!r}\n{result.stderr}"
-    assert result.exit_code == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    assert expected in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

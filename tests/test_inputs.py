@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from edvae.cli import app
+from cli_helpers import assert_one_line_error, invoke
 from edvae.errors import EdvaeError
 
 TINY = [
@@ -26,20 +25,6 @@ TINY = [
     "--set",
     "model.hidden=[8]",
 ]
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, expected: str, code: int = 2) -> str:
-    """Exit ``code``, one stderr line ``error: ...`` holding ``expected``, no traceback."""
-    assert isinstance(result.exception, SystemExit), f"escaped: {result.exception!r}\n{result.stderr}"
-    assert result.exit_code == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert expected in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -57,15 +42,15 @@ def test_toml_dates_anywhere_are_refused_naming_the_key(tmp_path):
         path = tmp_path / f"c{i}.toml"
         path.write_text(body + "\n")
         key = "when" if i == 0 else "model.hidden"
-        one_line_error(invoke("train", path, "--out", tmp_path / "run"), f"'{key}' holds a TOML date/time")
-    one_line_error(invoke("train", "--out", tmp_path / "run", "--set", "name=1979-05-27"), "'name' holds a TOML")
+        assert_one_line_error(invoke("train", path, "--out", tmp_path / "run"), f"'{key}' holds a TOML date/time")
+    assert_one_line_error(invoke("train", "--out", tmp_path / "run", "--set", "name=1979-05-27"), "'name' holds a TOML")
     assert not (tmp_path / "run").exists()
 
 
 def test_an_array_of_tables_is_named_with_its_file_not_as_a_set_error(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[[train]]\nepochs = 1\n")
-    line = one_line_error(invoke("train", path, "--out", tmp_path / "run", "--set", "train.epochs=2"), str(path))
+    line = assert_one_line_error(invoke("train", path, "--out", tmp_path / "run", "--set", "train.epochs=2"), str(path))
     assert "[[train]]" in line and "--set" not in line
 
 
@@ -96,10 +81,10 @@ def test_a_csv_first_row_with_na_is_a_data_row_with_a_missing_value(tmp_path):
 def test_data_paths_are_checked_before_reading(tmp_path, monkeypatch):
     import edvae.data.files as files
 
-    one_line_error(invoke("train", "--data", "/dev/zero", "--out", tmp_path / "r", *TINY), "not a regular file")
-    one_line_error(invoke("train", "--data", tmp_path, "--out", tmp_path / "r", *TINY), "is a directory")
+    assert_one_line_error(invoke("train", "--data", "/dev/zero", "--out", tmp_path / "r", *TINY), "not a regular file")
+    assert_one_line_error(invoke("train", "--data", tmp_path, "--out", tmp_path / "r", *TINY), "is a directory")
     result = invoke("train", "--set", "data.name=file", "--set", 'data.path=""', "--out", tmp_path / "r", *TINY)
-    one_line_error(result, "data.path is empty")
+    assert_one_line_error(result, "data.path is empty")
     big = tmp_path / "big.npy"
     np.save(big, np.zeros((100, 10), np.float32))
     monkeypatch.setattr(files, "machine_memory_bytes", lambda: 4 * 1000)  # reads at most 1000 bytes
@@ -117,7 +102,7 @@ def test_data_paths_are_checked_before_reading(tmp_path, monkeypatch):
 def test_labels_are_class_indices_in_range(tmp_path, label):
     path = tmp_path / "lab.npz"
     np.savez(path, x=np.zeros((40, 2), np.float32), y=np.full(40, label))
-    one_line_error(invoke("train", "--data", path, "--out", tmp_path / "r", *TINY), "whole numbers from 0 to")
+    assert_one_line_error(invoke("train", "--data", path, "--out", tmp_path / "r", *TINY), "whole numbers from 0 to")
     from edvae.data import DataSplits
 
     x = torch.zeros(4, 2)
@@ -139,7 +124,7 @@ def run(tmp_path_factory) -> Path:
 def test_evaluating_on_data_of_another_width_names_the_data(run, tmp_path):
     other = tmp_path / "w2.npy"
     np.save(other, np.zeros((40, 2), np.float32))
-    line = one_line_error(invoke("evaluate", run, "--data", other, "--no-true-ll"), "examples of shape (2,)")
+    line = assert_one_line_error(invoke("evaluate", run, "--data", other, "--no-true-ll"), "examples of shape (2,)")
     assert "damaged" not in line
 
 
@@ -147,7 +132,7 @@ def test_resuming_after_the_data_moved_gives_a_fix_that_works(tmp_path, data_fil
     assert invoke("train", "--data", data_file, "--out", tmp_path / "run", *TINY).exit_code == 0
     moved = tmp_path / "moved.npy"
     data_file.rename(moved)
-    line = one_line_error(invoke("train", "--resume", tmp_path / "run", "--set", "train.epochs=2"), "ln -s")
+    line = assert_one_line_error(invoke("train", "--resume", tmp_path / "run", "--set", "train.epochs=2"), "ln -s")
     assert "--data" not in line
     data_file.symlink_to(moved)  # the fix it gives
     result = invoke("train", "--resume", tmp_path / "run", "--set", "train.epochs=2")
@@ -157,7 +142,7 @@ def test_resuming_after_the_data_moved_gives_a_fix_that_works(tmp_path, data_fil
 def test_huge_data_values_are_named_not_the_learning_rate(tmp_path):
     path = tmp_path / "huge.npy"
     np.save(path, (np.random.default_rng(0).normal(size=(80, 3)) * 1e30).astype(np.float32))
-    line = one_line_error(invoke("train", "--data", path, "--out", tmp_path / "r", *TINY), "|x| = ")
+    line = assert_one_line_error(invoke("train", "--data", path, "--out", tmp_path / "r", *TINY), "|x| = ")
     assert "not the learning rate" in line and "Lower train.lr" not in line
 
 
@@ -184,15 +169,17 @@ def test_a_diverging_but_finite_validation_elbo_gets_a_warning(tmp_path, capfd):
 
 # ----------------------------------------------------------------------------- bounds
 def test_bounds_are_checked_before_any_work(run, tmp_path):
-    line = one_line_error(invoke("reproduce", "--quick", "--seeds", 10**20, "--out", tmp_path / "s"), "lower --seeds")
+    line = assert_one_line_error(
+        invoke("reproduce", "--quick", "--seeds", 10**20, "--out", tmp_path / "s"), "lower --seeds"
+    )
     assert not (tmp_path / "s").exists() and "runs" in line
     result = invoke("train", "--data", tmp_path / "none.npy", "--out", tmp_path / "r", *TINY)
     assert result.exit_code == 2
-    one_line_error(invoke("evaluate", run, "--iwae-samples", 10**12, "--no-true-ll"), "lower --iwae-samples")
+    assert_one_line_error(invoke("evaluate", run, "--iwae-samples", 10**12, "--no-true-ll"), "lower --iwae-samples")
     data = tmp_path / "x.npy"
     np.save(data, np.zeros((40, 3), np.float32))
     result = invoke("train", "--data", data, "--out", tmp_path / "r", *TINY, "--set", "model.hidden=[65536, 65536]")
-    one_line_error(result, "narrower layers")
+    assert_one_line_error(result, "narrower layers")
 
 
 def test_a_missing_node_ends_the_rendezvous_with_one_line(tmp_path, data_file):
@@ -200,7 +187,7 @@ def test_a_missing_node_ends_the_rendezvous_with_one_line(tmp_path, data_file):
         "train", "--data", data_file, "--out", tmp_path / "r", *TINY, "--num-nodes", 2, "--set",
         "train.rendezvous_timeout=2",
     )  # fmt: skip
-    one_line_error(result, "did not all join within train.rendezvous_timeout=2 s")
+    assert_one_line_error(result, "did not all join within train.rendezvous_timeout=2 s")
 
 
 # ----------------------------------------------------------------------------- Python API
@@ -229,15 +216,15 @@ def test_publish_checks_everything_before_writing(tmp_path):
     docs = tmp_path / "docs"
     source = next(Path(__file__).parent.parent.joinpath("docs", "results").glob("*.json"))
     (results / "results.json").write_text('{"records": ')
-    one_line_error(invoke("publish", results, "--name", "x", "--docs", docs), "is not a results file")
+    assert_one_line_error(invoke("publish", results, "--name", "x", "--docs", docs), "is not a results file")
     (results / "results.json").write_text("[1, 2]")
-    one_line_error(invoke("publish", results, "--name", "x", "--docs", docs), "is not a results file")
+    assert_one_line_error(invoke("publish", results, "--name", "x", "--docs", docs), "is not a results file")
     (results / "results.json").write_text(source.read_text())
-    one_line_error(invoke("publish", results, "--name", "..", "--docs", docs), "--name must start with")
+    assert_one_line_error(invoke("publish", results, "--name", "..", "--docs", docs), "--name must start with")
     readme = tmp_path / "README.md"
-    one_line_error(invoke("publish", results, "--name", "x", "--docs", docs, "--readme", readme), "not found")
+    assert_one_line_error(invoke("publish", results, "--name", "x", "--docs", docs, "--readme", readme), "not found")
     readme.write_text("# no block\n")
-    one_line_error(
+    assert_one_line_error(
         invoke("publish", results, "--name", "x", "--docs", docs, "--readme", readme), "has no block showing x"
     )
     assert not docs.exists()

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import edvae.checkpoint
+from cli_helpers import assert_one_line_error, invoke
 from edvae.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from edvae.cli import app
 from edvae.errors import EdvaeError
 from edvae.training import load_data, train
 from edvae.training.run_dir import LOCK_NAME, RunLock
@@ -47,19 +46,6 @@ lr = 1e-3
 progress = false
 log_every = 2
 """
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line(result, expected: str, code: int = 2) -> str:
-    assert isinstance(result.exception, SystemExit), f"escaped: {result.exception!r}\n{result.stderr}"
-    assert result.exit_code == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert expected in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -91,11 +77,11 @@ def test_a_failed_overwrite_leaves_the_old_run_as_it_was(run, tmp_path, poison_o
         (["--set", "train.lr=1e5"], "the run already in", 1),  # diverges at step 2
     ]
     for args, message, code in cases:
-        line = one_line(invoke("train", config, "--out", run, "--overwrite", *args), message, code)
+        line = assert_one_line_error(invoke("train", config, "--out", run, "--overwrite", *args), message, code)
         assert _snapshot(run) == before, line
         assert not any(p.name.startswith(".run.") for p in tmp_path.iterdir()), "the staging folder is left"
     calls = poison_objective("reconstruction", lambda n: n == 2)  # the objective, not the lr, fails at step 2
-    line = one_line(invoke("train", config, "--out", run, "--overwrite"), "became non-finite at step 2", 1)
+    line = assert_one_line_error(invoke("train", config, "--out", run, "--overwrite"), "became non-finite at step 2", 1)
     assert f"the run already in {run} is unchanged" in line and calls["n"] == 2
     assert _snapshot(run) == before
 
@@ -107,7 +93,9 @@ def test_a_full_disk_at_the_first_checkpoint_of_an_overwrite_keeps_the_old_run(r
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(edvae.checkpoint, "save_atomic", full)
-    line = one_line(invoke("train", tmp_path / "tiny.toml", "--out", run, "--overwrite"), "no space left on device", 1)
+    line = assert_one_line_error(
+        invoke("train", tmp_path / "tiny.toml", "--out", run, "--overwrite"), "no space left on device", 1
+    )
     assert f"the run already in {run} is unchanged" in line
     assert _snapshot(run) == before
 
@@ -152,16 +140,18 @@ def test_a_live_writer_refuses_a_second_one_naming_its_pid_and_a_dead_ones_lock_
             ["train", "--resume", run, "--set", "train.epochs=2"],
             ["train", config, "--out", run, "--overwrite"],
         ):
-            line = one_line(invoke(*args), f"is in use by another edvae train (pid {holder.pid})")
+            line = assert_one_line_error(invoke(*args), f"is in use by another edvae train (pid {holder.pid})")
             assert f"kill {holder.pid}" in line
             assert _snapshot(run) == before
         fresh = tmp_path / "fresh"
         fresh.mkdir()
         other = _hold_lock(fresh)
         try:
-            one_line(invoke("train", config, "--out", fresh), f"(pid {other.pid})")
+            assert_one_line_error(invoke("train", config, "--out", fresh), f"(pid {other.pid})")
             (fresh / "metrics.jsonl").write_text("")  # the logs of a live run before its first checkpoint
-            line = one_line(invoke("train", "--resume", fresh), f"still starting or training (pid {other.pid})")
+            line = assert_one_line_error(
+                invoke("train", "--resume", fresh), f"still starting or training (pid {other.pid})"
+            )
             assert "stopped before its first checkpoint" not in line  # regression: blamed on a failed run
         finally:
             other.kill()
@@ -181,7 +171,7 @@ def test_a_live_writer_refuses_a_second_one_naming_its_pid_and_a_dead_ones_lock_
 def test_two_studies_on_one_out_folder_the_second_is_refused(tmp_path):
     out = tmp_path / "study"
     with RunLock(out, what="edvae reproduce"):
-        line = one_line(
+        line = assert_one_line_error(
             invoke("reproduce", "--out", out, "--quick", "--seeds", "1", "--workers", "1"),
             f"is in use by another edvae reproduce (pid {os.getpid()})",
         )
@@ -251,7 +241,9 @@ def test_resume_refuses_settings_that_change_what_the_run_is(run, setting):
     """Regression: these were dropped silently (exit 0, the stored value used)."""
     before = _snapshot(run)
     key = setting.split("=")[0]
-    line = one_line(invoke("train", "--resume", run, "--set", "train.epochs=2", "--set", setting), f"with {key}=")
+    line = assert_one_line_error(
+        invoke("train", "--resume", run, "--set", "train.epochs=2", "--set", setting), f"with {key}="
+    )
     assert "changes what the run is" in line
     assert _snapshot(run) == before
 
@@ -338,7 +330,7 @@ def test_forged_checkpoints_end_in_one_line_naming_the_file(run, case, change, m
     """Regression: a missing key or a string step was a traceback, a negative step trained on."""
     state = load_checkpoint(run)
     torch.save(_forge(state, change), run / CHECKPOINT_NAME)
-    line = one_line(invoke("train", "--resume", run, "--set", "train.epochs=2"), message)
+    line = assert_one_line_error(invoke("train", "--resume", run, "--set", "train.epochs=2"), message)
     assert str(run) in line
     resumable_only = ("missing rng", "missing optimizer", "rng not tensors", "position off", "moment of another shape")
     resumable_only += ("moment missing", "moment not a tensor", "scalar moment", "NaN step count")
@@ -349,7 +341,9 @@ def test_forged_checkpoints_end_in_one_line_naming_the_file(run, case, change, m
         "string seconds",
         "string validation value",
     ):  # evaluation reads the model and the position only
-        assert str(run) in one_line(invoke("evaluate", run, "--iwae-samples", "2", "--no-true-ll"), message)
+        assert str(run) in assert_one_line_error(
+            invoke("evaluate", run, "--iwae-samples", "2", "--no-true-ll"), message
+        )
 
 
 def test_evaluate_of_a_checkpoint_without_training_time_leaves_it_out(run):
@@ -372,12 +366,16 @@ def test_a_full_disk_during_a_checkpoint_ends_in_one_line_and_keeps_the_last_one
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(edvae.checkpoint, "save_atomic", full)
-    line = one_line(invoke("train", "--resume", run, "--set", "train.epochs=2"), "no space left on device writing", 1)
+    line = assert_one_line_error(
+        invoke("train", "--resume", run, "--set", "train.epochs=2"), "no space left on device writing", 1
+    )
     assert f"the last good checkpoint in {run} is kept" in line
     assert f"free space and resume with: edvae train --resume {run}" in line
     assert (run / CHECKPOINT_NAME).read_bytes() == good
     fresh = run.parent / "fresh"
-    line = one_line(invoke("train", run.parent / "tiny.toml", "--out", fresh), "no space left on device writing", 1)
+    line = assert_one_line_error(
+        invoke("train", run.parent / "tiny.toml", "--out", fresh), "no space left on device writing", 1
+    )
     assert "no checkpoint was written" in line and "start the run again" in line
 
 
@@ -401,5 +399,5 @@ def test_a_damaged_data_pt_ends_in_one_line_naming_it(tmp_path, tiny_config, wri
     write(tmp_path / "run" / "data.pt")
     (tmp_path / "run" / "data.json").unlink()  # else the changed hash is refused first (a run from before hashes)
     for args in (["evaluate", tmp_path / "run", "--iwae-samples", "2"], ["train", "--resume", tmp_path / "run"]):
-        line = one_line(invoke(*args), message)
+        line = assert_one_line_error(invoke(*args), message)
         assert "data.pt" in line
