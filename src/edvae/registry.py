@@ -1,0 +1,123 @@
+"""One way to give a thing a name: :class:`Registry`.
+
+Priors, objective kinds, critics, data sets, studies and model variants are each looked up by a
+name from a config, a command line or a call. Each kind has one :class:`Registry`; a new one is
+added with ``@REGISTRY.register("name")`` (or :meth:`Registry.add`) in the module that defines
+it, and installed packages may add theirs through an entry-point group, imported the first time
+a name is looked up or listed. An unknown name is refused with one line listing the choices.
+
+The module is torch-free and imports nothing of edvae but :mod:`edvae.errors`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from edvae.errors import EdvaeError
+
+__all__ = ["Registry"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names -> objects of one kind (factories, classes, functions, settings), in the order
+    they were registered.
+
+    Arguments:
+        kind: what the names name, as the one-line errors say it (``"prior"``, ``"study"``).
+        plugins: an entry-point group (e.g. ``"edvae.priors"``); every module an installed
+            package lists there is imported, once, before the first lookup of an unknown name
+            or the first listing, so that its ``register`` lines run.
+
+    >>> colours = Registry[int]("colour")
+    >>> colours.add("red", 1)
+    1
+    >>> colours.get("red"), colours.names()
+    (1, ['red'])
+    """
+
+    def __init__(self, kind: str, *, plugins: str | None = None) -> None:
+        self.kind = kind
+        self.plugins = plugins
+        self._entries: dict[str, T] = {}
+        self._plugins_loaded = plugins is None
+
+    def add(self, name: str, obj: T, *, replace: bool = False) -> T:
+        """Register ``obj`` under ``name`` and return it; a name already taken (by another
+        object) raises :class:`EdvaeError` unless ``replace=True``."""
+        if not isinstance(name, str) or not name:
+            raise EdvaeError(f"a {self.kind} name is a non-empty string, got {name!r}")
+        taken = self._entries.get(name)
+        if taken is not None and taken is not obj and not replace:
+            raise EdvaeError(f"{self.kind} {name!r} is already registered; choose another name or pass replace=True")
+        self._entries[name] = obj
+        return obj
+
+    def register(self, name: str, *, replace: bool = False) -> Callable[[T], T]:
+        """Decorator form of :meth:`add`: ``@REGISTRY.register("name")`` above a function or class."""
+
+        def decorate(obj: T) -> T:
+            return self.add(name, obj, replace=replace)
+
+        return decorate
+
+    def get(self, name: object) -> T:
+        """The object registered under ``name``; an unknown name raises :class:`EdvaeError`
+        (one line listing the choices)."""
+        if isinstance(name, str) and name in self._entries:
+            return self._entries[name]
+        self._load_plugins()
+        if isinstance(name, str) and name in self._entries:
+            return self._entries[name]
+        raise EdvaeError(self.unknown(name))
+
+    def unknown(self, name: object) -> str:
+        """The one-line message for an unknown ``name``."""
+        return f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+
+    def names(self) -> list[str]:
+        """Every registered name (plugins' included), in registration order."""
+        self._load_plugins()
+        return list(self._entries)
+
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, object)`` pairs in registration order (plugins' included)."""
+        self._load_plugins()
+        return list(self._entries.items())
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and name in self._entries:
+            return True
+        self._load_plugins()
+        return isinstance(name, str) and name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def _load_plugins(self) -> None:
+        """Import, once, every module listed under the entry-point group ``plugins``; a plugin
+        that fails to import is named in one line."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for entry_point in importlib.metadata.entry_points(group=str(self.plugins)):
+            try:
+                entry_point.load()
+            except Exception as exc:  # noqa: BLE001 - any failure is the plugin's, named in one line
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise EdvaeError(
+                    f"the {self.kind} plugin {entry_point.name!r} ({entry_point.value}) failed "
+                    f"to import: {message}; fix or uninstall it"
+                ) from None
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {list(self._entries)})"

@@ -1,0 +1,77 @@
+"""edvae.registry.Registry: the one way names are registered and looked up."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import types
+
+import pytest
+
+from edvae.errors import EdvaeError
+from edvae.registry import Registry
+
+
+def test_add_get_names_in_order():
+    reg = Registry[int]("colour")
+    assert reg.add("red", 1) == 1
+
+    @reg.register("green")
+    def green() -> None: ...
+
+    assert reg.get("red") == 1 and reg["green"] is green
+    assert reg.names() == ["red", "green"] and list(reg) == ["red", "green"] and len(reg) == 2
+    assert "red" in reg and "blue" not in reg and 3 not in reg
+
+
+def test_unknown_name_is_one_line_listing_the_choices():
+    reg = Registry[int]("colour")
+    reg.add("red", 1)
+    reg.add("green", 2)
+    with pytest.raises(EdvaeError) as err:
+        reg.get("blue")
+    assert str(err.value) == "unknown colour 'blue'; choose one of: red, green"
+    with pytest.raises(EdvaeError, match="unknown colour 3"):
+        reg.get(3)
+
+
+def test_a_taken_name_needs_replace():
+    reg = Registry[int]("colour")
+    reg.add("red", 1)
+    reg.add("red", 1)  # the same object again: harmless (a module imported twice)
+    with pytest.raises(EdvaeError, match="already registered"):
+        reg.add("red", 2)
+    reg.add("red", 2, replace=True)
+    assert reg.get("red") == 2
+    with pytest.raises(EdvaeError, match="non-empty string"):
+        reg.add("", 3)
+
+
+def test_plugins_load_once_on_first_listing(monkeypatch):
+    loaded: list[str] = []
+    reg = Registry[int]("colour", plugins="test.colours")
+
+    def load(ep):
+        loaded.append(ep.name)
+        reg.add("plugin", 7)
+
+    entry = types.SimpleNamespace(name="mine", value="pkg.mod", load=lambda: load(entry))
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [entry] if group == "test.colours" else [])
+    reg.add("red", 1)
+    assert reg.get("red") == 1 and loaded == []  # a known name needs no plugin
+    assert reg.get("plugin") == 7 and loaded == ["mine"]
+    assert reg.names() == ["red", "plugin"] and loaded == ["mine"]
+
+
+def test_a_failing_plugin_is_named_in_one_line(monkeypatch):
+    reg = Registry[int]("colour", plugins="test.colours")
+
+    def fail():
+        raise ImportError("no module named pkg\nmore")
+
+    entry = types.SimpleNamespace(name="mine", value="pkg.mod", load=fail)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [entry])
+    with pytest.raises(EdvaeError) as err:
+        reg.names()
+    assert str(err.value) == (
+        "the colour plugin 'mine' (pkg.mod) failed to import: no module named pkg; fix or uninstall it"
+    )
