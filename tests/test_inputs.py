@@ -4,6 +4,8 @@ files, labels, bounds on memory and runs, the Python API, publish, caches and pr
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +190,19 @@ def test_a_missing_node_ends_the_rendezvous_with_one_line(tmp_path, data_file):
         "train.rendezvous_timeout=2",
     )  # fmt: skip
     assert_one_line_error(result, "did not all join within train.rendezvous_timeout=2 s")
+
+
+def test_a_missing_node_prints_only_the_error_line_from_the_command(tmp_path, data_file):
+    """The real command (its own process, Lightning's logging configured as a user meets it):
+    Lightning's "Initializing distributed" info line must not precede the one-line error."""
+    command = [
+        sys.executable, "-m", "edvae.cli", "train", "--data", str(data_file), "--out", str(tmp_path / "r"),
+        *map(str, TINY), "--num-nodes", "2", "--set", "train.rendezvous_timeout=2",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "did not all join" in lines[0], done.stderr
 
 
 # ----------------------------------------------------------------------------- Python API

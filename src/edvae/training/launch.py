@@ -7,6 +7,7 @@ See :mod:`edvae.training` for what it guarantees and how to extend it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -51,6 +52,9 @@ def _make_fabric(config: RunConfig, callbacks: Sequence[Any], accelerator: str |
             f"times train.grad_accum_steps ({config.train.grad_accum_steps})"
         )
     timeout = config.train.rendezvous_timeout
+    # Lightning logs "Initializing distributed: GLOBAL_RANK ..." at INFO on stderr as each process
+    # joins; a run that cannot join would print it before its one-line error, so only its warnings show.
+    logging.getLogger("lightning_fabric.utilities.distributed").setLevel(logging.WARNING)
     fabric = Fabric(
         accelerator=accelerator or config.train.accelerator,
         devices=devices,
