@@ -39,9 +39,9 @@ from edvae.runs import OBJECT_PRIOR_PREFIX
 
 __all__ = ["OBJECTIVE_PRESETS", "Run", "fit", "load"]
 
-#: Names ``fit(objective=...)`` accepts besides the registered objective kinds: each is a dict
-#: of ``objective.*`` settings.
-OBJECTIVE_PRESETS: dict[str, dict[str, Any]] = {"vae": {"kind": "elbo"}, "elbo": {"kind": "elbo"}, "ed": {"kind": "ed"}}
+#: Names ``fit(objective=...)`` accepts besides the registered objective kinds (each a kind with
+#: its defaults, :mod:`edvae.objective_kinds`): each is a dict of ``objective.*`` settings.
+OBJECTIVE_PRESETS: dict[str, dict[str, Any]] = {"vae": {"kind": "elbo"}}
 
 
 class Run:

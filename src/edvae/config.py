@@ -12,14 +12,21 @@ import datetime
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from edvae.errors import EdvaeError
-from edvae.estimator_names import ENTROPY_ESTIMATORS, MI_ESTIMATORS
-from edvae.objective_kinds import OBJECTIVES, kind_defaults
+from edvae.objective_kinds import ObjectiveConfig, objective_config, options_for
+from edvae.registry import Settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,19 +46,8 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """Refuse ``true``/``false`` where a number goes (pydantic would read them as 1/0)."""
-        assert info.field_name is not None  # a field validator always has its field's name
-        annotation = cls.model_fields[info.field_name].annotation
-        kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
-        if isinstance(value, bool) and kinds and kinds <= {int, float}:
-            raise ValueError("expected a number, not a boolean")
-        return value
+#: The strict base of every section: unknown keys, NaN/Inf and booleans for numbers are refused.
+_Strict = Settings
 
 
 class DataConfig(_Strict):
@@ -124,100 +120,6 @@ class ModelConfig(_Strict):
         if any(not 1 <= h <= MAX_WIDTH for h in self.hidden):
             raise ValueError(f"hidden widths must be integers from 1 to {MAX_WIDTH}, got {self.hidden}")
         return self
-
-
-class ObjectiveConfig(_Strict):
-    """The training objective.
-
-    ``kind="elbo"``: reconstruction - KL(q(z|x) || p(z)), the KL analytic where registered
-    (``kl="auto"``), or Monte Carlo (``kl="mc"``).
-    ``kind="ed"``: -R + w_mi I - w_ent H[q(z)] + w_ce H[q(z), p(z)] with the chosen estimators;
-    unit weights with one shared estimator give the negative Monte-Carlo ELBO.
-
-    ``kind`` is any name registered in :data:`edvae.objective_kinds.OBJECTIVES`, the estimators
-    names from :mod:`edvae.estimator_names`: the allowed values are read from there.
-    """
-
-    kind: str = "elbo"
-    kl: Literal["auto", "analytic", "mc"] = "auto"
-    mi_weight: float = 1.0
-    entropy_weight: float = 1.0
-    cross_entropy_weight: float = 1.0
-    mi_estimator: str = "mss"
-    entropy_estimator: str = "mss"
-    critic: str | None = Field(
-        None,
-        description=(
-            "the InfoNCE critic of mi_estimator='infonce' (kind='ed'): 'encoder' (log q(z|x), <= log B; the "
-            "default when unset), 'bilinear' or 'mlp' (learned scores, <= log B), 'momentum' (MoCo-style momentum "
-            "encoder and a queue of K past codes as negatives, <= log(K + 1)); see edvae.critics"
-        ),
-    )
-    critic_options: dict[str, Any] = Field(
-        default_factory=dict,
-        description="options of the critic (edvae.critics.CRITIC_OPTIONS), e.g. {queue_size = 4096, temperature = 0.1, "
-        "momentum = 0.99}",
-    )
-
-    @model_validator(mode="after")
-    def _critic_fits(self) -> ObjectiveConfig:
-        """A critic goes with the ED objective's InfoNCE estimate; its options are its own."""
-        if self.critic is None:
-            if self.critic_options:
-                raise ValueError("objective.critic_options needs objective.critic (encoder, bilinear, mlp or momentum)")
-            return self
-        if self.kind != "ed" or self.mi_estimator != "infonce":
-            raise ValueError(
-                f"objective.critic={self.critic!r} scores the InfoNCE estimate of I(x; z): set objective.kind='ed' "
-                f"and objective.mi_estimator='infonce' (got kind={self.kind!r}, mi_estimator={self.mi_estimator!r})"
-            )
-        from edvae.critics import check_critic  # torch loads only for a config that names a critic
-
-        check_critic(self.critic, self.critic_options)
-        return self
-
-    # The splits of beta-VAE and beta-TCVAE (kinds "decomposed", "beta-vae", "beta-tcvae", see
-    # edvae.objectives.decomposed_elbo): weights on the whole KL, the total correlation and the
-    # dimension-wise KL. A preset kind fills in every weight the config leaves out.
-    kl_weight: float = 0.0
-    tc_weight: float = 0.0
-    dimwise_kl_weight: float = 0.0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset_weights(cls, raw: Any) -> Any:
-        """``kind = "beta-tcvae"`` alone is the whole preset: the kind's defaults fill the
-        settings the config leaves out (:func:`edvae.objective_kinds.kind_defaults`)."""
-        if isinstance(raw, dict) and isinstance(raw.get("kind"), str):
-            return {**kind_defaults(raw["kind"]), **raw}
-        return raw
-
-    @model_validator(mode="after")
-    def _split_weights_are_read(self) -> ObjectiveConfig:
-        """The split weights only act in the kinds that read them: refuse them elsewhere."""
-        reads = getattr(OBJECTIVES.get(self.kind), "settings", ())
-        for name in ("kl_weight", "tc_weight", "dimwise_kl_weight"):
-            if getattr(self, name) != 0 and name not in reads:
-                raise ValueError(
-                    f"{name} acts only with objective.kind 'decomposed', 'beta-vae' or 'beta-tcvae', not {self.kind!r}"
-                )
-        return self
-
-    @field_validator("kind", "mi_estimator", "entropy_estimator")
-    @classmethod
-    def _registered(cls, value: str, info: ValidationInfo) -> str:
-        assert info.field_name is not None  # a field validator always has its field's name
-        choices = {"kind": tuple(OBJECTIVES), "mi_estimator": MI_ESTIMATORS, "entropy_estimator": ENTROPY_ESTIMATORS}[
-            info.field_name
-        ]
-        if value not in choices:  # worded as pydantic words a Literal
-            expected = (
-                " or ".join((", ".join(repr(c) for c in choices[:-1]), repr(choices[-1])))
-                if len(choices) > 1
-                else repr(choices[0])
-            )
-            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
-        return value
 
 
 class TrainConfig(_Strict):
@@ -296,17 +198,24 @@ class RunConfig(_Strict):
     name: str = "run"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    objective: SerializeAsAny[ObjectiveConfig] = Field(default_factory=lambda: objective_config({}))
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @field_validator("objective", mode="wrap")
+    @classmethod
+    def _objective_of_its_kind(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> ObjectiveConfig:
+        """The section validated by the options of its kind
+        (:func:`edvae.objective_kinds.objective_config`); errors keep the ``objective.`` prefix."""
+        return objective_config(value)
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+
+def _format_validation_error(err: ValidationError, source: str, raw: Any = None) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         parent = first["loc"][:-1]
-        section = _section(parent)
+        section = _section(parent, raw)
         valid = ", ".join(sorted(section.model_fields)) if section else ""
         return f"{source}: unknown config key '{key}'; valid keys here: {valid}"
     got = first.get("input")
@@ -314,9 +223,14 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: invalid value for '{key}': {first['msg']}{got_text}"
 
 
-def _section(loc: tuple) -> type[BaseModel] | None:
+def _section(loc: tuple, raw: Any = None) -> type[BaseModel] | None:
+    """The model of the section at ``loc``; the objective's is its kind's options (read from ``raw``)."""
     model: type[BaseModel] = RunConfig
     for part in loc:
+        raw = raw.get(str(part)) if isinstance(raw, dict) else None
+        if model is RunConfig and part == "objective":
+            model = options_for(raw.get("kind", ObjectiveConfig.model_fields["kind"].default) if isinstance(raw, dict) else None)
+            continue
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None)
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
@@ -359,7 +273,7 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise EdvaeError(_format_validation_error(err, source)) from None
+        raise EdvaeError(_format_validation_error(err, source, raw)) from None
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -24,38 +24,46 @@ and in where the negatives come from:
 All of them are ``nn.Module`` s called alike, ``critic(z, mu, logvar, x)`` -> 0-d estimate in
 nats, so an objective need not know which one it holds; ``critic.bound(batch_size)`` is the cap
 and ``critic.update(encoder)`` is what a trainer calls after every optimiser step (a no-op except
-for the momentum critic). Build one by name with :func:`make_critic`.
+for the momentum critic). Build one by name with :func:`make_critic`: each critic's options are
+a pydantic model registered in :data:`CRITICS` under its name (their defaults written there
+once), whose ``build`` makes the critic.
 
-This module is mathematics: it imports torch, ``edvae.errors``, ``edvae.estimators`` and
-``edvae.priors.base`` (one positive-integer check) only.
+This module is mathematics: it imports torch, pydantic, ``edvae.errors``, ``edvae.registry``,
+``edvae.estimators`` and ``edvae.priors.base`` (one positive-integer check) only.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from edvae.errors import EdvaeError
 from edvae.estimators import infonce
 from edvae.priors.base import _positive_int
+from edvae.registry import Registry, Settings
 
 __all__ = [
     "BilinearCritic",
+    "BilinearOptions",
     "CRITICS",
-    "CRITIC_OPTIONS",
     "Critic",
+    "CriticOptions",
     "EncoderCritic",
+    "EncoderOptions",
     "MLPCritic",
+    "MLPOptions",
     "MomentumCritic",
+    "MomentumOptions",
     "ScoreCritic",
-    "check_critic",
     "make_critic",
+    "parse_critic",
 ]
 
 
@@ -126,7 +134,7 @@ class MLPCritic(nn.Module):
     over j removes, so nothing could learn it.
     """
 
-    def __init__(self, dim: int, hidden: int = 128, embedding: int = 32) -> None:
+    def __init__(self, dim: int, hidden: int, embedding: int) -> None:
         super().__init__()
         self.rows = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding))
         self.columns = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, embedding, bias=False))
@@ -209,20 +217,14 @@ class MomentumCritic(Critic):
     pointer: Tensor
     size: Tensor
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        dim: int,
-        *,
-        queue_size: int = 4096,
-        temperature: float = 0.1,
-        momentum: float = 0.99,
-        projection: int | None = None,
-        hidden: int = 128,
-        key: str = "mean",
-    ) -> None:
+    def __init__(self, encoder: nn.Module, dim: int, **options: Any) -> None:
+        """``options``: any of :class:`MomentumOptions` (K = ``queue_size``, tau = ``temperature``,
+        m = ``momentum``, ``projection``, ``hidden``, ``key``); the rest take its defaults."""
         super().__init__()
-        self.queue_size, self.temperature, self.momentum, self.key = queue_size, temperature, momentum, key
+        settings = MomentumOptions.parse(options, "critic 'momentum'")
+        queue_size, projection, hidden = settings.queue_size, settings.projection, settings.hidden
+        self.queue_size, self.temperature, self.momentum = queue_size, settings.temperature, settings.momentum
+        self.key = settings.key
         self.head: nn.Module = (
             nn.Identity()
             if projection is None
@@ -362,83 +364,96 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 # construction by name
 
-CRITICS: tuple[str, ...] = ("encoder", "bilinear", "mlp", "momentum")
-
-#: Options of each critic and their defaults (K = queue_size, tau = temperature, m = momentum).
-CRITIC_OPTIONS: dict[str, dict[str, Any]] = {
-    "encoder": {},
-    "bilinear": {},
-    "mlp": {"hidden": 128, "embedding": 32},
-    "momentum": {
-        "queue_size": 4096,
-        "temperature": 0.1,
-        "momentum": 0.99,
-        "projection": None,
-        "hidden": 128,
-        "key": "mean",
-    },
-}
+#: A positive integer (a size); strict: 2.5, "8" and true are refused.
+_Size = Annotated[int, Field(ge=1)]
 
 
-def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    allowed = CRITIC_OPTIONS[name]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise EdvaeError(
-            f"critic {name!r} has no option {unknown[0]!r}; its options are "
-            f"{', '.join(allowed) if allowed else 'none'}."
-        )
-    merged = {**allowed, **options}
-    for key in ("hidden", "embedding", "queue_size", "projection"):
-        if key in merged and not (key == "projection" and merged[key] is None):
-            merged[key] = _positive_int(key, merged[key])
-    if name == "momentum":
-        tau, m = merged["temperature"], merged["momentum"]
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
-            raise EdvaeError(f"temperature (tau)={tau!r} must be a finite number > 0, e.g. 0.1.")
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
-            raise EdvaeError(f"momentum (m)={m!r} must be a number in [0, 1), e.g. 0.99.")
-        if merged["key"] not in ("mean", "sample"):
-            raise EdvaeError(f"key={merged['key']!r} must be 'mean' or 'sample'.")
-    return merged
+class CriticOptions(Settings):
+    """The options of one critic, a subclass per critic registered in :data:`CRITICS` under
+    its name; :meth:`build` makes the critic. Strict: an option of the wrong type (``"0.9"``,
+    ``true``, ``2.5`` for a size) is refused, not converted."""
+
+    model_config = ConfigDict(strict=True)
+
+    def build(self, dim: int, encoder: nn.Module | None = None) -> Critic:
+        """The critic for codes of dimension ``dim`` (``encoder``: x -> (mu, logvar), read by
+        critics that encode x themselves)."""
+        raise NotImplementedError
 
 
-def check_critic(name: object, options: dict[str, Any]) -> dict[str, Any]:
-    """The options of critic ``name`` with their defaults filled in, after checking the name
-    (one of :data:`CRITICS`) and every option (a name of :data:`CRITIC_OPTIONS` [name] with a
-    valid value); anything else raises a one-line :class:`EdvaeError`. What :func:`make_critic`
-    checks, without building anything (a config validates with it)."""
-    if name not in CRITICS:
-        raise EdvaeError(f"critic={name!r} is unknown; use one of {', '.join(CRITICS)}.")
-    return _check_options(str(name), dict(options))
+#: critic name -> its options model (which builds it); installed packages may add critics
+#: through the entry-point group ``edvae.critics``
+CRITICS: Registry[type[CriticOptions]] = Registry("critic", plugins="edvae.critics")
+
+
+@CRITICS.register("encoder")
+class EncoderOptions(CriticOptions):
+    """``"encoder"``: f = log q(z|x), no options; <= log B."""
+
+    def build(self, dim: int, encoder: nn.Module | None = None) -> Critic:
+        return EncoderCritic()
+
+
+@CRITICS.register("bilinear")
+class BilinearOptions(CriticOptions):
+    """``"bilinear"``: f = z^T W mu, no options; <= log B."""
+
+    def build(self, dim: int, encoder: nn.Module | None = None) -> Critic:
+        return ScoreCritic(BilinearCritic(dim))
+
+
+@CRITICS.register("mlp")
+class MLPOptions(CriticOptions):
+    """``"mlp"``: f = g(z)^T h(mu) / sqrt(k) (:class:`MLPCritic`); <= log B."""
+
+    hidden: _Size = 128
+    embedding: _Size = Field(32, description="k, the output size of g and h")
+
+    def build(self, dim: int, encoder: nn.Module | None = None) -> Critic:
+        return ScoreCritic(MLPCritic(dim, hidden=self.hidden, embedding=self.embedding))
+
+
+@CRITICS.register("momentum")
+class MomentumOptions(CriticOptions):
+    """``"momentum"``: MoCo-style (:class:`MomentumCritic`), needs the encoder; <= log(K + 1)."""
+
+    queue_size: _Size = Field(4096, description="K, the negatives kept from past batches")
+    temperature: float = Field(0.1, gt=0, description="tau, the logits' scale: cosine / tau")
+    momentum: float = Field(0.99, ge=0, lt=1, description="m of the key encoder's update xi <- m xi + (1 - m) theta")
+    projection: _Size | None = Field(None, description="None: the code itself; a size: a projection head's output")
+    hidden: _Size = Field(128, description="the projection head's width")
+    key: Literal["mean", "sample"] = Field("mean", description="the key encoder's posterior mean, or a sample")
+
+    def build(self, dim: int, encoder: nn.Module | None = None) -> Critic:
+        if not isinstance(encoder, nn.Module):
+            raise EdvaeError(
+                "critic='momentum' needs the encoder (an nn.Module x -> (mu, logvar)) to copy; pass "
+                "make_critic('momentum', dim, encoder=model.encoder)."
+            )
+        return MomentumCritic(encoder, dim, **self.model_dump())
+
+
+def parse_critic(name: object, options: Mapping[str, Any]) -> CriticOptions:
+    """The options of critic ``name`` (a name of :data:`CRITICS`), validated and with their
+    defaults filled in; a bad name or option raises a one-line :class:`EdvaeError`. What
+    :func:`make_critic` checks, without building anything (a config validates with it)."""
+    return CRITICS.get(name).parse(options, f"critic {name!r}")
 
 
 def make_critic(name: str, dim: int, encoder: nn.Module | None = None, **options: Any) -> Critic:
-    r"""The InfoNCE critic ``name`` for codes of dimension ``dim`` (see the module docstring):
+    r"""The InfoNCE critic ``name`` for codes of dimension ``dim`` (see the module docstring),
+    built by its options model in :data:`CRITICS`:
 
     * ``"encoder"``: f = log q(z|x), no options; <= log B.
     * ``"bilinear"``: f = z^T W mu, no options; <= log B.
-    * ``"mlp"``: f = g(z)^T h(mu) / sqrt(k), options ``hidden`` (128), ``embedding`` k (32);
-      <= log B.
+    * ``"mlp"``: f = g(z)^T h(mu) / sqrt(k), options ``hidden``, ``embedding`` k
+      (:class:`MLPOptions`); <= log B.
     * ``"momentum"``: MoCo-style (:class:`MomentumCritic`), needs ``encoder`` (x -> (mu, logvar));
-      options ``queue_size`` K (4096), ``temperature`` tau (0.1), ``momentum`` m (0.99),
-      ``projection`` (None: the code itself; an int: a projection head of that output size),
-      ``hidden`` (128, the head's width), ``key`` ("mean" or "sample"); <= log(K + 1).
+      options ``queue_size`` K, ``temperature`` tau, ``momentum`` m, ``projection``, ``hidden``,
+      ``key`` (:class:`MomentumOptions`); <= log(K + 1).
 
     ``encoder`` is ignored by the other critics. Bad names or options raise one-line
     :class:`EdvaeError` s.
     """
-    merged = check_critic(name, options)
-    dim = _positive_int("dim", dim)
-    if name == "encoder":
-        return EncoderCritic()
-    if name == "bilinear":
-        return ScoreCritic(BilinearCritic(dim))
-    if name == "mlp":
-        return ScoreCritic(MLPCritic(dim, hidden=merged["hidden"], embedding=merged["embedding"]))
-    if not isinstance(encoder, nn.Module):
-        raise EdvaeError(
-            "critic='momentum' needs the encoder (an nn.Module x -> (mu, logvar)) to copy; pass "
-            "make_critic('momentum', dim, encoder=model.encoder)."
-        )
-    return MomentumCritic(encoder, dim, **merged)
+    settings = parse_critic(name, options)
+    return settings.build(_positive_int("dim", dim), encoder)

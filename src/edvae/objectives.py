@@ -51,7 +51,6 @@ __all__ = [
     "MI_ESTIMATORS",
     "Objective",
     "decomposed_elbo",
-    "decomposed_reads_batch",
     "ed_elbo",
     "elbo",
     "uses_aggregate_posterior",
@@ -99,20 +98,25 @@ def uses_aggregate_posterior(
     *,
     mi_weight: float = 1.0,
     entropy_weight: float = 1.0,
+    tc_weight: float = 0.0,
+    dimwise_kl_weight: float = 0.0,
     mi_estimator: str = "mss",
     entropy_estimator: str = "mss",
     critic: Callable[[Tensor, Tensor], Tensor] | None = None,
     diagnostics: bool = True,
 ) -> bool:
-    r"""Whether :func:`ed_elbo` with these settings evaluates log q_hat(z), and so reads the
-    posteriors of the whole batch (in distributed training: the gathered columns).
+    r"""Whether :func:`ed_elbo` or :func:`decomposed_elbo` with these settings evaluates log
+    q_hat(z) (or its marginals), and so reads the posteriors of the whole batch (in distributed
+    training: the gathered columns).
 
-    It does not when one shared estimate serves both terms at equal weights w_mi = w_ent (log
-    q_hat then cancels from the loss, see :func:`ed_elbo`) and ``diagnostics`` is False.
+    The loss holds (w_ent - w_mi + w_tc) mean_i log q_hat(z_i) and (w_dim - w_tc) mean_i sum_d
+    log q_hat_d(z_id) (:func:`decomposed_elbo`; the ED objective is w_tc = w_dim = 0). Neither is
+    evaluated when both coefficients are 0, one shared estimate serves I and H (the MI estimator,
+    or InfoNCE with the encoder as critic, is the entropy's) and ``diagnostics`` is False.
     """
-    return diagnostics or not _telescopes(
-        _mi_method(mi_estimator, critic), entropy_estimator, mi_weight, entropy_weight
-    )
+    on_q, on_marginals = _split_coefficients(mi_weight, entropy_weight, tc_weight, dimwise_kl_weight)
+    shared = _mi_method(mi_estimator, critic) == entropy_estimator
+    return diagnostics or not shared or _nonzero(on_q) or _nonzero(on_marginals)
 
 
 def _telescopes(mi_method: str, entropy_estimator: str, mi_weight: object, entropy_weight: object) -> bool:
@@ -289,21 +293,6 @@ def _split_coefficients(
     """Coefficients of mean_i log q_hat(z_i) and of mean_i sum_d log q_hat_d(z_id) in the loss of
     :func:`decomposed_elbo` (0 when those estimates cancel)."""
     return entropy_weight - mi_weight + tc_weight, dimwise_kl_weight - tc_weight
-
-
-def decomposed_reads_batch(
-    *,
-    mi_weight: float = 1.0,
-    entropy_weight: float = 1.0,
-    tc_weight: float = 0.0,
-    dimwise_kl_weight: float = 0.0,
-    diagnostics: bool = True,
-) -> bool:
-    """Whether :func:`decomposed_elbo` with these weights estimates log q_hat (or its marginals),
-    and so reads the posteriors of the whole batch: on diagnostic steps, and whenever an
-    estimate does not cancel from the loss."""
-    on_q, on_marginals = _split_coefficients(mi_weight, entropy_weight, tc_weight, dimwise_kl_weight)
-    return diagnostics or _nonzero(on_q) or _nonzero(on_marginals)
 
 
 def decomposed_elbo(

@@ -6,20 +6,61 @@ added with ``@REGISTRY.register("name")`` (or :meth:`Registry.add`) in the modul
 it, and installed packages may add theirs through an entry-point group, imported the first time
 a name is looked up or listed. An unknown name is refused with one line listing the choices.
 
+A registered kind's options are typed: a pydantic model derived from :class:`Settings`, the
+strict base of every setting (config sections too): unknown keys, NaN/Inf, and booleans where a
+number goes are refused, and :meth:`Settings.parse` turns a refusal into one line.
+
 The module is torch-free and imports nothing of edvae but :mod:`edvae.errors`.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar, get_args
+
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from edvae.errors import EdvaeError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "Settings"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound="Settings")
+
+
+class Settings(BaseModel):
+    """The strict base of typed settings: unknown keys, NaN/Inf, and ``true``/``false`` where a
+    number goes (pydantic would read them as 1/0) are refused."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        assert info.field_name is not None  # a field validator always has its field's name
+        annotation = cls.model_fields[info.field_name].annotation
+        kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
+        if isinstance(value, bool) and kinds and kinds <= {int, float}:
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+    @classmethod
+    def parse(cls: type[S], values: Mapping[str, Any], what: str) -> S:
+        """``values`` validated, or :class:`EdvaeError` in one line naming ``what`` (e.g.
+        ``"critic 'mlp'"``) and the first refused option."""
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as err:
+            first = err.errors()[0]
+            key = ".".join(str(part) for part in first["loc"])
+            if first["type"] == "extra_forbidden":
+                options = ", ".join(name for name in cls.model_fields if name != "kind") or "none"
+                raise EdvaeError(f"{what} has no option {key!r}; its options are {options}") from None
+            field = cls.model_fields.get(str(first["loc"][0])) if first["loc"] else None
+            default = "" if field is None else f" (default {field.default!r})"
+            shown = f"{key}={first.get('input')!r}: " if key else ""
+            raise EdvaeError(f"{what}: {shown}{first['msg']}{default}") from None
 
 
 class Registry(Generic[T]):

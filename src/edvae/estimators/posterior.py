@@ -11,10 +11,9 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 from edvae.errors import EdvaeError
+from edvae.estimator_names import KL_METHODS
 from edvae.estimators.checks import _check_finite, _check_float, _check_inputs, _check_posterior, _own_rows
 from edvae.priors.base import distribution_of
-
-KL_METHODS: tuple[str, ...] = ("auto", "analytic", "mc")
 
 PriorLike = Distribution | nn.Module | Callable[[], Distribution]
 """A ``Distribution`` with ``event_shape == (D,)``, or a module/callable returning one."""
