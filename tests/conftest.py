@@ -68,8 +68,9 @@ def poison_objective(monkeypatch):
 
             return Poisoned
 
-        for kind, cls in list(OBJECTIVES.items()):
-            monkeypatch.setitem(OBJECTIVES, kind, poisoned(cls))
+        monkeypatch.setattr(OBJECTIVES, "_entries", dict(OBJECTIVES._entries))  # restored after the test
+        for kind, cls in OBJECTIVES.items():
+            OBJECTIVES.add(kind, poisoned(cls), replace=True)
         return calls
 
     return apply

@@ -241,7 +241,7 @@ def test_split_weights_are_refused_where_they_do_nothing():
         validate_config({"objective": {"kind": "elbo", "kl_weight": 2.0}})
     with pytest.raises(EdvaeError, match="one estimator"):
         build_objective(validate_config({"objective": {"kind": "beta-tcvae", "mi_estimator": "batch"}}).objective, N)
-    with pytest.raises(EdvaeError, match="unknown weight"):
+    with pytest.raises(EdvaeError, match="objective 'beta-tcvae' has no option 'beta'; its options are mi_weight"):
         BetaTCVAEObjective(dataset_size=N, beta=6.0)
 
 
