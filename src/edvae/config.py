@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from edvae.errors import EdvaeError
-from edvae.objective_kinds import ObjectiveConfig, objective_config, options_for
+from edvae.objective_kinds import ObjectiveConfig, kind_of, objective_config, options_for
 from edvae.registry import Settings
 
 if sys.version_info >= (3, 11):
@@ -229,7 +229,7 @@ def _section(loc: tuple, raw: Any = None) -> type[BaseModel] | None:
     for part in loc:
         raw = raw.get(str(part)) if isinstance(raw, dict) else None
         if model is RunConfig and part == "objective":
-            model = options_for(raw.get("kind", ObjectiveConfig.model_fields["kind"].default) if isinstance(raw, dict) else None)
+            model = options_for(kind_of(raw))
             continue
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None)

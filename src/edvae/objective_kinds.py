@@ -48,6 +48,7 @@ __all__ = [
     "ObjectiveConfig",
     "TrainingObjective",
     "build_objective",
+    "kind_of",
     "objective_config",
     "options_for",
     "register_objective",
@@ -139,6 +140,11 @@ def _same(value: Any, default: Any) -> bool:
     return value == default and isinstance(value, bool) == isinstance(default, bool)
 
 
+def kind_of(section: Any) -> object:
+    """The kind an ``objective`` section (a dict) names: ``"elbo"`` when it names none."""
+    return section.get("kind", ObjectiveConfig.model_fields["kind"].default) if isinstance(section, Mapping) else None
+
+
 def options_for(kind: object) -> type[ObjectiveConfig]:
     """The options model of the objective ``kind``; :class:`ObjectiveConfig` (which refuses
     the kind in one line) when it is not registered."""
@@ -155,7 +161,7 @@ def objective_config(value: Any) -> ObjectiveConfig:
         value = value.model_dump()
     if not isinstance(value, dict):
         return ObjectiveConfig.model_validate(value)  # refused: not a section
-    kind = value.get("kind", ObjectiveConfig.model_fields["kind"].default)
+    kind = kind_of(value)
     if kind not in OBJECTIVES:
         return ObjectiveConfig.model_validate({"kind": kind})  # refused: the kind, in one line
     return options_for(kind).model_validate(value)
@@ -167,7 +173,7 @@ def build_objective(config: Any, dataset_size: int) -> TrainingObjective:
     if isinstance(config, ObjectiveConfig) and type(config) is not options_for(config.kind):
         config = config.model_dump()  # e.g. ObjectiveConfig(kind="ed"): the kind's defaults
     if isinstance(config, Mapping):
-        kind = config.get("kind", ObjectiveConfig.model_fields["kind"].default)
+        kind = kind_of(config)
         config = OBJECTIVES.get(kind).Options.parse(config, f"objective {kind!r}")
     return OBJECTIVES.get(config.kind).from_config(config, dataset_size)
 
@@ -338,7 +344,7 @@ class EDObjective(TrainingObjective):
         super().__init__(dataset_size=dataset_size, **settings)
         self.options: dict[str, Any] = self.settings.model_dump(include=set(_LatentTerms.model_fields) - {"kind"})
         self._ed_elbo = ed_elbo
-        terms = {name: self.options[name] for name in ("mi_weight", "entropy_weight", "mi_estimator", "entropy_estimator")}
+        terms = {k: self.options[k] for k in ("mi_weight", "entropy_weight", "mi_estimator", "entropy_estimator")}
         self._reads = {d: uses_aggregate_posterior(**terms, diagnostics=d) for d in (False, True)}  # by diagnostics
         self.critic_name, self.critic_options = self.settings.critic, dict(self.settings.critic_options)
         self.critic: Any = None  # built by setup(model)

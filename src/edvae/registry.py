@@ -60,7 +60,8 @@ class Settings(BaseModel):
             field = cls.model_fields.get(str(first["loc"][0])) if first["loc"] else None
             default = "" if field is None else f" (default {field.default!r})"
             shown = f"{key}={first.get('input')!r}: " if key else ""
-            raise EdvaeError(f"{what}: {shown}{first['msg']}{default}") from None
+            message = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+            raise EdvaeError(f"{what}: {shown}{message}{default}") from None
 
 
 class Registry(Generic[T]):
