@@ -65,7 +65,8 @@ def test_a_flat_section_stored_by_an_older_edvae_loads(kind):
     """Settings of other kinds at the flat defaults are dropped; the kind's own are kept."""
     section = validate_config({"objective": LEGACY[kind]}).objective
     assert type(section) is OBJECTIVES.get(kind).Options
-    assert section.model_dump() == {name: value for name, value in LEGACY[kind].items() if name in type(section).model_fields}
+    fields = type(section).model_fields
+    assert section.model_dump() == {name: value for name, value in LEGACY[kind].items() if name in fields}
 
 
 @pytest.mark.parametrize(

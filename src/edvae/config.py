@@ -1,7 +1,7 @@
 """Typed run configuration.
 
 A run is described by one :class:`RunConfig`: the data, the model (networks, likelihood,
-prior), the objective (traditional ELBO or the ED objective with its weights and estimators),
+prior), the objective (its kind, and that kind's settings: :mod:`edvae.objective_kinds`),
 training and evaluation. Configs are TOML files (see ``configs/``) or Python objects; unknown
 keys, wrong types and out-of-range values are refused with one line naming the key.
 """

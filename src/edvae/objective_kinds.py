@@ -4,8 +4,11 @@ The functional objectives (:func:`edvae.objectives.elbo`, :func:`edvae.objective
 take tensors and serve any loop. The trainer needs a little more of an objective, and each
 class here says it in one place:
 
-* how to build itself from the ``objective`` section of a config (:meth:`from_config`, which
-  only reads attributes: this module imports neither the config nor the trainer);
+* its settings: :attr:`Options`, a pydantic model (a subclass of :class:`ObjectiveConfig`)
+  holding the kind's fields and their defaults, written once (a preset's weights are its
+  defaults); a run config's ``objective`` section is validated by the Options of its kind
+  (:func:`objective_config`), and :meth:`from_config` builds the objective from one (reading
+  attributes only: this module imports neither the config nor the trainer);
 * whether a step needs the posteriors (mu, logvar) of the whole global batch, which the
   processes must then gather (:meth:`reads_batch_columns`);
 * which terms it logs (:attr:`logged_terms`, on a logged step);
@@ -14,8 +17,12 @@ class here says it in one place:
   built, :meth:`parameters` added to the optimiser after the model's, :meth:`after_step` after
   every optimiser step), and whether its call needs the batch's inputs (:attr:`reads_inputs`).
 
-Adding a kind is one class in one module, decorated with :func:`register_objective`; the
-config accepts its name as soon as the module is imported. The module is torch-free at import
+Adding a kind is one class in one module (and its Options, if it has settings), decorated with
+:func:`register_objective`; the config accepts its name as soon as the module is imported
+(installed packages: through the entry-point group ``edvae.objectives``). A config stored by
+edvae before typed options (one flat section with every kind's settings) still loads: a
+setting of another kind at its :data:`FLAT_DEFAULTS` value is dropped, any other value refused.
+The module is torch-free at import
 (the functional objectives load when an objective is built), so the config validates before
 torch loads.
 """
@@ -25,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from edvae.errors import EdvaeError
@@ -107,7 +114,7 @@ class ObjectiveConfig(Settings):
 
     @field_validator("kind")
     @classmethod
-    def _registered(cls, value: str, info: ValidationInfo) -> str:
+    def _registered(cls, value: str) -> str:
         if value not in OBJECTIVES:  # worded as pydantic words a Literal
             expected = _either(OBJECTIVES.names())
             raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
