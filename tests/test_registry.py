@@ -75,3 +75,23 @@ def test_a_failing_plugin_is_named_in_one_line(monkeypatch):
     assert str(err.value) == (
         "the colour plugin 'mine' (pkg.mod) failed to import: no module named pkg; fix or uninstall it"
     )
+
+
+def test_settings_refuse_in_one_line():
+    """Settings, the strict base of typed options: unknown keys, booleans for numbers and NaN
+    are refused; parse() words the first refusal in one line."""
+    from edvae.registry import Settings
+
+    class Paint(Settings):
+        coats: int = 2
+        gloss: float = 0.5
+
+    assert Paint.parse({"coats": 3}, "paint 'red'") == Paint(coats=3)
+    for values, message in [
+        ({"colour": 1}, "paint 'red' has no option 'colour'; its options are coats, gloss"),
+        ({"gloss": True}, "paint 'red': gloss=True: expected a number, not a boolean (default 0.5)"),
+        ({"gloss": float("nan")}, "paint 'red': gloss=nan: Input should be a finite number (default 0.5)"),
+    ]:
+        with pytest.raises(EdvaeError) as err:
+            Paint.parse(values, "paint 'red'")
+        assert str(err.value) == message
