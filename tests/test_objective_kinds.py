@@ -54,6 +54,17 @@ def test_each_kind_has_its_own_options_and_a_kind_alone_is_its_defaults(kind):
     assert build_objective(section, 10).settings == section
 
 
+def test_a_kind_and_its_options_name_the_same_kind():
+    from edvae.objective_kinds import ELBOOptions, TrainingObjective, register_objective
+
+    class Options(ELBOOptions):
+        pass  # kind "elbo", inherited
+
+    with pytest.raises(EdvaeError, match="Options has kind 'elbo' but is registered as 'other'; declare kind"):
+        register_objective("other")(type("Other", (TrainingObjective,), {"Options": Options}))
+    assert "other" not in OBJECTIVES
+
+
 def test_a_kind_holds_only_its_fields():
     assert set(OBJECTIVES.get("elbo").Options.model_fields) == {"kind", "kl"}
     assert "kl" not in EDOptions.model_fields and "critic" not in BetaVAEOptions.model_fields

@@ -72,6 +72,12 @@ def register_objective(kind: str) -> Callable[[type[TrainingObjective]], type[Tr
     settings a config may give it."""
 
     def add(cls: type[TrainingObjective]) -> type[TrainingObjective]:
+        declared = cls.Options.model_fields["kind"].default
+        if "Options" in vars(cls) and declared != kind:
+            raise EdvaeError(
+                f"{cls.__name__}.Options has kind {declared!r} but is registered as {kind!r}; "
+                f"declare kind: str = {kind!r} in its Options"
+            )
         OBJECTIVES.add(kind, cls)
         cls.kind = kind
         return cls
