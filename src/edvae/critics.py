@@ -221,19 +221,17 @@ class MomentumCritic(Critic):
         """``options``: any of :class:`MomentumOptions` (K = ``queue_size``, tau = ``temperature``,
         m = ``momentum``, ``projection``, ``hidden``, ``key``); the rest take its defaults."""
         super().__init__()
-        settings = MomentumOptions.parse(options, "critic 'momentum'")
-        queue_size, projection, hidden = settings.queue_size, settings.projection, settings.hidden
-        self.queue_size, self.temperature, self.momentum = queue_size, settings.temperature, settings.momentum
-        self.key = settings.key
+        o = MomentumOptions.parse(options, "critic 'momentum'")
+        self.queue_size, self.temperature, self.momentum, self.key = o.queue_size, o.temperature, o.momentum, o.key
         self.head: nn.Module = (
             nn.Identity()
-            if projection is None
-            else nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, projection))
+            if o.projection is None
+            else nn.Sequential(nn.Linear(dim, o.hidden), nn.SiLU(), nn.Linear(o.hidden, o.projection))
         )
         self.key_encoder = _frozen_copy(encoder)
         self.key_head = _frozen_copy(self.head)
-        embedding = dim if projection is None else projection
-        self.register_buffer("queue", torch.zeros(queue_size, embedding))
+        embedding = dim if o.projection is None else o.projection
+        self.register_buffer("queue", torch.zeros(o.queue_size, embedding))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("size", torch.zeros((), dtype=torch.long))
         self.pending = None
