@@ -145,9 +145,9 @@ def _vamp(
     dim: int,
     *,
     encoder: Callable[[Tensor], Any] | None = None,
-    input_shape: Sequence[int] | None = None,
+    input_shape: int | Sequence[int] | None = None,
     n_components: int = 50,
-    init: Tensor | None = None,
+    init: Any = None,  # data rows (M, *input_shape): a tensor, an array or nested lists
     seed: int = 0,
     context: PriorContext | None = None,
 ) -> Prior:
