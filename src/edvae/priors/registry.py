@@ -64,7 +64,7 @@ class _Entry:
     """A registered factory, what its signature says about it, and its options model."""
 
     def __init__(self, name: str, factory: Factory, argument: str | None) -> None:
-        parameters = list(_signature(factory).parameters.values())
+        parameters = list(inspect.signature(factory).parameters.values())
         require(
             bool(parameters)
             and parameters[0].kind in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD),
@@ -88,29 +88,39 @@ class _Entry:
         self.wants_context = bool(context)
         self.needs_context = bool(context) and context[0].default is context[0].empty  # only a model builds it
         self.argument = argument  # "name:VALUE" passes VALUE as this option
-        written = inspect.signature(factory).parameters  # annotations as the source says them
-        self.types = {p.name: _type_text(written[p.name].annotation) for p in options}
+        self.types = {p.name: _type_text(p.annotation) for p in options}  # as the source says them
 
     @functools.cached_property
     def model(self) -> type[BaseModel]:
         """The options as a pydantic model, built on first use: one field per option, typed by
         its annotation (strictly: no 1 for True, no 2.0 for an integer) with its default."""
         fields: dict[str, Any] = {
-            f"option_{i}": (_checkable(p.annotation), Field(... if p.default is p.empty else p.default, alias=p.name))
+            f"option_{i}": (
+                _checkable(_resolved(p.annotation, self.factory)),
+                Field(... if p.default is p.empty else p.default, alias=p.name),
+            )
             for i, p in enumerate(self.parameters)
         }
         return create_model(f"{self.name}_options", __config__=_OPTIONS_CONFIG, **fields)
 
+    def _errors(self, values: dict[str, Any]) -> list[Any]:
+        try:
+            self.model.model_validate(values)
+        except ValidationError as err:
+            return list(err.errors())
+        return []
+
     def check(self, options: dict[str, Any], *, complete: bool) -> None:
         """Refuse, in one line, an option the factory does not take, a value not of its
         annotated type and (``complete``) a required option left out. Only checks: the factory
-        receives the values as given."""
-        shown = {k: v.item() if isinstance(v, np.generic) else v for k, v in options.items()}  # numpy scalars
-        try:
-            self.model.model_validate(shown)
-        except ValidationError as err:
-            errors = err.errors()
-        else:
+        receives the values as given (a numpy scalar is checked as the Python number it holds,
+        a list where a tuple is annotated as that tuple)."""
+        values = {k: v.item() if isinstance(v, np.generic) else v for k, v in options.items()}  # numpy scalars
+        errors = self._errors(values)
+        lists = {str(e["loc"][0]) for e in errors if isinstance(values.get(str(e["loc"][0])), list)}
+        if lists:  # a config's list stands for a tuple (TOML and JSON have none)
+            errors = self._errors({k: tuple(v) if k in lists else v for k, v in values.items()})
+        if not errors:
             return
         unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
         require(
@@ -140,13 +150,16 @@ PRIORS: Registry[_Entry] = Registry("prior", plugins=PLUGIN_GROUP)
 _OPTIONS_CONFIG = ConfigDict(strict=True, arbitrary_types_allowed=True, extra="forbid")
 
 
-def _signature(factory: Factory) -> inspect.Signature:
-    """The factory's signature with its annotations evaluated where they can be (a factory of a
-    module with ``from __future__ import annotations`` has them as strings); else as written."""
+def _resolved(annotation: Any, factory: Factory) -> Any:
+    """An annotation as a type: a string one (``from __future__ import annotations``) evaluated
+    in the factory's module, as :func:`inspect.get_annotations` does; one naming what that module
+    cannot see stays a string (and is not checked)."""
+    if not isinstance(annotation, str):
+        return annotation
     try:
-        return inspect.signature(factory, eval_str=True)
-    except Exception:  # noqa: BLE001 - an annotation naming what its module cannot see: not checked
-        return inspect.signature(factory)
+        return eval(annotation, dict(getattr(factory, "__globals__", {})))  # the module's own annotation, as inspect evaluates it
+    except Exception:  # noqa: BLE001 - any failure means: not checkable
+        return annotation
 
 
 def _checkable(annotation: Any) -> Any:
