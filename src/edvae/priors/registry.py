@@ -157,7 +157,8 @@ def _resolved(annotation: Any, factory: Factory) -> Any:
     if not isinstance(annotation, str):
         return annotation
     try:
-        return eval(annotation, dict(getattr(factory, "__globals__", {})))  # the module's own annotation, as inspect evaluates it
+        # the module's own annotation, evaluated as inspect.get_annotations(eval_str=True) does
+        return eval(annotation, dict(getattr(factory, "__globals__", {})))
     except Exception:  # noqa: BLE001 - any failure means: not checkable
         return annotation
 
