@@ -251,9 +251,10 @@ def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **opti
       ["cv"], ``chunk_size`` [1024], ``flow_steps`` [1000; 0: unfitted], ``seed`` [0]; see
       :func:`from_samples`. A context with ``fit=False`` skips the fitting.
 
-    Priors added with :func:`register` take the options of their factory. Unknown names,
-    unknown options, missing required options and invalid values raise :class:`EdvaeError`,
-    as do ``dim`` > 65536 and ``n_components`` > 100000 (sizes that would allocate gigabytes).
+    Priors added with :func:`register` take the options of their factory, of the types it
+    annotates (:func:`check_options`). Unknown names, unknown options, missing required
+    options, values of another type and invalid values raise :class:`EdvaeError`, as do
+    ``dim`` > 65536 and ``n_components`` > 100000 (sizes that would allocate gigabytes).
     """
     base, entry, options = _named(name, options)
     dim = _positive_int("dim", dim, _MAX_DIM)
