@@ -91,7 +91,7 @@ class _Entry:
         self.types = {p.name: _type_text(p.annotation) for p in options}  # as the source says them
 
     @functools.cached_property
-    def model(self) -> type[BaseModel]:
+    def options_model(self) -> type[BaseModel]:
         """The options as a pydantic model, built on first use: one field per option, typed by
         its annotation (strictly: no 1 for True, no 2.0 for an integer) with its default."""
         fields: dict[str, Any] = {
@@ -105,7 +105,7 @@ class _Entry:
 
     def _errors(self, values: dict[str, Any]) -> list[Any]:
         try:
-            self.model.model_validate(values)
+            self.options_model.model_validate(values)
         except ValidationError as err:
             return list(err.errors())
         return []
