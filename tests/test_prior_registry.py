@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import math
+import re
 import sys
 import textwrap
 
@@ -42,9 +43,9 @@ def my_prior(dim, *, loc=0.0, scale=1.0):
 
 @pytest.fixture(autouse=True)
 def scratch_registry(monkeypatch):
-    """Registrations made by a test vanish after it (the registry is a module-level dict)."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    """Registrations made by a test vanish after it (the registry is a module-level Registry)."""
+    monkeypatch.setattr(registry.PRIORS, "_entries", dict(registry.PRIORS._entries))
+    monkeypatch.setattr(registry.PRIORS, "_plugins_loaded", False)
 
 
 def _user_module(tmp_path, monkeypatch) -> str:
@@ -81,9 +82,9 @@ def test_an_installed_plugin_prior_trains_by_name_from_the_cli(tmp_path, monkeyp
     module = _user_module(tmp_path, monkeypatch)
     plugin = importlib.metadata.EntryPoint(name="mine", value=module, group=registry.PLUGIN_GROUP)
     monkeypatch.setattr(
-        registry.importlib.metadata, "entry_points", lambda group: [plugin] if group == registry.PLUGIN_GROUP else []
+        importlib.metadata, "entry_points", lambda group: [plugin] if group == registry.PLUGIN_GROUP else []
     )
-    assert "my_prior" not in registry._REGISTRY and module not in sys.modules
+    assert "my_prior" not in registry.PRIORS._entries and module not in sys.modules
     args = [
         "train",
         "--out",
@@ -116,7 +117,7 @@ def test_an_installed_plugin_prior_trains_by_name_from_the_cli(tmp_path, monkeyp
 
 def test_a_plugin_that_fails_to_import_is_named_in_one_line(monkeypatch):
     plugin = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz", group=registry.PLUGIN_GROUP)
-    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: [plugin])
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [plugin])
     with pytest.raises(EdvaeError, match="prior plugin 'broken' \\(no_such_module_xyz\\) failed to import"):
         P.make("not_registered_anywhere", 2)
 
@@ -132,20 +133,96 @@ def test_options_a_registered_prior_does_not_read_are_refused(complex_data, tiny
         r"accepted options: alpha, beta$",
     ):
         P.make("two_options", 2, gamma=1)
-    cfg = tiny_config(model={"prior": "two_options", "prior_options": {"alpha": 3, "gamma": 1}})
+    # a config refuses it when it is validated, and a model built from unvalidated settings too
+    with pytest.raises(EdvaeError, match="gamma for prior 'two_options'") as info:
+        tiny_config(model={"prior": "two_options", "prior_options": {"alpha": 3, "gamma": 1}})
+    assert "\n" not in str(info.value) and "'model.prior_options'" in str(info.value)
+    unchecked = tiny_config(model={"prior": "two_options"}).model.model_copy(
+        update={"prior_options": {"alpha": 3, "gamma": 1}}
+    )
     with pytest.raises(EdvaeError, match="gamma for prior 'two_options'"):
-        build_model(cfg.model, complex_data)
+        build_model(unchecked, complex_data)
 
 
 def test_the_true_prior_refuses_options_it_would_ignore(complex_data, tiny_config):
     """Regression (issue 12): prior='true' with prior_options ignored them silently while the
     run's config.json recorded them."""
-    cfg = tiny_config(model={"prior": "true", "prior_options": {"scale": 2}})
-    with pytest.raises(EdvaeError, match=r"unknown option\(s\) scale for prior 'true'; accepted options: none"):
-        build_model(cfg.model, complex_data)
+    refused = r"unknown option\(s\) scale for prior 'true'; accepted options: none"
+    with pytest.raises(EdvaeError, match=refused):
+        tiny_config(model={"prior": "true", "prior_options": {"scale": 2}})
+    unchecked = tiny_config(model={"prior": "true"}).model.model_copy(update={"prior_options": {"scale": 2}})
+    with pytest.raises(EdvaeError, match=refused):
+        build_model(unchecked, complex_data)
     plain = build_model(tiny_config(model={"prior": "true"}).model, complex_data).prior
     z = torch.randn(5, 2)
     assert torch.equal(plain().log_prob(z), complex_data.ground_truth.prior.log_prob(z))
+
+
+def test_a_config_refuses_an_option_its_prior_does_not_take_in_one_line():
+    from edvae.config import validate_config
+
+    with pytest.raises(EdvaeError) as info:
+        validate_config({"model": {"prior": "mixture", "prior_options": {"n_componets": 8}}})
+    assert str(info.value) == (
+        "config: invalid value for 'model.prior_options': unknown option(s) n_componets for prior 'mixture'; "
+        "accepted options: n_components, init, scale, learnable, seed"
+    )
+
+
+@pytest.mark.parametrize(
+    "name, options, words",
+    [
+        ("mixture", {"n_components": 2.5}, "option n_components of prior 'mixture' must be int, got 2.5 (float)"),
+        ("mixture", {"n_components": True}, "option n_components of prior 'mixture' must be int, got True (bool)"),
+        ("mog_ring", {"n_components": "8"}, "option n_components of prior 'mog_ring' must be int, got '8' (str)"),
+        ("diag_normal", {"learnable": 1}, "option learnable of prior 'diag_normal' must be bool, got 1 (int)"),
+        ("flow", {"hidden_features": "ab"}, "option hidden_features of prior 'flow' must be Sequence[int]"),
+        ("samples:x.npy", {"chunk_size": 1.5}, "option chunk_size of prior 'samples' must be int | None"),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_refused_by_make_and_by_the_config(name, options, words):
+    from edvae.config import validate_config
+
+    for refuse in (
+        lambda: P.make(name, 2, **options),
+        lambda: validate_config({"model": {"prior": name, "prior_options": options}}),
+    ):
+        with pytest.raises(EdvaeError, match=re.escape(words) + ".*; accepted options: ") as info:
+            refuse()
+        assert "\n" not in str(info.value)
+
+
+def test_a_registered_prior_gets_its_options_typed_from_its_signature_and_unconverted(tiny_config):
+    import numpy as np
+
+    seen = []
+
+    @P.register("typed")
+    def typed(dim, *, k: int = 2, scale: float = 1.0, shape: tuple[int, ...] = (1,), loose: Unseen = None):  # noqa: F821
+        seen.append((k, scale, shape, loose))
+        return P.make("normal", dim)
+
+    k, shape, loose = np.int64(3), [4, 5], object()
+    P.make("typed", 2, k=k, scale=2, shape=shape, loose=loose)
+    # the factory receives the values as given: checked, never converted (an unresolvable
+    # annotation, Unseen, is not checked)
+    assert seen[0][0] is k and seen[0][1] == 2 and type(seen[0][1]) is int and seen[0][2] is shape
+    assert seen[0][3] is loose
+    with pytest.raises(EdvaeError, match=r"option k of prior 'typed' must be int, got 2.0 \(float\); accepted options"):
+        P.make("typed", 2, k=2.0)
+    with pytest.raises(EdvaeError, match="option scale of prior 'typed' must be float, got 'big'"):
+        tiny_config(model={"prior": "typed", "prior_options": {"scale": "big"}})
+    assert tiny_config(model={"prior": "typed", "prior_options": {"k": 4, "shape": [1, 2]}}).model.prior_options == {
+        "k": 4,
+        "shape": [1, 2],
+    }
+
+
+def test_a_config_leaves_required_options_and_unknown_priors_to_the_model(tiny_config):
+    """A model supplies vamp's encoder, and a prior may be registered after the config is read:
+    neither is the config's to refuse (building the model refuses what is still wrong)."""
+    assert tiny_config(model={"prior": "vamp", "prior_options": {"n_components": 4}}).model.prior == "vamp"
+    assert tiny_config(model={"prior": "later_prior", "prior_options": {"a": 1}}).model.prior == "later_prior"
 
 
 def test_registering_a_taken_name_is_refused_unless_replaced():

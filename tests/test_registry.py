@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import types
 
@@ -95,3 +96,29 @@ def test_settings_refuse_in_one_line():
         with pytest.raises(EdvaeError) as err:
             Paint.parse(values, "paint 'red'")
         assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "module, attribute, lookup, words",
+    [
+        ("edvae.data.registry", "DATASETS", "load_dataset", "unknown dataset 'nope'; choose one of: gaussian, complex"),
+        ("edvae.experiments", "STUDIES", "get_study", "unknown study 'nope'; choose one of: paper, unknown-prior"),
+        ("edvae.experiments.variants", "VARIANTS", None, "unknown model variant 'nope'; choose one of: vae-std"),
+    ],
+)
+def test_data_sets_studies_and_variants_are_registries(module, attribute, lookup, words):
+    """Each is one Registry, looked up through Registry.get: one line listing the choices."""
+    loaded = importlib.import_module(module)
+    registry = getattr(loaded, attribute)
+    assert isinstance(registry, Registry)
+    refuse = getattr(loaded, lookup) if lookup else (lambda name: loaded.apply_variant({}, name))
+    with pytest.raises(EdvaeError, match="^" + words) as err:
+        refuse("nope")
+    assert "\n" not in str(err.value)
+
+
+def test_the_prior_registry_is_a_registry_with_its_entry_point_group():
+    from edvae.priors import registry
+
+    assert isinstance(registry.PRIORS, Registry) and registry.PRIORS.plugins == "edvae.priors"
+    assert registry.names(in_model=True) == registry.PRIORS.names()

@@ -115,6 +115,25 @@ class ModelConfig(_Strict):
             raw["decoder_scale"] = "learned" if learn else "fixed"
         return raw
 
+    @field_validator("prior_options")
+    @classmethod
+    def _options_the_prior_takes(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Each option must be one the prior's factory takes, of its annotated type
+        (:func:`edvae.priors.registry.check_options`); a required option left out, and a prior
+        name not registered (yet), are reported when the model is built. No options: nothing
+        to check, and torch is not loaded."""
+        prior = info.data.get("prior")
+        if not options or not isinstance(prior, str):
+            return options
+        from edvae.priors.registry import PRIORS, check_options  # torch loads only for a config with options
+
+        if prior.partition(":")[0] in PRIORS:
+            try:
+                check_options(prior, options, complete=False)
+            except EdvaeError as err:
+                raise PydanticCustomError("prior_option", "{message}", {"message": str(err)}) from None
+        return options
+
     @model_validator(mode="after")
     def _positive_widths(self) -> ModelConfig:
         if any(not 1 <= h <= MAX_WIDTH for h in self.hidden):

@@ -1,6 +1,7 @@
 """One entry point for every data set: :func:`load_dataset`.
 
-Each data set is a builder function whose keyword-only parameters (apart from ``seed`` and
+Each data set is a builder function, registered by name in :data:`DATASETS` (an
+:class:`edvae.registry.Registry`), whose keyword-only parameters (apart from ``seed`` and
 ``path``) are its options; unknown names and options are refused with the valid ones listed.
 """
 
@@ -17,42 +18,37 @@ from edvae.data.real import digits_dataset, mnist5k_dataset
 from edvae.data.splits import DataSplits, load_stored
 from edvae.data.synthetic import complex_dataset, gaussian_dataset
 from edvae.errors import EdvaeError
+from edvae.registry import Registry
 
-__all__ = ["dataset_names", "dataset_options", "load_dataset"]
+__all__ = ["DATASETS", "dataset_names", "dataset_options", "load_dataset"]
 
-_BUILDERS: dict[str, Callable[..., DataSplits]] = {
-    "gaussian": gaussian_dataset,
-    "complex": complex_dataset,
-    "digits": digits_dataset,
-    "mnist5k": mnist5k_dataset,
-    "file": load_file,
-    "sprites": sprites_dataset,
-    "nongaussian-factors": nongaussian_factors_dataset,
-    "stored": load_stored,  # data a run folder holds (edvae.runs.record_data)
-}
+#: Every data set's builder by name; a new data set is a builder plus one line here.
+DATASETS: Registry[Callable[..., DataSplits]] = Registry("dataset")
+DATASETS.add("gaussian", gaussian_dataset)
+DATASETS.add("complex", complex_dataset)
+DATASETS.add("digits", digits_dataset)
+DATASETS.add("mnist5k", mnist5k_dataset)
+DATASETS.add("file", load_file)
+DATASETS.add("sprites", sprites_dataset)
+DATASETS.add("nongaussian-factors", nongaussian_factors_dataset)
+DATASETS.add("stored", load_stored)  # data a run folder holds (edvae.runs.record_data)
 #: The data sets read from ``path``.
 _READ_FROM_PATH = ("file", "stored")
 
 
 def dataset_names() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
-    return list(_BUILDERS)
+    return DATASETS.names()
 
 
 def dataset_options(name: str) -> dict[str, Any]:
     """The options of data set ``name`` with their defaults."""
-    builder = _builder(name)
+    builder = DATASETS.get(name)
     return {
         p.name: p.default
         for p in inspect.signature(builder).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("seed", "path")
     }
-
-
-def _builder(name: Any) -> Callable[..., DataSplits]:
-    if name not in _BUILDERS:
-        raise EdvaeError(f"unknown dataset {name!r}; choose one of: {', '.join(_BUILDERS)}")
-    return _BUILDERS[name]
 
 
 def load_dataset(
@@ -67,9 +63,9 @@ def load_dataset(
     """
     if name is None:
         if path is None:
-            raise EdvaeError(f"load_dataset needs a dataset name ({', '.join(_BUILDERS)}) or path=PATH to a data file")
+            raise EdvaeError(f"load_dataset needs a dataset name ({', '.join(DATASETS)}) or path=PATH to a data file")
         name = "file"
-    builder = _builder(name)
+    builder = DATASETS.get(name)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise EdvaeError(f"seed must be a non-negative integer, got {seed!r}")
     valid = dataset_options(name)

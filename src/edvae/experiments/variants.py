@@ -23,6 +23,7 @@ import copy
 from typing import Any
 
 from edvae.errors import EdvaeError
+from edvae.registry import Registry
 
 __all__ = [
     "READINGS",
@@ -35,25 +36,28 @@ __all__ = [
     "reading_variant",
 ]
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "vae-std": {"model": {"prior": "normal"}, "objective": {"kind": "elbo", "kl": "auto"}},
-    "vae-true": {"model": {"prior": "true"}, "objective": {"kind": "elbo", "kl": "mc"}},
-    "vae-true-learned": {
-        "model": {"prior": "true", "decoder_scale": "learned"},
-        "objective": {"kind": "elbo", "kl": "mc"},
-    },
-    "edvae": {
-        "model": {"prior": "true"},
-        "objective": {"kind": "ed", "mi_estimator": "mss", "entropy_estimator": "mss"},
-    },
-    "edvae-paper": {
+#: Every model variant by name: its overrides of a run config (the readings are added below).
+VARIANTS: Registry[dict[str, Any]] = Registry("model variant")
+VARIANTS.add("vae-std", {"model": {"prior": "normal"}, "objective": {"kind": "elbo", "kl": "auto"}})
+VARIANTS.add("vae-true", {"model": {"prior": "true"}, "objective": {"kind": "elbo", "kl": "mc"}})
+VARIANTS.add(
+    "vae-true-learned",
+    {"model": {"prior": "true", "decoder_scale": "learned"}, "objective": {"kind": "elbo", "kl": "mc"}},
+)
+VARIANTS.add(
+    "edvae",
+    {"model": {"prior": "true"}, "objective": {"kind": "ed", "mi_estimator": "mss", "entropy_estimator": "mss"}},
+)
+VARIANTS.add(
+    "edvae-paper",
+    {
         "model": {"prior": "true"},
         "objective": {"kind": "ed", "mi_estimator": "infonce", "mi_weight": -1.0, "entropy_estimator": "mss"},
     },
-    # the presets' weights live in their objective kinds (edvae.objective_kinds)
-    "beta-vae": {"model": {"prior": "normal"}, "objective": {"kind": "beta-vae"}},
-    "beta-tcvae": {"model": {"prior": "normal"}, "objective": {"kind": "beta-tcvae"}},
-}
+)
+# the presets' weights live in their objective kinds (edvae.objective_kinds)
+VARIANTS.add("beta-vae", {"model": {"prior": "normal"}, "objective": {"kind": "beta-vae"}})
+VARIANTS.add("beta-tcvae", {"model": {"prior": "normal"}, "objective": {"kind": "beta-tcvae"}})
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -69,9 +73,7 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def apply_variant(base: dict[str, Any], name: str) -> dict[str, Any]:
     """The raw config ``base`` turned into the variant ``name``."""
-    if name not in VARIANTS:
-        raise EdvaeError(f"unknown model variant '{name}'; choose one of: {', '.join(VARIANTS)}")
-    return merge(base, VARIANTS[name])
+    return merge(base, VARIANTS.get(name))
 
 
 # ------------------------------------------------------------------------------------------
@@ -137,4 +139,5 @@ def reading_variant(mi_weight: float, critic: str, weight: float) -> dict[str, A
 
 #: Every reading by name (also in :data:`VARIANTS`).
 READINGS: dict[str, dict[str, Any]] = {reading_name(*r): reading_variant(*r) for r in READING_GRID}
-VARIANTS.update(READINGS)
+for _name, _overrides in READINGS.items():
+    VARIANTS.add(_name, _overrides)

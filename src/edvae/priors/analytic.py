@@ -235,7 +235,7 @@ def _mixture(
     dim: int,
     *,
     n_components: int = 8,
-    init: Tensor | None = None,
+    init: Any = None,  # data (M, D): a tensor, an array or nested lists
     scale: Any = 1.0,
     learnable: bool = True,
     seed: int = 0,

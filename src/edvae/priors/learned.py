@@ -145,9 +145,9 @@ def _vamp(
     dim: int,
     *,
     encoder: Callable[[Tensor], Any] | None = None,
-    input_shape: Sequence[int] | None = None,
+    input_shape: int | Sequence[int] | None = None,
     n_components: int = 50,
-    init: Tensor | None = None,
+    init: Any = None,  # data rows (M, *input_shape): a tensor, an array or nested lists
     seed: int = 0,
     context: PriorContext | None = None,
 ) -> Prior:
@@ -167,10 +167,10 @@ def _vamp(
     if encoder is None:
         raise EdvaeError("prior 'vamp' needs option(s) encoder; pass encoder=...")
     generator = _generator(seed)
+    sizes = None if input_shape is None else (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     if init is None:
-        if input_shape is None:
+        if sizes is None:
             raise EdvaeError("the vamp prior needs input_shape=(...) or init=data")
-        sizes = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
         shape = tuple(_positive_int("input_shape entries", size) for size in sizes)
         pseudo = torch.randn((k, *shape), generator=generator)
     else:
@@ -180,9 +180,8 @@ def _vamp(
             f"option init must have shape (M, *input_shape) with M >= n_components={k}, got {tuple(data.shape)}",
         )
         require(
-            input_shape is None or tuple(input_shape) == tuple(data.shape[1:]),
-            f"option init has rows of shape {tuple(data.shape[1:])} but input_shape is "
-            f"{tuple(input_shape or ())}; make them agree",
+            sizes is None or sizes == tuple(data.shape[1:]),
+            f"option init has rows of shape {tuple(data.shape[1:])} but input_shape is {sizes}; make them agree",
         )
         keep = torch.randperm(len(data), generator=generator)[:k]
         pseudo = data if len(data) == k else data[keep]

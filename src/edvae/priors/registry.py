@@ -1,8 +1,11 @@
 r"""Priors by name: an open registry of factories ``(dim, **options) -> Prior``.
 
-A factory is registered with :func:`register` and built with :func:`make`; the options it
-accepts are its keyword parameters, read from its signature, so an option the chosen prior
-does not read is refused with one line naming the prior, the option and the accepted ones.
+A factory is registered with :func:`register` (into :data:`PRIORS`, an
+:class:`edvae.registry.Registry`) and built with :func:`make`; the options it accepts are its
+keyword parameters, read from its signature into a pydantic model (their annotated types,
+their defaults), so an option the chosen prior does not read, or a value not of the option's
+type, is refused with one line naming the prior, the option and the accepted ones
+(:func:`check_options`, also run on a config's ``model.prior_options``).
 A factory that declares a ``context`` parameter also receives a :class:`PriorContext` (the
 latent dimension, the data set and the encoder of the model being built), so priors that
 depend on the data or the encoder build themselves and the model has no per-name branches.
@@ -10,20 +13,26 @@ depend on the data or the encoder build themselves and the model has no per-name
 
 from __future__ import annotations
 
-import importlib.metadata
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from torch import nn
 
 from edvae.errors import EdvaeError, require
 from edvae.priors.base import _positive_int, _shown
+from edvae.registry import Registry
 
-__all__ = ["PriorContext", "make", "names", "register"]
+__all__ = ["PRIORS", "PriorContext", "check_options", "make", "names", "register"]
 
 _MAX_DIM = 65536  # make(): larger dimensions are refused, not allocated
+
+#: Entry-point group of installed packages that register priors when imported (see :func:`names`).
+PLUGIN_GROUP = "edvae.priors"
 
 Factory = Callable[..., nn.Module]
 
@@ -51,39 +60,128 @@ class PriorContext:
     state: Any = None
 
 
-@dataclass(frozen=True)
 class _Entry:
-    factory: Factory
-    options: tuple[str, ...]  # the keyword parameters after dim, without context
-    required: tuple[str, ...]
-    wants_context: bool
-    needs_context: bool  # a context parameter without default: only a model can build it
-    argument: str | None  # "name:VALUE" passes VALUE as this option
+    """A registered factory, what its signature says about it, and its options model."""
 
+    def __init__(self, name: str, factory: Factory, argument: str | None) -> None:
+        parameters = list(inspect.signature(factory).parameters.values())
+        require(
+            bool(parameters)
+            and parameters[0].kind in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD),
+            f"the factory of prior {name!r} must take the dimension first: def f(dim, *, ...)",
+        )
+        options = tuple(p for p in parameters[1:] if p.name != "context")
+        require(
+            all(p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) for p in options),
+            f"the options of prior {name!r} must be named parameters (no *args or **kwargs), "
+            "so that unknown options can be refused",
+        )
+        require(
+            argument is None or argument in [p.name for p in options],
+            f"argument={argument!r} is not an option of prior {name!r}",
+        )
+        context = [p for p in parameters[1:] if p.name == "context"]
+        self.name = name
+        self.factory = factory
+        self.parameters = options  # the keyword parameters after dim, without context
+        self.options = tuple(p.name for p in options)
+        self.wants_context = bool(context)
+        self.needs_context = bool(context) and context[0].default is context[0].empty  # only a model builds it
+        self.argument = argument  # "name:VALUE" passes VALUE as this option
+        self.types = {p.name: _type_text(p.annotation) for p in options}  # as the source says them
 
-_REGISTRY: dict[str, _Entry] = {}
+    @functools.cached_property
+    def options_model(self) -> type[BaseModel]:
+        """The options as a pydantic model, built on first use: one field per option, typed by
+        its annotation (strictly: no 1 for True, no 2.0 for an integer) with its default."""
+        fields: dict[str, Any] = {
+            f"option_{i}": (
+                _checkable(_resolved(p.annotation, self.factory)),
+                Field(... if p.default is p.empty else p.default, alias=p.name),
+            )
+            for i, p in enumerate(self.parameters)
+        }
+        return create_model(f"{self.name}_options", __config__=_OPTIONS_CONFIG, **fields)
 
-#: Entry-point group of installed packages that register priors when imported (see :func:`names`).
-PLUGIN_GROUP = "edvae.priors"
-_plugins_loaded = False
-
-
-def _load_plugins() -> None:
-    """Import, once, every module an installed package lists under the ``edvae.priors`` entry
-    points, so that its ``@register`` lines run (a fresh ``edvae`` process knows its priors)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for entry_point in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+    def _errors(self, values: dict[str, Any]) -> list[Any]:
         try:
-            entry_point.load()
-        except Exception as exc:  # noqa: BLE001 - any failure is the plugin's, named in one line
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.options_model.model_validate(values)
+        except ValidationError as err:
+            return list(err.errors())
+        return []
+
+    def check(self, options: dict[str, Any], *, complete: bool) -> None:
+        """Refuse, in one line, an option the factory does not take, a value not of its
+        annotated type and (``complete``) a required option left out. Only checks: the factory
+        receives the values as given (a numpy scalar is checked as the Python number it holds,
+        a list where a tuple is annotated as that tuple)."""
+        values = {k: v.item() if isinstance(v, np.generic) else v for k, v in options.items()}  # numpy scalars
+        errors = self._errors(values)
+        lists = {str(e["loc"][0]) for e in errors if isinstance(values.get(str(e["loc"][0])), list)}
+        if lists:  # a config's list stands for a tuple (TOML and JSON have none)
+            errors = self._errors({k: tuple(v) if k in lists else v for k, v in values.items()})
+        if not errors:
+            return
+        unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+        require(
+            not unknown,
+            f"unknown option(s) {', '.join(unknown)} for prior {self.name!r}; accepted options: "
+            f"{', '.join(self.options) or 'none'}",
+        )
+        missing = [str(e["loc"][0]) for e in errors if e["type"] == "missing"]
+        needed = ", ".join(f"{option}=..." for option in missing)
+        require(not (missing and complete), f"prior {self.name!r} needs option(s) {', '.join(missing)}; pass {needed}")
+        wrong = [str(e["loc"][0]) for e in errors if e["type"] != "missing"]
+        if wrong:
+            option = wrong[0]
             raise EdvaeError(
-                f"the prior plugin {entry_point.name!r} ({entry_point.value}) failed "
-                f"to import: {message}; fix or uninstall it"
-            ) from None
+                f"option {option} of prior {self.name!r} must be {self.types[option]}, got "
+                f"{_shown(options[option])} ({type(options[option]).__name__}); accepted options: "
+                f"{', '.join(self.options)}"
+            )
+
+
+#: Every prior factory by name (:func:`register`, :func:`names`, :func:`make`); installed
+#: packages add theirs through the ``edvae.priors`` entry-point group.
+PRIORS: Registry[_Entry] = Registry("prior", plugins=PLUGIN_GROUP)
+
+#: Option values are checked strictly (True is no integer, 2.0 and "2" are none either) against
+#: any annotated type (a Tensor by isinstance); none is converted.
+_OPTIONS_CONFIG = ConfigDict(strict=True, arbitrary_types_allowed=True, extra="forbid")
+
+
+def _resolved(annotation: Any, factory: Factory) -> Any:
+    """An annotation as a type: a string one (``from __future__ import annotations``) evaluated
+    in the factory's module, as :func:`inspect.get_annotations` does; one naming what that module
+    cannot see stays a string (and is not checked)."""
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        # the module's own annotation, evaluated as inspect.get_annotations(eval_str=True) does
+        return eval(annotation, dict(getattr(factory, "__globals__", {})))
+    except Exception:  # noqa: BLE001 - any failure means: not checkable
+        return annotation
+
+
+def _checkable(annotation: Any) -> Any:
+    """``annotation`` if pydantic can check a value against it, else ``Any`` (unchecked): no
+    annotation, one left a string, or a type pydantic has no schema for."""
+    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
+        return Any
+    try:
+        TypeAdapter(annotation, config=_OPTIONS_CONFIG)
+    except Exception:  # noqa: BLE001 - any failure means: not checkable
+        return Any
+    return annotation
+
+
+def _type_text(annotation: Any) -> str:
+    """An annotation as its source says it: ``int``, ``Tensor | None``."""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("collections.abc.", "")
 
 
 def register(name: str, *, argument: str | None = None, replace: bool = False) -> Callable[[Factory], Factory]:
@@ -110,28 +208,7 @@ def register(name: str, *, argument: str | None = None, replace: bool = False) -
 
     def decorate(factory: Factory) -> Factory:
         require(callable(factory), f"register({name!r}) decorates a factory function, got {type(factory).__name__}")
-        require(
-            replace or name not in _REGISTRY,
-            f"prior {name!r} is already registered; choose another name or pass replace=True",
-        )
-        parameters = list(inspect.signature(factory).parameters.values())
-        require(
-            bool(parameters)
-            and parameters[0].kind in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD),
-            f"the factory of prior {name!r} must take the dimension first: def f(dim, *, ...)",
-        )
-        options = [p for p in parameters[1:] if p.name != "context"]
-        require(
-            all(p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) for p in options),
-            f"the options of prior {name!r} must be named parameters (no *args or **kwargs), "
-            "so that unknown options can be refused",
-        )
-        names_ = tuple(p.name for p in options)
-        require(argument is None or argument in names_, f"argument={argument!r} is not an option of prior {name!r}")
-        required = tuple(p.name for p in options if p.default is p.empty)
-        context = [p for p in parameters[1:] if p.name == "context"]
-        needs_context = bool(context) and context[0].default is context[0].empty
-        _REGISTRY[name] = _Entry(factory, names_, required, bool(context), needs_context, argument)
+        PRIORS.add(name, _Entry(name, factory, argument), replace=replace)
         return factory
 
     return decorate
@@ -142,8 +219,7 @@ def names(*, in_model: bool = False) -> list[str]:
     registered; with ``in_model=True`` also those that need a model's :class:`PriorContext`
     (such as ``"true"``, the data set's own prior). Priors of installed plugins (packages with
     an ``edvae.priors`` entry point naming the module that registers them) are included."""
-    _load_plugins()
-    return [name for name, entry in _REGISTRY.items() if in_model or not entry.needs_context]
+    return [name for name, entry in PRIORS.items() if in_model or not entry.needs_context]
 
 
 def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **options: Any) -> nn.Module:
@@ -175,35 +251,15 @@ def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **opti
       ["cv"], ``chunk_size`` [1024], ``flow_steps`` [1000; 0: unfitted], ``seed`` [0]; see
       :func:`from_samples`. A context with ``fit=False`` skips the fitting.
 
-    Priors added with :func:`register` take the options of their factory. Unknown names,
-    unknown options, missing required options and invalid values raise :class:`EdvaeError`,
-    as do ``dim`` > 65536 and ``n_components`` > 100000 (sizes that would allocate gigabytes).
+    Priors added with :func:`register` take the options of their factory, of the types it
+    annotates (:func:`check_options`). Unknown names, unknown options, missing required
+    options, values of another type and invalid values raise :class:`EdvaeError`, as do
+    ``dim`` > 65536 and ``n_components`` > 100000 (sizes that would allocate gigabytes).
     """
-    base, colon, value = name.partition(":") if isinstance(name, str) else (name, "", "")
-    if not (isinstance(base, str) and base in _REGISTRY):
-        _load_plugins()
-    entry = _REGISTRY.get(base) if isinstance(base, str) else None
-    if entry is None or (colon and entry.argument is None):
-        raise EdvaeError(
-            f"unknown prior name {_shown(name)}; choose one of: {', '.join(names(in_model=True))}"
-            + ("" if entry is None else f" ({base!r} takes no ':' argument)")
-        )
+    base, entry, options = _named(name, options)
     dim = _positive_int("dim", dim, _MAX_DIM)
-    if colon and entry.argument is not None:  # (an entry without argument was refused above)
-        require(
-            entry.argument not in options,
-            f"prior {name!r} gives {entry.argument} after ':' and as an option; give it once",
-        )
-        options = {**options, entry.argument: value}
-    unknown = sorted(set(options) - set(entry.options))
-    require(
-        not unknown,
-        f"unknown option(s) {', '.join(unknown)} for prior {base!r}; accepted options: "
-        f"{', '.join(entry.options) or 'none'}",
-    )
-    missing = [option for option in entry.required if option not in options]
-    needed = ", ".join(f"{option}=..." for option in missing)
-    require(not missing, f"prior {base!r} needs option(s) {', '.join(missing)}; pass {needed}")
+    options = _with_argument(name, entry, options)
+    entry.check(options, complete=True)
     require(
         context is not None or not entry.needs_context,
         f"prior {base!r} needs the data of a model; use it as model.prior={base!r} in a config",
@@ -211,3 +267,41 @@ def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **opti
     if entry.wants_context:
         options["context"] = context
     return entry.factory(dim, **options)
+
+
+def check_options(name: str, options: dict[str, Any], *, complete: bool = True) -> None:
+    """Refuse, in one line, what :func:`make` would refuse in ``options`` of the prior ``name``
+    before building anything: an unknown name, an option the prior does not take (naming the
+    accepted ones), a value not of the option's annotated type (``2.5`` or ``True`` for an
+    integer, ``"yes"`` for a flag) and, with ``complete``, a required option left out. The
+    options model of each prior is a pydantic model read from its factory's signature; values
+    are checked, never converted. ``edvae.config`` calls it with ``complete=False`` on a
+    config's ``model.prior_options`` (a model may supply a required option, such as vamp's
+    encoder)."""
+    _, entry, options = _named(name, options)
+    entry.check(_with_argument(name, entry, options), complete=complete)
+
+
+def _named(name: Any, options: dict[str, Any]) -> tuple[str, _Entry, dict[str, Any]]:
+    """``(base, entry, options)`` of a prior name ``base`` or ``base:VALUE``; an unknown name,
+    or a ':' after a prior that takes no argument, is refused in one line."""
+    base, colon, _value = name.partition(":") if isinstance(name, str) else (name, "", "")
+    entry = PRIORS.get(base) if isinstance(base, str) and base in PRIORS else None
+    if entry is None or (colon and entry.argument is None):
+        raise EdvaeError(
+            f"unknown prior name {_shown(name)}; choose one of: {', '.join(names(in_model=True))}"
+            + ("" if entry is None else f" ({base!r} takes no ':' argument)")
+        )
+    return base, entry, dict(options)
+
+
+def _with_argument(name: str, entry: _Entry, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the VALUE of ``"base:VALUE"`` as the entry's argument option."""
+    base, colon, value = name.partition(":")
+    if not colon or entry.argument is None:
+        return options
+    require(
+        entry.argument not in options,
+        f"prior {name!r} gives {entry.argument} after ':' and as an option; give it once",
+    )
+    return {**options, entry.argument: value}
