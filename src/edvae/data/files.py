@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from edvae.data.splits import MAX_LABEL, DataSplits, check_split, finish, resolve_likelihood
+from edvae.data.splits import MAX_LABEL, DataSplits, check_likelihood, check_split, finish
 from edvae.errors import EdvaeError
 
 __all__ = ["FORMATS", "SUPPORTED", "load_file", "read_idx"]
@@ -464,7 +464,7 @@ def load_file(
     if format is not None and format not in FORMATS:
         raise EdvaeError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     fmt = format or _detect_format(path)
-    likelihood, binarize = resolve_likelihood(likelihood, binarize, source)
+    likelihood, binarize = check_likelihood(likelihood, binarize, source)
     split = check_split(split, source)
     if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
         raise EdvaeError(f"delimiter must be a single character such as ',' or ';', got {delimiter!r}")
