@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from edvae.errors import EdvaeError
 from edvae.estimators import infonce
-from edvae.priors.base import _positive_int
+from edvae.priors.base import positive_int
 
 __all__ = [
     "BilinearCritic",
@@ -391,7 +391,7 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     merged = {**allowed, **options}
     for key in ("hidden", "embedding", "queue_size", "projection"):
         if key in merged and not (key == "projection" and merged[key] is None):
-            merged[key] = _positive_int(key, merged[key])
+            merged[key] = positive_int(key, merged[key])
     if name == "momentum":
         tau, m = merged["temperature"], merged["momentum"]
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
@@ -429,7 +429,7 @@ def make_critic(name: str, dim: int, encoder: nn.Module | None = None, **options
     :class:`EdvaeError` s.
     """
     merged = check_critic(name, options)
-    dim = _positive_int("dim", dim)
+    dim = positive_int("dim", dim)
     if name == "encoder":
         return EncoderCritic()
     if name == "bilinear":

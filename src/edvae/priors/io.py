@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from edvae.errors import EdvaeError, require
-from edvae.priors.base import _validated_samples
+from edvae.priors.base import validated_samples
 
 __all__ = ["load_samples"]
 
@@ -91,4 +91,4 @@ def load_samples(path: str | os.PathLike[str], dim: int | None = None) -> Tensor
         raw = _READERS[suffix](path)
     except Exception as exc:  # noqa: BLE001 - every reader failure is the file's problem
         raise EdvaeError(f"{source} could not be read as {suffix} ({exc}); re-save it as a (K, D) array") from None
-    return _validated_samples(raw, source, dim).to(torch.get_default_dtype())
+    return validated_samples(raw, source, dim).to(torch.get_default_dtype())

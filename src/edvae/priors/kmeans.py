@@ -20,7 +20,7 @@ from torch import Tensor
 _KMEANS_MAX_ROWS = 10_000  # k-means initialisation of a mixture uses at most this many rows
 
 
-def _kmeans(data: Tensor, k: int, generator: torch.Generator) -> Tensor:
+def kmeans_centres(data: Tensor, k: int, generator: torch.Generator) -> Tensor:
     r"""k cluster centres of ``data``: k-means (Lloyd) from greedy k-means++ seeds, best of 4.
 
     Seeding draws each new centre with probability proportional to the squared distance to

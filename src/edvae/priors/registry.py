@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from edvae.errors import EdvaeError, require
-from edvae.priors.base import _positive_int, _shown
+from edvae.priors.base import positive_int, shown
 
 __all__ = ["PriorContext", "make", "names", "register"]
 
@@ -105,7 +105,7 @@ def register(name: str, *, argument: str | None = None, replace: bool = False) -
     """
     require(
         isinstance(name, str) and name.isidentifier(),
-        f"a prior name must be an identifier (letters, digits, _), got {_shown(name)}",
+        f"a prior name must be an identifier (letters, digits, _), got {shown(name)}",
     )
 
     def decorate(factory: Factory) -> Factory:
@@ -185,10 +185,10 @@ def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **opti
     entry = _REGISTRY.get(base) if isinstance(base, str) else None
     if entry is None or (colon and entry.argument is None):
         raise EdvaeError(
-            f"unknown prior name {_shown(name)}; choose one of: {', '.join(names(in_model=True))}"
+            f"unknown prior name {shown(name)}; choose one of: {', '.join(names(in_model=True))}"
             + ("" if entry is None else f" ({base!r} takes no ':' argument)")
         )
-    dim = _positive_int("dim", dim, _MAX_DIM)
+    dim = positive_int("dim", dim, _MAX_DIM)
     if colon and entry.argument is not None:  # (an entry without argument was refused above)
         require(
             entry.argument not in options,
