@@ -116,9 +116,9 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
             if _STATE["debug"] or not isinstance(err, ValidationError):
                 raise
-            from edvae.config import _format_validation_error
+            from edvae.config import format_validation_error
 
-            typer.echo(f"error: {_format_validation_error(err, 'config')}", err=True)
+            typer.echo(f"error: {format_validation_error(err, 'config')}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -301,7 +301,8 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """The first problem pydantic found in a config, as one line naming ``source``, the key and the fix."""
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
@@ -359,7 +360,7 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise EdvaeError(_format_validation_error(err, source)) from None
+        raise EdvaeError(format_validation_error(err, source)) from None
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
