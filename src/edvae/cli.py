@@ -382,9 +382,10 @@ def evaluate(
 
 def _unfinished(run_dir: Path, checkpoint: dict[str, Any]) -> str:
     """One line on an unfinished run's checkpoint: where it is, and whether it is still training."""
+    from edvae.runs import run_folder
     from edvae.training.run_dir import lock_holder
 
-    folder = run_dir.parent if run_dir.is_file() else run_dir
+    folder = run_folder(run_dir)
     epochs = checkpoint["config"].get("train", {}).get("epochs", "?")
     where = f"its checkpoint is at step {checkpoint['step']}, epoch {checkpoint['epoch']} of {epochs}"
     holder = lock_holder(folder)

@@ -154,7 +154,7 @@ class DataSplits:
 
 
 def load_stored(*, seed: int, path: Any) -> DataSplits:
-    """Data saved by :func:`edvae.runs.record_data` (``data.pt`` in a run folder): the splits
+    """Data saved by :func:`edvae.provenance.record_data` (``data.pt`` in a run folder): the splits
     exactly as they were passed to training (``seed`` is not used: nothing is drawn again)."""
     from pathlib import Path
 
