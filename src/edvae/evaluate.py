@@ -44,11 +44,11 @@ from edvae.accelerator import accelerator_device, choose_accelerator, network_ma
 from edvae.checkpoint import save_atomic
 from edvae.config import EvalConfig, ModelConfig, RunConfig
 from edvae.data import DataSplits, binarize_batch
-from edvae.data.files import machine_memory_bytes
 from edvae.data.sampling import derive_seed
 from edvae.errors import EdvaeError
 from edvae.estimators import PriorLike, dataset_decomposition_terms, kl_divergence, log_posterior
 from edvae.model import VAE, check_fits_memory
+from edvae.numeric_files import machine_memory_bytes
 from edvae.runs import load_data, load_run, run_folder  # load_run also importable from here, its former home
 
 __all__ = [

@@ -21,9 +21,9 @@ from edvae.accelerator import PLACEMENT, choose_accelerator, network_macs
 from edvae.checkpoint import CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint
 from edvae.config import RunConfig, validate_config
 from edvae.data import DataSplits
-from edvae.data.files import machine_memory_bytes
 from edvae.errors import EdvaeError, TrainingError
 from edvae.model import check_fits_memory, training_memory_bytes
+from edvae.numeric_files import machine_memory_bytes
 from edvae.provenance import check_data, record_data
 from edvae.runs import load_data
 from edvae.training.run_dir import RunLock, prepare_run_dir, staging_dir
