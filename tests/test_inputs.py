@@ -89,7 +89,9 @@ def test_data_paths_are_checked_before_reading(tmp_path, monkeypatch):
     assert_one_line_error(result, "data.path is empty")
     big = tmp_path / "big.npy"
     np.save(big, np.zeros((100, 10), np.float32))
-    monkeypatch.setattr(files, "machine_memory_bytes", lambda: 4 * 1000)  # reads at most 1000 bytes
+    import edvae.numeric_files
+
+    monkeypatch.setattr(edvae.numeric_files, "machine_memory_bytes", lambda: 4 * 1000)  # reads at most 1000 bytes
     with pytest.raises(EdvaeError, match="more than edvae reads on this machine"):
         files.load_file(seed=0, path=big, likelihood="gaussian")
     packed = tmp_path / "big.csv.gz"

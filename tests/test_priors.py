@@ -498,14 +498,14 @@ def write(path, content) -> None:
     [
         ("missing.npy", None, ["does not exist"]),
         ("data.txt", "1,2\n3,4\n", ["unsupported extension", ".npy, .pt, .csv"]),
-        ("broken.csv", "1,2\n3,x\n", ["could not be read"]),
-        ("ragged.csv", "1,2\n3\n", ["could not be read"]),
+        ("broken.csv", "1,2\n3,x\n", ["line 2, column 2", "not a number"]),
+        ("ragged.csv", "1,2\n3\n", ["line 2 has 1 value", "earlier rows have 2"]),
         ("dict.pt", {"a": torch.zeros(3, 2)}, ["not a tensor"]),
         ("flat.npy", np.zeros(5), ["shape (5,)", "2-D"]),
         ("cube.npy", np.zeros((4, 2, 2)), ["shape (4, 2, 2)", "2-D"]),
         ("nan.npy", np.array([[0.0, 1.0], [2.0, 3.0], [np.nan, 1.0], [np.inf, 0.0]]), ["data row 2", "2 bad row"]),
         ("one.csv", "x,y\n1,2\n", ["1 sample", "at least 2"]),
-        ("empty.csv", "", ["0 sample"]),
+        ("empty.csv", "", ["is empty"]),
         ("wide.npy", np.zeros((4, 3)), ["dimension 3", "latent dimension is 2"]),
     ],
 )

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from edvae import priors
 from edvae.config import RunConfig, apply_overrides, validate_config
-from edvae.data.splits import DataSplits, finish, resolve_likelihood
+from edvae.data.splits import DataSplits, check_likelihood, finish
 from edvae.errors import EdvaeError
 from edvae.objective_kinds import OBJECTIVES
 from edvae.runs import OBJECT_PRIOR_PREFIX
@@ -159,7 +159,7 @@ def fit(
 
     values, labels = _as_arrays(x)
     config = _config(out, prior, objective, epochs, overrides, accelerator)
-    likelihood, binarize = resolve_likelihood(likelihood, None, "edvae.fit")
+    likelihood, binarize = check_likelihood(likelihood, None, "edvae.fit")
     data = finish(
         "array",
         values,

@@ -116,9 +116,9 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
             if _STATE["debug"] or not isinstance(err, ValidationError):
                 raise
-            from edvae.config import _format_validation_error
+            from edvae.config import format_validation_error
 
-            typer.echo(f"error: {_format_validation_error(err, 'config')}", err=True)
+            typer.echo(f"error: {format_validation_error(err, 'config')}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -382,9 +382,10 @@ def evaluate(
 
 def _unfinished(run_dir: Path, checkpoint: dict[str, Any]) -> str:
     """One line on an unfinished run's checkpoint: where it is, and whether it is still training."""
+    from edvae.runs import run_folder
     from edvae.training.run_dir import lock_holder
 
-    folder = run_dir.parent if run_dir.is_file() else run_dir
+    folder = run_folder(run_dir)
     epochs = checkpoint["config"].get("train", {}).get("epochs", "?")
     where = f"its checkpoint is at step {checkpoint['step']}, epoch {checkpoint['epoch']} of {epochs}"
     holder = lock_holder(folder)

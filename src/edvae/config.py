@@ -19,10 +19,12 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from edvae.errors import EdvaeError
 from edvae.objective_kinds import ObjectiveConfig, kind_of, objective_config, options_for
@@ -229,7 +231,8 @@ class RunConfig(_Strict):
         return objective_config(value)
 
 
-def _format_validation_error(err: ValidationError, source: str, raw: Any = None) -> str:
+def format_validation_error(err: ValidationError, source: str, raw: Any = None) -> str:
+    """The first problem pydantic found in a config, as one line naming ``source``, the key and the fix."""
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
@@ -292,7 +295,7 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise EdvaeError(_format_validation_error(err, source, raw)) from None
+        raise EdvaeError(format_validation_error(err, source, raw)) from None
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

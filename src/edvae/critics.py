@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from edvae.errors import EdvaeError
 from edvae.estimators import infonce
-from edvae.priors.base import _positive_int
+from edvae.priors.base import positive_int
 from edvae.registry import Registry, Settings
 
 __all__ = [
@@ -454,4 +454,4 @@ def make_critic(name: str, dim: int, encoder: nn.Module | None = None, **options
     :class:`EdvaeError` s.
     """
     settings = parse_critic(name, options)
-    return settings.build(_positive_int("dim", dim), encoder)
+    return settings.build(positive_int("dim", dim), encoder)

@@ -8,7 +8,9 @@ one line and exits with code 2.
 
 from __future__ import annotations
 
-__all__ = ["EdvaeError", "TrainingError", "require"]
+from typing import Any
+
+__all__ = ["EdvaeError", "TrainingError", "require", "require_int"]
 
 
 class EdvaeError(ValueError):
@@ -19,6 +21,14 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`EdvaeError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise EdvaeError(message)
+
+
+def require_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` when it is an int n >= ``minimum`` (a bool is not), else :class:`EdvaeError`:
+    ``"{name} must be an integer >= {minimum}, got {value!r}"``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise EdvaeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 class TrainingError(RuntimeError):

@@ -44,12 +44,12 @@ from edvae.accelerator import accelerator_device, choose_accelerator, network_ma
 from edvae.checkpoint import save_atomic
 from edvae.config import EvalConfig, ModelConfig, RunConfig
 from edvae.data import DataSplits, binarize_batch
-from edvae.data.files import machine_memory_bytes
 from edvae.data.sampling import derive_seed
 from edvae.errors import EdvaeError
 from edvae.estimators import PriorLike, dataset_decomposition_terms, kl_divergence, log_posterior
 from edvae.model import VAE, check_fits_memory
-from edvae.runs import load_data, load_run  # load_run also importable from here, its former home
+from edvae.numeric_files import machine_memory_bytes
+from edvae.runs import load_data, load_run, run_folder  # load_run also importable from here, its former home
 
 __all__ = [
     "CACHE_DIR_NAME",
@@ -400,9 +400,7 @@ def run_cache_dir(run_dir: str | Path) -> Path:
     """Where ``edvae evaluate`` caches per-data-set results for a run: ``.edvae-cache/`` in the
     run folder's parent, shared by the runs of one parent folder (a study keeps its own,
     ``OUT/cache``). Deleting it is always safe."""
-    run_dir = Path(run_dir)
-    folder = run_dir.parent if run_dir.is_file() else run_dir
-    return folder.resolve().parent / CACHE_DIR_NAME
+    return run_folder(run_dir).resolve().parent / CACHE_DIR_NAME
 
 
 def _digest(key: str, values: Tensor) -> str:

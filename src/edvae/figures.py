@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from edvae.data import DataSplits
-from edvae.errors import EdvaeError
+from edvae.errors import EdvaeError, require_int
 from edvae.model import VAE
 
 __all__ = [
@@ -133,12 +133,6 @@ def _save(fig: Any, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     return path
-
-
-def _check_count(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise EdvaeError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 # ----------------------------------------------------------------------------- drawers
@@ -263,7 +257,7 @@ def _draw_latent(
 # ----------------------------------------------------------------------------- one model
 def plot_reconstructions(model: VAE, data: DataSplits, path: str | Path, *, n: int = 10, split: str = "test") -> Path:
     """The first ``n`` examples of ``split`` above their reconstructions E[x | z = mu(x)]."""
-    _check_count("n", n)
+    require_int("n", n)
     model.eval()
     with torch.inference_mode():
         fig = _new_figure(max(3.0, 0.6 * n), 1.6)
@@ -273,7 +267,7 @@ def plot_reconstructions(model: VAE, data: DataSplits, path: str | Path, *, n: i
 
 def plot_prior_samples(model: VAE, data: DataSplits, path: str | Path, *, n: int = 64, seed: int = 0) -> Path:
     """E[x | z] for ``n`` codes z ~ p(z) drawn from the model's prior (seeded)."""
-    _check_count("n", n)
+    require_int("n", n)
     model.eval()
     with torch.inference_mode():
         fig = _new_figure(4.0, 4.2)
@@ -285,8 +279,8 @@ def plot_traversals(
     model: VAE, data: DataSplits, path: str | Path, *, dims: int = 8, steps: int = 9, split: str = "test"
 ) -> Path:
     """Sweep the ``dims`` most active latent coordinates of one input's posterior mean, ``steps`` values each."""
-    _check_count("dims", dims)
-    _check_count("steps", steps, 2)
+    require_int("dims", dims)
+    require_int("steps", steps, 2)
     model.eval()
     with torch.inference_mode():
         fig = _new_figure(max(3.0, 0.5 * steps), 0.5 * min(dims, model.latent_dim) + 0.8)
@@ -306,7 +300,7 @@ def plot_aggregate_posterior(
     model: VAE, data: DataSplits, path: str | Path, *, split: str = "test", max_points: int = 2000, seed: int = 0
 ) -> Path:
     """Samples of the aggregate posterior q(z) on ``split``, coloured by label; PCA to 2-D if D > 2."""
-    _check_count("max_points", max_points)
+    require_int("max_points", max_points)
     model.eval()
     with torch.inference_mode():
         fig = _new_figure(4.2, 4.2)

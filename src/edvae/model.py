@@ -37,7 +37,7 @@ __all__ = [
     "build_model",
     "calibrate_decoder",
     "check_fits_memory",
-    "resolve_likelihood",
+    "model_likelihood",
     "training_memory_bytes",
 ]
 
@@ -109,8 +109,9 @@ class VAE(nn.Module):
         return ModelOutput(mu, logvar, z, self.likelihood.log_prob(x, x_params), x_params)
 
 
-def resolve_likelihood(config: ModelConfig, data: DataSplits) -> str:
-    """The likelihood to use: the configured one, or the data set's own for ``"auto"``."""
+def model_likelihood(config: ModelConfig, data: DataSplits) -> str:
+    """The likelihood p(x|z) a model of ``config`` uses on ``data``: ``config.likelihood``, or the
+    data set's own (``data.likelihood``) when it is ``"auto"``."""
     return data.likelihood if config.likelihood == "auto" else config.likelihood
 
 
@@ -176,7 +177,7 @@ def build_model(config: ModelConfig, data: DataSplits, *, fit_prior: bool = True
     else:
         encoder = ConvEncoder(x_shape, config.latent_dim)
         decoder = ConvDecoder(x_shape, config.latent_dim)
-    kind = resolve_likelihood(config, data)
+    kind = model_likelihood(config, data)
     likelihood: GaussianLikelihood | BernoulliLikelihood
     if kind == "gaussian":
         likelihood = GaussianLikelihood(x_shape, scale=config.decoder_scale, init_log_scale=config.decoder_log_scale)

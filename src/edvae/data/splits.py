@@ -154,7 +154,7 @@ class DataSplits:
 
 
 def load_stored(*, seed: int, path: Any) -> DataSplits:
-    """Data saved by :func:`edvae.runs.record_data` (``data.pt`` in a run folder): the splits
+    """Data saved by :func:`edvae.provenance.record_data` (``data.pt`` in a run folder): the splits
     exactly as they were passed to training (``seed`` is not used: nothing is drawn again)."""
     from pathlib import Path
 
@@ -247,8 +247,10 @@ def check_values(
             )
 
 
-def resolve_likelihood(likelihood: Any, binarize: Any, source: str) -> tuple[str, str]:
-    """Validate ``likelihood`` and ``binarize``; ``binarize=None`` means dynamic for Bernoulli data."""
+def check_likelihood(likelihood: Any, binarize: Any, source: str) -> tuple[str, str]:
+    """``(likelihood, binarize)`` after checking both against :data:`LIKELIHOODS` and
+    :data:`BINARIZE_MODES` (one-line :class:`EdvaeError` naming ``source``); ``binarize=None``
+    becomes ``"dynamic"`` for Bernoulli data and ``"none"`` for Gaussian data."""
     if likelihood not in LIKELIHOODS:
         raise EdvaeError(f"{source}: likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
     if binarize is None:

@@ -32,7 +32,7 @@ from edvae import priors
 from edvae.data.ground_truth import GroundTruth
 from edvae.data.sampling import derive_seed
 from edvae.data.splits import SPLIT_NAMES, DataSplits
-from edvae.errors import EdvaeError
+from edvae.errors import EdvaeError, require_int
 
 __all__ = ["GENERATOR_SEED", "SyntheticGenerator", "complex_dataset", "gaussian_dataset", "make_ground_truth"]
 
@@ -85,12 +85,6 @@ class SyntheticGenerator(nn.Module):
         return self.rotation(torch.cat([self.skip * z, self.layers[-1](h)], dim=-1))
 
 
-def _check_int(dataset: str, name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise EdvaeError(f"dataset '{dataset}': option {name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def _make_prior(dataset: str, name: str, dim: int, options: dict[str, Any], seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # pins any randomness in the prior's construction
@@ -112,9 +106,9 @@ def make_ground_truth(
     hidden_sizes: Sequence[int] = (32, 32),
 ) -> GroundTruth:
     """The generative process of a synthetic data set, with its options validated."""
-    _check_int(dataset, "latent_dim", latent_dim, 1)
-    _check_int(dataset, "obs_dim", obs_dim, 2)
-    _check_int(dataset, "generator_seed", generator_seed, 0)
+    require_int(f"dataset '{dataset}': option latent_dim", latent_dim, 1)
+    require_int(f"dataset '{dataset}': option obs_dim", obs_dim, 2)
+    require_int(f"dataset '{dataset}': option generator_seed", generator_seed, 0)
     if obs_dim <= latent_dim:
         raise EdvaeError(
             f"dataset '{dataset}': obs_dim ({obs_dim}) must be larger than latent_dim ({latent_dim}) so that "
@@ -184,7 +178,7 @@ def _synthetic_dataset(
 ) -> DataSplits:
     """The shared body of the synthetic data sets: build the ground truth, sample the splits."""
     truth = make_ground_truth(name, prior, prior_options, generator_seed=generator_seed, **process)
-    checked = {s: _check_int(name, f"n_{s}", v, 1) for s, v in zip(SPLIT_NAMES, sizes, strict=True)}
+    checked = {s: require_int(f"dataset '{name}': option n_{s}", v, 1) for s, v in zip(SPLIT_NAMES, sizes, strict=True)}
     return _sample_splits(name, truth, seed, checked, {"generator_seed": generator_seed, **info})
 
 

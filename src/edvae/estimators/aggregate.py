@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import Tensor
 
-from edvae.estimators.checks import _check_inputs, _result_dtype
-from edvae.estimators.kernel import _log_q, _log_q_marginals
-from edvae.estimators.weights import _plan
+from edvae.estimators.checks import check_inputs, result_dtype
+from edvae.estimators.kernel import log_q_hat, log_q_hat_marginals
+from edvae.estimators.weights import weight_plan
 
 
 def log_aggregate_posterior(
@@ -44,11 +44,12 @@ def log_aggregate_posterior(
     float32 when no input is float64 and D <= 4 (direct differences, within 1e-3 nats of
     float64: :mod:`edvae.estimators.kernel`), else in float64.
     """
-    _check_inputs(z, mu, logvar, validate)
-    methods: tuple[Any, ...] = method if isinstance(method, tuple) and method else (method,)  # () -> _plan refuses
-    plans = tuple(_plan(m, z.shape[0], mu.shape[0], dataset_size, row_offset) for m in methods)
-    log_q = _log_q(z, mu, logvar, plans if isinstance(method, tuple) else plans[0], chunk_size)
-    return log_q.to(_result_dtype(z, mu, logvar))
+    check_inputs(z, mu, logvar, validate)
+    # () -> weight_plan refuses
+    methods: tuple[Any, ...] = method if isinstance(method, tuple) and method else (method,)
+    plans = tuple(weight_plan(m, z.shape[0], mu.shape[0], dataset_size, row_offset) for m in methods)
+    log_q = log_q_hat(z, mu, logvar, plans if isinstance(method, tuple) else plans[0], chunk_size)
+    return log_q.to(result_dtype(z, mu, logvar))
 
 
 def log_aggregate_marginals(
@@ -72,6 +73,6 @@ def log_aggregate_marginals(
     mean_i [log q_hat_d(z_id) - log p_d(z_id)] the dimension-wise KL of beta-TCVAE, Chen et
     al. 2018), one logsumexp per dimension. Arguments as for :func:`log_aggregate_posterior`.
     """
-    _check_inputs(z, mu, logvar, validate)
-    plan = _plan(method, z.shape[0], mu.shape[0], dataset_size, row_offset)
-    return _log_q_marginals(z, mu, logvar, plan, chunk_size).to(_result_dtype(z, mu, logvar))
+    check_inputs(z, mu, logvar, validate)
+    plan = weight_plan(method, z.shape[0], mu.shape[0], dataset_size, row_offset)
+    return log_q_hat_marginals(z, mu, logvar, plan, chunk_size).to(result_dtype(z, mu, logvar))

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from edvae.errors import EdvaeError
 
-_ACC = torch.float64  # accumulation dtype of every log-density matrix
+ACC_DTYPE = torch.float64  # accumulation dtype of every log-density matrix
 
 
 def _check_matrix(name: str, tensor: object) -> None:
@@ -19,10 +19,10 @@ def _check_matrix(name: str, tensor: object) -> None:
             f"{name} must be a non-empty 2-D tensor of shape (batch, latent_dim), got {shape}; "
             "flatten the latent code to (batch, latent_dim)."
         )
-    _check_float(name, tensor)
+    check_float(name, tensor)
 
 
-def _check_float(name: str, tensor: Tensor) -> None:
+def check_float(name: str, tensor: Tensor) -> None:
     """Integer, boolean and complex tensors have no log-density here (a dtype check, no sync)."""
     if not tensor.is_floating_point():
         raise EdvaeError(
@@ -31,7 +31,7 @@ def _check_float(name: str, tensor: Tensor) -> None:
         )
 
 
-def _check_finite(validate: bool, **tensors: Tensor) -> None:
+def check_finite(validate: bool, **tensors: Tensor) -> None:
     """Raise if any tensor holds NaN or Inf: one host synchronisation for all of them."""
     if not validate:
         return
@@ -46,7 +46,8 @@ def _check_finite(validate: bool, **tensors: Tensor) -> None:
     )
 
 
-def _check_posterior(mu: Tensor, logvar: Tensor) -> None:
+def check_posterior(mu: Tensor, logvar: Tensor) -> None:
+    """``mu`` and ``logvar`` are (N, D) floating-point matrices of the same shape."""
     _check_matrix("mu", mu)
     _check_matrix("logvar", logvar)
     if mu.shape != logvar.shape:
@@ -56,18 +57,20 @@ def _check_posterior(mu: Tensor, logvar: Tensor) -> None:
         )
 
 
-def _check_inputs(z: Tensor, mu: Tensor, logvar: Tensor, validate: bool) -> None:
+def check_inputs(z: Tensor, mu: Tensor, logvar: Tensor, validate: bool) -> None:
+    """``z`` (R, D) and the posterior (N, D) share D; with ``validate`` all are finite."""
     _check_matrix("z", z)
-    _check_posterior(mu, logvar)
+    check_posterior(mu, logvar)
     if z.shape[1] != mu.shape[1]:
         raise EdvaeError(
             f"z has latent dimension {z.shape[1]} but mu has {mu.shape[1]}; "
             "pass samples and posterior parameters of the same latent space."
         )
-    _check_finite(validate, z=z, mu=mu, logvar=logvar)
+    check_finite(validate, z=z, mu=mu, logvar=logvar)
 
 
-def _check_rows(rows: int, columns: int, row_offset: int) -> None:
+def check_rows(rows: int, columns: int, row_offset: int) -> None:
+    """Row i of z belongs to column i + ``row_offset``: 0 <= row_offset <= columns - rows."""
     if not (isinstance(row_offset, int) and 0 <= row_offset <= columns - rows):
         raise EdvaeError(
             f"row_offset={row_offset!r} does not fit {rows} rows of z into the {columns} columns "
@@ -76,7 +79,8 @@ def _check_rows(rows: int, columns: int, row_offset: int) -> None:
         )
 
 
-def _check_dataset_size_type(dataset_size: object) -> None:
+def check_dataset_size_type(dataset_size: object) -> None:
+    """``dataset_size`` N is an int >= 1 (not a bool)."""
     if not isinstance(dataset_size, int) or isinstance(dataset_size, bool) or dataset_size < 1:
         raise EdvaeError(
             f"dataset_size={dataset_size!r} must be a positive integer, the number N of "
@@ -84,13 +88,14 @@ def _check_dataset_size_type(dataset_size: object) -> None:
         )
 
 
-def _check_dataset_size(dataset_size: int | None, batch_size: int, method: str) -> int:
+def check_dataset_size(dataset_size: int | None, batch_size: int, method: str) -> int:
+    """N for a ``method`` that needs it (given, an int, N >= the batch size B)."""
     if dataset_size is None:
         raise EdvaeError(
             f"method={method!r} needs dataset_size, the number N of training examples; pass "
             "dataset_size=len(train_set) (it is never guessed from the batch size)."
         )
-    _check_dataset_size_type(dataset_size)
+    check_dataset_size_type(dataset_size)
     if dataset_size < batch_size:
         raise EdvaeError(
             f"dataset_size={dataset_size!r} is smaller than the batch size {batch_size}; pass "
@@ -99,13 +104,14 @@ def _check_dataset_size(dataset_size: int | None, batch_size: int, method: str) 
     return dataset_size
 
 
-def _own_rows(mu: Tensor, logvar: Tensor, rows: int, row_offset: int) -> tuple[Tensor, Tensor]:
+def own_rows(mu: Tensor, logvar: Tensor, rows: int, row_offset: int) -> tuple[Tensor, Tensor]:
     """Posterior parameters of the rows: columns row_offset .. row_offset + rows - 1."""
-    _check_rows(rows, mu.shape[0], row_offset)
+    check_rows(rows, mu.shape[0], row_offset)
     return mu[row_offset : row_offset + rows], logvar[row_offset : row_offset + rows]
 
 
-def _result_dtype(*tensors: Tensor) -> torch.dtype:
+def result_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype an estimate is returned in: the promotion of the inputs' dtypes."""
     dtype = tensors[0].dtype
     for tensor in tensors[1:]:
         dtype = torch.promote_types(dtype, tensor.dtype)

@@ -10,10 +10,10 @@ import torch
 from torch import Tensor
 
 from edvae.errors import EdvaeError
-from edvae.estimators.checks import _ACC, _check_inputs, _own_rows, _result_dtype
-from edvae.estimators.kernel import _log_q
-from edvae.estimators.posterior import _log_normal_diag
-from edvae.estimators.weights import _plan
+from edvae.estimators.checks import ACC_DTYPE, check_inputs, own_rows, result_dtype
+from edvae.estimators.kernel import log_q_hat
+from edvae.estimators.posterior import log_normal_diag
+from edvae.estimators.weights import weight_plan
 
 
 def infonce(
@@ -35,19 +35,19 @@ def infonce(
     (e.g. :class:`edvae.critics.BilinearCritic`, :class:`edvae.critics.MLPCritic`) is called as
     ``critic(z, mu)`` and must return (R, B) scores; it sees the column means only.
     """
-    _check_inputs(z, mu, logvar, validate)
+    check_inputs(z, mu, logvar, validate)
     if critic is not None and not callable(critic):
         raise EdvaeError(
             f"critic of type {type(critic).__name__} is not callable; pass a function or module "
             "critic(z, mu) returning (R, B) scores, or None for the encoder itself."
         )
     n_rows, batch_size = z.shape[0], mu.shape[0]
-    mu_rows, logvar_rows = _own_rows(mu, logvar, n_rows, row_offset)
-    dtype = _result_dtype(z, mu, logvar)
+    mu_rows, logvar_rows = own_rows(mu, logvar, n_rows, row_offset)
+    dtype = result_dtype(z, mu, logvar)
     if critic is None:
-        plan = _plan("batch", n_rows, batch_size, None, row_offset)
-        log_q = _log_q(z, mu, logvar, plan, chunk_size)
-        log_post = _log_normal_diag(z.to(_ACC), mu_rows.to(_ACC), logvar_rows.to(_ACC))
+        plan = weight_plan("batch", n_rows, batch_size, None, row_offset)
+        log_q = log_q_hat(z, mu, logvar, plan, chunk_size)
+        log_post = log_normal_diag(z.to(ACC_DTYPE), mu_rows.to(ACC_DTYPE), logvar_rows.to(ACC_DTYPE))
         return (log_post - log_q).mean().to(dtype)
     scores = critic(z, mu)
     if not isinstance(scores, Tensor) or scores.shape != (n_rows, batch_size):
@@ -56,7 +56,7 @@ def infonce(
             f"critic returned {shape} but must return scores of shape (R, B) = "
             f"({n_rows}, {batch_size}) for rows z and columns mu."
         )
-    scores = scores.to(_ACC)
+    scores = scores.to(ACC_DTYPE)
     index = torch.arange(n_rows, device=scores.device)
     positive = scores[index, index + row_offset]
     bound = (positive - torch.logsumexp(scores, dim=1)).mean() + math.log(batch_size)

@@ -11,17 +11,17 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from edvae.errors import EdvaeError
-from edvae.estimators.checks import _ACC, _check_finite, _check_inputs, _check_posterior, _own_rows, _result_dtype
-from edvae.estimators.kernel import _log_q, _log_q_marginals
+from edvae.estimators.checks import ACC_DTYPE, check_finite, check_inputs, check_posterior, own_rows, result_dtype
+from edvae.estimators.kernel import log_q_hat, log_q_hat_marginals
 from edvae.estimators.posterior import (
     PriorLike,
-    _factorised_log_prob,
-    _log_normal_diag,
     kl_divergence,
+    log_normal_diag,
+    per_dimension_log_prob,
     posterior_entropy,
     resolve_prior,
 )
-from edvae.estimators.weights import _Plan, _plan
+from edvae.estimators.weights import WeightPlan, weight_plan
 
 
 @dataclass(frozen=True)
@@ -74,25 +74,25 @@ def _decompose(
     mu: Tensor,
     logvar: Tensor,
     prior: Distribution,
-    plan: _Plan,
+    plan: WeightPlan,
     chunk_size: int | None,
     per_dimension: bool,
 ) -> Decomposition:
     """Shared by ``decompose`` and ``dataset_decomposition``; rows own (mu_rows, logvar_rows)."""
-    dtype = _result_dtype(z, mu, logvar)
-    log_q = _log_q(z, mu, logvar, plan, chunk_size)
-    log_post = _log_normal_diag(z.to(_ACC), mu_rows.to(_ACC), logvar_rows.to(_ACC))
-    log_p = prior.log_prob(z).to(_ACC)
+    dtype = result_dtype(z, mu, logvar)
+    log_q = log_q_hat(z, mu, logvar, plan, chunk_size)
+    log_post = log_normal_diag(z.to(ACC_DTYPE), mu_rows.to(ACC_DTYPE), logvar_rows.to(ACC_DTYPE))
+    log_p = prior.log_prob(z).to(ACC_DTYPE)
     mi = (log_post - log_q).mean()
     entropy = -log_q.mean()
     cross_entropy = -log_p.mean()
     total_correlation = dimwise_kl = None
     if per_dimension:
-        log_q_d = _log_q_marginals(z, mu, logvar, plan, chunk_size)
+        log_q_d = log_q_hat_marginals(z, mu, logvar, plan, chunk_size)
         total_correlation = (log_q - log_q_d.sum(1)).mean().to(dtype)
-        log_p_d = _factorised_log_prob(prior, z)
+        log_p_d = per_dimension_log_prob(prior, z)
         if log_p_d is not None:
-            dimwise_kl = (log_q_d - log_p_d.to(_ACC)).mean(0).to(dtype)
+            dimwise_kl = (log_q_d - log_p_d.to(ACC_DTYPE)).mean(0).to(dtype)
     kl = kl_divergence(mu_rows, logvar_rows, prior, z, validate=False).mean()
     return Decomposition(
         mi=mi.to(dtype),
@@ -127,10 +127,10 @@ def decompose(
     also for ``method="full"``. ``per_dimension=False`` skips the D per-dimension logsumexps
     behind ``total_correlation`` and ``dimwise_kl``.
     """
-    _check_inputs(z, mu, logvar, validate)
+    check_inputs(z, mu, logvar, validate)
     p = resolve_prior(prior, mu.shape[1])
-    mu_rows, logvar_rows = _own_rows(mu, logvar, z.shape[0], row_offset)
-    plan = _plan(method, z.shape[0], mu.shape[0], dataset_size, row_offset)
+    mu_rows, logvar_rows = own_rows(mu, logvar, z.shape[0], row_offset)
+    plan = weight_plan(method, z.shape[0], mu.shape[0], dataset_size, row_offset)
     return _decompose(z, mu_rows, logvar_rows, mu, logvar, p, plan, chunk_size, per_dimension)
 
 
@@ -141,11 +141,11 @@ def _dataset_queries(
     num_queries: int | None,
     generator: torch.Generator | None,
     validate: bool,
-) -> tuple[Distribution, Tensor, Tensor, Tensor, Tensor, _Plan]:
+) -> tuple[Distribution, Tensor, Tensor, Tensor, Tensor, WeightPlan]:
     """The query points of :func:`dataset_decomposition`: ``(prior, index, z, mu_rows,
     logvar_rows, plan)``, the indices and z_s drawn with ``generator`` in that order."""
-    _check_posterior(mu, logvar)
-    _check_finite(validate, mu=mu, logvar=logvar)
+    check_posterior(mu, logvar)
+    check_finite(validate, mu=mu, logvar=logvar)
     p = resolve_prior(prior, mu.shape[1])
     n = mu.shape[0]
     if num_queries is not None and (not isinstance(num_queries, int) or num_queries < 1):
@@ -159,7 +159,7 @@ def _dataset_queries(
     mu_rows, logvar_rows = mu[index], logvar[index]
     noise = torch.randn(mu_rows.shape, generator=generator, dtype=mu_rows.dtype, device=drawn_on).to(mu.device)
     z = mu_rows + torch.exp(0.5 * logvar_rows) * noise
-    return p, index, z, mu_rows, logvar_rows, _plan("full", z.shape[0], n, None, 0)
+    return p, index, z, mu_rows, logvar_rows, weight_plan("full", z.shape[0], n, None, 0)
 
 
 @torch.no_grad()
@@ -223,8 +223,8 @@ def dataset_decomposition_terms(
     r"""The per-query terms of :func:`dataset_decomposition` (same arguments, same draws), for
     Monte Carlo errors: the standard error of a term is sd_s(term_s) / sqrt(S)."""
     p, index, z, mu_rows, logvar_rows, plan = _dataset_queries(mu, logvar, prior, num_queries, generator, validate)
-    log_q = _log_q(z, mu, logvar, plan, chunk_size)
-    log_post = _log_normal_diag(z.to(_ACC), mu_rows.to(_ACC), logvar_rows.to(_ACC))
-    log_p = p.log_prob(z).to(_ACC)
-    kl = kl_divergence(mu_rows, logvar_rows, p, z, validate=False).to(_ACC)
+    log_q = log_q_hat(z, mu, logvar, plan, chunk_size)
+    log_post = log_normal_diag(z.to(ACC_DTYPE), mu_rows.to(ACC_DTYPE), logvar_rows.to(ACC_DTYPE))
+    log_p = p.log_prob(z).to(ACC_DTYPE)
+    kl = kl_divergence(mu_rows, logvar_rows, p, z, validate=False).to(ACC_DTYPE)
     return DecompositionTerms(index, log_post - log_q, -log_q, -log_p, log_q - log_p, kl)

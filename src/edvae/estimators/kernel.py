@@ -36,9 +36,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from edvae.errors import EdvaeError
-from edvae.estimators.checks import _ACC, _result_dtype
-from edvae.estimators.posterior import _LOG_2PI
-from edvae.estimators.weights import _apply_overrides, _diagonal_index, _Plan
+from edvae.estimators.checks import ACC_DTYPE, result_dtype
+from edvae.estimators.posterior import LOG_2PI
+from edvae.estimators.weights import WeightPlan, apply_weight_overrides, diagonal_index
 
 _BLOCK_ENTRIES = 1 << 21  # entries of one (rows, columns) block: 16 MiB in float64
 _MAX_BLOCK_COLUMNS = 1 << 14
@@ -61,14 +61,14 @@ class _Expanded:
     1e-16 z^2 prec. Gradients go through the features: grad_a = G b, grad_b = G^T a (two wide
     products), then the chain rule by hand (see :class:`_WeightedLogSumExp`)."""
 
-    dtype = _ACC
+    dtype = ACC_DTYPE
     floor = _EXP_FLOOR
 
     def __init__(self, z: Tensor, mu: Tensor, logvar: Tensor) -> None:
         self.z_dtype, self.mu, self.logvar = z.dtype, mu, logvar
-        z64, mu64, logvar64 = z.to(_ACC), mu.to(_ACC), logvar.to(_ACC)
+        z64, mu64, logvar64 = z.to(ACC_DTYPE), mu.to(ACC_DTYPE), logvar.to(ACC_DTYPE)
         prec = torch.exp(-logvar64)
-        const = -0.5 * ((mu64.square() * prec + logvar64).sum(1, keepdim=True) + mu.shape[1] * _LOG_2PI)
+        const = -0.5 * ((mu64.square() * prec + logvar64).sum(1, keepdim=True) + mu.shape[1] * LOG_2PI)
         self.rows = torch.cat([z64.square(), z64, torch.ones_like(z64[:, :1])], dim=1)
         self.columns = torch.cat([-0.5 * prec, mu64 * prec, const], dim=1)
         self.n_rows, self.n_columns = z.shape[0], mu.shape[0]
@@ -122,7 +122,7 @@ class _Expanded:
             z, g = self.rows[:, d : 2 * d], self.grad_rows
             grad_z = (2.0 * z * g[:, :d] + g[:, d : 2 * d]).to(self.z_dtype)
         if self.grad_columns is not None:  # b = [-prec/2, mu prec, c(mu, logvar)]
-            mu64, prec = mu.to(_ACC), torch.exp(-logvar.to(_ACC))
+            mu64, prec = mu.to(ACC_DTYPE), torch.exp(-logvar.to(ACC_DTYPE))
             g = self.grad_columns
             g1, g2, g3 = g[:, :d], g[:, d : 2 * d], g[:, 2 * d :]
             if want_mu:
@@ -155,7 +155,7 @@ class _Direct:
         self.z = z.to(f32).T.contiguous()  # (D, R)
         self.mu = mu.to(f32).T.contiguous()  # (D, B)
         self.half_scale = torch.exp(logvar32 * -0.5).mul_(math.sqrt(0.5)).T.contiguous()  # (D, B)
-        self.const = logvar32.sum(1).add_(mu.shape[1] * _LOG_2PI).mul_(-0.5)  # (B,)
+        self.const = logvar32.sum(1).add_(mu.shape[1] * LOG_2PI).mul_(-0.5)  # (B,)
         self.dim, self.n_rows = z.shape[1], z.shape[0]
         self.n_columns = mu.shape[0]
         #: v of the single block, kept by the forward pass for the backward (else recomputed)
@@ -228,7 +228,7 @@ class _Direct:
 def _is_direct(z: Tensor, mu: Tensor, logvar: Tensor) -> bool:
     """Direct float32 differences when no input is float64 and D <= ``_DIRECT_MAX_DIM``, else
     the float64 expanded product (the precision rule: within 1e-3 nats of float64)."""
-    return mu.shape[1] <= _DIRECT_MAX_DIM and _result_dtype(z, mu, logvar).itemsize <= 4
+    return mu.shape[1] <= _DIRECT_MAX_DIM and result_dtype(z, mu, logvar).itemsize <= 4
 
 
 def _kernel(z: Tensor, mu: Tensor, logvar: Tensor) -> _Expanded | _Direct:
@@ -264,7 +264,7 @@ class _Corrections(NamedTuple):
     entries: tuple[tuple[int, int, float], ...]
 
 
-def _corrections(plans: tuple[_Plan, ...]) -> _Corrections:
+def _corrections(plans: tuple[WeightPlan, ...]) -> _Corrections:
     """r_k = w_k / w_0 for the base weights, and c = W_k / W_0 - r_k on every shift where plan
     0 or plan k overrides its base weight (the rows of all plans share one row_offset)."""
     first = plans[0]
@@ -308,7 +308,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
         z: Tensor,
         mu: Tensor,
         logvar: Tensor,
-        plans: tuple[_Plan, ...],
+        plans: tuple[WeightPlan, ...],
         chunk_rows: int,
         chunk_columns: int,
     ) -> Tensor:
@@ -322,7 +322,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
         for r0, c0, block, spare in _blocks(kernel, chunk_rows, chunk_columns):
             if keep and isinstance(kernel, _Direct):
                 kernel.kept = spare.view(kernel.dim, n_rows, n_columns)  # v, left intact by fill
-            _apply_overrides(block, plans[0], r0, c0, n_columns)  # log W_0 - w_0
+            apply_weight_overrides(block, plans[0], r0, c0, n_columns)  # log W_0 - w_0
             top = block.amax(dim=1).clamp_(min=lowest)  # a row of -inf stays -inf below
             exps = block.sub_(top[:, None]).clamp_(min=kernel.floor).exp_()
             sums = _plan_sums(exps, fix, plans[0].row_offset, r0, c0, n_columns)
@@ -364,7 +364,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
         for r0, c0, block, spare in blocks:
             rs, cs = slice(r0, r0 + block.shape[0]), slice(c0, c0 + block.shape[1])
             if not kept:
-                _apply_overrides(block, plans[0], r0, c0, n_columns)
+                apply_weight_overrides(block, plans[0], r0, c0, n_columns)
                 block.sub_(out[0, rs, None] - plans[0].log_base).clamp_(min=kernel.floor).exp_()
             row_weight = alpha[rs, None]
             weight: Tensor | None = row_weight
@@ -373,7 +373,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
                 weight = None
                 flat, exps = weights.view(-1), block.view(-1)
                 for k, shift, factor in fix.entries:
-                    i, where = _diagonal_index(shift, offset, r0, c0, *block.shape, n_columns, block.device)
+                    i, where = diagonal_index(shift, offset, r0, c0, *block.shape, n_columns, block.device)
                     coefficient = scale[k, rs] if i.numel() == block.shape[0] else scale[k, rs][i]
                     flat.index_put_((where,), torch.addcmul(flat[where], coefficient, exps[where], value=factor))
             else:  # G = diag(alpha) E: alpha scales the narrow side of each product
@@ -392,7 +392,7 @@ def _plan_sums(exps: Tensor, fix: _Corrections, row_offset: int, r0: int, c0: in
     sums = torch.stack([first if k == 0 else first * r for k, r in enumerate(fix.ratios)])
     flat = exps.view(-1)
     for k, shift, factor in fix.entries:
-        i, where = _diagonal_index(shift, row_offset, r0, c0, *exps.shape, batch_size, exps.device)
+        i, where = diagonal_index(shift, row_offset, r0, c0, *exps.shape, batch_size, exps.device)
         if i.numel() == exps.shape[0]:  # one entry in every row
             sums[k].add_(flat[where], alpha=factor)
         else:
@@ -400,11 +400,11 @@ def _plan_sums(exps: Tensor, fix: _Corrections, row_offset: int, r0: int, c0: in
     return sums
 
 
-def _log_q(
+def log_q_hat(
     z: Tensor,
     mu: Tensor,
     logvar: Tensor,
-    plan: _Plan | tuple[_Plan, ...],
+    plan: WeightPlan | tuple[WeightPlan, ...],
     chunk_size: int | None,
 ) -> Tensor:
     """log q_hat(z_i) = logsumexp_j (log W[i, j] + log q(z_i | x_j)): shape (R,) for one plan,
@@ -417,14 +417,17 @@ def _log_q(
         chunk_size = max(1, _BLOCK_ENTRIES // per_row)
     elif not isinstance(chunk_size, int) or chunk_size < 1:
         raise EdvaeError(f"chunk_size={chunk_size!r} must be a positive integer or None.")
-    plans = (plan,) if isinstance(plan, _Plan) else plan
+    plans = (plan,) if isinstance(plan, WeightPlan) else plan
     out = _WeightedLogSumExp.apply(z, mu, logvar, plans, chunk_size, chunk_columns)
-    return out[0] if isinstance(plan, _Plan) else out
+    return out[0] if isinstance(plan, WeightPlan) else out
 
 
-def _log_q_marginals(z: Tensor, mu: Tensor, logvar: Tensor, plan: _Plan, chunk_size: int | None) -> Tensor:
+def log_q_hat_marginals(z: Tensor, mu: Tensor, logvar: Tensor, plan: WeightPlan, chunk_size: int | None) -> Tensor:
     """log q_hat_d(z_id) for every dimension, each with its own logsumexp, shape (R, D)."""
     return torch.stack(
-        [_log_q(z[:, d : d + 1], mu[:, d : d + 1], logvar[:, d : d + 1], plan, chunk_size) for d in range(z.shape[1])],
+        [
+            log_q_hat(z[:, d : d + 1], mu[:, d : d + 1], logvar[:, d : d + 1], plan, chunk_size)
+            for d in range(z.shape[1])
+        ],
         dim=1,
     )

@@ -12,13 +12,13 @@ from torch.distributions import Distribution, Independent, Normal
 
 from edvae.errors import EdvaeError
 from edvae.estimator_names import KL_METHODS
-from edvae.estimators.checks import _check_finite, _check_float, _check_inputs, _check_posterior, _own_rows
+from edvae.estimators.checks import check_finite, check_float, check_inputs, check_posterior, own_rows
 from edvae.priors.base import distribution_of
 
 PriorLike = Distribution | nn.Module | Callable[[], Distribution]
 """A ``Distribution`` with ``event_shape == (D,)``, or a module/callable returning one."""
 
-_LOG_2PI = math.log(2.0 * math.pi)
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 def resolve_prior(prior: PriorLike, dim: int | None = None) -> Distribution:
@@ -31,7 +31,7 @@ def resolve_prior(prior: PriorLike, dim: int | None = None) -> Distribution:
     return distribution_of(prior, dim)
 
 
-def _factorised_log_prob(prior: Distribution, z: Tensor) -> Tensor | None:
+def per_dimension_log_prob(prior: Distribution, z: Tensor) -> Tensor | None:
     """(R, D) per-dimension log p_d(z_d) when the prior is a product over dimensions."""
     if not isinstance(prior, Independent) or prior.reinterpreted_batch_ndims != 1:
         return None
@@ -41,7 +41,7 @@ def _factorised_log_prob(prior: Distribution, z: Tensor) -> Tensor | None:
 def factorised_log_prob(prior: PriorLike, z: Tensor) -> Tensor | None:
     r"""(R, D) per-dimension log p_d(z_id) when the prior is a product over dimensions,
     p(z) = prod_d p_d(z_d) (an ``Independent`` distribution over one batch dimension), else None."""
-    return _factorised_log_prob(resolve_prior(prior, z.shape[1]), z)
+    return per_dimension_log_prob(resolve_prior(prior, z.shape[1]), z)
 
 
 def own_posteriors(
@@ -50,8 +50,8 @@ def own_posteriors(
     r"""The posterior parameters the rows of ``z`` were drawn from: rows o .. o + R - 1 of
     ``mu`` and ``logvar`` (o = ``row_offset``), each (R, D), once the shapes are checked (and,
     with ``validate``, that z, mu and logvar are finite: one host synchronisation)."""
-    _check_inputs(z, mu, logvar, validate)
-    return _own_rows(mu, logvar, z.shape[0], row_offset)
+    check_inputs(z, mu, logvar, validate)
+    return own_rows(mu, logvar, z.shape[0], row_offset)
 
 
 def log_posterior(z: Tensor, mu: Tensor, logvar: Tensor, *, row_offset: int = 0, validate: bool = True) -> Tensor:
@@ -61,11 +61,12 @@ def log_posterior(z: Tensor, mu: Tensor, logvar: Tensor, *, row_offset: int = 0,
                                          + log sigma^2_{i+o,d} + log 2 pi ],  o = row_offset.
     """
     mu_r, logvar_r = own_posteriors(z, mu, logvar, row_offset=row_offset, validate=validate)
-    return _log_normal_diag(z, mu_r, logvar_r)
+    return log_normal_diag(z, mu_r, logvar_r)
 
 
-def _log_normal_diag(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    return -0.5 * ((z - mu).square() * torch.exp(-logvar) + logvar + _LOG_2PI).sum(-1)
+def log_normal_diag(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    r"""log N(z; mu, diag exp(logvar)) = -1/2 sum_d [(z_d - mu_d)^2 e^{-logvar_d} + logvar_d + log 2 pi]."""
+    return -0.5 * ((z - mu).square() * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
 
 
 def posterior_entropy(logvar: Tensor) -> Tensor:
@@ -73,7 +74,7 @@ def posterior_entropy(logvar: Tensor) -> Tensor:
 
     H[q(z|x_j)] = sum_d 1/2 log(2 pi e sigma^2_jd).
     """
-    return 0.5 * (logvar + (_LOG_2PI + 1.0)).sum(-1)
+    return 0.5 * (logvar + (LOG_2PI + 1.0)).sum(-1)
 
 
 def kl_divergence(
@@ -95,7 +96,7 @@ def kl_divergence(
     """
     if method not in KL_METHODS:
         raise EdvaeError(f"method={method!r} is unknown; use one of {', '.join(KL_METHODS)}.")
-    _check_posterior(mu, logvar)
+    check_posterior(mu, logvar)
     if z is not None and (not isinstance(z, Tensor) or z.shape[-2:] != mu.shape or z.dim() > 3):
         shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
         raise EdvaeError(
@@ -103,10 +104,10 @@ def kl_divergence(
             "posterior, (B, D), or S of them, (S, B, D)."
         )
     if z is None:
-        _check_finite(validate, mu=mu, logvar=logvar)
+        check_finite(validate, mu=mu, logvar=logvar)
     else:
-        _check_float("z", z)
-        _check_finite(validate, z=z, mu=mu, logvar=logvar)
+        check_float("z", z)
+        check_finite(validate, z=z, mu=mu, logvar=logvar)
     p = resolve_prior(prior, mu.shape[1])
     if method != "mc":
         closed_form = _analytic_kl(mu, logvar, p)
@@ -119,7 +120,7 @@ def kl_divergence(
             )
     if z is None:
         z = Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1).rsample()
-    kl = _log_normal_diag(z, mu, logvar) - p.log_prob(z)
+    kl = log_normal_diag(z, mu, logvar) - p.log_prob(z)
     return kl.mean(0) if z.dim() == 3 else kl
 
 

@@ -1,5 +1,5 @@
 r"""The weights W[i, j] of the methods (MSS, MWS, batch, full; :mod:`edvae.estimators`): a
-constant per method except on at most two diagonals (:class:`_Plan`), applied to a block of
+constant per method except on at most two diagonals (:class:`WeightPlan`), applied to a block of
 log q(z_i|x_j) by one indexed add."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 
 from edvae.errors import EdvaeError
-from edvae.estimators.checks import _ACC, _check_dataset_size, _check_dataset_size_type, _check_rows
+from edvae.estimators.checks import ACC_DTYPE, check_dataset_size, check_dataset_size_type, check_rows
 
 METHODS: tuple[str, ...] = ("mss", "mws", "batch", "full")
 
 
-class _Plan(NamedTuple):
+class WeightPlan(NamedTuple):
     r"""log W[i, j] = ``log_base``, except log W[i, (g + shift) mod B] = ``value`` for each
     (shift, value) in ``overrides``, with g = i + ``row_offset`` the global row index."""
 
@@ -33,33 +33,33 @@ def _check_mss(batch_size: int, dataset_size: int | None) -> int:
             f"batch size {batch_size} (rows of mu) is too small for method='mss', which needs "
             "the sample itself plus at least one other; use a batch size of at least 2."
         )
-    return _check_dataset_size(dataset_size, batch_size, "mss")
+    return check_dataset_size(dataset_size, batch_size, "mss")
 
 
-def _plan(method: str, rows: int, batch_size: int, dataset_size: int | None, row_offset: int) -> _Plan:
+def weight_plan(method: str, rows: int, batch_size: int, dataset_size: int | None, row_offset: int) -> WeightPlan:
     """The weights of ``method`` for ``rows`` rows against ``batch_size`` columns."""
     if method not in METHODS:
         raise EdvaeError(f"method={method!r} is unknown; use one of {', '.join(METHODS)}.")
     if method == "full":
         if dataset_size is not None:
-            _check_dataset_size_type(dataset_size)
+            check_dataset_size_type(dataset_size)
             if dataset_size != batch_size:
                 raise EdvaeError(
                     f"dataset_size={dataset_size!r} but method='full' treats the {batch_size} "
                     "columns of mu as the whole data set; pass all N posteriors or omit "
                     "dataset_size."
                 )
-        return _Plan(-math.log(batch_size))
-    _check_rows(rows, batch_size, row_offset)
+        return WeightPlan(-math.log(batch_size))
+    check_rows(rows, batch_size, row_offset)
     if method == "batch":
-        return _Plan(-math.log(batch_size))
+        return WeightPlan(-math.log(batch_size))
     if method == "mws":
-        n = _check_dataset_size(dataset_size, batch_size, method)
-        return _Plan(-math.log(n) - math.log(batch_size))
+        n = check_dataset_size(dataset_size, batch_size, method)
+        return WeightPlan(-math.log(n) - math.log(batch_size))
     n, m = _check_mss(batch_size, dataset_size), batch_size - 1
     self_weight = -math.log(n)  # W[i, i] = 1/N
     stratum_weight = math.log(n - m) - math.log(n) - math.log(m)  # W[i, k(i)] = (N-M)/(NM)
-    return _Plan(-math.log(m), ((0, self_weight), (1, stratum_weight)), row_offset)
+    return WeightPlan(-math.log(m), ((0, self_weight), (1, stratum_weight)), row_offset)
 
 
 def _diagonal_runs(
@@ -88,7 +88,7 @@ def _diagonal_runs(
 
 
 @functools.lru_cache(maxsize=256)
-def _diagonal_index(
+def diagonal_index(
     shift: int,
     row_offset: int,
     row_start: int,
@@ -112,7 +112,7 @@ def _diagonal_index(
 
 @functools.lru_cache(maxsize=64)
 def _override_index(
-    plan: _Plan,
+    plan: WeightPlan,
     row_start: int,
     column_start: int,
     n_rows: int,
@@ -124,15 +124,13 @@ def _override_index(
     """(flat positions, value - log_base) of every override of ``plan`` in a block (cached)."""
     where, deltas = [torch.zeros(0, dtype=torch.long, device=device)], [torch.zeros(0, dtype=dtype, device=device)]
     for shift, value in plan.overrides:
-        flat = _diagonal_index(shift, plan.row_offset, row_start, column_start, n_rows, n_columns, batch_size, device)[
-            1
-        ]
+        flat = diagonal_index(shift, plan.row_offset, row_start, column_start, n_rows, n_columns, batch_size, device)[1]
         where.append(flat)
         deltas.append(torch.full(flat.shape, value - plan.log_base, dtype=dtype, device=device))
     return torch.cat(where), torch.cat(deltas)
 
 
-def _apply_overrides(block: Tensor, plan: _Plan, row_start: int, column_start: int, batch_size: int) -> None:
+def apply_weight_overrides(block: Tensor, plan: WeightPlan, row_start: int, column_start: int, batch_size: int) -> None:
     """Turn log_base into the override values in a contiguous block holding
     ``... + log_base``: one indexed add."""
     if plan.overrides:
@@ -158,7 +156,7 @@ def mss_log_weights(
     ``log_aggregate_posterior(method="mss")`` applies to each block of L.
     """
     rows = batch_size - row_offset if rows is None else rows
-    plan = _plan("mss", rows, batch_size, dataset_size, row_offset)
-    weights = torch.full((rows, batch_size), plan.log_base, dtype=_ACC, device=device)
-    _apply_overrides(weights, plan, 0, 0, batch_size)
+    plan = weight_plan("mss", rows, batch_size, dataset_size, row_offset)
+    weights = torch.full((rows, batch_size), plan.log_base, dtype=ACC_DTYPE, device=device)
+    apply_weight_overrides(weights, plan, 0, 0, batch_size)
     return weights

@@ -22,22 +22,27 @@ from torch.distributions import (
 
 from edvae.errors import EdvaeError, require
 from edvae.priors.base import (
-    _MAX_COMPONENTS,
+    MAX_COMPONENTS,
     Prior,
-    _as_float_tensor,
-    _flag,
-    _gaussian_mixture,
-    _generator,
-    _positive_float,
-    _positive_int,
-    _shown,
-    _validated_samples,
+    as_float_tensor,
     as_prior,
+    gaussian_mixture,
+    positive_float,
+    positive_int,
+    seeded_generator,
+    shown,
+    validated_samples,
 )
-from edvae.priors.kmeans import _kmeans
+from edvae.priors.kmeans import kmeans_centres
 from edvae.priors.registry import PriorContext, names, register
 
 __all__ = ["BananaPrior", "BananaTransform", "FactorizedPrior", "GaussianMixturePrior"]
+
+
+def _flag(name: str, value: Any) -> bool:
+    require(isinstance(value, bool), f"option {name} must be True or False, got {shown(value)}")
+    return bool(value)
+
 
 #: N(0, I) draws whose k-means centres start the means of a learned mixture prior in a model.
 _MIXTURE_INIT_DRAWS = 4096
@@ -111,7 +116,7 @@ class GaussianMixturePrior(Prior):
         *,
         learnable: bool = False,
     ) -> None:
-        means = _as_float_tensor("means", means)
+        means = as_float_tensor("means", means)
         require(means.dim() == 2, f"means must have shape (K, D), got {tuple(means.shape)}")
         n_components, dim = means.shape
         super().__init__(dim)
@@ -127,7 +132,7 @@ class GaussianMixturePrior(Prior):
         return self._value("means").shape[0]
 
     def forward(self) -> MixtureSameFamily:
-        return _gaussian_mixture(self._value("logits"), self._value("means"), self._value("scales"))
+        return gaussian_mixture(self._value("logits"), self._value("means"), self._value("scales"))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_components={self.n_components}"
@@ -190,10 +195,10 @@ class BananaPrior(Prior):
         require(self.dim >= 2, f"the banana prior needs dim >= 2, got dim={self.dim}")
         require(
             isinstance(curvature, (int, float)) and math.isfinite(curvature),
-            f"option curvature must be a finite number, got {_shown(curvature)}",
+            f"option curvature must be a finite number, got {shown(curvature)}",
         )
         self.curvature = float(curvature)
-        self.scale = _positive_float("scale", scale)
+        self.scale = positive_float("scale", scale)
         base_scale = torch.ones(self.dim)
         base_scale[0] = self.scale
         self.register_buffer("base_scale", base_scale)
@@ -249,17 +254,17 @@ def _mixture(
     """
     if init is None and context is not None:
         init = torch.randn(_MIXTURE_INIT_DRAWS, dim, generator=torch.Generator().manual_seed(0))
-    k = _positive_int("n_components", n_components, _MAX_COMPONENTS)
-    generator = _generator(seed)
+    k = positive_int("n_components", n_components, MAX_COMPONENTS)
+    generator = seeded_generator(seed)
     if init is None:
         means = torch.randn(k, dim, generator=generator)
     else:
-        data = _validated_samples(init, "option init", dim)
+        data = validated_samples(init, "option init", dim)
         require(
             len(data) >= k,
             f"option init has {len(data)} rows but n_components={k}; pass at least as many data points as components",
         )
-        means = _kmeans(data, k, generator)
+        means = kmeans_centres(data, k, generator)
     return GaussianMixturePrior(means, scale, learnable=learnable)
 
 
@@ -268,7 +273,7 @@ def _mog_ring(dim: int, *, n_components: int = 8, radius: float = 2.0, scale: An
     """(1/K) sum_k N(m_k, scale^2 I), m_k on a circle of ``radius`` in dimensions (0, 1)."""
     require(dim >= 2, f"the mog_ring prior needs dim >= 2, got dim={dim}")
     means = _ring_means(
-        _positive_int("n_components", n_components, _MAX_COMPONENTS), _positive_float("radius", radius), dim
+        positive_int("n_components", n_components, MAX_COMPONENTS), positive_float("radius", radius), dim
     )
     return GaussianMixturePrior(means, scale, learnable=False)
 

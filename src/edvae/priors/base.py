@@ -36,7 +36,7 @@ __all__ = [
     "map_distribution_tensors",
 ]
 
-_MAX_COMPONENTS = 100_000  # make(): at most this many mixture components or pseudo-inputs
+MAX_COMPONENTS = 100_000  # make(): at most this many mixture components or pseudo-inputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ class Prior(nn.Module, abc.ABC):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.dim = _positive_int("dim", dim)
+        self.dim = positive_int("dim", dim)
 
     @abc.abstractmethod
     def forward(self) -> Distribution:
@@ -73,7 +73,7 @@ class Prior(nn.Module, abc.ABC):
 
     def _register(self, name: str, value: Any, shape: tuple[int, ...], *, positive: bool, learnable: bool) -> None:
         """Store ``value`` broadcast to ``shape`` as a buffer, or as a learned parameter."""
-        tensor = _as_float_tensor(name, value)
+        tensor = as_float_tensor(name, value)
         try:
             tensor = tensor.expand(shape).clone()
         except RuntimeError:
@@ -82,8 +82,8 @@ class Prior(nn.Module, abc.ABC):
             ) from None
         valid = bool(torch.isfinite(tensor).all()) and (not positive or bool((tensor > 0).all()))
         kind = "positive and finite" if positive else "finite"
-        shown = tensor.tolist() if tensor.numel() <= 8 else "a tensor"
-        require(valid, f"option {name} must be {kind}, got {shown}; fix its value")
+        given = tensor.tolist() if tensor.numel() <= 8 else "a tensor"
+        require(valid, f"option {name} must be {kind}, got {given}; fix its value")
         if not learnable:
             self.register_buffer(name, tensor)
         elif positive:
@@ -98,7 +98,9 @@ class Prior(nn.Module, abc.ABC):
         return getattr(self, f"log_{name}").exp()
 
 
-def _as_float_tensor(name: str, value: Any) -> Tensor:
+def as_float_tensor(name: str, value: Any) -> Tensor:
+    """Option ``name`` as a detached tensor, floating point (integers become the default dtype);
+    a bool or a value torch cannot convert is refused in one line."""
     if isinstance(value, bool):
         raise EdvaeError(f"option {name} must be a number or a tensor, not a bool; fix its value")
     try:
@@ -110,7 +112,7 @@ def _as_float_tensor(name: str, value: Any) -> Tensor:
     return tensor
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """``repr(value)`` for a one-line message, or its type (and shape) if that spans lines."""
     text = repr(value)
     if "\n" not in text and len(text) <= 80:
@@ -119,40 +121,39 @@ def _shown(value: Any) -> str:
     return f"a {type(value).__name__}" + ("" if shape is None else f" of shape {tuple(shape)}")
 
 
-def _positive_int(name: str, value: Any, maximum: int | None = None) -> int:
+def positive_int(name: str, value: Any, maximum: int | None = None) -> int:
+    """``value`` as an int n >= 1 (a Python or NumPy integer, not a bool), n <= ``maximum`` when
+    given; else a one-line :class:`EdvaeError` naming ``name``."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-    require(bool(ok), f"{name} must be a positive integer, got {_shown(value)}")
+    require(bool(ok), f"{name} must be a positive integer, got {shown(value)}")
     require(maximum is None or value <= maximum, f"{name}={value!r} is too large; use at most {maximum}")
     return int(value)
 
 
-def _positive_float(name: str, value: Any) -> float:
+def positive_float(name: str, value: Any) -> float:
+    """Option ``name`` as a finite float x > 0 (not a bool), else a one-line :class:`EdvaeError`."""
     ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
     require(
         ok and math.isfinite(value) and value > 0,
-        f"option {name} must be a positive number, got {_shown(value)}",
+        f"option {name} must be a positive number, got {shown(value)}",
     )
     return float(value)
 
 
-def _generator(seed: Any) -> torch.Generator:
+def seeded_generator(seed: Any) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with the integer option ``seed``."""
     ok = isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
-    require(ok, f"option seed must be an integer, got {_shown(seed)}")
+    require(ok, f"option seed must be an integer, got {shown(seed)}")
     return torch.Generator().manual_seed(int(seed))
 
 
-def _flag(name: str, value: Any) -> bool:
-    require(isinstance(value, bool), f"option {name} must be True or False, got {_shown(value)}")
-    return bool(value)
-
-
-def _gaussian_mixture(logits: Tensor, means: Tensor, scales: Tensor) -> MixtureSameFamily:
+def gaussian_mixture(logits: Tensor, means: Tensor, scales: Tensor) -> MixtureSameFamily:
     r"""p(z) = sum_k softmax(logits)_k N(z; means_k, diag scales_k^2)."""
     components = Independent(Normal(means, scales), 1)
     return MixtureSameFamily(Categorical(logits=logits), components)
 
 
-def _validated_samples(samples: Any, source: str, dim: int | None = None) -> Tensor:
+def validated_samples(samples: Any, source: str, dim: int | None = None) -> Tensor:
     """Samples as a finite (K, D) float tensor with K >= 2, or an EdvaeError about ``source``."""
     fix = "save the samples as a 2-D array of shape (K, D), one sample per row"
     try:

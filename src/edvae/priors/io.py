@@ -1,4 +1,5 @@
-r"""Reading prior samples s_1..s_K from files (``.npy``, ``.pt``, ``.csv``)."""
+r"""Reading prior samples s_1..s_K from files (``.npy``, ``.pt``, ``.csv``): ``.npy`` and
+``.csv`` through :mod:`edvae.numeric_files`, the reader of data files too."""
 
 from __future__ import annotations
 
@@ -12,38 +13,10 @@ import torch
 from torch import Tensor
 
 from edvae.errors import EdvaeError, require
-from edvae.priors.base import _validated_samples
+from edvae.numeric_files import read_bytes, read_npy, read_text_table
+from edvae.priors.base import validated_samples
 
 __all__ = ["load_samples"]
-
-
-def _read_csv(path: Path) -> np.ndarray:
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    start = 1 if rows and not _is_numeric_row(rows[0]) else 0  # skip a header line
-    if len(rows) <= start:
-        return np.empty((0, 0))
-    widths = [len(line.split(",")) for line in rows[start:]]
-    ragged = next((i for i, w in enumerate(widths) if w != widths[0]), None)
-    if ragged is not None:
-        raise ValueError(f"data row {ragged} has {widths[ragged]} values but row 0 has {widths[0]}")
-    return np.loadtxt(rows[start:], delimiter=",", ndmin=2, dtype=np.float64)
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:  # numpy tries to unpickle anything without the .npy header
-        if "pickle" in str(exc):
-            raise ValueError("it is not a numeric array written by numpy.save") from None
-        raise
-
-
-def _is_numeric_row(line: str) -> bool:
-    try:
-        [float(field) for field in line.split(",")]
-    except ValueError:
-        return False
-    return True
 
 
 def _read_pt(path: Path) -> Any:
@@ -54,6 +27,14 @@ def _read_pt(path: Path) -> Any:
     if not isinstance(value, Tensor):
         raise TypeError(f"it holds a {type(value).__name__}, not a tensor")
     return value
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    return read_npy(read_bytes(path, "sample file"), path, "sample file").x
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    return read_text_table(read_bytes(path, "sample file"), path, ",", "sample file").x
 
 
 _READERS: dict[str, Callable[[Path], Any]] = {
@@ -89,6 +70,8 @@ def load_samples(path: str | os.PathLike[str], dim: int | None = None) -> Tensor
     )
     try:
         raw = _READERS[suffix](path)
+    except EdvaeError:  # the numeric-file reader's own one line, naming the file and the row
+        raise
     except Exception as exc:  # noqa: BLE001 - every reader failure is the file's problem
         raise EdvaeError(f"{source} could not be read as {suffix} ({exc}); re-save it as a (K, D) array") from None
-    return _validated_samples(raw, source, dim).to(torch.get_default_dtype())
+    return validated_samples(raw, source, dim).to(torch.get_default_dtype())

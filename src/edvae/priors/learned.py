@@ -12,13 +12,13 @@ from torch.distributions import AffineTransform, MixtureSameFamily, TransformedD
 
 from edvae.errors import EdvaeError, require
 from edvae.priors.base import (
-    _MAX_COMPONENTS,
+    MAX_COMPONENTS,
     Prior,
-    _as_float_tensor,
-    _gaussian_mixture,
-    _generator,
-    _positive_int,
-    _shown,
+    as_float_tensor,
+    gaussian_mixture,
+    positive_int,
+    seeded_generator,
+    shown,
 )
 from edvae.priors.registry import PriorContext, register
 
@@ -55,11 +55,11 @@ class FlowPrior(Prior):
         scale: Tensor | float = 1.0,
     ) -> None:
         super().__init__(dim)
-        transforms = _positive_int("transforms", transforms)
+        transforms = positive_int("transforms", transforms)
         hidden = tuple(hidden_features) if isinstance(hidden_features, Sequence) else ()
         require(
             len(hidden) > 0 and all(isinstance(h, int) and h >= 1 for h in hidden),
-            f"option hidden_features must be a non-empty list of positive integers, got {_shown(hidden_features)}",
+            f"option hidden_features must be a non-empty list of positive integers, got {shown(hidden_features)}",
         )
         self.flow = zuko.flows.NSF(features=self.dim, transforms=transforms, hidden_features=hidden)
         self._register("loc", loc, (self.dim,), positive=False, learnable=False)
@@ -104,7 +104,7 @@ class VampPrior(Prior):
     def __init__(self, dim: int, encoder: Callable[[Tensor], Any], pseudo_inputs: Tensor) -> None:
         super().__init__(dim)
         require(callable(encoder), "option encoder must be callable, returning (mu, logvar)")
-        pseudo_inputs = _as_float_tensor("init", pseudo_inputs)
+        pseudo_inputs = as_float_tensor("init", pseudo_inputs)
         require(pseudo_inputs.dim() >= 2, "pseudo-inputs must have shape (K, *input_shape)")
         object.__setattr__(self, "encoder", encoder)  # a reference, not a submodule
         self.pseudo_inputs = nn.Parameter(pseudo_inputs.clone())
@@ -124,7 +124,7 @@ class VampPrior(Prior):
         )
         require(ok, f"the VampPrior's encoder must return (mu, logvar), each of shape {shape}")
         mu, logvar = out
-        return _gaussian_mixture(mu.new_zeros(shape[0]), mu, (0.5 * logvar).exp())
+        return gaussian_mixture(mu.new_zeros(shape[0]), mu, (0.5 * logvar).exp())
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_components={self.n_components}"
@@ -156,7 +156,7 @@ def _vamp(
     In a model (a ``context`` with data), the encoder and input shape are the model's and,
     without ``init``, the pseudo-inputs start at K training rows drawn by a generator seeded 0.
     """
-    k = _positive_int("n_components", n_components, _MAX_COMPONENTS)
+    k = positive_int("n_components", n_components, MAX_COMPONENTS)
     if context is not None and context.data is not None:
         encoder = context.encoder if encoder is None else encoder
         input_shape = tuple(context.data.x_shape) if input_shape is None else input_shape
@@ -166,15 +166,15 @@ def _vamp(
             init = train[rows].clone()
     if encoder is None:
         raise EdvaeError("prior 'vamp' needs option(s) encoder; pass encoder=...")
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     sizes = None if input_shape is None else (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     if init is None:
         if sizes is None:
             raise EdvaeError("the vamp prior needs input_shape=(...) or init=data")
-        shape = tuple(_positive_int("input_shape entries", size) for size in sizes)
+        shape = tuple(positive_int("input_shape entries", size) for size in sizes)
         pseudo = torch.randn((k, *shape), generator=generator)
     else:
-        data = _as_float_tensor("init", init)
+        data = as_float_tensor("init", init)
         require(
             data.dim() >= 2 and len(data) >= k,
             f"option init must have shape (M, *input_shape) with M >= n_components={k}, got {tuple(data.shape)}",

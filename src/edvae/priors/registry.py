@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from torch import nn
 
 from edvae.errors import EdvaeError, require
-from edvae.priors.base import _positive_int, _shown
+from edvae.priors.base import positive_int, shown
 from edvae.registry import Registry
 
 __all__ = ["PRIORS", "PriorContext", "check_options", "make", "names", "register"]
@@ -136,7 +136,7 @@ class _Entry:
             option = wrong[0]
             raise EdvaeError(
                 f"option {option} of prior {self.name!r} must be {self.types[option]}, got "
-                f"{_shown(options[option])} ({type(options[option]).__name__}); accepted options: "
+                f"{shown(options[option])} ({type(options[option]).__name__}); accepted options: "
                 f"{', '.join(self.options)}"
             )
 
@@ -203,7 +203,7 @@ def register(name: str, *, argument: str | None = None, replace: bool = False) -
     """
     require(
         isinstance(name, str) and name.isidentifier(),
-        f"a prior name must be an identifier (letters, digits, _), got {_shown(name)}",
+        f"a prior name must be an identifier (letters, digits, _), got {shown(name)}",
     )
 
     def decorate(factory: Factory) -> Factory:
@@ -257,7 +257,7 @@ def make(name: str, dim: int = 2, *, context: PriorContext | None = None, **opti
     ``dim`` > 65536 and ``n_components`` > 100000 (sizes that would allocate gigabytes).
     """
     base, entry, options = _named(name, options)
-    dim = _positive_int("dim", dim, _MAX_DIM)
+    dim = positive_int("dim", dim, _MAX_DIM)
     options = _with_argument(name, entry, options)
     entry.check(options, complete=True)
     require(
@@ -289,7 +289,7 @@ def _named(name: Any, options: dict[str, Any]) -> tuple[str, _Entry, dict[str, A
     entry = PRIORS.get(base) if isinstance(base, str) and base in PRIORS else None
     if entry is None or (colon and entry.argument is None):
         raise EdvaeError(
-            f"unknown prior name {_shown(name)}; choose one of: {', '.join(names(in_model=True))}"
+            f"unknown prior name {shown(name)}; choose one of: {', '.join(names(in_model=True))}"
             + ("" if entry is None else f" ({base!r} takes no ':' argument)")
         )
     return base, entry, dict(options)

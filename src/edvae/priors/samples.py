@@ -16,11 +16,11 @@ from torch.distributions import Distribution, constraints
 from edvae.errors import require
 from edvae.priors.base import (
     Prior,
-    _generator,
-    _positive_float,
-    _positive_int,
-    _shown,
-    _validated_samples,
+    positive_float,
+    positive_int,
+    seeded_generator,
+    shown,
+    validated_samples,
 )
 from edvae.priors.io import load_samples
 from edvae.priors.learned import FlowPrior
@@ -194,7 +194,7 @@ class KDEPrior(Prior):
     bandwidth: Tensor
 
     def __init__(self, samples: Tensor, bandwidth: float, *, chunk_size: int | None = 1024) -> None:
-        samples = _validated_samples(samples, "samples")
+        samples = validated_samples(samples, "samples")
         super().__init__(samples.shape[1])
         self.register_buffer("samples", samples)
         self._register("bandwidth", bandwidth, (), positive=True, learnable=False)
@@ -211,7 +211,7 @@ class KDEPrior(Prior):
 def _chunk_size(value: Any) -> int | None:
     if value is None:
         return None
-    return _positive_int("chunk_size", value)
+    return positive_int("chunk_size", value)
 
 
 def scott_bandwidth(samples: Tensor) -> float:
@@ -222,7 +222,7 @@ def scott_bandwidth(samples: Tensor) -> float:
     Gaussian data; for multimodal or strongly non-isotropic samples it oversmooths (prefer
     ``bandwidth="cv"``).
     """
-    samples = _validated_samples(samples, "samples")
+    samples = validated_samples(samples, "samples")
     n, dim = samples.shape
     sigma_bar = float(samples.to(torch.float64).std(0).mean())
     require(sigma_bar > 0, "the samples are all identical, so Scott's bandwidth is 0; pass a positive float bandwidth")
@@ -302,8 +302,8 @@ def from_samples(
     """
     if isinstance(samples, (str, os.PathLike)):
         samples = load_samples(samples)
-    samples = _validated_samples(samples, "samples")
-    generator = _generator(seed)
+    samples = validated_samples(samples, "samples")
+    generator = seeded_generator(seed)
     chunk_size = _chunk_size(chunk_size)
     if method == "kde":
         if isinstance(bandwidth, str):
@@ -312,13 +312,13 @@ def from_samples(
             )
             h = scott_bandwidth(samples) if bandwidth == "scott" else _cv_bandwidth(samples, chunk_size, generator)
         else:
-            h = _positive_float("bandwidth", bandwidth)
+            h = positive_float("bandwidth", bandwidth)
         return KDEPrior(samples, h, chunk_size=chunk_size)
-    require(method == "flow", f"method must be 'kde' or 'flow', got {_shown(method)}")
+    require(method == "flow", f"method must be 'kde' or 'flow', got {shown(method)}")
     ok = isinstance(flow_steps, (int, np.integer)) and not isinstance(flow_steps, bool)
     require(
         ok and flow_steps >= 0,
-        f"flow_steps must be a non-negative integer (0: leave the flow unfitted), got {_shown(flow_steps)}",
+        f"flow_steps must be a non-negative integer (0: leave the flow unfitted), got {shown(flow_steps)}",
     )
     steps = int(flow_steps)
     std = samples.std(0)

@@ -21,10 +21,11 @@ from edvae.accelerator import PLACEMENT, choose_accelerator, network_macs
 from edvae.checkpoint import CHECKPOINT_NAME, AtomicCheckpointIO, load_checkpoint
 from edvae.config import RunConfig, validate_config
 from edvae.data import DataSplits
-from edvae.data.files import machine_memory_bytes
 from edvae.errors import EdvaeError, TrainingError
 from edvae.model import check_fits_memory, training_memory_bytes
-from edvae.runs import check_data, load_data, record_data
+from edvae.numeric_files import machine_memory_bytes
+from edvae.provenance import check_data, record_data
+from edvae.runs import load_data
 from edvae.training.run_dir import RunLock, prepare_run_dir, staging_dir
 from edvae.training.trainer import HOOKS, Trainer, TrainResult
 
@@ -132,7 +133,7 @@ def train(
     ``data`` trains on data in memory instead of the data the config names; the run folder then
     keeps a copy (``data.pt``, the stored config reading it back), so that evaluating the run
     uses exactly that data. File data are recorded by absolute path and sha256, and a resumed
-    run refuses a data file that changed (:func:`edvae.runs.record_data`, :func:`~edvae.runs.check_data`).
+    run refuses a data file that changed (:func:`edvae.provenance.record_data`, :func:`~edvae.provenance.check_data`).
 
     ``train.accelerator``: ``cpu``, ``gpu`` (refused with one line where torch sees none) or
     ``auto``, the GPU only for networks big enough to gain from it

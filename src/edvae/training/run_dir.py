@@ -1,4 +1,7 @@
-"""The run folder as the trainer writes it: preparing it, and the metrics log."""
+"""The run folder while training writes it: preparing it (refusing one that holds a run unless
+``--overwrite``), one writer at a time (:class:`RunLock`), replacing an old run only once the new
+one has its first checkpoint, and the metrics log. Its layout and reading a run back:
+:mod:`edvae.runs`."""
 
 from __future__ import annotations
 
@@ -10,17 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edvae.errors import EdvaeError
-from edvae.runs import (
-    CHECKPOINT_NAME,
-    CONFIG_NAME,
-    DATA_RECORD_NAME,
-    EVALUATION_NAME,
-    LATENTS_NAME,
-    METRICS_NAME,
-    PRIOR_FIT_NAME,
-    STORED_DATA_NAME,
-    TENSORBOARD_DIR,
-)
+from edvae.runs import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RUN_FILES, TENSORBOARD_DIR
 
 __all__ = [
     "LOCK_NAME",
@@ -35,17 +28,6 @@ __all__ = [
 
 #: The lock file a writer holds in its folder (a run folder, or a study's --out), see :class:`RunLock`.
 LOCK_NAME = ".edvae.lock"
-#: The files of a run, deleted when ``--overwrite`` replaces a run in place (see :func:`replace_run`).
-_RUN_FILES = (
-    CHECKPOINT_NAME,
-    METRICS_NAME,
-    CONFIG_NAME,
-    PRIOR_FIT_NAME,
-    DATA_RECORD_NAME,
-    STORED_DATA_NAME,
-    EVALUATION_NAME,
-    LATENTS_NAME,
-)
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
@@ -115,7 +97,7 @@ def replace_run(run_dir: Path, staging: Path) -> None:
     os.rename(run_dir, backup)
     os.rename(staging, run_dir)
     for entry in backup.iterdir():
-        if entry.name not in (*_RUN_FILES, TENSORBOARD_DIR, LOCK_NAME) and not (run_dir / entry.name).exists():
+        if entry.name not in (*RUN_FILES, TENSORBOARD_DIR, LOCK_NAME) and not (run_dir / entry.name).exists():
             os.rename(entry, run_dir / entry.name)
     shutil.rmtree(backup, ignore_errors=True)
 
