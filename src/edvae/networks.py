@@ -206,26 +206,30 @@ class GaussianLikelihood(nn.Module):
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         """log p(x|z) per example, ``(B,)``, for decoder outputs ``params`` (the means)."""
+        residual = x - params
         if self.scale == "optimal" and self.training:
-            log_s = self._batch_log_scale(x, params)
+            log_s = self._batch_log_scale(residual.detach())
         else:
             log_s = self.log_scale.clamp(min=LOG_SCALE_MIN)
-        r = (x - params) * torch.exp(-log_s)
+        r = residual * torch.exp(-log_s)
         log_p = -0.5 * r.square() - log_s - 0.5 * math.log(2 * math.pi)
         return log_p.flatten(1).sum(1)
 
-    @torch.no_grad()
-    def _batch_log_scale(self, x: Tensor, params: Tensor) -> Tensor:
-        """The batch's maximum-likelihood log s (over every process's rows), and a step of the
-        running variance kept in the ``log_scale`` buffer."""
-        count = torch.full((1,), float(x.shape[0]), device=x.device)  # filled on the device: no host copy, no sync
-        sums = torch.cat([(x - params).square().sum(0).flatten(), count])
+    def _batch_log_scale(self, residual: Tensor) -> Tensor:
+        """The batch's maximum-likelihood log s for the (detached) ``residual`` x - m(z) (over
+        every process's rows), and a step of the running variance kept in the ``log_scale`` buffer."""
+        squares = residual.square().sum(0)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            count = torch.full((1,), float(residual.shape[0]), device=residual.device)  # no host copy, no sync
+            sums = torch.cat([squares.flatten(), count])
             torch.distributed.all_reduce(sums)
-        variance = (sums[:-1] / sums[-1]).view_as(self.log_scale)
-        running = (1 - RUNNING_SCALE_MOMENTUM) * (2 * self.running_log_scale).exp() + RUNNING_SCALE_MOMENTUM * variance
-        self.running_log_scale.copy_(0.5 * running.clamp(min=math.exp(2 * LOG_SCALE_MIN)).log())
-        self.log_scale.copy_(self.running_log_scale)
+            variance = (sums[:-1] / sums[-1]).view_as(self.log_scale)
+        else:
+            variance = squares / residual.shape[0]
+        with torch.no_grad():
+            running = (1 - RUNNING_SCALE_MOMENTUM) * (2 * self.running_log_scale).exp() + RUNNING_SCALE_MOMENTUM * variance
+            self.running_log_scale.copy_(0.5 * running.clamp(min=math.exp(2 * LOG_SCALE_MIN)).log())
+            self.log_scale.copy_(self.running_log_scale)
         return 0.5 * variance.clamp(min=math.exp(2 * LOG_SCALE_MIN)).log()
 
     @torch.no_grad()

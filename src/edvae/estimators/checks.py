@@ -107,6 +107,8 @@ def check_dataset_size(dataset_size: int | None, batch_size: int, method: str) -
 def own_rows(mu: Tensor, logvar: Tensor, rows: int, row_offset: int) -> tuple[Tensor, Tensor]:
     """Posterior parameters of the rows: columns row_offset .. row_offset + rows - 1."""
     check_rows(rows, mu.shape[0], row_offset)
+    if row_offset == 0 and rows == mu.shape[0]:  # every column: no slice (and no slice in backward)
+        return mu, logvar
     return mu[row_offset : row_offset + rows], logvar[row_offset : row_offset + rows]
 
 
