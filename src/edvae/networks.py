@@ -227,7 +227,8 @@ class GaussianLikelihood(nn.Module):
         else:
             variance = squares / residual.shape[0]
         with torch.no_grad():
-            running = (1 - RUNNING_SCALE_MOMENTUM) * (2 * self.running_log_scale).exp() + RUNNING_SCALE_MOMENTUM * variance
+            previous = (2 * self.running_log_scale).exp()
+            running = (1 - RUNNING_SCALE_MOMENTUM) * previous + RUNNING_SCALE_MOMENTUM * variance
             self.running_log_scale.copy_(0.5 * running.clamp(min=math.exp(2 * LOG_SCALE_MIN)).log())
             self.log_scale.copy_(self.running_log_scale)
         return 0.5 * variance.clamp(min=math.exp(2 * LOG_SCALE_MIN)).log()
