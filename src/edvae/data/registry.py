@@ -31,7 +31,7 @@ DATASETS.add("mnist5k", mnist5k_dataset)
 DATASETS.add("file", load_file)
 DATASETS.add("sprites", sprites_dataset)
 DATASETS.add("nongaussian-factors", nongaussian_factors_dataset)
-DATASETS.add("stored", load_stored)  # data a run folder holds (edvae.runs.record_data)
+DATASETS.add("stored", load_stored)  # data a run folder holds (edvae.provenance.record_data)
 #: The data sets read from ``path``.
 _READ_FROM_PATH = ("file", "stored")
 
