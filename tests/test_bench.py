@@ -130,15 +130,37 @@ def test_the_step_probe_profiles_a_run_shorter_than_its_steps(tiny_config, tmp_p
     assert any("addmm" in e.key or "mm" in e.key for e in probe.events)
 
 
-def test_the_step_ratio_separates_the_step_from_the_fixed_cost():
-    """Runs of T(n) = fixed + n * step (per side, per clock) give back step and fixed exactly."""
-    from edvae.bench.step import _difference_rows
+def test_the_step_blocks_pair_the_trainer_with_the_hand_loop():
+    """_PairedBlocks: untimed warm-up, then rounds of one block per side, the order swapping each
+    round; the trainer's steps walk the epoch's batches in order; one time per block and side."""
+    from types import SimpleNamespace
 
-    def runs(fixed, step, n):
-        return {"cpu": [fixed + n * step, fixed * 2 + n * step], "wall": [fixed + n * 2 * step] * 2}
+    from edvae.bench.step import _block_row, _PairedBlocks
 
-    rows = _difference_rows({"a / 10": runs(0.5, 0.004, 10), "a / 40": runs(0.5, 0.004, 40)}, 10, 40, ["a"])
-    assert rows["a"]["ms_per_step_cpu"] == pytest.approx(4.0)
-    assert rows["a"]["ms_per_step_wall"] == pytest.approx(8.0)
-    assert rows["a"]["fixed_seconds_cpu"] == pytest.approx(0.75)  # median of 0.5 and 1.0
-    assert rows["a"]["fixed_seconds_wall"] == pytest.approx(0.5)
+    calls: list[object] = []
+    trainer = SimpleNamespace(
+        tc=SimpleNamespace(batch_size=2),
+        x_train=torch.zeros(6, 1),
+        train_step=lambda rows: calls.append(tuple(rows.tolist())),
+        settle=lambda: calls.append("settle"),
+    )
+    clock = _PairedBlocks(lambda: calls.append("hand"), rounds=3, block=2, warm=1)
+    clock.on_train_start(trainer)
+    sides = ["hand" if c == "hand" else "trainer" for c in calls[:-1]]
+    assert calls[-1] == "settle"
+    assert (
+        sides
+        == ["trainer", "hand"]
+        + ["trainer"] * 2
+        + ["hand"] * 2
+        + ["hand"] * 2
+        + ["trainer"] * 2
+        + ["trainer"] * 2
+        + ["hand"] * 2
+    )
+    batches = [c for c in calls if isinstance(c, tuple)]
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(0)).tolist()
+    assert batches == [tuple(order[2 * (i % 3) : 2 * (i % 3) + 2]) for i in range(7)]
+    assert all(len(clock.seconds[side][c]) == 3 for side in ("trainer", "hand") for c in ("cpu", "wall"))
+    row = _block_row({"cpu": [0.003, 0.001, 0.002], "wall": [0.004, 0.006, 0.005]})
+    assert row["ms_per_step_cpu"] == pytest.approx(2.0) and row["ms_per_step_wall"] == pytest.approx(5.0)

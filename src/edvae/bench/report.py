@@ -319,9 +319,11 @@ def _step_lines(report: dict[str, Any]) -> list[str]:
         lines += [
             "### 2b. The step against a minimal hand-written loop (steady state)",
             "",
-            f"{st['task']}; {st['threads']} thread(s); runs of {st['steps'][0]} and {st['steps'][1]} steps, "
-            f"{st['repeats']} repeats interleaved: step = (T(n2) - T(n1)) / (n2 - n1), medians; the fixed cost "
-            "(set-up, the checkpoint at the stop) is T(n1) - n1 * step.",
+            f"{st['task']}; {st['threads']} thread(s). Steady state: inside one run, {st['blocks']['rounds']} rounds "
+            f"of a block of {st['blocks']['steps_per_block']} trainer steps and a block of as many hand-loop steps, "
+            "alternating, medians over the blocks; fixed cost (set-up, the checkpoint at the stop): "
+            f"T(n) - n * step over runs of n = {st['fixed_cost_runs']['steps']} steps, median of "
+            f"{st['fixed_cost_runs']['repeats']} interleaved repeats.",
             "",
             "| loop | ms / step (CPU) | ms / step (wall) | fixed s (CPU) | speed vs hand loop (CPU) |",
             "| --- | ---: | ---: | ---: | ---: |",

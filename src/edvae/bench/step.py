@@ -1,19 +1,18 @@
 """The training step against a minimal hand-written loop of the same shape, and on a GPU.
 
-* :func:`step_ratio` (CPU): the steady-state time of one step of :func:`edvae.training.train`
-  (vae-std) next to a minimal hand-written PyTorch loop of the same shape, separated from each
-  run's fixed cost (set-up, the checkpoint written at the stop, ...). Each side is run to
-  ``n1`` and to ``n2`` steps; with T(n) the time of a run of n steps,
-
-      step = (T(n2) - T(n1)) / (n2 - n1),   fixed = T(n1) - n1 * step,
-
-  one estimate per repeat (the runs interleaved, the order rotating), the median over the
-  repeats reported, in process CPU time (steady on a shared machine) and in wall time. The
-  ratio ``hand / trainer`` of the CPU step medians is the trainer's speed as a fraction of the
-  hand loop's (1: as fast). The hand loop: the same MLP encoder and decoder, z = mu + sigma eps,
-  a Gaussian likelihood with a learned scalar log-scale, the analytic KL to N(0, I), fused Adam,
-  a seeded permutation of the training rows each epoch; nothing else. The trainer's vae-std
-  step also calibrates the decoder's per-dimension scale (the default ``model.decoder_scale =
+* :func:`step_ratio` (CPU): the steady-state time of one step of the trainer of
+  :func:`edvae.training.train` (vae-std) next to a minimal hand-written PyTorch loop of the same
+  shape, apart from each run's fixed cost. **Steady state**: inside one training run (a callback
+  at ``on_train_start``, :class:`_PairedBlocks`), blocks of ``block`` calls of the trainer's own
+  ``train_step`` alternate with blocks of ``block`` hand-loop steps (the order swapping every
+  round), so both sides meet the same machine state; ms per step is the median over the blocks,
+  in process CPU time (steady on a shared machine) and in wall time, and the speed is
+  ``hand / trainer`` of the CPU medians of the blocks paired in that run (1: as fast). **Fixed cost** (set-up, the checkpoint at
+  the stop): ``T(n) - n * step`` for whole runs of ``n`` steps, the median over interleaved
+  repeats. The hand loop: the same MLP encoder and decoder, z = mu + sigma eps, a Gaussian
+  likelihood with a learned scalar log-scale, the analytic KL to N(0, I), fused Adam, a seeded
+  permutation of the training rows each epoch; nothing else. The trainer's vae-std step also
+  calibrates the decoder's per-dimension scale (the default ``model.decoder_scale =
   "optimal"``), builds the prior, checks the step for NaN/Inf and keeps its log; the row with
   ``decoder_scale = "learned"`` (not with ``quick``) shows what the calibration costs.
 * :func:`gpu_steps` (CUDA only): ms per step (batch 256) of vae-std and edvae on the synthetic
@@ -24,6 +23,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from functools import partial
@@ -35,8 +35,8 @@ import torch
 from edvae.bench.common import SYNTHETIC, bench_config, interleaved, median
 
 
-def _hand_loop(data: Any, steps: int, *, device: str = "cpu", seed: int = 0) -> None:
-    """A minimal VAE loop of ``steps`` steps (batch 256, hidden [128, 128], latent 2)."""
+def _hand_stepper(data: Any, *, device: str = "cpu", seed: int = 0) -> Callable[[], None]:
+    """One step per call of a minimal VAE loop (batch 256, hidden [128, 128], latent 2)."""
     from edvae.networks import MLPDecoder, MLPEncoder
 
     torch.manual_seed(seed)
@@ -48,11 +48,14 @@ def _hand_loop(data: Any, steps: int, *, device: str = "cpu", seed: int = 0) -> 
     x_all = data.train.to(device)
     n = x_all.shape[0]
     per_epoch = n // batch
-    order = torch.randperm(n, device=device)
-    for step in range(steps):
-        if step and step % per_epoch == 0:
+    order, taken = torch.randperm(n, device=device), 0
+
+    def step() -> None:
+        nonlocal order, taken
+        if taken and taken % per_epoch == 0:
             order = torch.randperm(n, device=device)
-        start = (step % per_epoch) * batch
+        start = (taken % per_epoch) * batch
+        taken += 1
         x = x_all[order[start : start + batch]]
         mu, logvar = encoder(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
@@ -63,41 +66,82 @@ def _hand_loop(data: Any, steps: int, *, device: str = "cpu", seed: int = 0) -> 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    return step
+
+
+def _hand_loop(data: Any, steps: int, *, device: str = "cpu", seed: int = 0) -> None:
+    """``steps`` steps of :func:`_hand_stepper`'s loop."""
+    step = _hand_stepper(data, device=device, seed=seed)
+    for _ in range(steps):
+        step()
     if device != "cpu":
         torch.cuda.synchronize(device)
 
 
-def _trainer_run(config: Any, run_dir: Path, data: Any, steps: int) -> None:
+def _trainer_run(config: Any, run_dir: Path, data: Any, steps: int, callbacks: tuple[Any, ...] = ()) -> None:
     from edvae.training import train
 
-    train(config, run_dir, data=data, overwrite=True, stop_at_step=steps)
+    train(config, run_dir, data=data, overwrite=True, stop_at_step=steps, callbacks=list(callbacks))
 
 
-def _difference_rows(runs: dict[str, dict[str, Any]], n1: int, n2: int, sides: list[str]) -> dict[str, Any]:
-    """Step and fixed cost of each side from its runs of n1 and n2 steps (see the module docstring)."""
-    rows: dict[str, Any] = {}
-    for side in sides:
-        row: dict[str, Any] = {}
-        for clock in ("cpu", "wall"):
-            short, long = runs[f"{side} / {n1}"][clock], runs[f"{side} / {n2}"][clock]
-            steps = [(b - a) / (n2 - n1) for a, b in zip(short, long, strict=True)]
-            fixed = [a - n1 * s for a, s in zip(short, steps, strict=True)]
-            row[f"ms_per_step_{clock}"] = 1e3 * median(steps)
-            row[f"ms_per_step_{clock}_all"] = [1e3 * s for s in steps]
-            row[f"fixed_seconds_{clock}"] = median(fixed)
-        rows[side] = row
-    return rows
+class _PairedBlocks:
+    """Callback: inside ``on_train_start``, ``warm`` untimed steps of each side, then ``rounds``
+    rounds of one block of ``block`` trainer steps (:meth:`Trainer.train_step`, on the epoch's
+    batches) and one block of ``block`` calls of ``hand``, the order swapping every round.
+    ``seconds[side][clock]``: seconds per step of each block."""
+
+    def __init__(self, hand: Callable[[], None], *, rounds: int, block: int, warm: int) -> None:
+        self.hand, self.rounds, self.block, self.warm = hand, rounds, block, warm
+        self.seconds: dict[str, dict[str, list[float]]] = {
+            side: {"cpu": [], "wall": []} for side in ("trainer", "hand")
+        }
+
+    def on_train_start(self, trainer: Any) -> None:
+        batch = trainer.tc.batch_size
+        n = trainer.x_train.shape[0]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        batches = [order[i * batch : (i + 1) * batch] for i in range(n // batch)]
+        position = [0]
+
+        def trainer_step() -> None:
+            trainer.train_step(batches[position[0] % len(batches)])
+            position[0] += 1
+
+        sides = [("trainer", trainer_step), ("hand", self.hand)]
+        for _ in range(self.warm):
+            for _, step in sides:
+                step()
+        for r in range(self.rounds):
+            for side, step in sides if r % 2 == 0 else sides[::-1]:
+                gc.collect()
+                wall, cpu = time.perf_counter(), time.process_time()
+                for _ in range(self.block):
+                    step()
+                self.seconds[side]["cpu"].append((time.process_time() - cpu) / self.block)
+                self.seconds[side]["wall"].append((time.perf_counter() - wall) / self.block)
+        trainer.settle()
+
+
+def _block_row(seconds: dict[str, list[float]]) -> dict[str, Any]:
+    """ms per step (median over the blocks) on each clock, and every block's CPU value."""
+    return {
+        "ms_per_step_cpu": 1e3 * median(seconds["cpu"]),
+        "ms_per_step_wall": 1e3 * median(seconds["wall"]),
+        "ms_per_step_cpu_all": [1e3 * s for s in seconds["cpu"]],
+    }
 
 
 def step_ratio(*, quick: bool, work: Path) -> dict[str, Any]:
-    """The CPU step of the trainer (vae-std) against the hand loop: steady-state medians."""
+    """The CPU step of the trainer (vae-std) against the hand loop: steady-state medians of
+    paired blocks, and each run's fixed cost apart (see the module docstring)."""
     from edvae.config import validate_config
     from edvae.data import load_dataset
     from edvae.experiments.variants import merge
 
-    n1, n2 = (5, 25) if quick else (20, 120)
-    repeats = 3 if quick else 7
-    options: dict[str, Any] = {"n_train": 256 * n2, "n_val": 256, "n_test": 256}  # n2 steps within the first epoch
+    rounds, block, warm = (6, 10, 10) if quick else (60, 20, 40)
+    n_fixed, repeats = (5, 2) if quick else (20, 5)
+    options: dict[str, Any] = {"n_train": 256 * 200, "n_val": 256, "n_test": 256}
     data = load_dataset("complex", **options)
     base = merge(SYNTHETIC, {"data": {"options": options}})
     configs = {"trainer (vae-std)": validate_config(bench_config(base, "vae-std", None, 1))}
@@ -105,26 +149,30 @@ def step_ratio(*, quick: bool, work: Path) -> dict[str, Any]:
         configs["trainer (vae-std, learned scale)"] = validate_config(
             bench_config(base, "vae-std", None, 1, model={"decoder_scale": "learned"})
         )
-    sides: dict[str, Callable[[], Any]] = {}
-    for n in (n1, n2):
-        for name, config in configs.items():
-            sides[f"{name} / {n}"] = partial(_trainer_run, config, work / f"step-{name}", data, n)
-        sides[f"hand loop / {n}"] = partial(_hand_loop, data, n)
-    for name, side in sides.items():  # warm-up (imports, allocator), not timed
-        if name.endswith(f"/ {n1}"):
-            side()
+    rows: dict[str, Any] = {}
+    for name, config in configs.items():
+        clock = _PairedBlocks(_hand_stepper(data), rounds=rounds, block=block, warm=warm)
+        _trainer_run(config, work / f"blocks-{name}", data, 1, (clock,))
+        row, hand = _block_row(clock.seconds["trainer"]), _block_row(clock.seconds["hand"])
+        row["speed_vs_hand_loop"] = hand["ms_per_step_cpu"] / row["ms_per_step_cpu"]  # against its own pairs
+        row["speed_vs_hand_loop_wall"] = hand["ms_per_step_wall"] / row["ms_per_step_wall"]
+        rows[name] = row
+        rows.setdefault("hand loop", hand)  # the hand blocks paired with the default trainer
+    sides: dict[str, Callable[[], Any]] = {
+        name: partial(_trainer_run, config, work / f"fixed-{name}", data, n_fixed) for name, config in configs.items()
+    }
+    sides["hand loop"] = partial(_hand_loop, data, n_fixed)
+    for side in sides.values():  # warm-up (imports, allocator), not timed
+        side()
     runs = interleaved(sides, repeats)
-    rows = _difference_rows(runs, n1, n2, [*configs, "hand loop"])
-    hand = rows["hand loop"]
-    for name in configs:
-        rows[name]["speed_vs_hand_loop"] = hand["ms_per_step_cpu"] / rows[name]["ms_per_step_cpu"]
-        rows[name]["speed_vs_hand_loop_wall"] = hand["ms_per_step_wall"] / rows[name]["ms_per_step_wall"]
+    for name, row in rows.items():
+        row["fixed_seconds_cpu"] = median([t - n_fixed * row["ms_per_step_cpu"] / 1e3 for t in runs[name]["cpu"]])
     return {
         "task": "synthetic: complex data (16-D), MLP hidden [128, 128], latent 2, N(0, I) prior, analytic KL, "
-        "batch 256, fused Adam lr 1e-3, 1 epoch",
+        "batch 256, fused Adam lr 1e-3",
         "threads": torch.get_num_threads(),
-        "steps": [n1, n2],
-        "repeats": repeats,
+        "blocks": {"rounds": rounds, "steps_per_block": block, "warm_up_steps": warm},
+        "fixed_cost_runs": {"steps": n_fixed, "repeats": repeats},
         "results": rows,
         "ratio": rows["trainer (vae-std)"]["speed_vs_hand_loop"],
     }
