@@ -7,9 +7,9 @@
   ``train_step`` alternate with blocks of ``block`` hand-loop steps (the order swapping every
   round), so both sides meet the same machine state; ms per step is the median over the blocks,
   in process CPU time (steady on a shared machine) and in wall time, and the speed is
-  ``hand / trainer`` of the CPU medians of the blocks paired in that run (1: as fast). **Fixed cost** (set-up, the checkpoint at
-  the stop): ``T(n) - n * step`` for whole runs of ``n`` steps, the median over interleaved
-  repeats. The hand loop: the same MLP encoder and decoder, z = mu + sigma eps, a Gaussian
+  ``hand / trainer`` of the CPU medians of the blocks paired in that run (1: as fast).
+  **Fixed cost** (set-up, the checkpoint at the stop): ``T(n) - n * step`` for whole runs of
+  ``n`` steps, the median over interleaved repeats. The hand loop: the same MLP encoder and decoder, z = mu + sigma eps, a Gaussian
   likelihood with a learned scalar log-scale, the analytic KL to N(0, I), fused Adam, a seeded
   permutation of the training rows each epoch; nothing else. The trainer's vae-std step also
   calibrates the decoder's per-dimension scale (the default ``model.decoder_scale =
