@@ -9,12 +9,13 @@
   in process CPU time (steady on a shared machine) and in wall time, and the speed is
   ``hand / trainer`` of the CPU medians of the blocks paired in that run (1: as fast).
   **Fixed cost** (set-up, the checkpoint at the stop): ``T(n) - n * step`` for whole runs of
-  ``n`` steps, the median over interleaved repeats. The hand loop: the same MLP encoder and decoder, z = mu + sigma eps, a Gaussian
-  likelihood with a learned scalar log-scale, the analytic KL to N(0, I), fused Adam, a seeded
-  permutation of the training rows each epoch; nothing else. The trainer's vae-std step also
-  calibrates the decoder's per-dimension scale (the default ``model.decoder_scale =
-  "optimal"``), builds the prior, checks the step for NaN/Inf and keeps its log; the row with
-  ``decoder_scale = "learned"`` (not with ``quick``) shows what the calibration costs.
+  ``n`` steps, the median over interleaved repeats. The hand loop: the same MLP encoder and
+  decoder, z = mu + sigma eps, a Gaussian likelihood with a learned scalar log-scale, the
+  analytic KL to N(0, I), fused Adam, a seeded permutation of the training rows each epoch;
+  nothing else. The trainer's vae-std step also calibrates the decoder's per-dimension scale
+  (the default ``model.decoder_scale = "optimal"``), builds the prior, checks the step for
+  NaN/Inf and keeps its log; the row with ``decoder_scale = "learned"`` (not with ``quick``)
+  shows what the calibration costs.
 * :func:`gpu_steps` (CUDA only): ms per step (batch 256) of vae-std and edvae on the synthetic
   task and of the conv models on image-shaped data, images per second, and the achieved fraction
   of the GPU's peak: the step's FLOPs (``torch.utils.flop_counter``) over its time, over the
