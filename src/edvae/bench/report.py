@@ -485,6 +485,16 @@ def readme_snippet(report: dict[str, Any]) -> str:
             f", pythae's beta-TCVAE term {c['pythae BetaTCVAE MSS']['mi']:.2f}." if "pythae BetaTCVAE MSS" in c else "."
         ),
     ]
+    if "step_ratio" in report:
+        rows = report["step_ratio"]["results"]
+        default, hand = rows["trainer (vae-std)"], rows["hand loop"]
+        learned = rows.get("trainer (vae-std, learned scale)")
+        lines.append(
+            f"* in steady state the trainer's vae-std step runs at {default['speed_vs_hand_loop']:.2f}x the speed of "
+            f"a minimal hand-written loop's ({default['ms_per_step_cpu']:.2f} vs {hand['ms_per_step_cpu']:.2f} ms"
+            + (f"; {learned['speed_vs_hand_loop']:.2f}x with a learned decoder scale" if learned else "")
+            + f"; target {TARGETS['vs_hand_written']}x);"
+        )
     if "limits" in report and "start_up" in report:
         v = report["limits"][0]["variants"]["vae-std"]
         su = report["start_up"]
