@@ -41,6 +41,24 @@ def test_the_readme_is_a_front_page_whose_summary_and_headline_are_generated():
             assert "## Budget check" in page and "Converged: " in page
 
 
+def test_the_quoted_benchmark_numbers_are_those_of_the_committed_bench_run():
+    """README's performance bullet quotes only ratios that the generated README-snippet.md holds,
+    and docs/benchmarks.md copies the snippet's lines verbatim (the bench's output, not retyped)."""
+    import re
+
+    results = ROOT / "benchmarks" / "results"
+    snippet = (results / "README-snippet.md").read_text()
+    assert json.loads((results / "bench.json").read_text())["step_ratio"]["ratio"] > 0
+    readme = (ROOT / "README.md").read_text()
+    bullet = readme[readme.index("## Performance and GPUs") :].split("\n* ")[1]
+    quoted = re.findall(r"\d+\.\d+x", bullet)
+    assert quoted and all(ratio in snippet for ratio in quoted), quoted
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    for line in snippet.splitlines():
+        if line.startswith("* "):
+            assert line in page, line
+
+
 def test_the_hand_written_part_of_a_page_is_not_checked_but_the_generated_part_is(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
